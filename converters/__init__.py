@@ -1,0 +1,1 @@
+"""coinvision converters: PyTorch -> ONNX / TFLite / Core ML, with quantization and parity checks."""

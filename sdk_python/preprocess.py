@@ -1,0 +1,206 @@
+"""The pre/post-processing spec shared by the trainer, the converters, the SDK and the mobile SDKs.
+
+Everything a model sees goes through these functions, so the PyTorch pipeline and the on-device
+pipeline agree by construction. The steps are written out in ``docs/PIPELINE_SPEC.md``; keep the two in
+step. Only numpy and OpenCV: no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "InputSpec",
+    "Letterbox",
+    "Segmentation",
+    "coin_crop",
+    "largest_component",
+    "letterbox",
+    "square_bbox",
+    "to_model_input",
+    "two_pass_segment",
+    "unletterbox",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an RGB uint8 image becomes a model input. Travels in every exported model's metadata."""
+
+    size_px: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    color_order: str = "RGB"
+    layout: str = "NCHW"  # NCHW for PyTorch / ONNX; TFLite and Core ML exports declare NHWC in metadata
+    pad_value: int = 0  # letterbox padding, before normalisation
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.size_px < 16:
+            raise ValueError(f"size_px={self.size_px}: must be >= 16")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout={self.layout!r}: must be 'NCHW' or 'NHWC'")
+        if self.color_order != "RGB":
+            raise ValueError(f"color_order={self.color_order!r}: only 'RGB' is supported")
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the resized image sits inside the square model input."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    src_h: int
+    src_w: int
+
+
+def letterbox(image: np.ndarray, size_px: int, pad_value: int = 0) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect so the longer side is ``size_px``, pad to a centred square."""
+    h, w = image.shape[:2]
+    scale = size_px / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    pad_x, pad_y = (size_px - new_w) // 2, (size_px - new_h) // 2
+    out = np.full((size_px, size_px, *image.shape[2:]), pad_value, dtype=image.dtype)
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    return out, Letterbox(scale, pad_x, pad_y, h, w)
+
+
+def unletterbox(prob: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Map a ``size_px`` square map back onto the source image grid (bilinear)."""
+    new_w, new_h = max(1, round(box.src_w * box.scale)), max(1, round(box.src_h * box.scale))
+    inner = prob[box.pad_y : box.pad_y + new_h, box.pad_x : box.pad_x + new_w]
+    return cv2.resize(inner.astype(np.float32), (box.src_w, box.src_h), interpolation=cv2.INTER_LINEAR)
+
+
+def to_model_input(square_rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 ``SxSx3`` RGB -> float32 batch of one, normalised, in ``spec.layout``."""
+    if square_rgb.shape[:2] != (spec.size_px, spec.size_px):
+        square_rgb = cv2.resize(square_rgb, (spec.size_px, spec.size_px), interpolation=cv2.INTER_LINEAR)
+    x = (square_rgb.astype(np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(
+        spec.std, np.float32
+    )
+    x = x[None]
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
+
+
+def largest_component(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray | None:
+    """Keep only the largest 8-connected foreground component; ``None`` when it is below ``min_area_frac``."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    best = int(np.argmax(areas)) + 1
+    if areas[best - 1] < min_area_frac * mask.size:
+        return None
+    return labels == best
+
+
+def square_bbox(mask: np.ndarray, margin_frac: float) -> tuple[int, int, int, int]:
+    """Square ``(x0, y0, x1, y1)`` (exclusive ends) around the mask, grown by ``margin_frac`` per side.
+
+    May extend past the image; callers pad.
+    """
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin_frac)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    half = side / 2.0
+    return round(cx - half), round(cy - half), round(cx + half), round(cy + half)
+
+
+def _crop_padded(image: np.ndarray, box: tuple[int, int, int, int], pad_value: int = 0) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    h, w = image.shape[:2]
+    out = np.full((y1 - y0, x1 - x0, *image.shape[2:]), pad_value, dtype=image.dtype)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Result of the two-pass segmentation. ``mask`` is None when no coin was found."""
+
+    mask: np.ndarray | None  # bool HxW, same size as the input image
+    bbox: tuple[int, int, int, int] | None  # square x0, y0, x1, y1 (may exceed the image)
+    passes: int = 0
+    first_pass_mask: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def found(self) -> bool:
+        return self.mask is not None
+
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+"""Takes a ``size_px`` square RGB uint8 image, returns the coin probability map (float32, same size)."""
+
+
+def _predict_on(image: np.ndarray, predict: PredictFn, size_px: int, pad_value: int) -> np.ndarray:
+    square, box = letterbox(image, size_px, pad_value)
+    return unletterbox(predict(square), box)
+
+
+def two_pass_segment(
+    image: np.ndarray,
+    predict: PredictFn,
+    *,
+    size_px: int,
+    threshold: float = 0.5,
+    margin_frac: float = 0.15,
+    min_area_frac: float = 0.002,
+    pad_value: int = 0,
+    two_pass: bool = True,
+) -> Segmentation:
+    """The design's refinement: segment the whole photo, keep the largest component, crop a square around
+    it with a margin, segment the crop again at full model resolution, paste back, keep the largest
+    component again. Small coins in big photos get the second look they need."""
+    prob = _predict_on(image, predict, size_px, pad_value)
+    first = largest_component(prob >= threshold, min_area_frac)
+    if first is None:
+        return Segmentation(mask=None, bbox=None, passes=1)
+    if not two_pass:
+        return Segmentation(mask=first, bbox=square_bbox(first, margin_frac), passes=1, first_pass_mask=first)
+    box = square_bbox(first, margin_frac)
+    crop_prob = _predict_on(_crop_padded(image, box, pad_value), predict, size_px, pad_value)
+    full = np.zeros(image.shape[:2], dtype=np.float32)
+    x0, y0, x1, y1 = box
+    h, w = image.shape[:2]
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    full[sy0:sy1, sx0:sx1] = crop_prob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    # The second pass sees only the crop; a coin it loses entirely falls back to the first pass.
+    second = largest_component(full >= threshold, min_area_frac) if full.any() else None
+    mask = second if second is not None else first
+    return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first)
+
+
+def coin_crop(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    out_size_px: int,
+    *,
+    margin_frac: float = 0.05,
+    fill_value: int = 0,
+) -> np.ndarray:
+    """Background-removed square crop of the coin, ``out_size_px`` square, ready for the embedder.
+
+    Pixels outside the mask become ``fill_value``. With ``mask=None`` (segmentation off or failed) the
+    whole image is letterboxed instead.
+    """
+    if mask is None or not mask.any():
+        return letterbox(image, out_size_px, fill_value)[0]
+    cut = np.where(mask[..., None], image, np.uint8(fill_value))
+    box = square_bbox(mask, margin_frac)
+    crop = _crop_padded(cut, box, fill_value)
+    return cv2.resize(crop, (out_size_px, out_size_px), interpolation=cv2.INTER_LINEAR)

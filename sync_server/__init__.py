@@ -1,0 +1,1 @@
+"""coinvision sync server: catalog publishing, Faiss indexes, signed embedding packs."""

@@ -1,0 +1,1 @@
+"""coinvision trainer: segmenter (U-Net) and embedder (metric learning) training with PyTorch."""
