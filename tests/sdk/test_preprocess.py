@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from coinvision.sdk.preprocess import (
+    IMAGENET_MEAN,
+    InputSpec,
+    coin_crop,
+    largest_component,
+    letterbox,
+    square_bbox,
+    to_model_input,
+    two_pass_segment,
+    unletterbox,
+)
+
+
+def _disc_image(h: int = 120, w: int = 200, center=(140, 60), radius: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((h, w, 3), 40, np.uint8)
+    cv2.circle(image, center, radius, (200, 170, 60), -1)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, center, radius, 1, -1)
+    return image, mask.astype(bool)
+
+
+def _color_predictor(square: np.ndarray) -> np.ndarray:
+    """A stand-in segmenter with a known answer: yellow pixels are coin."""
+    return (square[..., 0].astype(np.float32) > 120).astype(np.float32)
+
+
+def test_letterbox_round_trip_restores_geometry() -> None:
+    image, mask = _disc_image()
+    square, box = letterbox(image, 64)
+    assert square.shape == (64, 64, 3)
+    assert box.pad_x == 0 and box.pad_y > 0  # wide image: padding above and below
+    back = unletterbox(cv2.resize(mask.astype(np.float32), (image.shape[1], image.shape[0])), box)
+    assert back.shape == mask.shape
+
+
+def test_to_model_input_layouts_hold_the_same_values() -> None:
+    square = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    nchw = to_model_input(square, InputSpec(size_px=32, layout="NCHW"))
+    nhwc = to_model_input(square, InputSpec(size_px=32, layout="NHWC"))
+    assert nchw.shape == (1, 3, 32, 32) and nhwc.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(nchw.transpose(0, 2, 3, 1), nhwc)
+    expected = (square[0, 0, 0] / 255.0 - IMAGENET_MEAN[0]) / 0.229
+    assert nchw[0, 0, 0, 0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_input_spec_rejects_unknown_layout() -> None:
+    with pytest.raises(ValueError, match="layout"):
+        InputSpec(size_px=64, layout="CHWN")
+
+
+def test_largest_component_keeps_the_biggest_blob() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[10:20, 10:20] = True
+    mask[50:90, 50:90] = True
+    out = largest_component(mask)
+    assert out is not None and out.sum() == 40 * 40
+    assert largest_component(np.zeros((10, 10), bool)) is None
+
+
+def test_square_bbox_is_square_and_grown_by_margin() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[40:60, 30:70] = True
+    x0, y0, x1, y1 = square_bbox(mask, margin_frac=0.25)
+    assert x1 - x0 == y1 - y0 == 60
+
+
+def test_two_pass_segment_finds_the_disc() -> None:
+    image, truth = _disc_image()
+    seg = two_pass_segment(image, _color_predictor, size_px=64)
+    assert seg.found and seg.passes == 2
+    iou = (seg.mask & truth).sum() / (seg.mask | truth).sum()
+    assert iou > 0.9
+
+
+def test_two_pass_segment_reports_no_coin_on_blank_photo() -> None:
+    seg = two_pass_segment(np.full((50, 80, 3), 30, np.uint8), _color_predictor, size_px=64)
+    assert not seg.found and seg.mask is None
+
+
+def test_coin_crop_removes_background() -> None:
+    image, mask = _disc_image()
+    crop = coin_crop(image, mask, 48)
+    assert crop.shape == (48, 48, 3)
+    assert (crop[0, 0] == 0).all()  # corner is outside the disc: filled
+    assert tuple(crop[24, 24]) == (200, 170, 60)
