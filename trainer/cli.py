@@ -42,6 +42,23 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrained_port_mobilenetv2(args: argparse.Namespace) -> int:
+    from coinvision.trainer.tflite_port import port_and_check
+
+    report = port_and_check(
+        args.tflite, args.out, check_images=args.check_images, max_images=args.max_images, seed=args.seed
+    )
+    print(f"wrote {args.out} (+ {args.out.with_suffix('.json').name}) from {report['source']}")
+    print(f"  input: {report['input']['normalisation']}; batchnorm: {report['batchnorm']}")
+    for check in report["checks"]:
+        print(
+            f"  vs TFLite on {check['n_images']} photos, pad {check['pad_type']:9s}: "
+            f"top-1 agreement {check['top1_agreement']:.3f}  top-5 overlap {check['top5_overlap']:.3f}  "
+            f"logit corr {check['logit_corr']:.4f}"
+        )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect datasets and write splits")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -57,3 +74,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--val-class-frac", type=float, default=0.2)
     split.set_defaults(func=_cmd_data_split)
+
+    pretrained = sub.add_parser("pretrained", help="port pretrained weights into PyTorch")
+    pretrained_sub = pretrained.add_subparsers(dest="pretrained_command", metavar="ACTION", required=True)
+    port = pretrained_sub.add_parser(
+        "port-mobilenetv2", help="int8 TFLite MobileNetV2 (ImageNet) -> timm mobilenetv2_100 state_dict"
+    )
+    port.add_argument("--tflite", type=Path, required=True, help="mobilenet_v2_1.0_224 .tflite file")
+    port.add_argument("--out", type=Path, required=True, help=".pth to write (a .json report goes beside it)")
+    port.add_argument(
+        "--check-images", type=Path, default=None, help="photo folder: calibrate BN stats and compare with TFLite"
+    )
+    port.add_argument("--max-images", type=int, default=64, help="photos sampled from --check-images")
+    port.add_argument("--seed", type=int, default=0)
+    port.set_defaults(func=_cmd_pretrained_port_mobilenetv2)
