@@ -1,0 +1,133 @@
+"""Publishing: freeze the catalog as version N+1, write its full pack and the delta from N, then commit.
+
+Crash safety: pack files get new, content-addressed names and are written atomically before the database
+row that points at them is committed. A crash at any point leaves version N served and the database as it
+was; at worst an unreferenced file stays behind. Versions are monotonic: the (catalog, version) unique key
+makes a concurrent second publish fail instead of reusing a number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from coinvision.sdk import pack as packlib
+from coinvision.sync_server.api_errors import ApiError
+from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
+from coinvision.sync_server.storage import write_atomic
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+__all__ = ["PublishResult", "publish_catalog"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: CatalogVersion
+    skipped_coins: list[str]  # coins without a reference embedded by the current model
+
+
+def _records_and_vectors(
+    session: Session, catalog_id: str, fingerprint: str
+) -> tuple[np.ndarray, list[str], list[packlib.CoinRecord], list[str]]:
+    coins = session.scalars(select(Coin).where(Coin.catalog_id == catalog_id).order_by(Coin.coin_id)).all()
+    refs = session.execute(
+        select(ReferenceImage.coin_pk, ReferenceImage.embedding)
+        .where(ReferenceImage.catalog_id == catalog_id, ReferenceImage.model_fingerprint == fingerprint)
+        .order_by(ReferenceImage.id)
+    ).all()
+    by_coin: dict[int, list[bytes]] = {}
+    for r in refs:
+        by_coin.setdefault(r.coin_pk, []).append(r.embedding)
+    vectors: list[np.ndarray] = []
+    vector_coins: list[str] = []
+    records: list[packlib.CoinRecord] = []
+    skipped: list[str] = []
+    for coin in coins:
+        embs = by_coin.get(coin.id)
+        if not embs:
+            skipped.append(coin.coin_id)
+            continue
+        records.append(
+            packlib.CoinRecord(
+                coin_id=coin.coin_id, label=coin.label, country=coin.country, currency=coin.currency,
+                denomination=coin.denomination, side=coin.side, years=coin.years, extra=dict(coin.extra or {}),
+            )
+        )
+        for emb in embs:
+            vectors.append(np.frombuffer(emb, dtype="<f4"))
+            vector_coins.append(coin.coin_id)
+    return (np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)), vector_coins, records, skipped
+
+
+def _pack_path(packs_dir: Path, catalog_id: str, name: str) -> Path:
+    return packs_dir / catalog_id / name
+
+
+def publish_catalog(
+    session: Session, packs_dir: Path, catalog: Catalog, fingerprint: str, quant: str
+) -> PublishResult:
+    vectors, vector_coins, records, skipped = _records_and_vectors(session, catalog.id, fingerprint)
+    if not records:
+        raise ApiError(
+            409, "nothing_to_publish",
+            f"catalog {catalog.id!r} has no coin with a reference image embedded by model {fingerprint}; "
+            "upload reference images first",
+        )
+    previous = session.scalar(
+        select(CatalogVersion).where(CatalogVersion.catalog_id == catalog.id).order_by(CatalogVersion.version.desc())
+    )
+    version = (previous.version if previous else 0) + 1
+    pack_bytes = packlib.build_pack(
+        vectors.astype(np.float32), vector_coins, records,
+        catalog_id=catalog.id, catalog_version=version, model_fingerprint=fingerprint, quant=quant,
+    )
+    pack_sha = hashlib.sha256(pack_bytes).hexdigest()
+    pack_name = f"v{version}-{pack_sha[:16]}.pack"
+    delta_name = delta_sha = None
+    delta_size = None
+    delta_bytes = None
+    if previous is not None and previous.model_fingerprint == fingerprint:
+        base_path = _pack_path(packs_dir, catalog.id, previous.pack_file)
+        base = packlib.read_pack(base_path)
+        delta_bytes = packlib.build_delta(base, packlib.read_pack(pack_bytes))
+        delta_sha = hashlib.sha256(delta_bytes).hexdigest()
+        delta_name = f"v{previous.version}-v{version}-{delta_sha[:16]}.delta"
+        delta_size = len(delta_bytes)
+    write_atomic(_pack_path(packs_dir, catalog.id, pack_name), pack_bytes)
+    if delta_bytes is not None and delta_name is not None:
+        write_atomic(_pack_path(packs_dir, catalog.id, delta_name), delta_bytes)
+    row = CatalogVersion(
+        catalog_id=catalog.id, version=version, model_fingerprint=fingerprint,
+        pack_file=pack_name, pack_size=len(pack_bytes), pack_sha256=pack_sha,
+        delta_from=previous.version if delta_name else None, delta_file=delta_name,
+        delta_size=delta_size, delta_sha256=delta_sha,
+        coin_count=len(records), vector_count=len(vector_coins), quant=quant,
+    )
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ApiError(
+            409, "publish_conflict", f"another publish of catalog {catalog.id!r} took version {version}; retry"
+        ) from exc
+    log.info("published %s v%d: %d coins, %d vectors, %d bytes", catalog.id, version, len(records),
+             len(vector_coins), len(pack_bytes))
+    return PublishResult(row, skipped)
+
+
+def latest_version(session: Session, catalog_id: str) -> CatalogVersion | None:
+    return session.scalar(
+        select(CatalogVersion).where(CatalogVersion.catalog_id == catalog_id).order_by(CatalogVersion.version.desc())
+    )
+
+
+def version_count(session: Session, catalog_id: str) -> int:
+    return session.scalar(select(func.count()).where(CatalogVersion.catalog_id == catalog_id)) or 0

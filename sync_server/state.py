@@ -1,0 +1,97 @@
+"""What one server process holds: settings, database, signing key, the embedder, the Faiss indexes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from coinvision.sdk.errors import CoinVisionError
+from coinvision.sync_server.api_errors import ApiError
+from coinvision.sync_server.config import ServerConfig
+from coinvision.sync_server.embedding import Embedder, load_embedder
+from coinvision.sync_server.index import CatalogIndex, IndexRegistry
+from coinvision.sync_server.models import Catalog, Coin, ReferenceImage
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flask import current_app
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["ServerState", "state"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    signing_key: Ed25519PrivateKey
+    registry: IndexRegistry = field(default_factory=IndexRegistry)
+    _embedder: Embedder | None = None
+    _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def embedder(self) -> Embedder:
+        """The release embedder, loaded on first use (503 when the server was started without models)."""
+        if self._embedder is None:
+            with self._embedder_lock:
+                if self._embedder is None:
+                    if self.config.models_dir is None:
+                        raise ApiError(
+                            503, "no_models",
+                            "this server has no models; restart it with --models DIR (the release exports)",
+                        )
+                    try:
+                        self._embedder = load_embedder(
+                            self.config.models_dir, self.config.runtime, self.config.num_threads
+                        )
+                    except CoinVisionError as exc:
+                        raise ApiError(503, "models_unavailable", str(exc)) from exc
+        return self._embedder
+
+    def fingerprint(self, session: Session, catalog_id: str) -> str | None:
+        """The model fingerprint whose vectors this catalog is indexed/published with."""
+        if self.config.models_dir is not None:
+            return self.embedder().fingerprint
+        # Without models (read-only replica): the newest references' fingerprint.
+        return session.scalar(
+            select(ReferenceImage.model_fingerprint)
+            .where(ReferenceImage.catalog_id == catalog_id)
+            .order_by(ReferenceImage.id.desc())
+            .limit(1)
+        )
+
+    def index_for(self, session: Session, catalog: Catalog) -> CatalogIndex:
+        """The catalog's current index; rebuilt from the database when another worker changed the catalog."""
+        current = self.registry.peek(catalog.id)
+        if current is not None and current.generation == catalog.generation:
+            return current
+        with self.registry.build_lock(catalog.id):
+            current = self.registry.peek(catalog.id)
+            if current is not None and current.generation == catalog.generation:
+                return current
+            index = load_index(session, catalog, self.fingerprint(session, catalog.id))
+            self.registry.swap(catalog.id, index)
+            return index
+
+
+def load_index(session: Session, catalog: Catalog, fingerprint: str | None) -> CatalogIndex:
+    rows = session.execute(
+        select(ReferenceImage.id, ReferenceImage.embedding, ReferenceImage.embedding_dim, Coin.coin_id)
+        .join(Coin, Coin.id == ReferenceImage.coin_pk)
+        .where(ReferenceImage.catalog_id == catalog.id, ReferenceImage.model_fingerprint == (fingerprint or ""))
+        .order_by(ReferenceImage.id)
+    ).all()
+    dim = rows[0].embedding_dim if rows else 1
+    vectors = (
+        np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]) if rows else np.zeros((0, dim), np.float32)
+    )
+    ids = np.array([r.id for r in rows], dtype=np.int64)
+    log.info("built index for catalog %s: %d references (generation %d)", catalog.id, len(rows), catalog.generation)
+    return CatalogIndex(dim, ids, vectors, [r.coin_id for r in rows], generation=catalog.generation)
+
+
+def state() -> ServerState:
+    return current_app.extensions["coinvision"]
