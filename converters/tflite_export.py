@@ -1,0 +1,159 @@
+"""PyTorch -> TFLite with litert-torch, then quantized variants with ai-edge-quantizer.
+
+Layout is handled once, here: the converted graph is ``NHWCInput(model)``, so the ``.tflite`` file takes the
+NHWC float batch that ``to_model_input(..., InputSpec(layout="NHWC"))`` produces (the natural layout of an
+Android bitmap). Normalisation stays outside the model, stated in the metadata, identical for every format.
+
+Quantizations (all derived from the one fp32 flatbuffer, so they differ only in the quantization step):
+
+- ``fp32``: as converted.
+- ``fp16``: weights stored as float16, dequantized at load (compute stays fp32 on CPU, fp16 on GPU delegates).
+- ``dynamic_int8``: int8 per-channel weights, activations quantized on the fly (float in/out).
+- ``int8``: full integer: int8 weights and activations, calibrated on real photos; int8 input/output tensors
+  (the runner quantizes with the tensor's scale/zero-point, which the SDK reads from the interpreter).
+- ``int16x8``: int8 weights, int16 activations (calibrated): the quantization-friendlier fallback when full
+  int8 loses too much on SiLU / squeeze-excite blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from coinvision.converters.metadata import embed_tflite_metadata, for_runtime
+from coinvision.sdk.errors import ConversionError
+from coinvision.sdk.model_meta import ModelMetadata
+
+__all__ = [
+    "CALIBRATED_QUANTIZATIONS",
+    "MIN_CALIBRATION_IMAGES",
+    "TFLITE_QUANTIZATIONS",
+    "convert_tflite_fp32",
+    "export_tflite",
+    "quantize_tflite",
+]
+
+log = logging.getLogger(__name__)
+
+TFLITE_QUANTIZATIONS = ("fp32", "fp16", "dynamic_int8", "int8", "int16x8")
+CALIBRATED_QUANTIZATIONS = ("int8", "int16x8")
+MIN_CALIBRATION_IMAGES = 200  # the issue's floor for release exports; tests may pass fewer with allow_few
+
+
+def check_quantization(quantization: str) -> None:
+    if quantization not in TFLITE_QUANTIZATIONS:
+        raise ConversionError(
+            f"unknown TFLite quantization {quantization!r}; valid: {', '.join(TFLITE_QUANTIZATIONS)}"
+        )
+
+
+def _nhwc_wrapper(model):
+    import torch
+
+    class NHWCInput(torch.nn.Module):
+        """Takes NHWC, feeds the NCHW model: the one place the layout changes."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    return NHWCInput(model).eval()
+
+
+def convert_tflite_fp32(model, size_px: int) -> bytes:
+    """Convert an NCHW PyTorch model to an fp32 TFLite flatbuffer taking NHWC input."""
+    import litert_torch
+    import torch
+
+    example = torch.zeros(1, size_px, size_px, 3)
+    try:
+        with torch.no_grad():
+            edge = litert_torch.convert(_nhwc_wrapper(model.eval()), (example,))
+        return bytes(edge.model_content())
+    except Exception as exc:  # litert-torch raises assorted types from torch.export / MLIR
+        raise ConversionError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _signature_input_name(model_bytes: bytes) -> tuple[str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    sigs = Interpreter(model_content=model_bytes).get_signature_list()
+    name, io = next(iter(sigs.items()))
+    return name, io["inputs"][0]
+
+
+def quantize_tflite(
+    fp32_bytes: bytes, quantization: str, calibration: Sequence[np.ndarray] | None = None
+) -> bytes:
+    """Derive a quantized flatbuffer from the fp32 one. ``calibration``: NHWC float batches (1,S,S,3)."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    check_quantization(quantization)
+    if quantization == "fp32":
+        return fp32_bytes
+    if quantization in CALIBRATED_QUANTIZATIONS and not calibration:
+        raise ConversionError(f"TFLite {quantization} needs calibration images (pass --calibration DIR)")
+    q = quantizer.Quantizer(bytearray(fp32_bytes))
+    if quantization == "fp16":
+        q.update_quantization_recipe(
+            regex=".*",
+            algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            op_config=qtyping.OpQuantizationConfig(
+                weight_tensor_config=qtyping.TensorQuantizationConfig(
+                    num_bits=16, dtype=qtyping.TensorDataType.FLOAT
+                ),
+                compute_precision=qtyping.ComputePrecision.FLOAT,
+                explicit_dequantize=True,
+            ),
+        )
+    elif quantization == "dynamic_int8":
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    elif quantization == "int8":
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+    else:  # int16x8
+        q.load_quantization_recipe(recipe.static_wi8_ai16())
+    try:
+        calibration_result = None
+        if quantization in CALIBRATED_QUANTIZATIONS:
+            signature, input_name = _signature_input_name(fp32_bytes)
+            data = {signature: [{input_name: np.asarray(x, np.float32)} for x in calibration or ()]}
+            calibration_result = q.calibrate(data, num_threads=1)
+        result = q.quantize(calibration_result)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ConversionError(f"TFLite {quantization} quantization failed: {exc}") from exc
+    return bytes(result.quantized_model)
+
+
+def export_tflite(
+    model,
+    meta: ModelMetadata,
+    out_path: str | Path,
+    *,
+    quantization: str = "fp32",
+    calibration: Sequence[np.ndarray] | None = None,
+    fp32_bytes: bytes | None = None,
+) -> Path:
+    """Write ``out_path`` (+ sidecar) in the given quantization. Pass ``fp32_bytes`` to reuse a conversion."""
+    check_quantization(quantization)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if fp32_bytes is None:
+        fp32_bytes = convert_tflite_fp32(model, meta.input.size_px)
+    data = quantize_tflite(fp32_bytes, quantization, calibration)
+    extra = {"converter": "litert-torch + ai-edge-quantizer"}
+    if quantization in CALIBRATED_QUANTIZATIONS:
+        extra["calibration_images"] = len(calibration or ())
+    file_meta = for_runtime(meta, "tflite", quantization, **extra)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(data)
+    embed_tflite_metadata(tmp, file_meta)
+    tmp.replace(out_path)
+    file_meta.write_sidecar(out_path)
+    log.info("wrote %s (%s, %.1f MB)", out_path, quantization, out_path.stat().st_size / 1e6)
+    return out_path
