@@ -1,4 +1,6 @@
-"""Trainer subcommands: ``data``. Heavy imports (torch) happen inside the handlers."""
+"""Trainer subcommands: ``data``, ``pretrained``, ``train``, ``segment``.
+
+Heavy imports (torch) happen inside the handlers."""
 
 from __future__ import annotations
 
@@ -59,6 +61,49 @@ def _cmd_pretrained_port_mobilenetv2(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``train`` group's subparsers, created on first use (segmenter and embedder both add to it)."""
+    if "train" not in sub.choices:
+        train = sub.add_parser("train", help="train the segmenter or the embedder")
+        train.add_subparsers(dest="train_command", metavar="MODEL", required=True)
+    return sub.choices["train"]._subparsers._group_actions[0]
+
+
+def _cmd_train_segmenter(args: argparse.Namespace) -> int:
+    from coinvision.sdk.config_io import parse_overrides, resolve_config
+    from coinvision.trainer.segmenter import SegmenterConfig, train_segmenter
+
+    cfg = resolve_config(SegmenterConfig, args.config, parse_overrides(args.set))
+    best = train_segmenter(cfg, resume=args.resume)
+    print(f"best checkpoint: {best}  (log: {Path(cfg.out_dir) / 'history.csv'}, curves: curves.png)")
+    return 0
+
+
+def _cmd_data_seg_labels(args: argparse.Namespace) -> int:
+    import random
+
+    from coinvision.trainer.seg_data import contact_sheet, label_datasets
+
+    labelled, rejected = label_datasets(args.roots, args.out)
+    methods = Counter(item.method for item in labelled)
+    print(f"labelled {len(labelled)} images ({dict(methods)}), rejected {len(rejected)} -> {args.out}/manifest.csv")
+    for dataset, file, reason in rejected[:20]:
+        print(f"  rejected {dataset}/{file}: {reason}")
+    if labelled:
+        sample = random.Random(args.seed).sample(labelled, min(args.sheet_size, len(labelled)))
+        print(f"contact sheet: {contact_sheet(sample, Path(args.out) / 'contact_sheet.png')}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from coinvision.trainer.segmenter import segment_folder
+
+    written, no_coin = segment_folder(args.image_dir, args.out, runtime=args.runtime, models_dir=args.models,
+                                      two_pass=not args.one_pass)
+    print(f"wrote {written} mask(s) to {args.out}; no coin found in {no_coin} (their masks are all 0)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect datasets and write splits")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -88,3 +133,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     port.add_argument("--max-images", type=int, default=64, help="photos sampled from --check-images")
     port.add_argument("--seed", type=int, default=0)
     port.set_defaults(func=_cmd_pretrained_port_mobilenetv2)
+
+    seg_labels = data_sub.add_parser("seg-labels", help="auto-label coin masks (Hough circles) + contact sheet")
+    seg_labels.add_argument("roots", type=Path, nargs="+", help="dataset folders")
+    seg_labels.add_argument("--out", type=Path, required=True, help="folder for mask PNGs + manifest.csv")
+    seg_labels.add_argument("--sheet-size", type=int, default=60, help="images on the contact sheet")
+    seg_labels.add_argument("--seed", type=int, default=0)
+    seg_labels.set_defaults(func=_cmd_data_seg_labels)
+
+    train_seg = train_subparsers(sub).add_parser("segmenter", help="train the coin segmenter (U-Net)")
+    train_seg.add_argument("--config", type=Path, default=None, help="YAML config (SegmenterConfig keys)")
+    train_seg.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    train_seg.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    train_seg.set_defaults(func=_cmd_train_segmenter)
+
+    segment = sub.add_parser("segment", help="write a 0/255 coin mask PNG for every image under a folder")
+    segment.add_argument("image_dir", type=Path, help="folder of images (searched recursively)")
+    segment.add_argument("--out", type=Path, required=True, help="mask folder (same relative paths, .png)")
+    segment.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="torch")
+    segment.add_argument("--models", type=Path, default=Path("models/release"),
+                         help="folder with segmenter.pt / segmenter.onnx / segmenter.tflite (+ .meta.json)")
+    segment.add_argument("--one-pass", action="store_true", help="skip the second (refinement) pass")
+    segment.set_defaults(func=_cmd_segment)
