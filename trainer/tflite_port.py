@@ -241,11 +241,12 @@ def create_ported_model(state_dict: dict[str, torch.Tensor], *, pad_type: str = 
 
 @torch.no_grad()
 def calibrate_batchnorm(state_dict: dict[str, torch.Tensor], batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Unfold BN: running stats from ``batch`` (ImageNet-normalised NCHW), same eval function.
+    """Unfold BN: running stats measured on ``batch`` (ImageNet-normalised NCHW), same eval function.
 
-    For every conv output ``y`` (no bias) with measured per-channel mean ``m`` and variance ``v``:
-    ``running_mean=m, running_var=v, weight=sqrt(v+eps), bias=old_bias+m`` — eval BN then computes
-    ``y + old_bias`` exactly as before, and train-mode BN on similar images starts near the same function.
+    An eval BN is the affine map ``s * y + t`` (``s = gamma / sqrt(var + eps)``, ``t = beta - s * mean``).
+    For every conv output ``y`` with measured per-channel mean ``m`` and variance ``v`` we store
+    ``running_mean=m, running_var=v, gamma=s * sqrt(v + eps), beta=t + s * m``: eval output is unchanged,
+    and train-mode BN on similar images (batch stats near ``m, v``) starts near the same function.
     """
     model = create_ported_model(state_dict)
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -264,11 +265,15 @@ def calibrate_batchnorm(state_dict: dict[str, torch.Tensor], batch: torch.Tensor
     for name, (m, v) in stats.items():
         bn = _bn_after(name)
         eps = model.get_submodule(bn).eps
+        gamma, beta = state_dict[f"{bn}.weight"].double(), state_dict[f"{bn}.bias"].double()
+        mean0, var0 = state_dict[f"{bn}.running_mean"].double(), state_dict[f"{bn}.running_var"].double()
+        scale = gamma / (var0 + eps).sqrt()
+        shift = beta - scale * mean0
         v = v.clamp_min(1e-6)
         out[f"{bn}.running_mean"] = m.float()
         out[f"{bn}.running_var"] = v.float()
-        out[f"{bn}.weight"] = (v + eps).sqrt().float()
-        out[f"{bn}.bias"] = (state_dict[f"{bn}.bias"].double() + m).float()
+        out[f"{bn}.weight"] = (scale * (v + eps).sqrt()).float()
+        out[f"{bn}.bias"] = (shift + scale * m).float()
     return out
 
 
