@@ -156,8 +156,9 @@ def read_embedded_metadata(path: str | Path) -> ModelMetadata:
     if suffix == ".tflite":
         return read_tflite_metadata(path)
     if suffix in (".mlpackage", ".mlmodel"):
-        import coremltools as ct
+        from coinvision.converters.coreml_export import import_coremltools
 
+        ct = import_coremltools()
         return read_coreml_metadata(ct.models.MLModel(str(path), skip_model_load=True))
     raise ModelLoadError(f"{path}: unknown model file type {suffix!r}; expected .onnx, .tflite or .mlpackage")
 

@@ -62,9 +62,10 @@ def tiny_segmenter(seed: int = 0, size_px: int = TINY_SIZE_PX, threshold: float 
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             f1 = self.enc1(x)
-            f2 = F.interpolate(self.enc2(f1), size=f1.shape[-2:], mode="bilinear", align_corners=False)
+            # fixed scale factors (as smp's U-Net decoder uses): shape-derived sizes trip Core ML's tracer
+            f2 = F.interpolate(self.enc2(f1), scale_factor=2.0, mode="bilinear", align_corners=False)
             logits = self.head(torch.cat([f1, f2], dim=1))
-            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
 
     torch.manual_seed(seed)
     model = TinySegmenter().eval()

@@ -19,7 +19,7 @@ from coinvision.sync_server.state import state
 from coinvision.sync_server.storage import write_atomic
 from coinvision.sync_server.uploads import decode_upload, overlay_png, thumbnail_jpeg
 from flask import Blueprint, Response, g, jsonify, request, send_file
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 __all__ = ["bp"]
@@ -82,9 +82,12 @@ def _version_json(v: CatalogVersion) -> dict[str, Any]:
 
 
 def _bump_generation(cat: Catalog) -> tuple[int, int]:
-    old = cat.generation
-    cat.generation = old + 1
-    return old, old + 1
+    """Atomically increment the catalog's generation (row-locked, so concurrent writers never share a value)."""
+    new = g.db.execute(
+        update(Catalog).where(Catalog.id == cat.id).values(generation=Catalog.generation + 1)
+        .returning(Catalog.generation)
+    ).scalar_one()
+    return new - 1, new
 
 
 # ---------------------------------------------------------------- catalogs
@@ -393,7 +396,9 @@ def publish(catalog_id: str) -> tuple[Response, int]:
     if strict and dupes:
         raise ApiError(409, "near_duplicates", f"{len(dupes)} pairs of different coins look alike; "
                        "fix them or publish without strict", dupes_json)
-    result = publish_catalog(g.db, st.config.packs_dir, cat, fingerprint, st.config.pack_quant)
+    # One publish per catalog at a time in this process; across processes the unique version key decides.
+    with st.publish_lock(catalog_id):
+        result = publish_catalog(g.db, st.config.packs_dir, cat, fingerprint, st.config.pack_quant)
     return jsonify({**_version_json(result.version), "skipped_coins": result.skipped_coins,
                     "near_duplicates": dupes_json}), 201
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 __all__ = ["ApiError", "register_error_handlers"]
@@ -34,6 +35,11 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return jsonify(_body(code, exc.description or exc.name or "error")), exc.code or 500
+
+    @app.errorhandler(OperationalError)
+    def _db_busy(exc: OperationalError):
+        log.warning("database error: %s", exc)
+        return jsonify(_body("database_busy", "the database is busy or unavailable; retry shortly")), 503
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

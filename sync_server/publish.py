@@ -12,15 +12,18 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from coinvision.sdk import pack as packlib
 from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
 from coinvision.sync_server.storage import write_atomic
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from coinvision.sdk.pack import CoinRecord
 
 __all__ = ["PublishResult", "publish_catalog"]
 
@@ -35,7 +38,9 @@ class PublishResult:
 
 def _records_and_vectors(
     session: Session, catalog_id: str, fingerprint: str
-) -> tuple[np.ndarray, list[str], list[packlib.CoinRecord], list[str]]:
+) -> tuple[np.ndarray, list[str], list[CoinRecord], list[str]]:
+    from coinvision.sdk.pack import CoinRecord
+
     coins = session.scalars(select(Coin).where(Coin.catalog_id == catalog_id).order_by(Coin.coin_id)).all()
     refs = session.execute(
         select(ReferenceImage.coin_pk, ReferenceImage.embedding)
@@ -47,7 +52,7 @@ def _records_and_vectors(
         by_coin.setdefault(r.coin_pk, []).append(r.embedding)
     vectors: list[np.ndarray] = []
     vector_coins: list[str] = []
-    records: list[packlib.CoinRecord] = []
+    records: list[CoinRecord] = []
     skipped: list[str] = []
     for coin in coins:
         embs = by_coin.get(coin.id)
@@ -55,7 +60,7 @@ def _records_and_vectors(
             skipped.append(coin.coin_id)
             continue
         records.append(
-            packlib.CoinRecord(
+            CoinRecord(
                 coin_id=coin.coin_id, label=coin.label, country=coin.country, currency=coin.currency,
                 denomination=coin.denomination, side=coin.side, years=coin.years, extra=dict(coin.extra or {}),
             )
@@ -73,6 +78,8 @@ def _pack_path(packs_dir: Path, catalog_id: str, name: str) -> Path:
 def publish_catalog(
     session: Session, packs_dir: Path, catalog: Catalog, fingerprint: str, quant: str
 ) -> PublishResult:
+    from coinvision.sdk import pack as packlib
+
     vectors, vector_coins, records, skipped = _records_and_vectors(session, catalog.id, fingerprint)
     if not records:
         raise ApiError(
@@ -113,7 +120,7 @@ def publish_catalog(
     session.add(row)
     try:
         session.commit()
-    except IntegrityError as exc:
+    except (IntegrityError, OperationalError) as exc:
         session.rollback()
         raise ApiError(
             409, "publish_conflict", f"another publish of catalog {catalog.id!r} took version {version}; retry"

@@ -32,6 +32,11 @@ class ServerState:
     registry: IndexRegistry = field(default_factory=IndexRegistry)
     _embedder: Embedder | None = None
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
+    _publish_locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def publish_lock(self, catalog_id: str) -> threading.Lock:
+        with self._embedder_lock:
+            return self._publish_locks.setdefault(catalog_id, threading.Lock())
 
     def embedder(self) -> Embedder:
         """The release embedder, loaded on first use (503 when the server was started without models)."""

@@ -78,40 +78,51 @@ class LabelResult:
     reason: str = ""
 
 
-def _edge_support(edges: np.ndarray, cx: float, cy: float, r: float, band_px: int = 2) -> float:
-    """Share of perimeter samples that have an edge pixel within ``band_px`` (the circle's confidence)."""
-    h, w = edges.shape
+def _edge_support(grown_edges: np.ndarray, cx: float, cy: float, r: float) -> float:
+    """Share of perimeter samples that land on a (dilated) edge pixel: the circle's confidence."""
+    h, w = grown_edges.shape
     angles = np.linspace(0.0, 2.0 * math.pi, 180, endpoint=False)
     xs = np.round(cx + r * np.cos(angles)).astype(int)
     ys = np.round(cy + r * np.sin(angles)).astype(int)
     inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     if inside.sum() < 0.5 * len(angles):  # mostly outside the photo: cannot be confirmed
         return 0.0
-    grown = cv2.dilate(edges, np.ones((2 * band_px + 1, 2 * band_px + 1), np.uint8))
-    return float((grown[ys[inside], xs[inside]] > 0).mean())
+    return float((grown_edges[ys[inside], xs[inside]] > 0).mean())
+
+
+def _outermost_radius(grown: np.ndarray, cx: float, cy: float, r: float, max_r: float) -> tuple[float, float]:
+    """Hough often locks onto a coin's inner rim; walk outwards from its radius and keep the outermost circle
+    whose edge support is close to the best one (the coin's outline)."""
+    radii = np.arange(0.8 * r, min(max_r, 1.4 * r) + 0.5, 0.5)
+    support = np.array([_edge_support(grown, cx, cy, float(rad)) for rad in radii])
+    best = float(support.max())
+    good = np.nonzero(support >= 0.95 * best)[0]
+    return float(radii[good[-1]]), float(support[good[-1]])
 
 
 def _hough_candidate(gray: np.ndarray, edges: np.ndarray) -> tuple[float, float, float, float] | None:
     h, w = gray.shape
     side = min(h, w)
+    max_r = 0.62 * max(h, w)
     blurred = cv2.medianBlur(gray, 5)
     circles = cv2.HoughCircles(
         blurred,
         cv2.HOUGH_GRADIENT,
         dp=1.5,
-        minDist=side,  # one coin per catalogue photo / crop: take the strongest circle
+        minDist=side,  # one coin per catalogue photo / crop: the strongest circle
         param1=120,
         param2=30,
         minRadius=int(0.2 * side),
-        maxRadius=int(0.62 * max(h, w)),
+        maxRadius=int(max_r),
     )
     if circles is None:
         return None
+    grown = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     best: tuple[float, float, float, float] | None = None
     for cx, cy, r in circles[0][:5]:
-        score = _edge_support(edges, float(cx), float(cy), float(r))
+        radius, score = _outermost_radius(grown, float(cx), float(cy), float(r), max_r)
         if best is None or score > best[3]:
-            best = (float(cx), float(cy), float(r), score)
+            best = (float(cx), float(cy), radius, score)
     return best
 
 

@@ -342,6 +342,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.num_threads)
+    cv2.setNumThreads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
