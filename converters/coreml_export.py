@@ -6,14 +6,16 @@ Variants (all from one fp16 mlprogram):
 - ``w8``: ``linear_quantize_weights`` 8-bit, per-channel symmetric.
 - ``palette8`` / ``palette6``: k-means weight palettization with 2^8 / 2^6 entries (per tensor).
 
-The input is the same normalised NCHW float tensor as ONNX (``MLMultiArray``), stated in the metadata, so the
-iOS SDK uses the one preprocessing spec. Linux cannot run Core ML predictions; ``validate_coreml`` checks
+The input is the normalised NHWC float tensor of the pipeline spec (``MLMultiArray``; ``layout.nhwc_input``
+transposes inside the graph, as for TFLite), stated in the metadata, so the iOS SDK uses the one preprocessing
+spec. Linux cannot run Core ML predictions; ``validate_coreml`` checks
 what can be checked here (spec, inputs/outputs/shapes, op count, metadata) and the parity test runs where
 Core ML executes (macOS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import shutil
@@ -21,26 +23,32 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from coinvision.converters.layout import nhwc_input
+from coinvision.converters.metadata import for_runtime, read_coreml_metadata, set_coreml_metadata
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import ModelMetadata
 
-from coinvision.converters.metadata import for_runtime, read_coreml_metadata, set_coreml_metadata
-
-__all__ = ["COREML_VARIANTS", "coreml_can_predict", "export_coreml", "validate_coreml"]
+__all__ = [
+    "COREML_VARIANTS",
+    "check_variant",
+    "convert_coreml_fp16",
+    "coreml_can_predict",
+    "coreml_filename",
+    "export_coreml",
+    "validate_coreml",
+]
 
 log = logging.getLogger(__name__)
 
-COREML_VARIANTS = ("fp16", "w8", "palette8", "palette6")
+COREML_VARIANTS = ("fp16", "w8", "palette6", "palette8")
 INPUT_NAME = "input"
 
 
 def import_coremltools():
     """Import coremltools after torch's compiler stack: coremltools pulls in TensorFlow, and importing triton
     (via torch._dynamo) after TensorFlow segfaults in this environment."""
-    try:
+    with contextlib.suppress(ImportError):  # an install without torch can still read Core ML specs
         import torch._dynamo  # noqa: F401
-    except ImportError:  # an install without torch can still read Core ML specs
-        pass
     import coremltools
 
     return coremltools
@@ -56,16 +64,22 @@ def check_variant(variant: str) -> None:
         raise ConversionError(f"unknown Core ML variant {variant!r}; valid: {', '.join(COREML_VARIANTS)}")
 
 
+def coreml_filename(kind: str, variant: str) -> str:
+    """``<kind>.mlpackage`` for the fp16 base, ``<kind>.<variant>.mlpackage`` for the compressed ones."""
+    check_variant(variant)
+    return f"{kind}.mlpackage" if variant == "fp16" else f"{kind}.{variant}.mlpackage"
+
+
 def convert_coreml_fp16(model, meta: ModelMetadata):
     """The base fp16 mlprogram (an ``MLModel``; not loaded for prediction off macOS)."""
     import torch
 
     ct = import_coremltools()
     size = meta.input.size_px
-    example = torch.zeros(1, 3, size, size)
+    example = torch.zeros(1, size, size, 3)
     try:
         with torch.no_grad():
-            traced = torch.jit.trace(model.eval(), example)
+            traced = torch.jit.trace(nhwc_input(model), example)
         return ct.convert(
             traced,
             inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape))],
@@ -79,7 +93,7 @@ def convert_coreml_fp16(model, meta: ModelMetadata):
         raise ConversionError(f"Core ML conversion of {meta.name} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def compress_coreml(mlmodel, variant: str):
+def compress_coreml(mlmodel, variant: str, *, kmeans_workers: int = 1):
     import_coremltools()
     import coremltools.optimize.coreml as cto
 
@@ -90,12 +104,12 @@ def compress_coreml(mlmodel, variant: str):
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
         return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
     nbits = 8 if variant == "palette8" else 6
-    op = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_tensor")
+    op = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_tensor", num_kmeans_workers=kmeans_workers)
     return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
 
 
 def export_coreml(
-    model, meta: ModelMetadata, out_path: str | Path, *, variant: str = "fp16", base=None
+    model, meta: ModelMetadata, out_path: str | Path, *, variant: str = "fp16", base=None, kmeans_workers: int = 1
 ) -> Path:
     """Write ``out_path`` (an ``.mlpackage`` folder) + sidecar. Pass ``base`` (fp16 MLModel) to reuse it."""
     check_variant(variant)
@@ -103,13 +117,16 @@ def export_coreml(
     if out_path.suffix != ".mlpackage":
         raise ConversionError(f"{out_path}: Core ML mlprogram files must end in .mlpackage")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    mlmodel = compress_coreml(base if base is not None else convert_coreml_fp16(model, meta), variant)
+    mlmodel = compress_coreml(
+        base if base is not None else convert_coreml_fp16(model, meta), variant, kmeans_workers=kmeans_workers
+    )
     file_meta = for_runtime(meta, "coreml", variant, minimum_deployment_target="iOS16")
     set_coreml_metadata(mlmodel, file_meta)
     spec = mlmodel.get_spec()
     for desc in spec.description.input:
         desc.shortDescription = (
-            f"normalised RGB NCHW float, {meta.input.size_px}px letterboxed, (x/255 - mean) / std (see metadata)"
+            f"normalised RGB NHWC float 1x{meta.input.size_px}x{meta.input.size_px}x3, letterboxed, "
+            "(x/255 - mean) / std (mean/std in the metadata)"
         )
     for desc in spec.description.output:
         desc.shortDescription = (
@@ -166,12 +183,14 @@ def validate_coreml(path: str | Path, expected: ModelMetadata | None = None) -> 
     if expected is not None:
         problems = []
         size = expected.input.size_px
-        if inputs.get(INPUT_NAME) != [1, 3, size, size]:
-            problems.append(f"input {inputs} != {{'{INPUT_NAME}': [1, 3, {size}, {size}]}}")
+        if inputs.get(INPUT_NAME) != [1, size, size, 3]:
+            problems.append(f"input {inputs} != {{'{INPUT_NAME}': [1, {size}, {size}, 3]}}")
         if expected.output not in outputs:
             problems.append(f"output {expected.output!r} missing (have {list(outputs)})")
         if meta.fingerprint != expected.fingerprint:
             problems.append(f"fingerprint {meta.fingerprint} != {expected.fingerprint}")
+        if meta.input.layout != "NHWC":
+            problems.append(f"metadata layout {meta.input.layout} != NHWC")
         if problems:
             raise ConversionError(f"{path}: " + "; ".join(problems))
     return report

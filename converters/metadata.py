@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 META_KEY = "coinvision.meta"
 
-# Layout of the input tensor each format's file takes (the TFLite/Core ML wrappers transpose NHWC inside).
-FORMAT_LAYOUT = {"onnx": "NCHW", "tflite": "NHWC", "coreml": "NCHW", "torch": "NCHW"}
+# Layout of the input tensor each format's file takes (the TFLite/Core ML files transpose NHWC inside, see layout.py).
+FORMAT_LAYOUT = {"onnx": "NCHW", "tflite": "NHWC", "coreml": "NHWC", "torch": "NCHW"}
 
 
 def for_runtime(meta: ModelMetadata, runtime_format: str, quantization: str, **extra: Any) -> ModelMetadata:

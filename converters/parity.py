@@ -1,33 +1,53 @@
 """Does an exported model compute what the PyTorch model computes? Figures, on real photos, never a bare bool.
 
-``measure_parity`` runs a reference predictor (PyTorch) and a candidate (any runtime, see ``runners``) on the
-same model-input squares and returns the figures; ``parity_failures`` compares them with the issue's targets.
+``measure_parity`` runs a reference predictor (PyTorch) and a candidate (any runtime: ``runners.predictor_for``
+opens ONNX, TFLite and, on macOS, Core ML files) on the same model-input squares (``photo_inputs``) and returns
+the figures; ``check_parity`` adds the targets and the list of misses.
 
-- embedder: cosine(reference, candidate) per image (mean, min); top-1 agreement of nearest-neighbour search
-  against a catalog embedded by the reference; with labels, Recall@1 of both and the drop in points.
+- embedder: cosine(reference, candidate) per image (mean, min) over every image; nearest-neighbour search of
+  the candidate's query embeddings against a catalog embedded by the reference (as on a phone: the pack comes
+  from the server's model): top-1 agreement with the reference's own search; with labels, Recall@1 of both and
+  the drop in points. Catalog/query split: alternate images of each label (or of the whole set without labels).
 - segmenter: mask IoU per image at the release threshold (mean, min), max |logit difference|.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from coinvision.converters.runners import Predictor
 from coinvision.sdk.errors import ConversionError
 
-from coinvision.converters.runners import Predictor
-
-__all__ = ["TARGETS", "ParityTarget", "measure_parity", "parity_failures", "target_for"]
+__all__ = [
+    "QUANTIZATION_TIER",
+    "TARGETS",
+    "ParityResult",
+    "ParitySet",
+    "ParityTarget",
+    "check_parity",
+    "measure_parity",
+    "parity_failures",
+    "parse_target_overrides",
+    "target_for",
+]
 
 
 @dataclass(frozen=True)
 class ParityTarget:
-    cosine_mean: float | None = None
+    cosine_mean: float | None = None  # floors
     cosine_min: float | None = None
-    recall1_drop_points: float | None = None
     iou_mean: float | None = None
+    iou_min: float | None = None
+    recall1_drop_points: float | None = None  # ceilings
+    max_abs_logit_diff: float | None = None
 
+
+_CEILINGS = ("recall1_drop_points", "max_abs_logit_diff")
+TIERS = ("fp32", "fp16", "int8")
 
 # The issue's targets. fp32/fp16 "cosine >= x" is held for every image (min); int8: mean and min separately.
 TARGETS: dict[str, dict[str, ParityTarget]] = {
@@ -43,12 +63,85 @@ TARGETS: dict[str, dict[str, ParityTarget]] = {
     },
 }
 
+# Every exported quantization / Core ML variant -> the target tier it is held to.
+QUANTIZATION_TIER = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "int8_dynamic": "int8",
+    "int8_full": "int8",
+    "int16x8": "int8",
+    "w8": "int8",
+    "palette8": "int8",
+    "palette6": "int8",
+}
 
-def target_for(kind: str, quantization: str) -> ParityTarget:
-    if kind not in TARGETS:
-        raise ConversionError(f"unknown model kind {kind!r}; valid: {', '.join(TARGETS)}")
-    tier = quantization if quantization in ("fp32", "fp16") else "int8"  # every integer variant
-    return TARGETS[kind][tier]
+
+def target_for(kind: str, quantization: str, targets: Mapping[str, Mapping[str, ParityTarget]] | None = None):
+    table = TARGETS if targets is None else targets
+    if kind not in table:
+        raise ConversionError(f"unknown model kind {kind!r}; valid: {', '.join(table)}")
+    if quantization not in QUANTIZATION_TIER:
+        raise ConversionError(f"unknown quantization {quantization!r}; valid: {', '.join(QUANTIZATION_TIER)}")
+    return table[kind][QUANTIZATION_TIER[quantization]]
+
+
+def parse_target_overrides(specs: Sequence[str]) -> dict[str, dict[str, ParityTarget]]:
+    """``["embedder.int8.cosine_min=0.95", ...]`` -> a copy of :data:`TARGETS` with those values replaced."""
+    table = {kind: dict(tiers) for kind, tiers in TARGETS.items()}
+    fields = [f.name for f in dataclasses.fields(ParityTarget)]
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 3:
+            raise ConversionError(f"target {spec!r}: write KIND.TIER.FIELD=VALUE, e.g. embedder.int8.cosine_min=0.97")
+        kind, tier, name = parts
+        if kind not in table or tier not in TIERS or name not in fields:
+            raise ConversionError(
+                f"target {spec!r}: kind one of {', '.join(table)}; tier one of {', '.join(TIERS)}; "
+                f"field one of {', '.join(fields)}"
+            )
+        try:
+            number = None if value.strip().lower() == "none" else float(value)
+        except ValueError as exc:
+            raise ConversionError(f"target {spec!r}: {value!r} is not a number (or 'none')") from exc
+        table[kind][tier] = dataclasses.replace(table[kind][tier], **{name: number})
+    return table
+
+
+@dataclass(frozen=True)
+class ParitySet:
+    """The squares a parity check runs on; for the embedder also which ones form the catalog."""
+
+    squares: list[np.ndarray]
+    labels: list[str] | None = None
+    sources: list[str] | None = None
+
+    def catalog_mask(self) -> np.ndarray:
+        """Alternate images of each label (first, third, ...) form the catalog, the rest are queries."""
+        keys = self.labels if self.labels is not None else [""] * len(self.squares)
+        seen: dict[str, int] = {}
+        mask = np.zeros(len(self.squares), bool)
+        for i, key in enumerate(keys):
+            mask[i] = seen.get(key, 0) % 2 == 0
+            seen[key] = seen.get(key, 0) + 1
+        return mask
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    kind: str
+    quantization: str
+    figures: dict[str, float]
+    target: ParityTarget
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        target = {k: v for k, v in dataclasses.asdict(self.target).items() if v is not None}
+        return {"figures": self.figures, "target": target, "passed": self.passed, "failures": self.failures}
 
 
 def _run(predict: Predictor, squares: Sequence[np.ndarray]) -> np.ndarray:
@@ -63,48 +156,51 @@ def measure_parity(
     kind: str,
     reference: Predictor,
     candidate: Predictor,
-    squares: Sequence[np.ndarray],
+    inputs: ParitySet | Sequence[np.ndarray],
     *,
     threshold: float = 0.5,
-    catalog_squares: Sequence[np.ndarray] | None = None,
-    labels: Sequence[str] | None = None,
-    catalog_labels: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Figures comparing ``candidate`` with ``reference`` on ``squares`` (model-input sized RGB uint8)."""
-    if not squares:
+    """Figures comparing ``candidate`` with ``reference`` on the squares (model-input sized RGB uint8)."""
+    parity_set = inputs if isinstance(inputs, ParitySet) else ParitySet(list(inputs))
+    if not parity_set.squares:
         raise ConversionError("parity needs at least one image")
     if kind == "embedder":
-        return _embedder_parity(reference, candidate, squares, catalog_squares, labels, catalog_labels)
+        return _embedder_parity(reference, candidate, parity_set)
     if kind == "segmenter":
-        return _segmenter_parity(reference, candidate, squares, threshold)
+        return _segmenter_parity(reference, candidate, parity_set.squares, threshold)
     raise ConversionError(f"unknown model kind {kind!r}; valid: embedder, segmenter")
 
 
-def _embedder_parity(reference, candidate, squares, catalog_squares, labels, catalog_labels) -> dict[str, float]:
-    ref = _unit(_run(reference, squares))
-    got = _unit(_run(candidate, squares))
+def _embedder_parity(reference: Predictor, candidate: Predictor, parity_set: ParitySet) -> dict[str, float]:
+    ref = _unit(_run(reference, parity_set.squares))
+    got = _unit(_run(candidate, parity_set.squares))
     cos = np.sum(ref * got, axis=1)
-    figures = {"n_images": float(len(squares)), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
-    if catalog_squares:
-        catalog = _unit(_run(reference, catalog_squares))
-        nn_ref = np.argmax(ref @ catalog.T, axis=1)
-        nn_got = np.argmax(got @ catalog.T, axis=1)
-        figures["n_catalog"] = float(len(catalog_squares))
-        figures["nn_top1_agreement"] = float(np.mean(nn_ref == nn_got))
-        if labels is not None and catalog_labels is not None:
-            cat = np.asarray(catalog_labels)
-            truth = np.asarray(labels)
-            r_ref = float(np.mean(cat[nn_ref] == truth))
-            r_got = float(np.mean(cat[nn_got] == truth))
-            figures["recall1_reference"] = r_ref
-            figures["recall1_candidate"] = r_got
-            figures["recall1_drop_points"] = 100.0 * (r_ref - r_got)
+    figures = {"n_images": float(len(cos)), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    in_catalog = parity_set.catalog_mask()
+    if in_catalog.all() or not in_catalog.any():
+        return figures  # one image: no search to compare
+    catalog = ref[in_catalog]
+    nn_ref = np.argmax(ref[~in_catalog] @ catalog.T, axis=1)
+    nn_got = np.argmax(got[~in_catalog] @ catalog.T, axis=1)
+    figures["n_catalog"] = float(in_catalog.sum())
+    figures["n_queries"] = float((~in_catalog).sum())
+    figures["nn_top1_agreement"] = float(np.mean(nn_ref == nn_got))
+    if parity_set.labels is not None:
+        labels = np.asarray(parity_set.labels)
+        cat_labels, truth = labels[in_catalog], labels[~in_catalog]
+        r_ref = float(np.mean(cat_labels[nn_ref] == truth))
+        r_got = float(np.mean(cat_labels[nn_got] == truth))
+        figures["recall1_reference"] = r_ref
+        figures["recall1_candidate"] = r_got
+        figures["recall1_drop_points"] = 100.0 * (r_ref - r_got)
     return figures
 
 
 def _segmenter_parity(reference, candidate, squares, threshold: float) -> dict[str, float]:
     ref = _run(reference, squares).reshape(len(squares), -1)
     got = _run(candidate, squares).reshape(len(squares), -1)
+    if ref.shape != got.shape:
+        raise ConversionError(f"segmenter outputs differ in size: reference {ref.shape}, candidate {got.shape}")
     # threshold on probability == threshold on logit; compare logits to avoid sigmoid saturation hiding drift
     logit_threshold = float(np.log(threshold / (1.0 - threshold)))
     m_ref, m_got = ref >= logit_threshold, got >= logit_threshold
@@ -122,19 +218,37 @@ def _segmenter_parity(reference, candidate, squares, threshold: float) -> dict[s
     }
 
 
-def parity_failures(kind: str, quantization: str, figures: dict[str, float]) -> list[str]:
-    """Human-readable list of missed targets (empty = passed)."""
-    target = target_for(kind, quantization)
+def parity_failures(
+    kind: str,
+    quantization: str,
+    figures: Mapping[str, float],
+    targets: Mapping[str, Mapping[str, ParityTarget]] | None = None,
+) -> list[str]:
+    """Human-readable list of missed targets (empty = passed). A figure that was not measured is not a miss."""
+    target = target_for(kind, quantization, targets)
     failures: list[str] = []
-
-    def at_least(name: str, floor: float | None) -> None:
-        if floor is not None and name in figures and figures[name] < floor:
-            failures.append(f"{name} {figures[name]:.5f} < {floor}")
-
-    at_least("cosine_mean", target.cosine_mean)
-    at_least("cosine_min", target.cosine_min)
-    at_least("iou_mean", target.iou_mean)
-    drop = figures.get("recall1_drop_points")
-    if target.recall1_drop_points is not None and drop is not None and drop > target.recall1_drop_points:
-        failures.append(f"recall1_drop_points {drop:.2f} > {target.recall1_drop_points}")
+    for name, bound in dataclasses.asdict(target).items():
+        if bound is None or name not in figures:
+            continue
+        value = figures[name]
+        if name in _CEILINGS and value > bound:
+            failures.append(f"{name} {value:.5g} > {bound:g}")
+        elif name not in _CEILINGS and value < bound:
+            failures.append(f"{name} {value:.5f} < {bound:g}")
     return failures
+
+
+def check_parity(
+    kind: str,
+    quantization: str,
+    reference: Predictor,
+    candidate: Predictor,
+    inputs: ParitySet | Sequence[np.ndarray],
+    *,
+    threshold: float = 0.5,
+    targets: Mapping[str, Mapping[str, ParityTarget]] | None = None,
+) -> ParityResult:
+    """Measure and hold the figures to the targets of ``quantization``'s tier."""
+    figures = measure_parity(kind, reference, candidate, inputs, threshold=threshold)
+    target = target_for(kind, quantization, targets)
+    return ParityResult(kind, quantization, figures, target, parity_failures(kind, quantization, figures, targets))

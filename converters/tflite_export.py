@@ -1,18 +1,18 @@
 """PyTorch -> TFLite with litert-torch, then quantized variants with ai-edge-quantizer.
 
-Layout is handled once, here: the converted graph is ``NHWCInput(model)``, so the ``.tflite`` file takes the
-NHWC float batch that ``to_model_input(..., InputSpec(layout="NHWC"))`` produces (the natural layout of an
-Android bitmap). Normalisation stays outside the model, stated in the metadata, identical for every format.
+Layout is handled once (``layout.nhwc_input``): the ``.tflite`` file takes the NHWC float batch that
+``to_model_input(..., InputSpec(layout="NHWC"))`` produces (the natural layout of an Android bitmap).
+Normalisation stays outside the model, stated in the metadata, identical for every format.
 
 Quantizations (all derived from the one fp32 flatbuffer, so they differ only in the quantization step):
 
-- ``fp32``: as converted.
+- ``fp32``: as converted (``<kind>.tflite``, the file the SDK loads by default).
 - ``fp16``: weights stored as float16, dequantized at load (compute stays fp32 on CPU, fp16 on GPU delegates).
-- ``dynamic_int8``: int8 per-channel weights, activations quantized on the fly (float in/out).
-- ``int8``: full integer: int8 weights and activations, calibrated on real photos; int8 input/output tensors
-  (the runner quantizes with the tensor's scale/zero-point, which the SDK reads from the interpreter).
+- ``int8_dynamic``: int8 per-channel weights, activations quantized on the fly (float in/out).
+- ``int8_full``: int8 per-channel weights and int8 activations calibrated on real photos (``<kind>.int8.tflite``).
+  Ops whose output tensor name matches ``keep_float_regex`` stay float (the lever for sensitive ops).
 - ``int16x8``: int8 weights, int16 activations (calibrated): the quantization-friendlier fallback when full
-  int8 loses too much on SiLU / squeeze-excite blocks.
+  int8 loses too much.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from coinvision.converters.layout import nhwc_input
 from coinvision.converters.metadata import embed_tflite_metadata, for_runtime
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import ModelMetadata
@@ -30,16 +31,26 @@ __all__ = [
     "CALIBRATED_QUANTIZATIONS",
     "MIN_CALIBRATION_IMAGES",
     "TFLITE_QUANTIZATIONS",
+    "check_quantization",
     "convert_tflite_fp32",
     "export_tflite",
     "quantize_tflite",
+    "tflite_filename",
 ]
 
 log = logging.getLogger(__name__)
 
-TFLITE_QUANTIZATIONS = ("fp32", "fp16", "dynamic_int8", "int8", "int16x8")
-CALIBRATED_QUANTIZATIONS = ("int8", "int16x8")
-MIN_CALIBRATION_IMAGES = 200  # the issue's floor for release exports; tests may pass fewer with allow_few
+# quantization -> file name suffix after "<kind>"
+_FILE_SUFFIX = {
+    "fp32": ".tflite",
+    "fp16": ".fp16.tflite",
+    "int8_dynamic": ".int8_dynamic.tflite",
+    "int8_full": ".int8.tflite",
+    "int16x8": ".int16x8.tflite",
+}
+TFLITE_QUANTIZATIONS = tuple(_FILE_SUFFIX)
+CALIBRATED_QUANTIZATIONS = ("int8_full", "int16x8")
+MIN_CALIBRATION_IMAGES = 200  # the issue's floor for release exports; smaller sets are allowed but recorded
 
 
 def check_quantization(quantization: str) -> None:
@@ -49,20 +60,9 @@ def check_quantization(quantization: str) -> None:
         )
 
 
-def _nhwc_wrapper(model):
-    import torch
-
-    class NHWCInput(torch.nn.Module):
-        """Takes NHWC, feeds the NCHW model: the one place the layout changes."""
-
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x.permute(0, 3, 1, 2))
-
-    return NHWCInput(model).eval()
+def tflite_filename(kind: str, quantization: str) -> str:
+    check_quantization(quantization)
+    return kind + _FILE_SUFFIX[quantization]
 
 
 def convert_tflite_fp32(model, size_px: int) -> bytes:
@@ -73,7 +73,7 @@ def convert_tflite_fp32(model, size_px: int) -> bytes:
     example = torch.zeros(1, size_px, size_px, 3)
     try:
         with torch.no_grad():
-            edge = litert_torch.convert(_nhwc_wrapper(model.eval()), (example,))
+            edge = litert_torch.convert(nhwc_input(model), (example,))
         return bytes(edge.model_content())
     except Exception as exc:  # litert-torch raises assorted types from torch.export / MLIR
         raise ConversionError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
@@ -88,7 +88,11 @@ def _signature_input_name(model_bytes: bytes) -> tuple[str, str]:
 
 
 def quantize_tflite(
-    fp32_bytes: bytes, quantization: str, calibration: Sequence[np.ndarray] | None = None
+    fp32_bytes: bytes,
+    quantization: str,
+    calibration: Sequence[np.ndarray] | None = None,
+    *,
+    keep_float_regex: str | None = None,
 ) -> bytes:
     """Derive a quantized flatbuffer from the fp32 one. ``calibration``: NHWC float batches (1,S,S,3)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
@@ -112,12 +116,18 @@ def quantize_tflite(
                 explicit_dequantize=True,
             ),
         )
-    elif quantization == "dynamic_int8":
+    elif quantization == "int8_dynamic":
         q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-    elif quantization == "int8":
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
+    elif quantization == "int8_full":
+        q.load_quantization_recipe(recipe.static_wi8_ai8())  # per-channel weights (the recipe's default)
     else:  # int16x8
         q.load_quantization_recipe(recipe.static_wi8_ai16())
+    if keep_float_regex and quantization in CALIBRATED_QUANTIZATIONS:
+        q.update_quantization_recipe(
+            regex=keep_float_regex,
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE,
+        )
     try:
         calibration_result = None
         if quantization in CALIBRATED_QUANTIZATIONS:
@@ -138,6 +148,7 @@ def export_tflite(
     quantization: str = "fp32",
     calibration: Sequence[np.ndarray] | None = None,
     fp32_bytes: bytes | None = None,
+    keep_float_regex: str | None = None,
 ) -> Path:
     """Write ``out_path`` (+ sidecar) in the given quantization. Pass ``fp32_bytes`` to reuse a conversion."""
     check_quantization(quantization)
@@ -145,10 +156,12 @@ def export_tflite(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fp32_bytes is None:
         fp32_bytes = convert_tflite_fp32(model, meta.input.size_px)
-    data = quantize_tflite(fp32_bytes, quantization, calibration)
-    extra = {"converter": "litert-torch + ai-edge-quantizer"}
+    data = quantize_tflite(fp32_bytes, quantization, calibration, keep_float_regex=keep_float_regex)
+    extra: dict[str, object] = {"converter": "litert-torch + ai-edge-quantizer"}
     if quantization in CALIBRATED_QUANTIZATIONS:
         extra["calibration_images"] = len(calibration or ())
+        if keep_float_regex:
+            extra["keep_float_regex"] = keep_float_regex
     file_meta = for_runtime(meta, "tflite", quantization, **extra)
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_bytes(data)

@@ -9,7 +9,14 @@ from __future__ import annotations
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec
 
-__all__ = ["TINY_EMBEDDING_DIM", "TINY_SIZE_PX", "tiny_embedder", "tiny_segmenter", "write_tiny_models"]
+__all__ = [
+    "TINY_EMBEDDING_DIM",
+    "TINY_SIZE_PX",
+    "tiny_embedder",
+    "tiny_segmenter",
+    "write_tiny_checkpoints",
+    "write_tiny_models",
+]
 
 TINY_SIZE_PX = 64
 TINY_EMBEDDING_DIM = 64
@@ -129,3 +136,40 @@ def write_tiny_models(out_dir, *, formats: tuple[str, ...] = ("onnx", "tflite"))
         if "tflite" in formats:
             export_tflite(model, meta, out_dir / f"{meta.name}.tflite")
     return out_dir
+
+
+TINY_SEGMENTER_ENCODER = "tu-mobilenetv2_035"
+TINY_EMBEDDER_BACKBONE = "mobilenetv2_035"
+
+
+def write_tiny_checkpoints(out_dir, *, seed: int = 0, kinds: tuple[str, ...] = ("segmenter", "embedder")):
+    """Random-weight TRAINER checkpoints with the release architectures at toy size (smp U-Net on
+    ``mobilenetv2_035``, timm ``mobilenetv2_035`` + FC -> 64), 64 px: what ``coinvision export`` reads.
+    Returns ``{kind: path}``."""
+    from pathlib import Path
+
+    import torch
+    from coinvision.sdk.config_io import config_to_dict
+    from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+
+    out_dir = Path(out_dir)
+    paths = {}
+    torch.manual_seed(seed)
+    if "segmenter" in kinds:
+        from coinvision.trainer.segmenter import SegmenterConfig, build_segmenter
+
+        cfg = SegmenterConfig(encoder=TINY_SEGMENTER_ENCODER, size_px=TINY_SIZE_PX, decoder_channels=(16, 8, 8, 8, 8))
+        model = build_segmenter(cfg).eval()
+        paths["segmenter"] = save_checkpoint(
+            out_dir / "segmenter.pt", Checkpoint("segmenter", config_to_dict(cfg), model.state_dict(), epoch=1)
+        )
+    if "embedder" in kinds:
+        from coinvision.trainer.embedder import EmbedderConfig, build_embedder
+
+        cfg = EmbedderConfig(backbone=TINY_EMBEDDER_BACKBONE, size_px=TINY_SIZE_PX, head_hidden_dims=(32,),
+                             embedding_dim=TINY_EMBEDDING_DIM)
+        model = build_embedder(cfg).eval()
+        paths["embedder"] = save_checkpoint(
+            out_dir / "embedder.pt", Checkpoint("embedder", config_to_dict(cfg), model.state_dict(), epoch=1)
+        )
+    return paths

@@ -20,6 +20,7 @@ __all__ = ["main"]
 _COMMAND_MODULES = (
     "coinvision.trainer.cli",
     "coinvision.converters.cli",
+    "coinvision.sdk.pack_cli",
     "coinvision.sdk.sdk_cli",
     "coinvision.sync_server.cli",
 )

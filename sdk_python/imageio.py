@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -22,20 +23,36 @@ ImageSource = Union[str, Path, bytes, np.ndarray, Image.Image]  # noqa: UP007 - 
 
 def _open(source: str | Path | bytes, name: str) -> Image.Image:
     try:
-        if isinstance(source, bytes):
-            if not source:
-                raise ImageError(f"{name}: empty input (0 bytes); pass the bytes of a JPEG/PNG photo")
-            return Image.open(io.BytesIO(source))
-        path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{name}: no such file; check the path")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: file is empty (0 bytes); re-export or re-copy the photo")
-        return Image.open(path)
+        # Pillow's own decompression-bomb guard fires at open() for > 179 MP; ours (MAX_INPUT_PIXELS, lower)
+        # runs right after open with a message that names the limit, so Pillow's warning is noise here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(source, bytes):
+                if not source:
+                    raise ImageError(f"{name}: empty input (0 bytes); pass the bytes of a JPEG/PNG photo")
+                return Image.open(io.BytesIO(source))
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"{name}: no such file; check the path")
+            if path.stat().st_size == 0:
+                raise ImageError(f"{name}: file is empty (0 bytes); re-export or re-copy the photo")
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(
+            f"{name}: image is far above the {MAX_INPUT_PIXELS / 1e6:.0f} MP limit ({exc}); downscale the photo first"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not a readable image (JPEG, PNG, WebP, BMP, TIFF are supported)") from exc
     except OSError as exc:
         raise ImageError(f"{name}: cannot read image: {exc}") from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") and img.getextrema()[1] > 255:
+        # 16-bit grayscale (scanners, some PNG exports): Pillow's convert() clips to 255, scale instead.
+        wide = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray((np.minimum(wide, 65535) // 257).astype(np.uint8), mode="L")
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert() to the same mode copies
 
 
 def load_image(source: ImageSource, *, max_side_px: int = MAX_WORKING_SIDE_PX) -> np.ndarray:
@@ -69,15 +86,20 @@ def load_image(source: ImageSource, *, max_side_px: int = MAX_WORKING_SIDE_PX) -
         )
     try:
         if max(width, height) > max_side_px:
-            # draft() lets JPEG decode at 1/2..1/8 scale, so a huge photo never lands in memory whole.
-            img.draft("RGB", (max_side_px, max_side_px))
-        img = ImageOps.exif_transpose(img)
+            # draft() lets JPEG decode at 1/2..1/8 scale, so a huge photo never lands in memory whole. It keeps
+            # both sides >= the requested ones, so request the aspect-preserving target, not a square.
+            scale = max_side_px / max(width, height)
+            img.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        if isinstance(source, Image.Image):
+            img = ImageOps.exif_transpose(img)  # never modify the caller's image
+        else:
+            ImageOps.exif_transpose(img, in_place=True)  # no full-size copy of a big photo
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             # Transparent pixels become white, as a photo app shows them.
             rgba = img.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(canvas, rgba)
-        img = img.convert("RGB")
+        img = _to_rgb(img)
         if max(img.size) > max_side_px:
             img.thumbnail((max_side_px, max_side_px), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)

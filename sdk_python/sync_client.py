@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -156,7 +157,7 @@ class SyncClient:
         except urllib.error.HTTPError as exc:
             detail = exc.read(2000).decode("utf-8", "replace")
             raise SyncError(f"server answered {exc.code} for {url}: {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as exc:
             raise SyncError(f"cannot reach the sync server at {self.base_url} ({exc}); using the cached pack") from exc
 
     def fetch_manifest(self) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class SyncClient:
                 doc = json.loads(resp.read(1_000_000))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SyncError(f"manifest is not valid JSON ({exc})") from exc
-        except (TimeoutError, ConnectionError, OSError) as exc:
+        except (http.client.HTTPException, TimeoutError, ConnectionError, OSError) as exc:
             raise SyncError(f"manifest download failed ({exc})") from exc
         return self.verify_manifest(doc)
 
@@ -223,9 +224,14 @@ class SyncClient:
                             if have + fetched > size:
                                 raise SyncError(f"{url}: server sent more than the manifest's {size} bytes")
                             f.write(chunk)
-                    except (TimeoutError, ConnectionError, OSError) as exc:
+                    except (http.client.HTTPException, TimeoutError, ConnectionError, OSError) as exc:
                         # Keep what arrived: the next sync resumes from here with a Range request.
                         raise SyncError(f"{url}: download interrupted after {have + fetched} bytes ({exc})") from exc
+                # http.client returns b"" instead of raising when the connection drops before Content-Length.
+                if have + fetched < size:
+                    raise SyncError(
+                        f"{url}: download interrupted after {have + fetched} of {size} bytes; the next sync resumes"
+                    )
         data = part.read_bytes()
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
             part.unlink()

@@ -28,18 +28,50 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 
 CATALOG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-COIN_FIELDS = ("label", "country", "currency", "denomination", "side", "years")
+# Field -> longest value the column holds (PostgreSQL refuses longer ones; SQLite would silently keep them).
+COIN_FIELDS = {"label": 200, "country": 100, "currency": 100, "denomination": 100, "side": 32, "years": 100}
+MAX_EXTRA_ITEMS = 32
+MAX_EXTRA_CHARS = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 BOTH = ("maintainer", "device")
+# Route ids above the columns' range (BIGINT image ids, INTEGER versions) do not match: 404, not a DB error.
 
 
 # ---------------------------------------------------------------- helpers
 def _json_body() -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send a JSON body with 'Content-Type: application/json'")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # absurdly deep nesting; json raises this instead of a ValueError
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_json", "the body is not a JSON object")
     return body
+
+
+def _text(value: object, name: str, max_chars: int) -> str:
+    """A metadata string: bounded, no control characters (PostgreSQL cannot even store NUL)."""
+    if not isinstance(value, str) or len(value) > max_chars or _CONTROL.search(value):
+        raise ApiError(400, "bad_field", f"{name} must be a string of at most {max_chars} characters, "
+                       "without control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escaped in the JSON ("\ud800")
+        raise ApiError(400, "bad_field", f"{name} is not valid Unicode text") from exc
+    return value
+
+
+def _extra(value: object) -> dict[str, str]:
+    """``extra`` becomes the pack record's string map: flat, string to string, bounded."""
+    if not isinstance(value, dict) or len(value) > MAX_EXTRA_ITEMS:
+        raise ApiError(400, "bad_field", f"extra must be a JSON object of at most {MAX_EXTRA_ITEMS} entries")
+    for k, v in value.items():
+        if not k:
+            raise ApiError(400, "bad_field", "extra keys must not be empty")
+        _text(k, "an extra key", 64)
+        _text(v, f"extra[{k!r}]", MAX_EXTRA_CHARS)
+    return dict(value)
 
 
 def _catalog(catalog_id: str) -> Catalog:
@@ -117,8 +149,8 @@ def create_catalog() -> tuple[Response, int]:
     if not isinstance(cid, str) or not CATALOG_ID.match(cid):
         raise ApiError(400, "bad_catalog_id", "id must be 1-64 chars of a-z, 0-9, '-', '_' (starting alphanumeric)")
     name = body.get("name", cid)
-    if not isinstance(name, str) or len(name) > 200:
-        raise ApiError(400, "bad_name", "name must be a string of at most 200 characters")
+    if not isinstance(name, str) or len(name) > 200 or _CONTROL.search(name):
+        raise ApiError(400, "bad_name", "name must be a string of at most 200 characters, without control characters")
     if g.db.get(Catalog, cid) is not None:
         raise ApiError(409, "catalog_exists", f"catalog {cid!r} already exists")
     g.db.add(Catalog(id=cid, name=name))
@@ -160,21 +192,21 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     if not COIN_ID.match(coin_id):
         raise ApiError(400, "bad_coin_id", "coin id must be 1-128 chars of letters, digits, '.', '-', '_'")
     body = _json_body()
-    for f in COIN_FIELDS:
-        if f in body and (not isinstance(body[f], str) or len(body[f]) > 200):
-            raise ApiError(400, "bad_field", f"{f} must be a string of at most 200 characters")
-    if "extra" in body and not isinstance(body["extra"], dict):
-        raise ApiError(400, "bad_field", "extra must be a JSON object")
+    unknown = sorted(set(body) - set(COIN_FIELDS) - {"extra"})
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(unknown)}; allowed: "
+                       f"{', '.join([*COIN_FIELDS, 'extra'])}")
+    fields = {f: _text(body[f], f, n) for f, n in COIN_FIELDS.items() if f in body}
+    extra = _extra(body["extra"]) if "extra" in body else None
     coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
     created = coin is None
     if coin is None:
         coin = Coin(catalog_id=catalog_id, coin_id=coin_id, extra={})
         g.db.add(coin)
-    for f in COIN_FIELDS:
-        if f in body:
-            setattr(coin, f, body[f])
-    if "extra" in body:
-        coin.extra = body["extra"]
+    for f, value in fields.items():
+        setattr(coin, f, value)
+    if extra is not None:
+        coin.extra = extra
     try:
         g.db.commit()
     except IntegrityError as exc:
@@ -269,7 +301,7 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     }), 201
 
 
-@bp.delete("/images/<int:image_id>")
+@bp.delete("/images/<int(max=9223372036854775807):image_id>")
 @require_scope("maintainer")
 def delete_image(image_id: int) -> Response:
     ref = g.db.get(ReferenceImage, image_id)
@@ -283,7 +315,7 @@ def delete_image(image_id: int) -> Response:
     return jsonify({"deleted": image_id})
 
 
-@bp.get("/images/<int:image_id>/thumbnail")
+@bp.get("/images/<int(max=9223372036854775807):image_id>/thumbnail")
 @require_scope(*BOTH)
 def image_thumbnail(image_id: int) -> Response:
     ref = g.db.get(ReferenceImage, image_id)
@@ -376,6 +408,8 @@ def duplicates(catalog_id: str) -> Response:
         threshold = float(request.args.get("min_cosine", st.config.duplicate_cosine))
     except ValueError as exc:
         raise ApiError(400, "bad_threshold", "min_cosine must be a number") from exc
+    if not -1.0 <= threshold <= 1.0:  # also refuses nan
+        raise ApiError(400, "bad_threshold", "min_cosine must be between -1 and 1")
     pairs = st.index_for(g.db, cat).near_duplicates(threshold)
     return jsonify({"min_cosine": threshold, "pairs": [p.__dict__ for p in pairs]})
 
@@ -387,7 +421,12 @@ def publish(catalog_id: str) -> tuple[Response, int]:
     st = state()
     cat = _catalog(catalog_id)
     body = _json_body() if request.content_length else {}
-    strict = bool(body.get("strict", False))
+    unknown = sorted(set(body) - {"strict"})
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(unknown)}; publish takes only 'strict'")
+    strict = body.get("strict", False)
+    if not isinstance(strict, bool):
+        raise ApiError(400, "bad_field", "strict must be true or false")
     fingerprint = st.fingerprint(g.db, catalog_id)
     if fingerprint is None:
         raise ApiError(409, "nothing_to_publish", f"catalog {catalog_id!r} has no embedded reference images")
@@ -446,13 +485,13 @@ def _send_versioned(catalog_id: str, version: int, kind: str) -> Response:
     return resp
 
 
-@bp.get("/catalogs/<catalog_id>/versions/<int:version>/pack")
+@bp.get("/catalogs/<catalog_id>/versions/<int(max=2147483647):version>/pack")
 @require_scope(*BOTH)
 def download_pack(catalog_id: str, version: int) -> Response:
     return _send_versioned(catalog_id, version, "pack")
 
 
-@bp.get("/catalogs/<catalog_id>/versions/<int:version>/delta")
+@bp.get("/catalogs/<catalog_id>/versions/<int(max=2147483647):version>/delta")
 @require_scope(*BOTH)
 def download_delta(catalog_id: str, version: int) -> Response:
     return _send_versioned(catalog_id, version, "delta")

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 __all__ = ["ApiError", "register_error_handlers"]
@@ -40,6 +40,12 @@ def register_error_handlers(app: Flask) -> None:
     def _db_busy(exc: OperationalError):
         log.warning("database error: %s", exc)
         return jsonify(_body("database_busy", "the database is busy or unavailable; retry shortly")), 503
+
+    @app.errorhandler(DataError)
+    def _bad_value(exc: DataError):
+        # The database refused a value the API checks missed (out-of-range number, over-long text).
+        log.warning("database refused a value: %s", exc)
+        return jsonify(_body("bad_value", "a value in the request is out of range or too long for its field")), 400
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

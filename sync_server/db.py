@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,10 +51,35 @@ def alembic_config() -> Config:
     return cfg
 
 
+# Any constant: the PostgreSQL advisory lock that serialises migrations of concurrently starting workers.
+_MIGRATION_LOCK_KEY = 0x636F696E  # "coin"
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def upgrade_database(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent; run once per process start)."""
+    """Bring the schema to the newest migration (idempotent; every worker runs it at start).
+
+    gunicorn starts its workers at once; without a lock two of them would both find an empty database and
+    both create the tables. PostgreSQL: a transaction-scoped advisory lock; SQLite: a lock file beside it.
+    """
     cfg = alembic_config()
-    with engine.begin() as conn:
+    backend = engine.url.get_backend_name()
+    with _sqlite_file_lock(engine) if backend == "sqlite" else contextlib.nullcontext(), engine.begin() as conn:
+        if backend == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     log.info("database schema up to date (%s)", engine.url.render_as_string(hide_password=True))

@@ -26,15 +26,19 @@ def gpu_available() -> bool:
 
 
 _gpu_resources: object | None = None
+# StandardGpuResources is not thread-safe (one stream, one scratch area): the threaded server serialises every
+# GPU call through this lock. CPU indexes are searched concurrently without it.
+_gpu_lock = threading.Lock()
 
 
 def _to_device(index: faiss.Index, use_gpu: bool) -> faiss.Index:
     global _gpu_resources
     if not use_gpu:
         return index
-    if _gpu_resources is None:
-        _gpu_resources = faiss.StandardGpuResources()
-    return faiss.index_cpu_to_gpu(_gpu_resources, 0, index)
+    with _gpu_lock:
+        if _gpu_resources is None:
+            _gpu_resources = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(_gpu_resources, 0, index)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,12 @@ class CatalogIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.use_gpu:
+            with _gpu_lock:
+                return self.index.search(queries, k)
+        return self.index.search(queries, k)
+
     def with_added(
         self, ids: np.ndarray, vectors: np.ndarray, coin_ids: Sequence[str], generation: int
     ) -> CatalogIndex:
@@ -111,43 +121,61 @@ class CatalogIndex:
         A coin's score is the max over its references (what the device pack search does).
         """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        if not len(self.ids):
+        n = len(self.ids)
+        if not n:
             return [[] for _ in range(len(q))]
-        k = min(len(self.ids), max(top_k * 8, top_k))
-        scores, pos = self.index.search(q, k)
-        out: list[list[tuple[str, float, int]]] = []
-        for row_scores, row_pos in zip(scores, pos, strict=True):
-            seen: dict[str, tuple[float, int]] = {}
-            for s, p in zip(row_scores, row_pos, strict=True):
-                if p < 0:
-                    continue
-                coin = str(self.coin_ids[p])
-                if coin not in seen:
-                    seen[coin] = (float(s), int(self.ids[p]))
-                    if len(seen) == top_k:
-                        break
-            out.append([(c, s, i) for c, (s, i) in seen.items()])
+        out: list[list[tuple[str, float, int]]] = [[] for _ in range(len(q))]
+        todo = np.arange(len(q))
+        # faiss GPU k-selection stops at 2048 neighbours.
+        k_max = min(n, 2048) if self.use_gpu else n
+        k = min(k_max, top_k * 8)
+        # Neighbours are references, answers are coins: when one coin's references fill the first k
+        # neighbours, ask again with a larger k until top_k distinct coins (or every reference) are seen.
+        while len(todo):
+            scores, pos = self._search(q[todo], k)
+            again = []
+            for row, row_scores, row_pos in zip(todo, scores, pos, strict=True):
+                seen: dict[str, tuple[float, int]] = {}
+                for s, p in zip(row_scores, row_pos, strict=True):
+                    if p < 0:
+                        continue
+                    coin = str(self.coin_ids[p])
+                    if coin not in seen:
+                        seen[coin] = (float(s), int(self.ids[p]))
+                        if len(seen) == top_k:
+                            break
+                if len(seen) < top_k and k < k_max:
+                    again.append(row)
+                else:
+                    out[row] = [(c, s, i) for c, (s, i) in seen.items()]
+            todo = np.asarray(again, dtype=np.int64)
+            k = min(k_max, k * 4)
         return out
 
-    def near_duplicates(self, min_cosine: float, neighbours: int = 16) -> list[DuplicatePair]:
-        """Pairs of different coins with references at cosine >= ``min_cosine`` (best pair per coin pair)."""
+    def near_duplicates(self, min_cosine: float) -> list[DuplicatePair]:
+        """Pairs of different coins with references at cosine >= ``min_cosine`` (best pair per coin pair).
+
+        A range search, not k-NN: a coin with many near-identical references cannot hide another coin's
+        look-alike behind them. Runs on a CPU flat index (faiss GPU indexes have no range search).
+        """
         n = len(self.ids)
         if n < 2:
             return []
-        scores, pos = self.index.search(self.vectors, min(n, neighbours + 1))
+        cpu = self.index if not self.use_gpu else faiss.IndexFlatIP(self.dim)
+        if self.use_gpu:
+            cpu.add(self.vectors)
+        # range_search keeps scores strictly above the radius; nextafter makes the threshold inclusive.
+        lims, scores, pos = cpu.range_search(self.vectors, float(np.nextafter(np.float32(min_cosine), -np.inf)))
         best: dict[tuple[str, str], DuplicatePair] = {}
         for i in range(n):
-            for s, p in zip(scores[i], pos[i], strict=True):
-                if p < 0 or s < min_cosine:
+            a = str(self.coin_ids[i])
+            for s, p in zip(scores[lims[i] : lims[i + 1]], pos[lims[i] : lims[i + 1]], strict=True):
+                b = str(self.coin_ids[p])
+                if a >= b:  # same coin, or the pair is seen again from b's side
                     continue
-                a, b = str(self.coin_ids[i]), str(self.coin_ids[p])
-                if a == b:
-                    continue
-                key = (a, b) if a < b else (b, a)
-                ia, ib = (int(self.ids[i]), int(self.ids[p])) if a < b else (int(self.ids[p]), int(self.ids[i]))
-                if key not in best or s > best[key].cosine:
-                    best[key] = DuplicatePair(key[0], key[1], float(s), ia, ib)
-        return sorted(best.values(), key=lambda d: -d.cosine)
+                if (a, b) not in best or s > best[(a, b)].cosine:
+                    best[(a, b)] = DuplicatePair(a, b, float(s), int(self.ids[i]), int(self.ids[p]))
+        return sorted(best.values(), key=lambda d: (-d.cosine, d.coin_a, d.coin_b))
 
 
 class IndexRegistry:

@@ -24,6 +24,7 @@ class LocalServer:
     device_token: str
     public_key: str  # base64 Ed25519 public key, what devices ship with
     thread: threading.Thread = field(repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -34,6 +35,10 @@ class LocalServer:
         return self.app.extensions["coinvision"]
 
     def stop(self) -> None:
+        """Stop serving and close the port and database pool (safe to call twice)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.server.shutdown()
         self.thread.join(timeout=10)
         self.server.server_close()

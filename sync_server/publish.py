@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from coinvision.sdk.errors import PackError
 from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
 from coinvision.sync_server.storage import write_atomic
@@ -91,22 +92,30 @@ def publish_catalog(
         select(CatalogVersion).where(CatalogVersion.catalog_id == catalog.id).order_by(CatalogVersion.version.desc())
     )
     version = (previous.version if previous else 0) + 1
-    pack_bytes = packlib.build_pack(
-        vectors.astype(np.float32), vector_coins, records,
-        catalog_id=catalog.id, catalog_version=version, model_fingerprint=fingerprint, quant=quant,
-    )
+    try:
+        pack_bytes = packlib.build_pack(
+            vectors.astype(np.float32), vector_coins, records,
+            catalog_id=catalog.id, catalog_version=version, model_fingerprint=fingerprint, quant=quant,
+        )
+    except PackError as exc:  # catalog content the pack format refuses: the maintainer must fix it
+        raise ApiError(422, "pack_build_failed", f"catalog {catalog.id!r} cannot be packed: {exc}") from exc
     pack_sha = hashlib.sha256(pack_bytes).hexdigest()
     pack_name = f"v{version}-{pack_sha[:16]}.pack"
     delta_name = delta_sha = None
     delta_size = None
     delta_bytes = None
     if previous is not None and previous.model_fingerprint == fingerprint:
-        base_path = _pack_path(packs_dir, catalog.id, previous.pack_file)
-        base = packlib.read_pack(base_path)
-        delta_bytes = packlib.build_delta(base, packlib.read_pack(pack_bytes))
-        delta_sha = hashlib.sha256(delta_bytes).hexdigest()
-        delta_name = f"v{previous.version}-v{version}-{delta_sha[:16]}.delta"
-        delta_size = len(delta_bytes)
+        try:
+            base = packlib.read_pack(_pack_path(packs_dir, catalog.id, previous.pack_file))
+            delta_bytes = packlib.build_delta(base, packlib.read_pack(pack_bytes))
+        except PackError as exc:
+            # No delta is no harm: devices then download the full pack.
+            log.warning("no delta v%d -> v%d for %s: previous pack unusable (%s)", previous.version, version,
+                        catalog.id, exc)
+        else:
+            delta_sha = hashlib.sha256(delta_bytes).hexdigest()
+            delta_name = f"v{previous.version}-v{version}-{delta_sha[:16]}.delta"
+            delta_size = len(delta_bytes)
     write_atomic(_pack_path(packs_dir, catalog.id, pack_name), pack_bytes)
     if delta_bytes is not None and delta_name is not None:
         write_atomic(_pack_path(packs_dir, catalog.id, delta_name), delta_bytes)

@@ -1,4 +1,4 @@
-"""Trainer subcommands: ``data``, ``pretrained``, ``train``, ``segment``.
+"""Trainer subcommands: ``data``, ``pretrained``, ``train``, ``segment``, ``eval retrieval``.
 
 Heavy imports (torch) happen inside the handlers."""
 
@@ -69,6 +69,14 @@ def train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     return sub.choices["train"]._subparsers._group_actions[0]
 
 
+def eval_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``eval`` group's subparsers, created on first use (other parts may add evaluations to it)."""
+    if "eval" not in sub.choices:
+        evaluate = sub.add_parser("eval", help="evaluate models")
+        evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    return sub.choices["eval"]._subparsers._group_actions[0]
+
+
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from coinvision.sdk.config_io import parse_overrides, resolve_config
     from coinvision.trainer.segmenter import SegmenterConfig, train_segmenter
@@ -101,6 +109,41 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     written, no_coin = segment_folder(args.image_dir, args.out, runtime=args.runtime, models_dir=args.models,
                                       two_pass=not args.one_pass)
     print(f"wrote {written} mask(s) to {args.out}; no coin found in {no_coin} (their masks are all 0)")
+    return 0
+
+
+def _cmd_train_embedder(args: argparse.Namespace) -> int:
+    from coinvision.sdk.config_io import parse_overrides, resolve_config
+    from coinvision.trainer.embedder import EmbedderConfig, train_embedder
+
+    cfg = resolve_config(EmbedderConfig, args.config, parse_overrides(args.set))
+    best = train_embedder(cfg, resume=args.resume)
+    out = Path(cfg.out_dir)
+    print(f"best checkpoint: {best}  (log: {out / 'history.csv'}, curves: curves.png, recall_at_k.png)")
+    return 0
+
+
+def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from coinvision.trainer.retrieval import evaluate_folders, format_table, plot_recall_at_k
+
+    if args.runtime == "torch":
+        from coinvision.trainer.embedder import TorchEmbedPipeline
+
+        pipeline = TorchEmbedPipeline.from_models_dir(args.models, checkpoint=args.checkpoint,
+                                                      num_threads=args.threads)
+        embed = pipeline.embed
+    else:
+        from coinvision.sdk.recognizer import Recognizer
+
+        recognizer = Recognizer.from_dir(args.models, runtime=args.runtime, num_threads=args.threads)
+
+        def embed(image):
+            return recognizer.embed(image).vector
+
+    metrics = evaluate_folders(args.catalog_dir, args.query_dir, embed)
+    print(format_table(metrics, title=f"{args.runtime} {args.models}"))
+    if args.plot:
+        print(f"plot: {plot_recall_at_k(metrics, args.plot)}")
     return 0
 
 
@@ -155,3 +198,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="folder with segmenter.pt / segmenter.onnx / segmenter.tflite (+ .meta.json)")
     segment.add_argument("--one-pass", action="store_true", help="skip the second (refinement) pass")
     segment.set_defaults(func=_cmd_segment)
+
+    train_emb = train_subparsers(sub).add_parser("embedder", help="train the coin embedder (ArcFace)")
+    train_emb.add_argument("--config", type=Path, default=None, help="YAML config (EmbedderConfig keys)")
+    train_emb.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    train_emb.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    train_emb.set_defaults(func=_cmd_train_embedder)
+
+    retrieval = eval_subparsers(sub).add_parser("retrieval", help="Recall@k / MAP@R of two <class>/<image> folders")
+    retrieval.add_argument("catalog_dir", type=Path, help="reference photos, <class>/<image>")
+    retrieval.add_argument("query_dir", type=Path, help="photos to search, <class>/<image>")
+    retrieval.add_argument("--models", type=Path, default=Path("models/release"),
+                           help="torch: embedder.pt (+ segmenter.pt); onnx/tflite: exported models + .meta.json")
+    retrieval.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="torch")
+    retrieval.add_argument("--checkpoint", type=Path, default=None,
+                           help="torch: embedder checkpoint to use instead of <models>/embedder.pt")
+    retrieval.add_argument("--threads", type=int, default=1)
+    retrieval.add_argument("--plot", type=Path, default=None, help="also write the Recall@k bar chart (PNG)")
+    retrieval.set_defaults(func=_cmd_eval_retrieval)

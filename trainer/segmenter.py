@@ -46,8 +46,11 @@ __all__ = [
     "load_segmenter",
     "segment_image",
     "segmenter_metadata",
+    "split_backgrounds",
+    "split_seg_labels",
     "torch_predict_fn",
     "train_segmenter",
+    "val_scene_synthesizer",
 ]
 
 log = logging.getLogger(__name__)
@@ -259,10 +262,11 @@ def _load_items(items: Sequence[LabelledImage], size_px: int) -> list[tuple[np.n
     return [letterbox_pair(load_image(it.image_path), load_mask(it.mask_path), size_px) for it in items]
 
 
-def load_seg_data(cfg: SegmenterConfig) -> SegData:
-    """Labelled real photos split by trainer/splits.py: ``train`` for training, the held-out classes
-    (``catalog`` + ``query``) for validation; backgrounds split 4:1 so validation scenes use unseen ones."""
-    from coinvision.trainer.data import list_backgrounds, load_dataset
+def split_seg_labels(cfg: SegmenterConfig) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Labelled real photos split by trainer/splits.py: ``(train, val)``. ``train`` and ``val_seen`` classes
+    train; up to ``cfg.val_real`` photos of the held-out classes (``catalog`` + ``query``), a seeded sample kept
+    in path order, validate."""
+    from coinvision.trainer.data import load_dataset
     from coinvision.trainer.splits import SplitConfig, make_splits, read_splits, resolve_rows
 
     if not cfg.data_roots:
@@ -278,11 +282,28 @@ def load_seg_data(cfg: SegmenterConfig) -> SegData:
     val = [it for it in labelled if split_of.get(it.image_path) in ("catalog", "query")]
     rng = random.Random(cfg.seed)
     rng.shuffle(val)
-    val = sorted(val[: cfg.val_real], key=lambda it: it.image_path)
-    bg_paths = list_backgrounds(cfg.backgrounds_root) if cfg.backgrounds_root else []
-    bgs = [load_image(p) for p in bg_paths]
+    return train, sorted(val[: cfg.val_real], key=lambda it: it.image_path)
+
+
+def split_backgrounds(cfg: SegmenterConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(train, val)`` background photos split 4:1, so validation scenes use unseen ones."""
+    from coinvision.trainer.data import list_backgrounds
+
+    bgs = [load_image(p) for p in list_backgrounds(cfg.backgrounds_root)] if cfg.backgrounds_root else []
     val_bgs = bgs[::5]
-    train_bgs = [b for i, b in enumerate(bgs) if i % 5] or val_bgs
+    return [b for i, b in enumerate(bgs) if i % 5] or val_bgs, val_bgs
+
+
+def val_scene_synthesizer(cfg: SegmenterConfig, coins: Sequence[tuple[np.ndarray, np.ndarray]],
+                          backgrounds: Sequence[np.ndarray]) -> SceneSynthesizer:
+    """The synthetic validation scenes: ``scene(i)`` for ``i < cfg.val_synthetic`` are the ones training reports."""
+    return SceneSynthesizer(coins, backgrounds, cfg.synth, seed=cfg.seed + 1_000_003)
+
+
+def load_seg_data(cfg: SegmenterConfig) -> SegData:
+    """:func:`split_seg_labels` photos and :func:`split_backgrounds`, loaded."""
+    train, val = split_seg_labels(cfg)
+    train_bgs, val_bgs = split_backgrounds(cfg)
     log.info("segmenter data: %d train photos, %d real val photos, %d/%d backgrounds", len(train), len(val),
              len(train_bgs), len(val_bgs))
     # coins keep up to 2x model resolution so small-scale synthesis stays sharp
@@ -352,8 +373,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     spec = cfg.input_spec
 
     train_synth = SceneSynthesizer(data.train_coins, data.train_backgrounds, cfg.synth, seed=cfg.seed)
-    val_synth = SceneSynthesizer(data.val_coins or data.train_coins, data.val_backgrounds, cfg.synth,
-                                 seed=cfg.seed + 1_000_003)
+    val_synth = val_scene_synthesizer(cfg, data.val_coins or data.train_coins, data.val_backgrounds)
     val_syn_x, val_syn_y = _stack([val_synth.scene(i)[:2] for i in range(cfg.val_synthetic)], spec)
     val_real_pairs = [letterbox_pair(i, m, cfg.size_px) for i, m in data.val_coins] or [
         letterbox_pair(i, m, cfg.size_px) for i, m in data.train_coins[: cfg.val_real]]

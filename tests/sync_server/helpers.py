@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,69 @@ def populate(server: Server, catalog_id: str, coins: list[tuple[str, str, list[P
 
 
 ServerFactory = Callable[..., Server]
+
+
+# (path, upstream body) -> body to send, or None to pass it through unchanged.
+Rewrite = Callable[[str, bytes], bytes | None]
+
+
+@dataclass
+class TamperingProxy:
+    """A man in the middle on loopback between a device and the real server: forwards GETs, and can rewrite
+    a response body (``rewrite``) or cut the body of paths ending in ``cut_suffix`` short after ``cut_after``
+    bytes (a dropped connection).
+
+    ``requests`` records (path, Range header) of every request the device made.
+    """
+
+    upstream: str
+    rewrite: Rewrite | None = None
+    cut_after: int | None = None
+    cut_suffix: str = "/pack"
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # http.server dispatches on this name
+                proxy.requests.append((self.path, self.headers.get("Range")))
+                forward = {k: v for k, v in self.headers.items() if k.lower() in
+                           ("authorization", "range", "if-range", "if-none-match")}
+                up = requests.get(proxy.upstream + self.path, headers=forward, timeout=30)
+                body = up.content
+                changed = proxy.rewrite(self.path, body) if proxy.rewrite else None
+                if changed is not None:
+                    body = changed
+                self.send_response(up.status_code)
+                for k, v in up.headers.items():
+                    if k.lower() in ("content-type", "etag", "content-range", "accept-ranges"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = proxy.cut_after if self.path.endswith(proxy.cut_suffix) else None
+                if cut is not None and len(body) > cut:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="tampering-proxy", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

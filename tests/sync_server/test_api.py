@@ -165,6 +165,8 @@ def test_bad_json_and_unknown_ids_give_json_errors(sqlite_server: Server) -> Non
     assert r.status_code == 400 and r.json()["code"] == "malformed_json"
     r = s.post("/v1/catalogs", json=["a", "list"])
     assert r.status_code == 400 and r.json()["code"] == "malformed_json"
+    r = s.post("/v1/catalogs", data="[" * 100_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "malformed_json"  # nesting too deep to parse
     r = s.post("/v1/catalogs", data="id=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 415
     assert s.post("/v1/catalogs", json={"id": "../etc"}).json()["code"] == "bad_catalog_id"
@@ -193,7 +195,7 @@ def test_openapi_describes_every_api_route(sqlite_server: Server) -> None:
     spec = requests.get(sqlite_server.url + "/openapi.json", timeout=10).json()
     assert spec["openapi"].startswith("3.")
     rules = {
-        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule)
+        re.sub(r"<(?:[^:>]+:)?(\w+)>", r"{\1}", r.rule)
         for r in sqlite_server.local.app.url_map.iter_rules()
         if r.rule.startswith("/v1/")
     }
@@ -204,3 +206,55 @@ def test_search_by_embedding_of_wrong_dimension_is_refused(sqlite_server: Server
     populate(sqlite_server, "c", sample_coins("coins211", n_coins=1, per_coin=1))
     r = sqlite_server.post("/v1/catalogs/c/search", json={"embedding": np.ones(7).tolist()})
     assert r.status_code == 400 and "dimensions" in r.json()["message"]
+
+
+def test_coin_metadata_is_checked_before_the_database_sees_it(server: Server) -> None:
+    s = server
+    assert s.post("/v1/catalogs", json={"id": "c"}).status_code == 201
+    url = "/v1/catalogs/c/coins/coin-1"
+    bad = [
+        ({"country": "x" * 101}, "bad_field"),  # PostgreSQL would refuse it (varchar(100)); SQLite would keep it
+        ({"side": "obverse" * 10}, "bad_field"),
+        ({"label": "nul\x00byte"}, "bad_field"),
+        ({"label": "lone \ud800 surrogate"}, "bad_field"),
+        ({"extra": {"": "empty key"}}, "bad_field"),
+        ({"extra": {"mint": 5}}, "bad_field"),
+        ({"extra": {"nested": {"a": "b"}}}, "bad_field"),
+        ({"extra": ["not", "a", "map"]}, "bad_field"),
+        ({"labell": "typo"}, "unknown_field"),
+    ]
+    for body, code in bad:
+        r = s.put(url, json=body)
+        assert r.status_code == 400 and r.json()["code"] == code, (body, r.text)
+    assert s.get("/v1/catalogs/c/coins").json()["coins"] == []
+    assert s.post("/v1/catalogs", json={"id": "d", "name": "tab\tname"}).json()["code"] == "bad_name"
+    assert s.post("/v1/catalogs/c/publish", json={"strict": "yes"}).json()["code"] == "bad_field"
+    assert s.get("/v1/catalogs/c/duplicates?min_cosine=nan").json()["code"] == "bad_threshold"
+    # ids far beyond the columns' integer range are unknown ids, not server errors
+    assert s.get("/v1/images/99999999999999999999/thumbnail").status_code in (400, 404)
+    assert s.get(f"/v1/catalogs/c/versions/{2**40}/pack", who="device").status_code in (400, 404)
+
+    # valid metadata, extra included, travels into the published pack's record
+    meta = {"label": "1 euro", "country": "Europe", "currency": "EUR", "denomination": "1", "side": "reverse",
+            "years": "2002-", "extra": {"mint": "Paris"}}
+    assert s.put(url, json=meta).status_code == 201
+    img = sample_coins("coins211", n_coins=1, per_coin=1)[0][2][0]
+    assert s.post(url + "/images", files={"image": (img.name, img.read_bytes(), "image/jpeg")}).status_code == 201
+    from coinvision.sdk import pack as packlib
+
+    v = s.post("/v1/catalogs/c/publish").json()
+    record = packlib.read_pack(s.get(v["pack"]["url"], who="device").content).records["coin-1"]
+    assert (record.label, record.country, record.side, record.extra) == ("1 euro", "Europe", "reverse",
+                                                                         {"mint": "Paris"})
+
+
+def test_request_over_the_size_limit_is_refused_with_json(make_server: ServerFactory) -> None:
+    s = make_server(max_request_bytes=100_000)
+    populate(s, "c", [])
+    assert s.put("/v1/catalogs/c/coins/a", json={}).status_code == 201
+    big = b"\xff\xd8" + b"\0" * 150_000
+    r = s.post("/v1/catalogs/c/coins/a/images", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and set(r.json()) == {"code", "message", "detail"}
+    assert _image_rows(s) == 0 and _stored_files(s) == []
+    r = s.post("/v1/catalogs", data=b"{" * 200_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413

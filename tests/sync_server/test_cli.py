@@ -56,3 +56,38 @@ def test_token_create_and_serve_accept_that_token(tmp_path: Path, tiny_models_di
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert (tmp_path / "signing_key.pem").is_file()
+
+
+def test_gunicorn_production_command_with_several_workers(db_url: str, tmp_path: Path) -> None:
+    """The documented production start (docs/SYNC_SERVER.md): three workers migrate one empty database at once."""
+    port = _free_port()
+    env = {"COINVISION_DATA_DIR": str(tmp_path / "data"), "COINVISION_DB_URL": db_url}
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    proc = subprocess.Popen(
+        [str(gunicorn), "--workers", "3", "--worker-class", "gthread", "--threads", "4", "--bind",
+         f"127.0.0.1:{port}", "coinvision.sync_server.app:create_app()"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/v1/health", timeout=10).ok:
+                    break
+            except requests.RequestException:  # refused, or accepted by the master while workers still boot
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        token = _cli("token", "create", "--scope", "maintainer", env=env)
+        assert token.returncode == 0, token.stderr
+        auth = {"Authorization": f"Bearer {token.stdout.strip()}"}
+        assert requests.post(url + "/v1/catalogs", json={"id": "prod"}, headers=auth, timeout=10).status_code == 201
+        # requests spread over the workers: each one is up, on the migrated schema, sees the same data
+        listed = [requests.get(url + "/v1/catalogs", headers=auth, timeout=10) for _ in range(12)]
+        assert {r.status_code for r in listed} == {200}
+        assert all([c["id"] for c in r.json()["catalogs"]] == ["prod"] for r in listed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in out and "Worker failed to boot" not in out, out

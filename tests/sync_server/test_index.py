@@ -70,6 +70,30 @@ def test_catalog_index_near_duplicates_flags_only_different_coins() -> None:
     assert pairs[0].cosine > 0.95 and {pairs[0].image_a, pairs[0].image_b} == {12, 13}
 
 
+def test_search_returns_top_k_coins_when_one_coin_has_many_references() -> None:
+    rng = np.random.default_rng(6)
+    q = _unit(rng, 1)[0]
+    crowd = q + 0.05 * _unit(rng, 100)  # 100 references of one coin, all nearer to q than anything else
+    others = _unit(rng, 30)
+    vectors = np.vstack([crowd / np.linalg.norm(crowd, axis=1, keepdims=True), others])
+    coins = ["crowd"] * 100 + [f"o{i}" for i in range(30)]
+    got = CatalogIndex(64, np.arange(130), vectors, coins, use_gpu=False).search(q, 5)[0]
+    want = _brute(vectors, coins, q, 5)
+    assert [g[0] for g in got] == [w[0] for w in want] and got[0][0] == "crowd" and len(got) == 5
+
+
+def test_near_duplicates_not_hidden_by_many_references_of_one_coin() -> None:
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 1)[0]
+    same = base + 0.001 * _unit(rng, 40)  # coin a: 40 near-identical references
+    twin = base + 0.002 * _unit(rng, 1)  # coin b: one reference that looks like coin a
+    v = np.vstack([same, twin, _unit(rng, 5)])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    coins = ["a"] * 40 + ["b"] + [f"x{i}" for i in range(5)]
+    pairs = CatalogIndex(64, np.arange(46), v, coins, use_gpu=False).near_duplicates(0.99)
+    assert [(p.coin_a, p.coin_b) for p in pairs] == [("a", "b")] and pairs[0].image_b == 40
+
+
 def test_index_registry_never_swaps_in_an_older_generation() -> None:
     rng = np.random.default_rng(4)
     reg = IndexRegistry()

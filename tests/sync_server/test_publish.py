@@ -9,9 +9,10 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from coinvision.sdk import pack as packlib
-from coinvision.sync_server.models import CatalogVersion
+from coinvision.sync_server.models import CatalogVersion, Coin, ReferenceImage
 from sqlalchemy import select
 
 from tests.sync_server.helpers import Server, ServerFactory, populate, sample_coins
@@ -39,6 +40,20 @@ def test_publish_versions_are_monotonic_with_delta(server: Server) -> None:
     assert sorted(set(rebuilt.coin_ids)) == sorted(set(p2.coin_ids)) and rebuilt.catalog_version == 2
     versions = server.get("/v1/catalogs/c/versions", who="device").json()["versions"]
     assert [v["version"] for v in versions] == [1, 2]
+
+
+def test_publish_without_the_previous_pack_file_ships_no_delta(sqlite_server: Server) -> None:
+    s = sqlite_server
+    coins = sample_coins("coins211", n_coins=2, per_coin=1)
+    populate(s, "c", coins[:1])
+    v1 = s.post("/v1/catalogs/c/publish").json()
+    for f in (s.state.config.packs_dir / "c").glob("v1-*.pack"):
+        f.unlink()  # an operator cleaned the data dir by hand
+    populate(s, "c", coins[1:])
+    r = s.post("/v1/catalogs/c/publish")
+    assert r.status_code == 201 and r.json()["version"] == 2 and r.json()["delta"] is None
+    gone = s.get(v1["pack"]["url"], who="device")
+    assert gone.status_code == 410 and gone.json()["code"] == "pack_missing"
 
 
 def test_pack_download_etag_304_and_range_206(sqlite_server: Server) -> None:
@@ -143,15 +158,32 @@ def test_concurrent_publishes_and_downloads_never_tear(sqlite_server: Server) ->
     assert listed == list(range(1, len(listed) + 1))
 
 
-@pytest.mark.parametrize("quant", ["int8", "fp16"])
-def test_published_pack_search_finds_reference_coin(make_server: ServerFactory, quant: str) -> None:
+# Quantisation error allowed per vector component (unit vectors): int8 ~ max|v|/127, fp16 ~ 2^-11 relative.
+_QUANT_ATOL = {"fp32": 1e-7, "fp16": 1e-3, "int8": 0.02}
+
+
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8"])
+def test_published_pack_holds_the_stored_reference_vectors(make_server: ServerFactory, quant: str) -> None:
     s = make_server(pack_quant=quant)
     coins = sample_coins("euro_phone", n_coins=3, per_coin=2)
     populate(s, "c", coins)
     v = s.post("/v1/catalogs/c/publish").json()
     pack = packlib.read_pack(s.get(v["pack"]["url"], who="device").content)
-    from coinvision.sdk.imageio import load_image
-
-    for coin_id, _, images in coins:
-        vec = s.state.embedder().embed(load_image(images[0])).vector
-        assert pack.search(vec, 1)[0][0] == coin_id
+    assert (pack.quant, pack.dim, pack.model_fingerprint) == (quant, 64, s.state.embedder().fingerprint)
+    with s.state.sessions() as session:
+        stored = session.execute(
+            select(Coin.coin_id, ReferenceImage.embedding).join(Coin, Coin.id == ReferenceImage.coin_pk)
+        ).all()
+    got = pack.vectors_f32()
+    for coin_id, _, _ in coins:
+        want = np.stack([np.frombuffer(e, "<f4") for c, e in stored if c == coin_id])
+        mine = got[[i for i, c in enumerate(pack.coin_ids) if c == coin_id]]
+        assert len(mine) == len(want) == 2
+        # same vectors, whatever order the pack keeps a coin's references in
+        err = np.abs(mine[:, None, :] - want[None, :, :]).max(axis=2)
+        assert err.min(axis=1).max() < _QUANT_ATOL[quant], (coin_id, err)
+    if quant == "fp32":
+        # The tiny random-weight test embedder puts every photo within ~1e-5 cosine of every other, so only the
+        # exact (fp32) pack can be expected to rank each reference photo's own coin first.
+        for i, coin_id in enumerate(pack.coin_ids):
+            assert pack.search(got[i], 1)[0][0] == coin_id

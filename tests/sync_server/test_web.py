@@ -11,9 +11,10 @@ import pytest
 
 from tests.sync_server.helpers import Server, populate, sample_coins
 
+# Offline and quiet: no QUIC, no sync, no component or background downloads (the CI machine has no network).
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 
 
@@ -74,7 +75,7 @@ def test_web_page_lists_uploads_and_queries(sqlite_server: Server, page: object,
     overlay_src = pg.get_attribute("#overlay", "src")  # type: ignore[attr-defined]
     assert overlay_src and overlay_src.startswith("data:image/png;base64,")
     assert pg.evaluate("document.querySelector('#overlay').naturalWidth") > 0  # type: ignore[attr-defined]
-    pg.screenshot(path=str(tmp_path / "page.png"))  # type: ignore[attr-defined]
+    pg.screenshot(path=str(tmp_path / "page.png"), full_page=True)  # type: ignore[attr-defined]
 
 
 @pytest.mark.browser

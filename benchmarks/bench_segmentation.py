@@ -1,0 +1,400 @@
+"""Segmentation quality: IoU@0.3 / IoU@0.5 of the coin mask, one pass vs two passes, for the PyTorch checkpoint
+and every exported segmenter, exactly as the phone computes it.
+
+    python -m benchmarks.bench_segmentation --quick     # 100 synthetic scenes + 100 real photos
+    python -m benchmarks.bench_segmentation             # 500 synthetic scenes + the whole real validation set
+    python -m benchmarks.bench_segmentation --checkpoint runs/segmenter/mnv2/best.pt --models models/release
+
+Every image goes through ``coinvision.sdk.preprocess.two_pass_segment`` at its ORIGINAL resolution (letterbox,
+model, unletterbox, largest component, second pass on the square crop) and the final mask is compared with the
+label at that resolution. IoU@t means the probability map thresholded at ``t``; per-image IoU is averaged (an
+image where both masks are empty scores 1, a missed coin 0). One pass is the first pass's largest component.
+
+Data: the segmenter's own validation split (``trainer.segmenter.split_seg_labels``: auto-labelled photos of
+classes held out from training, ``runs/seg_labels`` + ``../shared/data``) and its synthetic validation scenes
+(``val_scene_synthesizer`` over those photos and unseen backgrounds; the target is the main coin's mask, since
+the pipeline keeps one component). Without the shared data or labels it falls back to the bundled
+``examples/sample_coins`` auto-labelled with ``trainer.seg_data.auto_label`` (photos the segmenter may have
+trained on: recorded in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import ROOT, seed_everything, write_result
+
+__all__ = [
+    "DESIGN_REFERENCE",
+    "EvalData",
+    "SegModel",
+    "discover_exported",
+    "evaluate_model",
+    "exported_model",
+    "load_eval_data",
+    "main",
+    "mask_iou",
+    "torch_model",
+]
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = (0.3, 0.5)
+DESIGN_REFERENCE = {"iou@0.3": 0.976, "iou@0.5": 0.960}
+DEFAULT_MODELS = ROOT / "models" / "release"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE_DATA = ROOT / "examples" / "sample_coins"
+
+
+@dataclass(frozen=True)
+class SegModel:
+    """A segmenter under test: square uint8 RGB -> probability map, plus its post-processing values."""
+
+    name: str
+    runtime: str  # "torch" | "onnx" | "tflite"
+    path: str
+    fingerprint: str
+    quantization: str
+    predict: Callable[[np.ndarray], np.ndarray]
+    size_px: int
+    margin_frac: float = 0.15
+    min_area_frac: float = 0.002
+    pad_value: int = 0
+
+
+@dataclass
+class EvalData:
+    source: str  # where the images come from, for the JSON
+    synthetic: list[tuple[np.ndarray, np.ndarray]]  # (scene RGB, main coin mask)
+    real: list[tuple[str, np.ndarray, np.ndarray]]  # (path, photo RGB at original size, mask)
+    synth_size_px: int
+    notes: list[str]
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
+
+
+def torch_model(checkpoint: str | Path, num_threads: int = 1) -> SegModel:
+    import torch
+    from coinvision.trainer.segmenter import load_segmenter, torch_predict_fn
+
+    torch.set_num_threads(num_threads)
+    model, cfg, ckpt = load_segmenter(checkpoint)
+    return SegModel(f"torch {_rel(checkpoint)}", "torch", _rel(checkpoint), ckpt.fingerprint, "fp32",
+                    torch_predict_fn(model, cfg.input_spec), cfg.size_px, cfg.margin_frac)
+
+
+def exported_model(path: str | Path, num_threads: int = 1) -> SegModel:
+    """An exported segmenter run by the SDK's runtime (what the phone runs), metadata from its sidecar."""
+    from coinvision.sdk.runtimes import load_model
+
+    loaded = load_model(path, num_threads)
+    size = loaded.meta.input.size_px
+
+    def predict(square: np.ndarray) -> np.ndarray:
+        return _sigmoid(np.asarray(loaded.predict(square), np.float32).reshape(size, size))
+
+    extra = loaded.meta.extra
+    return SegModel(f"{loaded.meta.runtime_format or Path(path).suffix[1:]} {Path(path).name}",
+                    loaded.meta.runtime_format or Path(path).suffix[1:], _rel(path), loaded.meta.fingerprint,
+                    loaded.meta.quantization, predict, size, float(extra.get("margin_frac", 0.15)),
+                    float(extra.get("min_area_frac", 0.002)), loaded.meta.input.pad_value)
+
+
+def discover_exported(models_dir: str | Path) -> list[Path]:
+    """``segmenter.onnx``, ``segmenter.tflite`` and the quantized ``segmenter.<q>.tflite`` variants present."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    fixed = [models_dir / "segmenter.onnx", models_dir / "segmenter.tflite"]
+    variants = sorted(p for p in models_dir.glob("segmenter.*.tflite"))
+    return [p for p in fixed if p.is_file()] + variants
+
+
+def newest_checkpoint(runs_dir: Path = ROOT / "runs" / "segmenter") -> Path | None:
+    found = sorted(runs_dir.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def check_model(model: SegModel, image: np.ndarray) -> None:
+    """Correctness before use: the predictor returns a finite probability map of the model's size."""
+    from coinvision.sdk.preprocess import letterbox
+
+    square, _ = letterbox(image, model.size_px, model.pad_value)
+    prob = np.asarray(model.predict(square))
+    if prob.shape != (model.size_px, model.size_px) or not np.all(np.isfinite(prob)) or prob.min() < 0 or \
+            prob.max() > 1:
+        raise RuntimeError(f"{model.name}: output shape {prob.shape}, range [{prob.min()}, {prob.max()}] is not a "
+                           f"{model.size_px}x{model.size_px} probability map; nothing was evaluated")
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def _resolve(path: str | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path)
+    return str(p if p.is_absolute() else ROOT / p)
+
+
+def data_config(checkpoint: Path | None, size_px: int):
+    """The segmenter config whose validation split to use: the checkpoint's, else the defaults on ../shared."""
+    from coinvision.sdk.config_io import resolve_config
+    from coinvision.trainer.segmenter import SegmenterConfig
+
+    if checkpoint is not None:
+        from coinvision.trainer.checkpoint import load_checkpoint
+
+        cfg = resolve_config(SegmenterConfig,
+                             overrides={**load_checkpoint(checkpoint).config, "pretrained_path": None})
+    else:
+        cfg = SegmenterConfig(size_px=size_px, data_roots=(str(SHARED_DATA / "coins211"),
+                                                           str(SHARED_DATA / "euro_phone")),
+                              backgrounds_root=str(SHARED_DATA / "backgrounds"))
+    return dataclasses.replace(
+        cfg, data_roots=tuple(_resolve(r) for r in cfg.data_roots), backgrounds_root=_resolve(cfg.backgrounds_root),
+        labels_dir=_resolve(cfg.labels_dir), split_file=_resolve(cfg.split_file))
+
+
+def _sample(items: Sequence[Any], count: int | None, seed: int) -> list[Any]:
+    if count is None or count >= len(items):
+        return list(items)
+    keep = np.random.default_rng(seed).choice(len(items), size=count, replace=False)
+    return [items[i] for i in sorted(keep)]
+
+
+def _shared_split(cfg) -> tuple[list[Any], list[np.ndarray], str]:
+    from coinvision.trainer.segmenter import split_backgrounds, split_seg_labels
+
+    _, val = split_seg_labels(cfg)
+    if not val:
+        raise FileNotFoundError("no labelled photo of a held-out class")
+    return val, split_backgrounds(cfg)[1], f"validation split of {', '.join(Path(r).name for r in cfg.data_roots)}"
+
+
+def _sample_fallback(sample_root: Path) -> tuple[list[Any], list[np.ndarray], str]:
+    """Every bundled sample photo that ``auto_label`` labels, masks written to a temporary folder."""
+    import tempfile
+
+    import cv2
+    from coinvision.sdk.imageio import load_image
+    from coinvision.trainer.data import list_backgrounds, load_dataset
+    from coinvision.trainer.seg_data import LabelledImage, auto_label
+
+    out = Path(tempfile.mkdtemp(prefix="bench_seg_labels_"))
+    items = []
+    for name in ("coins211", "euro_phone"):
+        ds = load_dataset(sample_root / name, verify_images=False)
+        for img in ds.images:
+            label = auto_label(load_image(img.path))
+            if label.mask is None:
+                continue
+            mask_path = out / name / f"{img.path.parent.name}_{img.path.stem}.png"
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(mask_path), label.mask.astype(np.uint8) * 255)
+            items.append(LabelledImage(name, img.path.name, img.path, mask_path, label.method, label.score))
+    backgrounds = [load_image(p) for p in list_backgrounds(sample_root / "backgrounds")]
+    return items, backgrounds, f"examples/sample_coins auto-labelled ({len(items)} photos)"
+
+
+def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: int | None = None,
+                   sample_root: Path = SAMPLE_DATA, force_sample: bool = False) -> EvalData:
+    """Real validation photos at original size and synthetic validation scenes (see the module docstring)."""
+    from coinvision.sdk.errors import CoinVisionError
+    from coinvision.sdk.imageio import load_image
+    from coinvision.trainer.seg_data import SynthConfig, load_mask
+    from coinvision.trainer.segmenter import letterbox_pair, val_scene_synthesizer
+
+    notes: list[str] = []
+    try:
+        if force_sample:
+            raise FileNotFoundError("--sample-data given")
+        items, backgrounds, source = _shared_split(cfg)
+    except (CoinVisionError, FileNotFoundError) as exc:
+        notes.append(f"shared validation data unavailable ({exc}); fell back to the bundled sample, whose photos "
+                     "the segmenter may have seen in training")
+        items, backgrounds, source = _sample_fallback(sample_root)
+    # the synthesizer gets every validation coin (as in training), at 2x model resolution like training
+    coins = [letterbox_pair(load_image(it.image_path), load_mask(it.mask_path), 2 * cfg.size_px) for it in items]
+    synth_size = synth_size_px or cfg.synth.size_px
+    scene_cfg = dataclasses.replace(cfg, synth=SynthConfig(**{**cfg.synth.__dict__, "size_px": synth_size}))
+    synth = val_scene_synthesizer(scene_cfg, coins, backgrounds)
+    synthetic = []
+    for i in range(n_synthetic):
+        image, _, main_mask = synth.scene(i)
+        synthetic.append((image, main_mask))
+    real = [(str(it.image_path), load_image(it.image_path), load_mask(it.mask_path))
+            for it in _sample(items, n_real, cfg.seed)]
+    return EvalData(source, synthetic, real, synth_size, notes)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def mask_iou(pred: np.ndarray | None, target: np.ndarray) -> float:
+    """IoU of two boolean masks; no prediction is an empty mask; both empty scores 1."""
+    if pred is None:
+        return 1.0 if not target.any() else 0.0
+    union = np.logical_or(pred, target).sum()
+    return float(np.logical_and(pred, target).sum() / union) if union else 1.0
+
+
+def _memoised(predict: Callable[[np.ndarray], np.ndarray]) -> tuple[Callable[[np.ndarray], np.ndarray], Callable]:
+    """The first pass sees the same square at every threshold: run the model once per distinct input."""
+    cache: dict[bytes, np.ndarray] = {}
+
+    def run(square: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(np.ascontiguousarray(square).tobytes()).digest()
+        if key not in cache:
+            cache[key] = predict(square)
+        return cache[key]
+
+    return run, cache.clear
+
+
+def evaluate_model(model: SegModel, images: Sequence[tuple[np.ndarray, np.ndarray]],
+                   thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
+    """Mean IoU per (passes, threshold) over ``(image, target mask)`` pairs, both at the image's own size."""
+    from coinvision.sdk.preprocess import two_pass_segment
+
+    predict, clear = _memoised(model.predict)
+    ious = {(p, t): [] for p in (1, 2) for t in thresholds}
+    missed = {(p, t): 0 for p in (1, 2) for t in thresholds}
+    started = time.perf_counter()
+    for image, target in images:
+        for t in thresholds:
+            seg = two_pass_segment(image, predict, size_px=model.size_px, threshold=t, margin_frac=model.margin_frac,
+                                   min_area_frac=model.min_area_frac, pad_value=model.pad_value)
+            for passes, mask in ((1, seg.first_pass_mask), (2, seg.mask)):
+                ious[(passes, t)].append(mask_iou(mask, target))
+                missed[(passes, t)] += mask is None
+        clear()
+    out: dict[str, Any] = {"images": len(images), "seconds": time.perf_counter() - started}
+    for passes in (1, 2):
+        key = f"{passes}_pass"
+        out[key] = {f"iou@{t}": float(np.mean(ious[(passes, t)])) if images else float("nan") for t in thresholds}
+        out[key].update({f"no_coin_frac@{t}": missed[(passes, t)] / max(1, len(images)) for t in thresholds})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def _rel(path: str | Path) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def _candidates(args: argparse.Namespace) -> tuple[list[tuple[str, Callable[[], SegModel]]], list[dict[str, str]]]:
+    """(model loaders to run, skipped entries with reasons)."""
+    loaders: list[tuple[str, Callable[[], SegModel]]] = []
+    skipped: list[dict[str, str]] = []
+    checkpoint = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
+    if checkpoint is not None and checkpoint.is_file():
+        loaders.append((str(checkpoint), lambda: torch_model(checkpoint, args.threads)))
+    else:
+        wanted = args.checkpoint or "runs/segmenter/*/best.pt"
+        skipped.append({"model": "torch", "reason": f"no segmenter checkpoint ({wanted} not found)"})
+    models_dir = Path(args.models)
+    exported = discover_exported(models_dir)
+    for path in exported:
+        loaders.append((str(path), lambda p=path: exported_model(p, args.threads)))
+    for name in ("segmenter.onnx", "segmenter.tflite"):
+        if not (models_dir / name).is_file():
+            skipped.append({"model": name, "reason": f"{_rel(models_dir / name)} not found"})
+    return loaders, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 synthetic scenes + 100 real photos")
+    parser.add_argument("--checkpoint", help="segmenter best.pt (default: the newest runs/segmenter/*/best.pt)")
+    parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of exported segmenter.* files")
+    parser.add_argument("--synthetic", type=int, help="synthetic scenes (default 500, quick 100)")
+    parser.add_argument("--real", type=int, help="real photos (default all of the validation split, quick 100)")
+    parser.add_argument("--synth-size-px", type=int, help="scene size (default: the config's, as in training)")
+    parser.add_argument("--sample-data", action="store_true", help="use the bundled sample even if ../shared exists")
+    parser.add_argument("--sample-root", default=str(SAMPLE_DATA), help="the bundled sample (fallback data)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/segmentation.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    seed_everything(args.seed)
+    import cv2
+
+    cv2.setNumThreads(args.threads)
+    n_synth = args.synthetic if args.synthetic is not None else (100 if args.quick else 500)
+    n_real = args.real if args.real is not None else (100 if args.quick else None)
+
+    loaders, skipped = _candidates(args)
+    models: list[SegModel] = []
+    for source, load in loaders:
+        try:
+            models.append(load())
+        except Exception as exc:  # a runtime missing or a broken file: record it, go on with the others
+            skipped.append({"model": _rel(source), "reason": f"{type(exc).__name__}: {exc}"})
+    for entry in skipped:
+        print(f"skipped {entry['model']}: {entry['reason']}", flush=True)
+    checkpoint = next((Path(m.path) for m in models if m.runtime == "torch"), None)
+    size_px = models[0].size_px if models else 128
+    cfg = data_config(ROOT / checkpoint if checkpoint else None, size_px if size_px % 32 == 0 else 128)
+    data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
+                          force_sample=args.sample_data)
+    for note in data.notes:
+        print(f"note: {note}", flush=True)
+    print(f"data: {data.source}; {len(data.synthetic)} synthetic scenes ({data.synth_size_px} px), "
+          f"{len(data.real)} real photos at original size", flush=True)
+
+    results: dict[str, Any] = {
+        "design_reference": DESIGN_REFERENCE, "thresholds": THRESHOLDS, "data_source": data.source,
+        "data_notes": data.notes, "synthetic_scenes": len(data.synthetic), "synth_size_px": data.synth_size_px,
+        "real_photos": len(data.real), "real_photo_paths": [_rel(p) for p, _, _ in data.real],
+        "data_config": {"data_roots": cfg.data_roots, "labels_dir": cfg.labels_dir, "split_seed": cfg.split_seed,
+                        "split_file": cfg.split_file, "seed": cfg.seed, "val_real": cfg.val_real},
+        "models": [], "skipped": skipped,
+    }
+    table: list[dict[str, Any]] = []
+    probe = data.real[0][1] if data.real else data.synthetic[0][0]
+    for model in models:
+        check_model(model, probe)
+        entry = {"name": model.name, "runtime": model.runtime, "path": model.path, "fingerprint": model.fingerprint,
+                 "quantization": model.quantization, "size_px": model.size_px, "margin_frac": model.margin_frac}
+        for split, images in (("synthetic", data.synthetic), ("real", [(img, m) for _, img, m in data.real])):
+            scores = evaluate_model(model, images)
+            entry[split] = scores
+            for passes in (1, 2):
+                s = scores[f"{passes}_pass"]
+                table.append({"model": model.name, "data": split, "passes": passes, "IoU@0.3": s["iou@0.3"],
+                              "IoU@0.5": s["iou@0.5"], "no coin @0.5": s["no_coin_frac@0.5"], "images": len(images)})
+                print(f"  {model.name:<40} {split:<9} {passes} pass  IoU@0.3 {s['iou@0.3']:.4f}  IoU@0.5 "
+                      f"{s['iou@0.5']:.4f}  no coin {s['no_coin_frac@0.5']:.3f}  ({len(images)} images)", flush=True)
+        results["models"].append(entry)
+    table.append({"model": "design reference (their data)", "data": "", "passes": 2,
+                  "IoU@0.3": DESIGN_REFERENCE["iou@0.3"], "IoU@0.5": DESIGN_REFERENCE["iou@0.5"]})
+    for entry in skipped:
+        table.append({"model": entry["model"], "data": "skipped", "passes": "", "IoU@0.3": "", "IoU@0.5": "",
+                      "no coin @0.5": "", "images": entry["reason"]})
+    path = write_result("segmentation", results, table, args.out)
+    print(f"wrote {path}")
+    return 0 if models else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

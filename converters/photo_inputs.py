@@ -1,0 +1,113 @@
+"""Real photos -> the model-input squares the on-device pipeline feeds each model (for calibration and parity).
+
+- segmenter: the letterboxed whole photo (``preprocess.letterbox``), i.e. the first pass.
+- embedder: the background-removed coin crop (``preprocess.coin_crop``) with the mask of the two-pass
+  segmentation when a segmenter is at hand (the PyTorch one of the same export run), else the letterboxed photo
+  (what ``coin_crop`` does without a mask).
+
+``to_model_input`` then turns a square into each format's tensor with that format's ``InputSpec``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from coinvision.sdk.errors import ConversionError, ImageError
+from coinvision.sdk.imageio import load_image
+from coinvision.sdk.model_meta import ModelMetadata
+from coinvision.sdk.preprocess import Segmentation, coin_crop, letterbox, two_pass_segment
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PhotoSquares",
+    "list_photos",
+    "model_squares",
+    "pick_evenly",
+    "torch_segment_fn",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+SegmentFn = Callable[[np.ndarray], Segmentation]
+
+
+@dataclass(frozen=True)
+class PhotoSquares:
+    """Model-input squares (uint8 RGB, ``size_px``) and the photos they came from (relative paths)."""
+
+    squares: list[np.ndarray]
+    sources: list[str]
+    labels: list[str] | None  # parent folder of each photo relative to the root; None for a flat folder
+    skipped: list[str]  # unreadable photos (relative path: reason)
+
+
+def list_photos(root: str | Path, *, what: str = "photo folder") -> list[Path]:
+    """Every image under ``root`` (recursive), sorted. Raises when the folder is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConversionError(f"{what} {root} does not exist; pass a folder of real photos (searched recursively)")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def pick_evenly(paths: Sequence[Path], count: int) -> list[Path]:
+    """``count`` paths spread evenly over the sorted list (so every class folder contributes), deterministic."""
+    if count >= len(paths):
+        return list(paths)
+    step = len(paths) / count
+    return [paths[int(i * step)] for i in range(count)]
+
+
+def torch_segment_fn(model, meta: ModelMetadata) -> SegmentFn:
+    """The two-pass segmentation of the pipeline spec, run by the PyTorch segmenter."""
+    from coinvision.converters.runners import torch_predictor
+
+    logits = torch_predictor(model, meta.input)
+    size = meta.input.size_px
+
+    def prob(square: np.ndarray) -> np.ndarray:
+        x = np.asarray(logits(square), np.float32).reshape(size, size)
+        return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+    threshold = float(meta.threshold if meta.threshold is not None else 0.5)
+    margin = float(meta.extra.get("margin_frac", 0.15))
+
+    def segment(image: np.ndarray) -> Segmentation:
+        return two_pass_segment(image, prob, size_px=size, threshold=threshold, margin_frac=margin)
+
+    return segment
+
+
+def model_squares(
+    kind: str, paths: Sequence[Path], root: str | Path, size_px: int, segment: SegmentFn | None = None
+) -> PhotoSquares:
+    """Decode ``paths`` and make the squares ``kind`` sees at runtime. Unreadable photos are skipped, listed."""
+    root = Path(root)
+    squares: list[np.ndarray] = []
+    sources: list[str] = []
+    labels: list[str] = []
+    skipped: list[str] = []
+    for path in paths:
+        rel = path.relative_to(root)
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            skipped.append(f"{rel}: {exc}")
+            continue
+        if kind == "segmenter":
+            square = letterbox(image, size_px)[0]
+        else:
+            mask = segment(image).mask if segment is not None else None
+            square = coin_crop(image, mask, size_px)
+        squares.append(square)
+        sources.append(rel.as_posix())
+        labels.append(rel.parent.as_posix())
+    if skipped:
+        log.warning("%d unreadable photo(s) skipped under %s, e.g. %s", len(skipped), root, skipped[0])
+    flat = all(label == "." for label in labels)
+    return PhotoSquares(squares, sources, None if flat else labels, skipped)

@@ -1,0 +1,73 @@
+"""Trainer checkpoints -> the PyTorch model + metadata every export starts from (dispatch on ``kind``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coinvision.sdk.errors import ConfigError, ModelLoadError
+from coinvision.sdk.model_meta import ModelMetadata
+
+__all__ = ["KINDS", "SourceModel", "file_sha256", "load_source"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("segmenter", "embedder")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    kind: str  # "segmenter" | "embedder"
+    model: Any  # torch.nn.Module in eval mode, NCHW normalised input
+    meta: ModelMetadata  # runtime_format "torch"; exported files restate it per format
+    checkpoint: Path
+    checkpoint_sha256: str
+    epoch: int
+    config: dict[str, Any]
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _loader(kind: str):
+    """``(load_fn, metadata_fn)`` of the trainer module for ``kind``; both follow the segmenter's shape."""
+    if kind == "segmenter":
+        from coinvision.trainer.segmenter import load_segmenter, segmenter_metadata
+
+        return load_segmenter, segmenter_metadata
+    from coinvision.trainer.embedder import embedder_metadata, load_embedder
+
+    return load_embedder, embedder_metadata
+
+
+def load_source(path: str | Path) -> SourceModel:
+    """Load a trainer checkpoint of any kind. Config/weights mismatches raise :class:`ModelLoadError`."""
+    from coinvision.trainer.checkpoint import load_checkpoint
+
+    path = Path(path)
+    kind = load_checkpoint(path).kind
+    if kind not in KINDS:
+        raise ModelLoadError(f"{path}: checkpoint kind {kind!r} cannot be exported; valid kinds: {', '.join(KINDS)}")
+    load, metadata = _loader(kind)
+    try:
+        model, cfg, ckpt = load(path)
+    except (ConfigError, TypeError, ValueError) as exc:  # a config the current architecture code does not accept
+        raise ModelLoadError(
+            f"{path}: the stored {kind} config does not match this code's architecture ({exc})"
+        ) from exc
+    meta = metadata(cfg, ckpt.fingerprint)
+    sha = file_sha256(path)
+    meta = dataclasses.replace(
+        meta, extra={**meta.extra, "source_checkpoint": path.name, "checkpoint_sha256": sha, "epoch": ckpt.epoch}
+    )
+    log.info("loaded %s checkpoint %s (fingerprint %s, epoch %d)", kind, path, ckpt.fingerprint, ckpt.epoch)
+    return SourceModel(kind, model.eval(), meta, path, sha, int(ckpt.epoch), dict(ckpt.config))

@@ -1,0 +1,168 @@
+"""Run an exported model on a phone's runtimes: ONNX Runtime, TFLite (ai-edge-litert), Core ML (macOS only).
+
+One calling convention for every runtime: ``predict(square_rgb_uint8) -> output array`` (batch dimension
+dropped). Each predictor turns the image into its model input with ``to_model_input`` and the input spec from
+the model's sidecar metadata (layout included), so layout and normalisation are decided in exactly one place.
+No torch, no tensorflow: this module is what the mobile SDKs mirror.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from coinvision.sdk.errors import ModelLoadError
+from coinvision.sdk.model_meta import ModelMetadata
+from coinvision.sdk.preprocess import to_model_input
+
+__all__ = [
+    "RUNTIME_SUFFIXES",
+    "LoadedModel",
+    "Predictor",
+    "check_coreml_platform",
+    "coreml_predictor",
+    "load_model",
+    "onnx_predictor",
+    "predictor_for",
+    "tflite_predictor",
+]
+
+log = logging.getLogger(__name__)
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+# runtime name -> file suffix of its model files in a models folder
+RUNTIME_SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx", "coreml": ".mlpackage"}
+_INSTALL_HINT = "install the SDK extra: pip install 'coinvision[sdk]'"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model file ready to run, with the metadata it was exported with."""
+
+    path: Path
+    meta: ModelMetadata
+    predict: Predictor
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: model file is missing; export it with `coinvision export` or fix the path")
+
+
+def onnx_predictor(path: str | Path, num_threads: int | None = 1, meta: ModelMetadata | None = None) -> Predictor:
+    """ONNX Runtime on CPU. ``num_threads=None`` lets ONNX Runtime pick (all cores)."""
+    path = Path(path)
+    _check_file(path)
+    meta = meta or ModelMetadata.read_sidecar(path)
+    try:
+        import onnxruntime as ort
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(f"{path}: the onnxruntime package is not installed; {_INSTALL_HINT}") from exc
+    options = ort.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base below Exception
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export the model") from exc
+    input_name = session.get_inputs()[0].name
+
+    def predict(square: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: to_model_input(square, meta.input)})[0][0]
+
+    return predict
+
+
+def tflite_predictor(path: str | Path, num_threads: int | None = 1, meta: ModelMetadata | None = None) -> Predictor:
+    """Runs any of the exported quantizations; int8 input/output tensors are (de)quantized with their params."""
+    path = Path(path)
+    _check_file(path)
+    meta = meta or ModelMetadata.read_sidecar(path)
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(f"{path}: the ai-edge-litert package is not installed; {_INSTALL_HINT}") from exc
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: the TFLite interpreter cannot load it ({exc}); re-export the model") from exc
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+
+    def predict(square: np.ndarray) -> np.ndarray:
+        x = to_model_input(square, meta.input)
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return np.array(y[0], dtype=np.float32)
+
+    return predict
+
+
+def check_coreml_platform(path: Path) -> None:
+    """Core ML predictions need the Core ML framework: refuse anywhere but macOS, naming the alternatives."""
+    if platform.system() != "Darwin":
+        raise ModelLoadError(
+            f"{path}: Core ML models run only on macOS/iOS (this is {platform.system()}); "
+            "use runtime='tflite' or runtime='onnx' here"
+        )
+
+
+def coreml_predictor(path: str | Path, num_threads: int | None = None, meta: ModelMetadata | None = None) -> Predictor:
+    """Core ML ``.mlpackage`` through coremltools; predictions need the Core ML framework, i.e. macOS."""
+    path = Path(path)
+    check_coreml_platform(path)
+    _check_file(path)
+    meta = meta or ModelMetadata.read_sidecar(path)
+    try:
+        import coremltools as ct
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(f"{path}: the coremltools package is not installed; pip install coremltools") from exc
+    try:
+        model = ct.models.MLModel(str(path))
+    except Exception as exc:  # coremltools surfaces framework errors with assorted types
+        raise ModelLoadError(f"{path}: Core ML cannot load it ({exc}); re-export the model") from exc
+    input_name = model.get_spec().description.input[0].name
+
+    def predict(square: np.ndarray) -> np.ndarray:
+        outputs = model.predict({input_name: to_model_input(square, meta.input)})
+        return np.asarray(outputs[meta.output], dtype=np.float32)[0]
+
+    return predict
+
+
+_PREDICTORS = {".onnx": onnx_predictor, ".tflite": tflite_predictor, ".mlpackage": coreml_predictor}
+
+
+def predictor_for(path: str | Path, num_threads: int | None = 1) -> Predictor:
+    """The predictor for a model file, chosen by its suffix (``.onnx``, ``.tflite``, ``.mlpackage``)."""
+    return load_model(path, num_threads).predict
+
+
+def load_model(path: str | Path, num_threads: int | None = 1) -> LoadedModel:
+    """Read the sidecar metadata and open the model on the runtime its suffix names."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _PREDICTORS:
+        raise ModelLoadError(f"{path}: no runtime for {suffix!r} files; use one of {', '.join(sorted(_PREDICTORS))}")
+    if suffix == ".mlpackage":
+        check_coreml_platform(path)  # the platform is the first thing wrong there, not a missing file
+    _check_file(path)
+    meta = ModelMetadata.read_sidecar(path)
+    predict = _PREDICTORS[suffix](path, num_threads, meta)
+    log.debug("loaded %s (%s, %s, fingerprint %s)", path, meta.runtime_format, meta.quantization, meta.fingerprint)
+    return LoadedModel(path=path, meta=meta, predict=predict)

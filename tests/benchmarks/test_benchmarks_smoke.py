@@ -1,0 +1,162 @@
+"""The benchmark scripts on tiny inputs, so they cannot rot: every core function runs, its correctness checks
+hold, and ``main`` writes the JSON the README table is made from. No timing assertions (speed lives in the
+benchmarks' own output)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("usearch")
+pytest.importorskip("torch")
+
+from benchmarks import bench_latency, bench_search, bench_segmentation  # noqa: E402
+
+
+def _read(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    assert {"benchmark", "date_utc", "hardware", "command", "table", "results"} <= set(data)
+    return data
+
+
+# ------------------------------------------------------------------------------------------------- search
+
+
+def test_topk_agreement_counts_shared_ids_ignoring_order() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 2, 1], [4, 9, -1]])
+    assert bench_search.topk_agreement(found, truth) == pytest.approx(4 / 6)
+
+
+def test_clustered_unit_vectors_are_unit_and_clustered() -> None:
+    rng = np.random.default_rng(0)
+    x = bench_search.clustered_unit_vectors(500, 64, cluster_size=50, spread=0.05, rng=rng)
+    assert x.shape == (500, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    nearest = np.sort(x @ x.T, axis=1)[:, -2]  # best neighbour other than itself
+    assert np.median(nearest) > 0.8  # members of a cluster, not random 64-d directions (~0.3)
+
+
+def test_search_run_size_exact_methods_agree_and_quantized_packs_are_smaller() -> None:
+    cfg = bench_search.SearchConfig(batch_queries=30, single_queries=4, cluster_size=20, min_time_s=0.0,
+                                    max_repeats=1)
+    rows = {r["method"].split(" (")[0]: r for r in bench_search.run_size(2000, cfg, progress=lambda _: None)}
+    assert {"pack int8", "pack fp16", "pack fp32", "faiss IndexFlatIP fp32", "usearch exact fp32",
+            "usearch HNSW fp32"} <= set(rows)
+    for name in ("pack fp32", "faiss IndexFlatIP fp32", "usearch exact fp32"):
+        assert rows[name]["top10_agreement"] >= bench_search.EXACT_MIN_AGREEMENT
+    assert rows["pack int8"]["top10_agreement"] > 0.8
+    sizes = [rows[f"pack {q}"]["bytes_per_vector"] for q in ("int8", "fp16", "fp32")]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[2] / 2
+    assert all(r["batch_queries_per_s"] > 0 and r["single_queries_per_s"] > 0 for r in rows.values())
+
+
+def test_search_main_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "search.json"
+    assert bench_search.main(["--sizes", "1000", "--out", str(out)]) == 0
+    data = _read(out)
+    assert data["benchmark"] == "search"
+    assert len(data["table"]) == 6 and {r["vectors"] for r in data["table"]} == {1000}
+
+
+# ------------------------------------------------------------------------------------------- segmentation
+
+
+def test_mask_iou_edge_cases() -> None:
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    assert bench_segmentation.mask_iou(a, a) == 1.0
+    assert bench_segmentation.mask_iou(a, ~a) == 0.0
+    assert bench_segmentation.mask_iou(None, a) == 0.0
+    assert bench_segmentation.mask_iou(None, np.zeros((4, 4), bool)) == 1.0
+
+
+def test_segmentation_evaluate_model_on_sample_photos(tiny_models_dir: Path, sample_root: Path) -> None:
+    from coinvision.sdk.imageio import load_image
+    from coinvision.trainer.seg_data import auto_label
+
+    models = [bench_segmentation.exported_model(p) for p in bench_segmentation.discover_exported(tiny_models_dir)]
+    assert {m.runtime for m in models} == {"onnx", "tflite"}
+    photos = sorted((sample_root / "euro_phone" / "images").rglob("*.jpg"))[:3]
+    images = [(img, auto_label(img).mask) for img in map(load_image, photos)]
+    assert all(mask is not None for _, mask in images)
+    for model in models:
+        bench_segmentation.check_model(model, images[0][0])
+        scores = bench_segmentation.evaluate_model(model, images)
+        assert scores["images"] == 3
+        for passes in ("1_pass", "2_pass"):
+            assert set(scores[passes]) == {"iou@0.3", "iou@0.5", "no_coin_frac@0.3", "no_coin_frac@0.5"}
+            assert all(0.0 <= v <= 1.0 for v in scores[passes].values())
+
+
+def _mini_sample(sample_root: Path, dst: Path) -> Path:
+    """Two classes of each bundled dataset and the backgrounds: the fallback data path, in seconds."""
+    for name in ("coins211", "euro_phone"):
+        (dst / name / "images").mkdir(parents=True)
+        shutil.copy(sample_root / name / "classes.csv", dst / name / "classes.csv")
+        for cls in sorted((sample_root / name / "images").iterdir())[:2]:
+            shutil.copytree(cls, dst / name / "images" / cls.name)
+    shutil.copytree(sample_root / "backgrounds", dst / "backgrounds")
+    return dst
+
+
+def test_segmentation_main_skips_missing_models_and_reports_reference(
+    tiny_models_dir: Path, sample_root: Path, tmp_path: Path
+) -> None:
+    mini = _mini_sample(sample_root, tmp_path / "sample")
+    out = tmp_path / "segmentation.json"
+    rc = bench_segmentation.main(["--models", str(tiny_models_dir), "--checkpoint", str(tmp_path / "none.pt"),
+                                  "--sample-data", "--sample-root", str(mini), "--synthetic", "3", "--real", "3",
+                                  "--out", str(out)])
+    assert rc == 0
+    results = _read(out)["results"]
+    assert results["design_reference"] == {"iou@0.3": 0.976, "iou@0.5": 0.960}
+    assert results["synthetic_scenes"] == 3 and results["real_photos"] == 3
+    assert {m["runtime"] for m in results["models"]} == {"onnx", "tflite"}
+    assert [s["model"] for s in results["skipped"]] == ["torch"]
+    assert "sample" in results["data_source"]
+
+
+# ------------------------------------------------------------------------------------------------ latency
+
+
+def test_latency_discovers_pairs_and_names_missing_variants(tiny_models_dir: Path, tmp_path: Path) -> None:
+    found, skipped = bench_latency.discover_pipelines(tiny_models_dir)
+    assert [s.name for s in found] == ["onnx", "tflite fp32"] and all(s.from_dir for s in found)
+    assert {s["runtime"] for s in skipped} == {"tflite fp16", "tflite int8"}
+    found, skipped = bench_latency.discover_pipelines(tmp_path / "absent")
+    assert not found and {s["runtime"] for s in skipped} == set(bench_latency.EXPECTED_RUNTIMES)
+
+
+def test_latency_pipeline_checked_then_timed(tiny_models_dir: Path, sample_root: Path) -> None:
+    photos = bench_latency.sample_photos(sample_root, count=3)
+    spec = bench_latency.discover_pipelines(tiny_models_dir)[0][0]
+    recognizer = bench_latency.sdk_recognizer(spec, num_threads=1)
+    recognizer.load_pack(bench_latency.build_catalog_pack(recognizer, photos, catalog_size=50, seed=0))
+    check = bench_latency.sanity_check(recognizer, photos, min_found_frac=0.0)
+    assert check["photos"] == 3
+    stages = bench_latency.time_pipeline(recognizer, photos, runs=4, warmup=1)
+    assert {"segment_pass1", "crop", "embed", "search", "total"} <= set(stages)
+    assert stages["total"]["n"] == 4 and stages["total"]["median_ms"] > 0
+    with pytest.raises(RuntimeError, match="min-found-frac"):
+        bench_latency.sanity_check(recognizer, photos, min_found_frac=1.01)
+
+
+def test_latency_main_reports_ratios_vs_torch(tiny_models_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    rc = bench_latency.main(["--models", str(tiny_models_dir), "--threads", "1", "--runs", "20", "--warmup", "1",
+                             "--photos", "2", "--catalog-size", "100", "--min-found-frac", "0", "--out", str(out)])
+    assert rc == 0
+    results = _read(out)["results"]
+    assert results["torch_same_weights_as_exports"] is True
+    by_runtime = {m["runtime"]: m for m in results["measured"]}
+    assert set(by_runtime) == {"torch", "onnx", "tflite fp32"}
+    assert by_runtime["torch"]["ratio_vs_torch"]["total"] == pytest.approx(1.0)
+    assert by_runtime["onnx"]["ratio_vs_torch"]["total"] > 0
+    assert by_runtime["onnx"]["cosine_vs_torch"] > 0.999  # same weights: the exports embed like PyTorch
+    assert {s["runtime"] for s in results["skipped"]} == {"tflite fp16", "tflite int8"}

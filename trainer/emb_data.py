@@ -1,0 +1,366 @@
+"""Embedder data: background-removed crops cached on disk, the split into train / val_seen / catalog / query,
+augmentation, and the torch datasets over the cached crops.
+
+Every image goes through the on-device crop once (segmenter -> ``coin_crop``, exactly the SDK's pixels) and
+the ``size_px`` square lands in a cache keyed by the image's content hash and the segmenter's fingerprint,
+so a new segmenter or input size never reuses stale crops and a rerun never segments again. Where the
+segmenter finds no coin the whole image is letterboxed (as the SDK does) and the fallback is counted.
+
+The uCoin watermark strip of coins211 (right edge of catalogue images) lies outside the coin, so the
+background-removed crops mostly drop it; with ``background_removal: false`` it stays in the letterboxed
+image and a model can learn it as a shortcut - another reason to train on crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
+from coinvision.sdk.imageio import load_image
+from coinvision.sdk.model_meta import ModelMetadata
+from coinvision.sdk.preprocess import InputSpec, coin_crop, to_model_input
+
+__all__ = [
+    "AugmentConfig",
+    "CachedCrop",
+    "CropCache",
+    "CropSource",
+    "CropTensorSet",
+    "EmbeddingData",
+    "LetterboxCropSource",
+    "Sample",
+    "SegmenterCropSource",
+    "build_augment",
+    "crop_source_from_checkpoint",
+    "crop_source_from_models_dir",
+    "image_hash",
+    "load_embedding_data",
+    "make_crop_source",
+    "read_crop",
+]
+
+log = logging.getLogger(__name__)
+
+CROP_SUFFIX = ".png"  # lossless: the crop is already resized once, no second JPEG generation
+NO_COIN_MARK = ".nocoin"  # file name mark of a letterbox fallback (segmenter found no coin)
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities / strengths of the training augmentation (albumentations)."""
+
+    rotate_p: float = 1.0  # full 360 degrees: a coin has no upright on a table
+    hflip_p: float = 0.5  # a mirrored coin never occurs in a photo; kept as the design asks, 0 disables
+    scale_jitter: float = 0.1  # +- zoom, imitates segmentation boxes that are a little loose or tight
+    perspective_p: float = 0.3
+    blur_p: float = 0.25  # Gaussian / motion / defocus
+    noise_p: float = 0.3  # ISO (sensor) or Gaussian noise
+    brightness_contrast_p: float = 0.7
+    color_p: float = 0.3  # small hue/saturation shifts: metal colour separates copper from brass, keep small
+    shadow_p: float = 0.2
+    jpeg_p: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{name}={value}: must be in [0, 1]")
+
+
+def build_augment(cfg: AugmentConfig) -> A.Compose:
+    """RGB uint8 square -> RGB uint8 square of the same size."""
+    border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0}
+    return A.Compose([
+        A.Affine(rotate=(-180, 180), scale=(1 - cfg.scale_jitter, 1 + cfg.scale_jitter), p=cfg.rotate_p, **border),
+        A.HorizontalFlip(p=cfg.hflip_p),
+        A.Perspective(scale=(0.02, 0.08), p=cfg.perspective_p, **border),
+        A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 1.5)), A.MotionBlur(blur_limit=(3, 7)),
+                 A.Defocus(radius=(1, 3), alias_blur=(0.1, 0.3))], p=cfg.blur_p),
+        A.OneOf([A.ISONoise(color_shift=(0.01, 0.05), intensity=(0.1, 0.5)),
+                 A.GaussNoise(std_range=(0.02, 0.08))], p=cfg.noise_p),
+        A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=cfg.brightness_contrast_p),
+        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=20, val_shift_limit=0, p=cfg.color_p),
+        A.RandomShadow(shadow_roi=(0, 0, 1, 1), num_shadows_limit=(1, 2), shadow_intensity_range=(0.2, 0.5),
+                       p=cfg.shadow_p),
+        A.ImageCompression(quality_range=(50, 95), p=cfg.jpeg_p),
+    ])
+
+
+# ------------------------------------------------------------------------------------------- crop sources
+
+
+class CropSource(Protocol):
+    """Turns a photo into the embedder's input square. ``key`` names what the crop depends on."""
+
+    key: str
+
+    def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """-> (``size_px`` square uint8 RGB, coin found)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LetterboxCropSource:
+    """No background removal: the whole photo, letterboxed (``background_removal: false``)."""
+
+    size_px: int
+
+    @property
+    def key(self) -> str:
+        return f"letterbox_{self.size_px}px"
+
+    def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        return coin_crop(image, None, self.size_px), True
+
+
+@dataclass(frozen=True)
+class SegmenterCropSource:
+    """The on-device crop: two-pass segmentation, then ``coin_crop``; no coin -> letterbox fallback."""
+
+    runner: Any  # coinvision.trainer.segmenter.SegmenterRunner (anything with .segment(image))
+    segmenter_fingerprint: str
+    size_px: int
+    margin_frac: float = 0.05
+
+    @property
+    def key(self) -> str:
+        return f"seg-{self.segmenter_fingerprint}_{self.size_px}px_m{self.margin_frac:g}"
+
+    def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        seg = self.runner.segment(image)
+        return coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac), seg.mask is not None
+
+
+def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float) -> SegmenterCropSource:
+    from coinvision.trainer.segmenter import SegmenterRunner, load_segmenter, torch_predict_fn
+
+    model, scfg, ckpt = load_segmenter(path)
+    runner = SegmenterRunner(torch_predict_fn(model, scfg.input_spec), scfg.size_px, scfg.threshold,
+                             scfg.margin_frac)
+    return SegmenterCropSource(runner, ckpt.fingerprint, size_px, margin_frac)
+
+
+def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: int, margin_frac: float,
+                                num_threads: int = 1) -> SegmenterCropSource:
+    from coinvision.trainer.checkpoint import load_checkpoint
+    from coinvision.trainer.segmenter import load_runner
+
+    models_dir = Path(models_dir)
+    if runtime == "torch":
+        fingerprint = load_checkpoint(models_dir / "segmenter.pt", expected_kind="segmenter").fingerprint
+    else:
+        fingerprint = ModelMetadata.read_sidecar(models_dir / f"segmenter.{runtime}").fingerprint
+    return SegmenterCropSource(load_runner(models_dir, runtime, num_threads), fingerprint, size_px, margin_frac)
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+
+def image_hash(path: str | Path) -> str:
+    """sha1 of the file bytes (16 hex chars): the same photo under another name reuses its crop."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_crop(path: str | Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"crop {path} is unreadable; delete the crop cache folder to rebuild it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class CachedCrop:
+    path: Path  # the crop PNG
+    found: bool  # False: segmenter found no coin, the crop is the letterboxed photo
+
+
+@dataclass
+class CropCache:
+    """``<root>/<source.key>/<image hash>[.nocoin].png``; counts what it computed and reused."""
+
+    root: Path
+    source: CropSource
+    computed: int = 0
+    reused: int = 0
+    no_coin: int = 0
+    no_coin_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.source.key
+
+    def get(self, image_path: str | Path) -> CachedCrop:
+        digest = image_hash(image_path)
+        found_path = self.folder / f"{digest}{CROP_SUFFIX}"
+        fallback_path = self.folder / f"{digest}{NO_COIN_MARK}{CROP_SUFFIX}"
+        if found_path.is_file() or fallback_path.is_file():
+            self.reused += 1
+            cached = CachedCrop(found_path, True) if found_path.is_file() else CachedCrop(fallback_path, False)
+        else:
+            crop, found = self.source.crop(load_image(image_path))
+            cached = CachedCrop(found_path if found else fallback_path, found)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # per-process temporary name: two trainings may fill one cache at once
+            tmp = cached.path.with_name(f"{cached.path.stem}.{os.getpid()}.tmp{CROP_SUFFIX}")
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
+                raise DatasetError(f"could not write {tmp}; check that {self.folder} is writable")
+            tmp.replace(cached.path)  # a crash never leaves a half-written crop under the real name
+            self.computed += 1
+        if not cached.found:
+            self.no_coin += 1
+            self.no_coin_paths.append(Path(image_path))
+        return cached
+
+    def build(self, image_paths: Sequence[str | Path], *, progress: bool = True) -> list[CachedCrop]:
+        from tqdm import tqdm
+
+        out = [self.get(p) for p in tqdm(image_paths, desc=f"crops {self.source.key}", disable=not progress)]
+        log.info("crop cache %s: %d computed, %d reused, %d without a coin (letterboxed)", self.folder,
+                 self.computed, self.reused, self.no_coin)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Sample:
+    crop_path: Path
+    class_key: str  # "<dataset>/<class_id>"
+    image_path: Path
+    found: bool = True
+
+    @property
+    def dataset(self) -> str:
+        return self.class_key.split("/", 1)[0]
+
+
+@dataclass
+class EmbeddingData:
+    train: list[Sample]
+    val_seen: list[Sample]  # held-out photos of training classes (validation loss)
+    catalog: list[Sample]  # classes never trained on: reference photos
+    query: list[Sample]  # ... and the photos searched against them
+    class_keys: list[str]  # training classes; the index is the ArcFace label
+    distractors: list[Sample] = field(default_factory=list)  # training-class photos added to the catalog
+    no_coin: int = 0  # photos where the segmenter found no coin (letterboxed instead)
+    cache_folder: Path | None = None
+
+    def label_of(self, sample: Sample) -> int:
+        return self._index[sample.class_key]
+
+    def __post_init__(self) -> None:
+        self._index = {k: i for i, k in enumerate(self.class_keys)}
+
+
+class CropTensorSet(torch.utils.data.Dataset):
+    """Index -> (normalised CHW tensor, label). With ``augment``, sample ``i`` of epoch ``e`` is a pure
+    function of ``(seed, e, i)``, so a resumed run sees the same images."""
+
+    def __init__(self, samples: Sequence[Sample], labels: Sequence[int], spec: InputSpec,
+                 augment: A.Compose | None = None, seed: int = 0, epoch: int = 0) -> None:
+        if len(samples) != len(labels):
+            raise ValueError("samples and labels must have the same length")
+        self.samples, self.labels, self.spec = list(samples), list(labels), spec
+        self.augment, self.seed, self.epoch = augment, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = read_crop(self.samples[index].crop_path)
+        if image.shape[:2] != (self.spec.size_px, self.spec.size_px):
+            image = cv2.resize(image, (self.spec.size_px, self.spec.size_px), interpolation=cv2.INTER_LINEAR)
+        if self.augment is not None:
+            self.augment.set_random_seed(int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**31)))
+            image = self.augment(image=image)["image"]
+        return torch.from_numpy(to_model_input(image, self.spec)[0]), self.labels[index]
+
+
+def _cap_per_class(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
+    if cap <= 0:
+        return samples
+    by_class: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.class_key, []).append(s)
+    rng = random.Random(seed)
+    out: list[Sample] = []
+    for key in sorted(by_class):
+        group = by_class[key]
+        out.extend(sorted(rng.sample(group, cap), key=lambda s: str(s.image_path)) if len(group) > cap else group)
+    return out
+
+
+def load_embedding_data(cfg: Any, *, progress: bool = True) -> EmbeddingData:
+    """Datasets -> split (trainer/splits.py) -> cached crops. ``cfg`` is an ``EmbedderConfig``."""
+    from coinvision.trainer.data import load_dataset
+    from coinvision.trainer.splits import SplitConfig, make_splits, read_splits, resolve_rows
+
+    if not cfg.data_roots:
+        raise ConfigError("data_roots is empty; list the dataset folders (e.g. ../shared/data/coins211)")
+    datasets = [load_dataset(root) for root in cfg.data_roots]
+    if cfg.split_file:
+        rows = read_splits(cfg.split_file)
+    else:
+        rows = make_splits(datasets, SplitConfig(seed=cfg.split_seed, val_class_frac=cfg.val_class_frac))
+    by_split = resolve_rows(rows, datasets)
+    train_keys = {img.class_key for img in by_split["train"]}
+    held_out = {img.class_key for s in ("catalog", "query") for img in by_split[s]}
+    if train_keys & held_out:
+        raise DatasetError(f"split puts classes {sorted(train_keys & held_out)[:5]} in training AND validation; "
+                           "regenerate the split file (coinvision data split)")
+    if not train_keys or not by_split["catalog"] or not by_split["query"]:
+        raise DatasetError("the split has no training images or no catalog/query images of held-out classes; "
+                           "add classes or lower val_class_frac")
+    source = make_crop_source(cfg)
+    cache = CropCache(Path(cfg.crop_cache_dir), source)
+    images = [img for s in ("train", "val_seen", "catalog", "query") for img in by_split[s]]
+    crops = dict(zip([img.path for img in images], cache.build([img.path for img in images], progress=progress),
+                     strict=True))
+    if cache.no_coin:
+        log.warning("segmenter found no coin in %d of %d photos; those are letterboxed whole (first: %s)",
+                    cache.no_coin, len(images), [str(p) for p in cache.no_coin_paths[:3]])
+
+    def samples(split: str) -> list[Sample]:
+        return [Sample(crops[img.path].path, img.class_key, img.path, crops[img.path].found) for img in by_split[split]]
+
+    return EmbeddingData(
+        train=samples("train"),
+        val_seen=_cap_per_class(samples("val_seen"), cfg.max_val_seen_per_class, cfg.seed),
+        catalog=samples("catalog"),
+        query=_cap_per_class(samples("query"), cfg.max_queries_per_class, cfg.seed),
+        class_keys=sorted(train_keys),
+        distractors=_cap_per_class(samples("train"), cfg.distractors_per_class, cfg.seed + 1)
+        if cfg.distractors_per_class > 0 else [],
+        no_coin=cache.no_coin,
+        cache_folder=cache.folder,
+    )
+
+
+def make_crop_source(cfg: Any) -> CropSource:
+    """``background_removal`` off -> letterbox; else ``segmenter_checkpoint`` or ``segmenter_models_dir``."""
+    if not cfg.background_removal:
+        return LetterboxCropSource(cfg.size_px)
+    if cfg.segmenter_checkpoint:
+        return crop_source_from_checkpoint(cfg.segmenter_checkpoint, cfg.size_px, cfg.crop_margin_frac)
+    if cfg.segmenter_models_dir:
+        try:
+            return crop_source_from_models_dir(cfg.segmenter_models_dir, cfg.segmenter_runtime, cfg.size_px,
+                                               cfg.crop_margin_frac, cfg.num_threads)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{exc} (segmenter_models_dir={cfg.segmenter_models_dir})") from exc
+    raise ConfigError("background_removal is on but no segmenter is configured; set segmenter_checkpoint "
+                      "(e.g. runs/segmenter/mnv2/best.pt) or segmenter_models_dir, or background_removal: false")

@@ -1,0 +1,259 @@
+"""Retrieval metrics on embeddings: class-level Recall@k (faiss) and MAP@R (pytorch-metric-learning).
+
+The product question is "is the right COIN among the top k coins shown?", so Recall@k here counts distinct
+catalog classes, not neighbours: a query's catalog neighbours are ranked by cosine (faiss inner product on
+unit vectors), each class takes the rank of its first (best) vector, and a hit at k means the query's class
+ranks < k. This equals ranking classes by their best cosine, which is how a pack scores a coin.
+PML's ``precision_at_1`` is per neighbour, which agrees with Recall@1 but not with Recall@k for k > 1.
+
+Queries whose class has no catalog vector cannot be answered; they are counted (``n_unanswerable``) and
+left out of every average, as PML does for MAP@R.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from coinvision.sdk.errors import DatasetError
+
+__all__ = [
+    "DESIGN_RECALL",
+    "RECALL_KS",
+    "RetrievalMetrics",
+    "UnknownCalibration",
+    "calibrate_unknown_threshold",
+    "class_ranks",
+    "evaluate_folders",
+    "evaluate_retrieval",
+    "format_table",
+    "list_class_folder",
+    "plot_recall_at_k",
+]
+
+log = logging.getLogger(__name__)
+
+RECALL_KS = (1, 2, 5, 10, 20)
+# The bar from the design document (Recall@k on unseen classes).
+DESIGN_RECALL = {1: 0.90, 2: 0.91, 5: 0.96, 10: 0.99, 20: 1.00}
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    recall_at: dict[int, float]  # k -> share of answerable queries whose class is in the top-k catalog classes
+    map_at_r: float  # PML mean_average_precision_at_r (catalog neighbours, R = the class's catalog count)
+    class_mean_recall_at_1: float  # Recall@1 averaged per query class first (small classes weigh the same)
+    recall_at_1_by_group: dict[str, float] = field(default_factory=dict)  # e.g. per dataset
+    n_query: int = 0
+    n_catalog: int = 0
+    n_catalog_classes: int = 0
+    n_unanswerable: int = 0  # queries whose class has no catalog vector (left out)
+
+    def as_row(self) -> dict[str, float]:
+        row: dict[str, float] = {f"recall@{k}": v for k, v in self.recall_at.items()}
+        row["map@r"] = self.map_at_r
+        row["class_mean_recall@1"] = self.class_mean_recall_at_1
+        row.update({f"recall@1[{g}]": v for g, v in self.recall_at_1_by_group.items()})
+        return row
+
+
+def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if x.ndim != 2 or not len(x):
+        raise DatasetError(f"{name}: expected a non-empty (N, D) array of embeddings, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not np.all(np.isfinite(x)) or np.any(norms == 0):
+        raise DatasetError(f"{name}: embeddings contain NaN/inf or zero vectors; check the model output")
+    return x / norms
+
+
+def _encode(query_labels: Sequence[Any], catalog_labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    _, codes = np.unique(np.asarray([*map(str, query_labels), *map(str, catalog_labels)]), return_inverse=True)
+    return codes[: len(query_labels)], codes[len(query_labels) :]
+
+
+def class_ranks(query_emb: np.ndarray, query_codes: np.ndarray, catalog_emb: np.ndarray,
+                catalog_codes: np.ndarray) -> np.ndarray:
+    """0-based rank of each query's class among the distinct catalog classes (by best cosine); a query whose
+    class is not in the catalog gets ``n_classes`` (never a hit)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(catalog_emb.shape[1])
+    index.add(catalog_emb)
+    _, neighbours = index.search(query_emb, len(catalog_emb))  # every catalog vector, best first
+    n_q, n_c = neighbours.shape
+    n_codes = int(max(query_codes.max(), catalog_codes.max())) + 1
+    ranked_codes = catalog_codes[neighbours]  # (Q, N) class of each neighbour
+    # first position at which each class appears in each query's ranking
+    first = np.full((n_q, n_codes), n_c, dtype=np.int64)
+    rows = np.repeat(np.arange(n_q), n_c)
+    np.minimum.at(first, (rows, ranked_codes.ravel()), np.tile(np.arange(n_c), n_q))
+    own = first[np.arange(n_q), query_codes]
+    rank = np.sum(first < own[:, None], axis=1)  # classes whose best vector comes before the query's class
+    return np.where(own < n_c, rank, len(np.unique(catalog_codes)))
+
+
+def _map_at_r(query_emb: np.ndarray, query_codes: np.ndarray, catalog_emb: np.ndarray,
+              catalog_codes: np.ndarray) -> float:
+    import faiss
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    calc = AccuracyCalculator(include=("mean_average_precision_at_r",), k="max_bin_count",
+                              knn_func=FaissKNN(index_init_fn=faiss.IndexFlatIP), device=torch.device("cpu"))
+    out = calc.get_accuracy(torch.from_numpy(query_emb), torch.from_numpy(query_codes),
+                            torch.from_numpy(catalog_emb), torch.from_numpy(catalog_codes),
+                            ref_includes_query=False)
+    return float(out["mean_average_precision_at_r"])
+
+
+def evaluate_retrieval(query_emb: np.ndarray, query_labels: Sequence[Any], catalog_emb: np.ndarray,
+                       catalog_labels: Sequence[Any], *, ks: Sequence[int] = RECALL_KS,
+                       query_groups: Sequence[str] | None = None) -> RetrievalMetrics:
+    """Recall@k over catalog classes, MAP@R and per-group Recall@1 for unit (or any non-zero) embeddings.
+
+    ``query_groups`` (one name per query, e.g. the dataset) adds Recall@1 per group.
+    """
+    q = _unit_rows(query_emb, "query embeddings")
+    c = _unit_rows(catalog_emb, "catalog embeddings")
+    if len(query_labels) != len(q) or len(catalog_labels) != len(c):
+        raise DatasetError(
+            f"{len(q)} query / {len(c)} catalog embeddings but {len(query_labels)} / {len(catalog_labels)} labels"
+        )
+    if q.shape[1] != c.shape[1]:
+        raise DatasetError(f"query dim {q.shape[1]} != catalog dim {c.shape[1]}: embed both with the same model")
+    q_codes, c_codes = _encode(query_labels, catalog_labels)
+    ranks = class_ranks(q, q_codes, c, c_codes)
+    answerable = np.isin(q_codes, c_codes)
+    n_unanswerable = int((~answerable).sum())
+    if n_unanswerable:
+        log.warning("%d of %d queries have a class with no catalog image; they are left out", n_unanswerable, len(q))
+    if not answerable.any():
+        raise DatasetError("no query class appears in the catalog; catalog and query folders must share class names")
+    r = ranks[answerable]
+    recall = {int(k): float(np.mean(r < k)) for k in ks}
+    hit1 = (r < 1).astype(np.float64)
+    codes = q_codes[answerable]
+    per_class = [hit1[codes == code].mean() for code in np.unique(codes)]
+    by_group: dict[str, float] = {}
+    if query_groups is not None:
+        groups = np.asarray(query_groups, dtype=str)[answerable]
+        by_group = {str(g): float(hit1[groups == g].mean()) for g in np.unique(groups)}
+    return RetrievalMetrics(
+        recall_at=recall,
+        map_at_r=_map_at_r(q[answerable], codes, c, c_codes),
+        class_mean_recall_at_1=float(np.mean(per_class)),
+        recall_at_1_by_group=by_group,
+        n_query=len(q),
+        n_catalog=len(c),
+        n_catalog_classes=len(np.unique(c_codes)),
+        n_unanswerable=n_unanswerable,
+    )
+
+
+@dataclass(frozen=True)
+class UnknownCalibration:
+    """Cosine threshold for "unknown coin": a best match below it is reported as unknown."""
+
+    threshold: float
+    unknown_accept_rate: float  # share of simulated unknown queries whose best (wrong) match passes
+    known_accept_rate: float  # share of known queries whose own class's best cosine passes
+
+
+def calibrate_unknown_threshold(query_emb: np.ndarray, query_labels: Sequence[Any], catalog_emb: np.ndarray,
+                                catalog_labels: Sequence[Any], *, target_unknown_accept: float = 0.05
+                                ) -> UnknownCalibration:
+    """Simulate unknown coins by hiding each query's own class: its best cosine to the OTHER classes is an
+    "unknown" score, its best cosine to its own class a "known" score. The threshold lets through at most
+    ``target_unknown_accept`` of the unknown scores."""
+    if not 0.0 <= target_unknown_accept < 1.0:
+        raise ValueError(f"target_unknown_accept={target_unknown_accept}: must be in [0, 1)")
+    q = _unit_rows(query_emb, "query embeddings")
+    c = _unit_rows(catalog_emb, "catalog embeddings")
+    q_codes, c_codes = _encode(query_labels, catalog_labels)
+    sims = q @ c.T
+    same = q_codes[:, None] == c_codes[None, :]
+    known = np.where(same, sims, -np.inf).max(axis=1)
+    unknown = np.where(same, -np.inf, sims).max(axis=1)
+    known, unknown = known[np.isfinite(known)], unknown[np.isfinite(unknown)]
+    if not len(known) or not len(unknown):
+        raise DatasetError("calibration needs queries with a catalog class and a catalog with >= 2 classes")
+    threshold = float(np.quantile(unknown, 1.0 - target_unknown_accept, method="higher"))
+    threshold = float(np.nextafter(np.float32(threshold), np.float32(2.0)))  # strictly above that unknown
+    return UnknownCalibration(threshold, float(np.mean(unknown >= threshold)), float(np.mean(known >= threshold)))
+
+
+def format_table(metrics: RetrievalMetrics, title: str = "retrieval") -> str:
+    lines = [
+        f"{title}: {metrics.n_query} queries ({metrics.n_unanswerable} unanswerable), {metrics.n_catalog} catalog "
+        f"images in {metrics.n_catalog_classes} classes",
+        f"{'k':>4}  {'Recall@k':>8}  {'design':>6}",
+    ]
+    for k, v in metrics.recall_at.items():
+        design = f"{DESIGN_RECALL[k]:.2f}" if k in DESIGN_RECALL else "-"
+        lines.append(f"{k:>4}  {v:8.4f}  {design:>6}")
+    lines.append(f"MAP@R {metrics.map_at_r:.4f}   class-mean Recall@1 {metrics.class_mean_recall_at_1:.4f}")
+    lines.extend(f"Recall@1 [{g}] {v:.4f}" for g, v in metrics.recall_at_1_by_group.items())
+    return "\n".join(lines)
+
+
+def plot_recall_at_k(metrics: RetrievalMetrics, out_png: str | Path, title: str = "Recall@k, unseen classes") -> Path:
+    """Bar chart of Recall@k with the design's bar as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(metrics.recall_at)
+    pos = np.arange(len(ks))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(pos, [metrics.recall_at[k] for k in ks], color="tab:blue", label="measured")
+    ax.bar_label(bars, fmt="%.3f")
+    design = [(i, DESIGN_RECALL[k]) for i, k in enumerate(ks) if k in DESIGN_RECALL]
+    if design:
+        ax.scatter(*zip(*design, strict=True), marker="_", s=900, color="tab:red", label="design bar", zorder=3)
+    ax.set_xticks(pos, [str(k) for k in ks])
+    ax.set(title=title, xlabel="k (catalog classes shown)", ylabel="Recall@k", ylim=(0, 1.08))
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:
+    """``root/<class>/<image>`` (images may sit in sub-folders of a class) -> sorted (path, class) pairs."""
+    from coinvision.trainer.data import IMAGE_SUFFIXES
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist; pass a folder laid out <class>/<image>")
+    pairs = [(p, p.relative_to(root).parts[0]) for p in sorted(root.rglob("*"))
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and len(p.relative_to(root).parts) >= 2]
+    if not pairs:
+        raise DatasetError(f"{root}: no images in class sub-folders; lay the folder out as <class>/<image>")
+    return pairs
+
+
+def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Callable[[np.ndarray], np.ndarray], *,
+                     ks: Sequence[int] = RECALL_KS, progress: bool = True) -> RetrievalMetrics:
+    """Embed every image of two ``<class>/<image>`` folders with ``embed`` (RGB uint8 -> vector) and score."""
+    from coinvision.sdk.imageio import load_image
+    from tqdm import tqdm
+
+    def embed_all(pairs: list[tuple[Path, str]], desc: str) -> np.ndarray:
+        return np.stack([np.asarray(embed(load_image(p)), np.float32).reshape(-1)
+                         for p, _ in tqdm(pairs, desc=desc, disable=not progress)])
+
+    catalog, query = list_class_folder(catalog_dir), list_class_folder(query_dir)
+    cat_emb = embed_all(catalog, "embed catalog")
+    query_emb = embed_all(query, "embed queries")
+    return evaluate_retrieval(query_emb, [c for _, c in query], cat_emb, [c for _, c in catalog], ks=ks)
