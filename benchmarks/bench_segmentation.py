@@ -352,8 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append({"model": _rel(source), "reason": f"{type(exc).__name__}: {exc}"})
     for entry in skipped:
         print(f"skipped {entry['model']}: {entry['reason']}", flush=True)
+    if not models:
+        table = [{"model": e["model"], "data": "skipped", "images": e["reason"]} for e in skipped]
+        path = write_result("segmentation", {"design_reference": DESIGN_REFERENCE, "models": [], "skipped": skipped},
+                            table, args.out)
+        print(f"nothing to evaluate; wrote {path}")
+        return 0
     checkpoint = next((Path(m.path) for m in models if m.runtime == "torch"), None)
-    size_px = models[0].size_px if models else 128
+    size_px = models[0].size_px
     cfg = data_config(ROOT / checkpoint if checkpoint else None, size_px if size_px % 32 == 0 else 128)
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
                           force_sample=args.sample_data)
@@ -372,8 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     table: list[dict[str, Any]] = []
     probe = data.real[0][1] if data.real else data.synthetic[0][0]
+    failed: list[dict[str, str]] = []
     for model in models:
-        check_model(model, probe)
+        try:
+            check_model(model, probe)
+        except RuntimeError as exc:
+            failed.append({"model": model.name, "reason": str(exc)})
+            print(f"FAILED {model.name}: {exc}", flush=True)
+            continue
         entry = {"name": model.name, "runtime": model.runtime, "path": model.path, "fingerprint": model.fingerprint,
                  "quantization": model.quantization, "size_px": model.size_px, "margin_frac": model.margin_frac}
         for split, images in (("synthetic", data.synthetic), ("real", [(img, m) for _, img, m in data.real])):
@@ -388,12 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         results["models"].append(entry)
     table.append({"model": "design reference (their data)", "data": "", "passes": 2,
                   "IoU@0.3": DESIGN_REFERENCE["iou@0.3"], "IoU@0.5": DESIGN_REFERENCE["iou@0.5"]})
-    for entry in skipped:
-        table.append({"model": entry["model"], "data": "skipped", "passes": "", "IoU@0.3": "", "IoU@0.5": "",
+    for entry, status in [(e, "skipped") for e in skipped] + [(e, "failed") for e in failed]:
+        table.append({"model": entry["model"], "data": status, "passes": "", "IoU@0.3": "", "IoU@0.5": "",
                       "no coin @0.5": "", "images": entry["reason"]})
+    results["failed"] = failed
     path = write_result("segmentation", results, table, args.out)
     print(f"wrote {path}")
-    return 0 if models else 1
+    return 1 if failed else 0  # a model that cannot load is recorded as skipped (with the reason), not a failure
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ exact Faiss index, CPU), an incremental add of 100 references to it, the near-du
 Each is checked before it is timed: index search against a numpy brute force, the pack round trip and its
 search against the index, the delta applied against the new pack's bytes.
 
-Throughput: a catalog of ``--load-vectors`` references is written to a fresh SQLite database (or ``--db``),
+Throughput: a catalog of 10k references (``load_vectors``) is written to a fresh SQLite database (or ``--db``),
 published over HTTP, then served by ``coinvision serve`` (werkzeug, threaded) and by gunicorn (the documented
 production command), each in its own process. A bounded Python load generator (``--clients`` threads, keep-alive
 connections, ``--seconds`` per endpoint) requests the signed manifest, the full pack, and the pack with
-``If-None-Match`` (304). Before timing, one manifest's signature, the pack's sha256 and the 304 are verified;
-during timing every response's status and length are checked. Client and server share the machine's cores.
+``If-None-Match`` (304), and a server-side search by embedding. Before timing, one manifest's signature, the
+pack's sha256, the 304 and a search are verified; during timing every response's status and length are checked.
+Client and server share the machine's cores.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class _Catalog:
     pack_sha: str
     pack_size: int
     publish_s: float
+    search_path: str
+    search_body: bytes
+    search_coin: str
 
 
 def _free_port() -> int:
@@ -206,9 +210,12 @@ def _prepare_catalog(cfg: ServerBenchConfig, root: Path, db_url: str | None) -> 
             raise RuntimeError(f"publish failed: {resp.status} {body}")
     finally:
         local.stop()
+    probe = min(123, cfg.load_vectors - 1)  # a catalog vector: the search must find its own coin first
     return _Catalog(data, cfg_server.db_url, device, public_key_b64(load_or_create_key(cfg_server.key_path)),
                     "/v1/catalogs/bench/manifest", body["pack"]["url"], body["pack"]["sha256"],
-                    int(body["pack"]["size"]), publish_s)
+                    int(body["pack"]["size"]), publish_s, "/v1/catalogs/bench/search?top_k=5",
+                    json.dumps({"embedding": vectors[probe].tolist()}).encode(),
+                    f"coin{probe // cfg.refs_per_coin:07d}")
 
 
 def _start(kind: str, cat: _Catalog, cfg: ServerBenchConfig) -> tuple[subprocess.Popen[bytes], int]:
@@ -243,8 +250,9 @@ def _start(kind: str, cat: _Catalog, cfg: ServerBenchConfig) -> tuple[subprocess
     return proc, port
 
 
-def _get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    conn.request("GET", path, headers=headers)
+def _get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str],
+         body: bytes | None = None) -> tuple[int, bytes]:
+    conn.request("GET" if body is None else "POST", path, body=body, headers=headers)
     resp = conn.getresponse()
     return resp.status, resp.read()
 
@@ -269,11 +277,15 @@ def _verify(port: int, cat: _Catalog) -> None:
     status, body = _get(conn, cat.pack_path, {**auth, "If-None-Match": f'"{cat.pack_sha}"'})
     if status != 304 or body:
         raise RuntimeError(f"If-None-Match gave {status}, not 304")
+    status, body = _get(conn, cat.search_path, {**auth, "Content-Type": "application/json"}, cat.search_body)
+    top = json.loads(body)["matches"][0] if status == 200 else {}
+    if top.get("coin_id") != cat.search_coin or top.get("score", 0) < 0.9999:
+        raise RuntimeError(f"search for a catalog vector did not find its coin first: {status} {body[:200]!r}")
     conn.close()
 
 
 def _load(port: int, path: str, headers: dict[str, str], expect: tuple[int, int | None],
-          cfg: ServerBenchConfig) -> dict[str, Any]:
+          cfg: ServerBenchConfig, body: bytes | None = None) -> dict[str, Any]:
     """``cfg.clients`` threads, each on one keep-alive connection, requesting ``path`` for ``cfg.seconds``."""
     status_ok, length = expect
     latencies: list[list[float]] = [[] for _ in range(cfg.clients)]
@@ -288,15 +300,15 @@ def _load(port: int, path: str, headers: dict[str, str], expect: tuple[int, int 
         while time.perf_counter() < stop_at[0]:
             t0 = time.perf_counter()
             try:
-                status, body = _get(conn, path, headers)
+                status, got = _get(conn, path, headers, body)
             except (OSError, http.client.HTTPException):
                 errors[i] += 1
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 continue
             latencies[i].append(time.perf_counter() - t0)
-            received[i] += len(body)
-            if status != status_ok or (length is not None and len(body) != length):
+            received[i] += len(got)
+            if status != status_ok or (length is not None and len(got) != length):
                 errors[i] += 1
         conn.close()
 
@@ -325,16 +337,19 @@ def bench_throughput(cfg: ServerBenchConfig, db_url: str | None) -> tuple[list[d
               flush=True)
         auth = {"Authorization": f"Bearer {cat.device_token}"}
         endpoints = [
-            ("manifest (signed)", cat.manifest_path, auth, (200, None)),
-            ("pack download (full)", cat.pack_path, auth, (200, cat.pack_size)),
-            ("pack If-None-Match (304)", cat.pack_path, {**auth, "If-None-Match": f'"{cat.pack_sha}"'}, (304, 0)),
+            ("manifest (signed)", cat.manifest_path, auth, (200, None), None),
+            ("pack download (full)", cat.pack_path, auth, (200, cat.pack_size), None),
+            ("pack If-None-Match (304)", cat.pack_path, {**auth, "If-None-Match": f'"{cat.pack_sha}"'}, (304, 0),
+             None),
+            ("search by embedding (top 5)", cat.search_path, {**auth, "Content-Type": "application/json"},
+             (200, None), cat.search_body),
         ]
         for kind in cfg.servers:
             proc, port = _start(kind, cat, cfg)
             try:
                 _verify(port, cat)
-                for name, path, headers, expect in endpoints:
-                    r = _load(port, path, headers, expect, cfg)
+                for name, path, headers, expect, body in endpoints:
+                    r = _load(port, path, headers, expect, cfg, body)
                     if r["errors"]:
                         raise RuntimeError(f"{kind} {name}: {r['errors']} bad responses under load")
                     label = kind if kind == "werkzeug" else (
@@ -354,6 +369,9 @@ def bench_throughput(cfg: ServerBenchConfig, db_url: str | None) -> tuple[list[d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k embeddings, 3 s of load per endpoint")
+    parser.add_argument("--sizes", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        help="comma-separated embedding counts for the build timings (overrides --quick's)")
+    parser.add_argument("--load-vectors", type=int, default=10_000, help="references in the served catalog")
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients")
     parser.add_argument("--seconds", type=float, help="load duration per endpoint and server")
     parser.add_argument("--servers", default="werkzeug,gunicorn", help="comma list of werkzeug, gunicorn")
@@ -363,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    cfg = ServerBenchConfig(clients=args.clients, servers=tuple(args.servers.split(",")), seed=args.seed)
+    cfg = ServerBenchConfig(clients=args.clients, servers=tuple(args.servers.split(",")), seed=args.seed,
+                            load_vectors=args.load_vectors)
     if args.quick:
         cfg = ServerBenchConfig(**{**asdict(cfg), "sizes": (10_000,), "seconds": 3.0})
     if args.seconds:
         cfg = ServerBenchConfig(**{**asdict(cfg), "seconds": args.seconds})
+    if args.sizes:
+        cfg = ServerBenchConfig(**{**asdict(cfg), "sizes": args.sizes})
     seed_everything(cfg.seed)
 
     import faiss

@@ -25,6 +25,7 @@ from typing import Any
 
 from coinvision.converters.layout import nhwc_input
 from coinvision.converters.metadata import for_runtime, read_coreml_metadata, set_coreml_metadata
+from coinvision.converters.static_padding import freeze_same_padding
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import ModelMetadata
 
@@ -79,7 +80,8 @@ def convert_coreml_fp16(model, meta: ModelMetadata):
     example = torch.zeros(1, size, size, 3)
     try:
         with torch.no_grad():
-            traced = torch.jit.trace(nhwc_input(model), example)
+            # timm's dynamic "same" padding is shape code the TorchScript frontend cannot convert
+            traced = torch.jit.trace(nhwc_input(freeze_same_padding(model, size)), example)
         return ct.convert(
             traced,
             inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape))],

@@ -159,12 +159,28 @@ class _Inputs:
     calibration_info: dict[str, Any] = field(default_factory=dict)
 
 
+def _embedder_segment_fn(sources: list[SourceModel]):
+    """``(segment_fn | None, description)``: how the embedder's crops are made, as close to the device as possible:
+    the segmenter of this run, else the segmenter checkpoint the embedder was trained with, else letterbox."""
+    embedder = next((s for s in sources if s.kind == "embedder"), None)
+    if embedder is not None and embedder.meta.extra.get("background_removal") is False:
+        return None, "letterboxed whole photo (the embedder was trained without background removal)"
+    segmenter = next((s for s in sources if s.kind == "segmenter"), None)
+    if segmenter is not None:
+        return torch_segment_fn(segmenter.model, segmenter.meta), (
+            "coin_crop with two-pass masks of the PyTorch segmenter in this run")
+    trained_with = embedder.config.get("segmenter_checkpoint") if embedder is not None else None
+    if trained_with and Path(trained_with).is_file():
+        segmenter = load_source(trained_with)
+        return torch_segment_fn(segmenter.model, segmenter.meta), (
+            f"coin_crop with two-pass masks of {trained_with} (the embedder's training segmenter)")
+    return None, "letterboxed whole photo (no segmenter in this export run or in the embedder's config)"
+
+
 def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
     inputs = _Inputs()
-    segmenter = next((s for s in sources if s.kind == "segmenter"), None)
-    segment = torch_segment_fn(segmenter.model, segmenter.meta) if segmenter is not None else None
-    crops = "coin_crop with two-pass masks of the PyTorch segmenter in this run" if segment else (
-        "letterboxed whole photo (no segmenter in this export run)")
+    segment, crops = _embedder_segment_fn(sources)
+    margins = {s.kind: float(s.meta.extra.get("crop_margin_frac", 0.05)) for s in sources}
     calibration_paths: list[Path] = []
     if o.needs_calibration and o.calibration_dir is not None:  # validate_options demands the folder
         calibration_paths = pick_evenly(list_photos(o.calibration_dir), o.calibration_count)
@@ -172,7 +188,8 @@ def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
                                    "release_floor": MIN_CALIBRATION_IMAGES,
                                    "meets_release_floor": o.calibration_count >= MIN_CALIBRATION_IMAGES}
         for s in sources:
-            squares = model_squares(s.kind, calibration_paths, o.calibration_dir, s.meta.input.size_px, segment)
+            squares = model_squares(s.kind, calibration_paths, o.calibration_dir, s.meta.input.size_px, segment,
+                                    crop_margin_frac=margins[s.kind])
             if len(squares.squares) < o.calibration_count:
                 raise ConversionError(
                     f"calibration folder {o.calibration_dir}: only {len(squares.squares)} of "
@@ -193,7 +210,8 @@ def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
         inputs.check_info = {"dir": str(o.check_images), "excluded_calibration_photos": len(used & {
             p.resolve() for p in list_photos(o.check_images)})}
         for s in sources:
-            squares = model_squares(s.kind, paths, o.check_images, s.meta.input.size_px, segment)
+            squares = model_squares(s.kind, paths, o.check_images, s.meta.input.size_px, segment,
+                                    crop_margin_frac=margins[s.kind])
             inputs.parity[s.kind] = ParitySet(squares.squares, squares.labels, squares.sources)
             inputs.check_info[s.kind] = {
                 "images": len(squares.squares),

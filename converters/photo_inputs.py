@@ -84,9 +84,16 @@ def torch_segment_fn(model, meta: ModelMetadata) -> SegmentFn:
 
 
 def model_squares(
-    kind: str, paths: Sequence[Path], root: str | Path, size_px: int, segment: SegmentFn | None = None
+    kind: str,
+    paths: Sequence[Path],
+    root: str | Path,
+    size_px: int,
+    segment: SegmentFn | None = None,
+    *,
+    crop_margin_frac: float = 0.05,
 ) -> PhotoSquares:
-    """Decode ``paths`` and make the squares ``kind`` sees at runtime. Unreadable photos are skipped, listed."""
+    """Decode ``paths`` and make the squares ``kind`` sees at runtime. Unreadable photos are skipped, listed.
+    ``crop_margin_frac``: the embedder's ``coin_crop`` margin (its metadata's ``crop_margin_frac``)."""
     root = Path(root)
     squares: list[np.ndarray] = []
     sources: list[str] = []
@@ -103,7 +110,7 @@ def model_squares(
             square = letterbox(image, size_px)[0]
         else:
             mask = segment(image).mask if segment is not None else None
-            square = coin_crop(image, mask, size_px)
+            square = coin_crop(image, mask, size_px, margin_frac=crop_margin_frac)
         squares.append(square)
         sources.append(rel.as_posix())
         labels.append(rel.parent.as_posix())

@@ -432,7 +432,8 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         _load_schedule(sched_backbone, state["sched_backbone"])
         _load_schedule(sched_head, state["sched_head"])
         history, best, start_epoch = state["history"], tuple(state["best"]), ckpt.epoch
-        torch.set_rng_state(state["torch_rng"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
     elif resume:
         log.warning("--resume: %s does not exist, starting from scratch", last_path)

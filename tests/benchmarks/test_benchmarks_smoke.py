@@ -15,7 +15,7 @@ pytest.importorskip("faiss")
 pytest.importorskip("usearch")
 pytest.importorskip("torch")
 
-from benchmarks import bench_latency, bench_search, bench_segmentation  # noqa: E402
+from benchmarks import bench_latency, bench_search, bench_segmentation
 
 
 def _read(path: Path) -> dict:

@@ -140,8 +140,8 @@ def test_exported_files_rerun_through_the_parity_helper(cli_export, tiny_checkpo
 
     out = cli_export[0]
     source = load_source(tiny_checkpoints["embedder"])
-    root = sample_root / "coins211" / "images"
-    squares = model_squares("embedder", pick_evenly(list_photos(root), 12), root, TINY_SIZE_PX)
+    root = sample_root / "euro_phone" / "images"  # 8 classes: 2 photos each = catalog + query
+    squares = model_squares("embedder", pick_evenly(list_photos(root), 16), root, TINY_SIZE_PX)
     parity_set = ParitySet(squares.squares, squares.labels)
     reference = torch_predictor(source.model, source.meta.input)
     for name, quant, floor in (("embedder.onnx", "fp32", 0.9999), ("embedder.tflite", "fp32", 0.9999),
@@ -149,4 +149,5 @@ def test_exported_files_rerun_through_the_parity_helper(cli_export, tiny_checkpo
         result = check_parity("embedder", quant, reference, predictor_for(out / name), parity_set)
         assert result.passed, result.failures
         assert result.figures["cosine_min"] >= floor
-        assert result.figures["n_queries"] > 0
+        assert result.figures["n_queries"] == 8
+        assert result.figures["nn_top1_agreement"] == 1.0
