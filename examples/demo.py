@@ -343,11 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=("tflite", "onnx"), default="tflite")
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
+    from coinvision.sdk.errors import CoinVisionError
+
+    if not (args.models / "embedder.tflite").is_file():
+        print(f"demo needs the release models in {args.models} (see models/README.md)", file=sys.stderr)
+        return 1
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     try:
         run_demo(args.models, args.sample, args.out, catalog_per_coin=args.catalog_per_coin, runtime=args.runtime,
                  top_k=args.top_k)
-    except (RuntimeError, requests.RequestException) as exc:
+    except (RuntimeError, requests.RequestException, CoinVisionError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     return 0
