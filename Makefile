@@ -31,12 +31,14 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.run_all --quick
 
-# Release models: export the trained checkpoints (parity-checked on real photos), then assemble models/release.
+# Release models: export the trained checkpoints (parity-checked on real photos), then assemble models/release
+# (converters/release.py: what ships, under 40 MB; the model card models/release/README.md stays).
 SEG_CKPT ?= runs/segmenter/mnv2/best.pt
 EMB_CKPT ?= runs/embedder/mnv2/best.pt
 release-models: install
 	$(BIN)/coinvision export $(SEG_CKPT) $(EMB_CKPT) --out runs/export_release --coreml-variants fp16,palette6 \
-		--calibration $(DATA) --calibration-count 200 --check --check-images $(DATA)/euro_phone/images --check-count 100
+		--calibration $(DATA) --calibration-count 200 --check --check-images $(DATA)/euro_phone/images --check-count 100 \
+		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
 	$(BIN)/python -m coinvision.converters.release runs/export_release models/release
 
 clean:

@@ -6,8 +6,9 @@ from one ``coinvision export --check`` run.
 The release set stays under the repository's 40 MB budget: ONNX fp32 for the server, ONE TFLite variant per
 model under the SDK's default name (``<kind>.tflite``; its embedded metadata says which quantization it is),
 the full-int8 TFLite files, and the smallest Core ML variant. The export run's ``export.json`` is copied
-alongside, so every shipped file keeps its sha256 and parity figures. A run whose parity check failed, or
-that was not checked, is refused: nothing unproven ships.
+alongside, so every shipped file keeps its sha256 and parity figures. Nothing unproven ships: a run that was
+not parity-checked is refused, a required file (ONNX, default TFLite) that missed its target is refused, and an
+optional file (full int8) that missed is left out and listed under ``not_shipped`` in ``release.json``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from coinvision.converters.manifest import MANIFEST_NAME, digest, read_manifest
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import sidecar_path
-
-from coinvision.converters.manifest import MANIFEST_NAME, digest, read_manifest
 
 __all__ = ["assemble_release"]
 
@@ -46,19 +46,26 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
     if not manifest.get("check") or not manifest.get("parity_checked"):
         raise ConversionError(f"{export_dir / MANIFEST_NAME}: the export run was not parity-checked; re-run "
                               "coinvision export with --check before releasing")
-    if manifest.get("failures"):
-        raise ConversionError(f"{export_dir}: parity failures {manifest['failures']}; fix them before releasing")
+    passed = {f["file"]: (f.get("parity") or {}).get("passed") for f in manifest.get("files", [])}
     if tflite_default not in TFLITE_VARIANTS:
         raise ConversionError(f"unknown TFLite variant {tflite_default!r}; valid: {', '.join(TFLITE_VARIANTS)}")
-    plan: dict[str, Path] = {}
+    required: dict[str, Path] = {}
+    optional: dict[str, Path] = {}
     for kind in KINDS:
-        plan[f"{kind}.onnx"] = export_dir / f"{kind}.onnx"
-        plan[f"{kind}.tflite"] = export_dir / TFLITE_VARIANTS[tflite_default].format(kind=kind)
-        plan[f"{kind}.int8.tflite"] = export_dir / f"{kind}.int8.tflite"
-        plan[f"{kind}.{coreml_variant}.mlpackage"] = export_dir / f"{kind}.{coreml_variant}.mlpackage"
-    missing = [str(p) for p in plan.values() if not p.exists()]
+        required[f"{kind}.onnx"] = export_dir / f"{kind}.onnx"
+        required[f"{kind}.tflite"] = export_dir / TFLITE_VARIANTS[tflite_default].format(kind=kind)
+        optional[f"{kind}.int8.tflite"] = export_dir / f"{kind}.int8.tflite"
+        required[f"{kind}.{coreml_variant}.mlpackage"] = export_dir / f"{kind}.{coreml_variant}.mlpackage"
+    missing = [str(p) for p in required.values() if not p.exists()]
     if missing:
         raise ConversionError(f"export run is missing {', '.join(missing)}; export every kind and variant first")
+    failed = [src.name for src in required.values() if passed.get(src.name) is False]
+    if failed:
+        raise ConversionError(f"{export_dir}: {', '.join(failed)} missed their parity targets (see "
+                              f"{MANIFEST_NAME}); fix them or release another --tflite-default")
+    not_shipped = {name: "parity target missed" if passed.get(src.name) is False else "not exported"
+                   for name, src in optional.items() if passed.get(src.name) is not True}
+    plan = {**required, **{name: src for name, src in optional.items() if name not in not_shipped}}
     total = sum(digest(p)[0] for p in plan.values())
     if total > MAX_RELEASE_BYTES:
         raise ConversionError(f"release set would be {total / 2**20:.1f} MB, over the {MAX_RELEASE_BYTES >> 20} MB "
@@ -68,7 +75,7 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
     staging.mkdir(parents=True)
     for name, src in plan.items():
         _copy(src, staging / name)
-    release = {"source_export": str(export_dir), "tflite_default": tflite_default,
+    release = {"source_export": str(export_dir), "tflite_default": tflite_default, "not_shipped": not_shipped,
                "files": {name: {"from": src.name, "bytes": digest(staging / name)[0],
                                 "sha256": digest(staging / name)[1]} for name, src in plan.items()}}
     (staging / "release.json").write_text(json.dumps(release, indent=2) + "\n")
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, size in sizes.items():
         print(f"  {name:34s} {size / 2**20:6.2f} MB")
+    for name, why in json.loads((args.release_dir / "release.json").read_text())["not_shipped"].items():
+        print(f"  {name:34s} not shipped: {why}")
     print(f"release set: {sum(sizes.values()) / 2**20:.1f} MB in {args.release_dir}")
     return 0
 

@@ -9,8 +9,9 @@ Quantizations (all derived from the one fp32 flatbuffer, so they differ only in 
 - ``fp32``: as converted (``<kind>.tflite``, the file the SDK loads by default).
 - ``fp16``: weights stored as float16, dequantized at load (compute stays fp32 on CPU, fp16 on GPU delegates).
 - ``int8_dynamic``: int8 per-channel weights, activations quantized on the fly (float in/out).
-- ``int8_full``: int8 per-channel weights and int8 activations calibrated on real photos (``<kind>.int8.tflite``).
-  Ops whose output tensor name matches ``keep_float_regex`` stay float (the lever for sensitive ops).
+- ``int8_full``: int8 per-channel weights and int8 activations calibrated on real photos (``<kind>.int8.tflite``);
+  activation ranges are the min/max over every calibration photo. Ops whose output tensor name matches
+  ``keep_float_regex`` stay float (the lever for sensitive ops).
 - ``int16x8``: int8 weights, int16 activations (calibrated): the quantization-friendlier fallback when full
   int8 loses too much.
 """
@@ -87,6 +88,26 @@ def _signature_input_name(model_bytes: bytes) -> tuple[str, str]:
     return name, io["inputs"][0]
 
 
+def _global_min_max(qsv: dict, new_qsv: dict) -> dict:
+    """Activation ranges over ALL calibration photos. ai-edge-quantizer's default is a moving average (factor
+    0.95), which weights the last ~20 photos and clips what the earlier ones saw: measured on the MobileNetV2
+    embedder it cost 0.01 mean cosine (see the export report)."""
+    if not qsv:
+        return dict(new_qsv)
+    return {**new_qsv, "min": np.minimum(qsv["min"], new_qsv["min"]), "max": np.maximum(qsv["max"], new_qsv["max"])}
+
+
+def _calibrate(q, fp32_bytes: bytes, calibration: Sequence[np.ndarray]) -> dict:
+    from ai_edge_quantizer import calibrator, recipe_manager
+
+    signature, input_name = _signature_input_name(fp32_bytes)
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(q.get_quantization_recipe())
+    calib = calibrator.Calibrator(fp32_bytes, num_threads=1, qsv_update_func=_global_min_max)
+    calib.calibrate({signature: [{input_name: np.asarray(x, np.float32)} for x in calibration]}, manager)
+    return calib.get_model_qsvs()
+
+
 def quantize_tflite(
     fp32_bytes: bytes,
     quantization: str,
@@ -131,9 +152,7 @@ def quantize_tflite(
     try:
         calibration_result = None
         if quantization in CALIBRATED_QUANTIZATIONS:
-            signature, input_name = _signature_input_name(fp32_bytes)
-            data = {signature: [{input_name: np.asarray(x, np.float32)} for x in calibration or ()]}
-            calibration_result = q.calibrate(data, num_threads=1)
+            calibration_result = _calibrate(q, fp32_bytes, calibration or ())
         result = q.quantize(calibration_result)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ConversionError(f"TFLite {quantization} quantization failed: {exc}") from exc

@@ -162,6 +162,7 @@ def two_pass_segment(
     min_area_frac: float = 0.002,
     pad_value: int = 0,
     two_pass: bool = True,
+    min_second_pass_area_ratio: float = 0.5,
 ) -> Segmentation:
     """The design's refinement: segment the whole photo, keep the largest component, crop a square around
     it with a margin, segment the crop again at full model resolution, paste back, keep the largest
@@ -179,9 +180,11 @@ def two_pass_segment(
     h, w = image.shape[:2]
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     full[sy0:sy1, sx0:sx1] = crop_prob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-    # The second pass sees only the crop; a coin it loses entirely falls back to the first pass.
+    # The second pass sees only the crop. When it loses the coin entirely, or keeps only a fragment of what the
+    # first pass found (seen on small coins upscaled into the crop), the first pass is the better answer.
     second = largest_component(full >= threshold, min_area_frac) if full.any() else None
-    mask = second if second is not None else first
+    lost = second is None or second.sum() < min_second_pass_area_ratio * first.sum()
+    mask = first if lost else second
     return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first)
 
 

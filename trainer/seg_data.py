@@ -320,6 +320,7 @@ def pad_coin(
     mask_r = cv2.resize(mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST).astype(bool)
     x0 = int(rng.integers(0, size_px - side + 1))
     y0 = int(rng.integers(0, size_px - side + 1))
+    coin_r[~mask_r] = 0  # resampling bleeds coin colour past the (nearest-neighbour) mask edge
     canvas = np.zeros((size_px, size_px, 3), np.uint8)
     canvas_mask = np.zeros((size_px, size_px), bool)
     canvas[y0 : y0 + side, x0 : x0 + side] = coin_r
@@ -545,7 +546,8 @@ class SceneSynthesizer:
                 # distractors are at most half the main coin's area so the largest-coin rule is well defined
                 lo = max(cfg.coverage_ratio[0], main_ratio * 2.5)
                 extra, extra_mask = self._coin_layer(rng, (lo, max(lo * 1.01, min(lo * 6.0, 150.0))))
-                extra_mask &= ~main_mask
+                # a gap of background around the main coin: touching coins would merge into one component
+                extra_mask &= ~cv2.dilate(main_mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
                 layers.append((extra, extra_mask))
         image = background
         full_mask = np.zeros_like(main_mask)

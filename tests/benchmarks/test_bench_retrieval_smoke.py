@@ -17,13 +17,17 @@ pytest.importorskip("pytorch_metric_learning")
 from benchmarks import bench_retrieval
 
 
-def _clustered(n_classes: int, per_class: int, dim: int, spread: float, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _centres(n_classes: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     centres = rng.standard_normal((n_classes, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(n_classes), per_class)
-    x = centres[labels] + spread * rng.standard_normal((len(labels), dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), centres, [f"set/{i}" for i in labels]
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def _around(centres: np.ndarray, per_class: int, spread: float, rng: np.random.Generator
+            ) -> tuple[np.ndarray, list[str]]:
+    """``per_class`` unit vectors around each centre, labelled ``set/<centre index>``."""
+    labels = np.repeat(np.arange(len(centres)), per_class)
+    x = centres[labels] + spread * rng.standard_normal((len(labels), centres.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), [f"set/{i}" for i in labels]
 
 
 # ------------------------------------------------------------------------------------------- pack quant
@@ -31,8 +35,9 @@ def _clustered(n_classes: int, per_class: int, dim: int, spread: float, rng: np.
 
 def test_pack_quantization_on_clustered_vectors() -> None:
     rng = np.random.default_rng(0)
-    catalog, _, cat_labels = _clustered(25, 3, 64, spread=0.08, rng=rng)
-    queries, _, query_labels = _clustered(25, 6, 64, spread=0.08, rng=rng)
+    centres = _centres(25, 64, rng)
+    catalog, cat_labels = _around(centres, 3, spread=0.08, rng=rng)
+    queries, query_labels = _around(centres, 6, spread=0.08, rng=rng)
     # one query of a coin the catalog does not hold: left out, counted
     queries = np.vstack([queries, queries[:1]])
     query_labels = [*query_labels, "set/absent"]
@@ -56,8 +61,9 @@ def test_pack_quantization_on_clustered_vectors() -> None:
 
 def test_pack_quantization_recall_drops_for_confusable_classes() -> None:
     rng = np.random.default_rng(1)
-    catalog, _, cat_labels = _clustered(20, 2, 16, spread=0.6, rng=rng)
-    queries, _, query_labels = _clustered(20, 5, 16, spread=0.6, rng=rng)
+    centres = _centres(20, 16, rng)
+    catalog, cat_labels = _around(centres, 2, spread=0.3, rng=rng)
+    queries, query_labels = _around(centres, 5, spread=0.3, rng=rng)
     out = bench_retrieval.pack_quantization(catalog, cat_labels, queries, query_labels)
     recall = out["quants"]["fp32"]["recall_at"]
     assert recall[1] < 0.9 and recall[20] == 1.0  # every class is within the top 20 of 20 classes

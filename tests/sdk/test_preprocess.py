@@ -77,6 +77,24 @@ def test_two_pass_segment_finds_the_disc() -> None:
     assert iou > 0.9
 
 
+def test_two_pass_segment_keeps_first_pass_when_second_keeps_a_fragment() -> None:
+    image, truth = _disc_image()
+    calls = []
+
+    def forgetful(square: np.ndarray) -> np.ndarray:
+        """First call sees the whole disc; on the zoomed crop it only finds a sliver at the top."""
+        calls.append(square)
+        prob = _color_predictor(square)
+        if len(calls) > 1:
+            prob[square.shape[0] // 3 :] = 0.0
+        return prob
+
+    seg = two_pass_segment(image, forgetful, size_px=64)
+    assert len(calls) == 2 and seg.passes == 2
+    assert np.array_equal(seg.mask, seg.first_pass_mask)
+    assert (seg.mask & truth).sum() / (seg.mask | truth).sum() > 0.9
+
+
 def test_two_pass_segment_reports_no_coin_on_blank_photo() -> None:
     seg = two_pass_segment(np.full((50, 80, 3), 30, np.uint8), _color_predictor, size_px=64)
     assert not seg.found and seg.mask is None

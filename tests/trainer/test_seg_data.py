@@ -112,7 +112,7 @@ def test_label_datasets_writes_masks_manifest_and_contact_sheet(sample_root, tmp
 
 
 def test_read_label_manifest_missing_folder_is_a_dataset_error(tmp_path):
-    with pytest.raises(DatasetError, match="manifest.csv"):
+    with pytest.raises(DatasetError, match=r"manifest\.csv"):
         read_label_manifest(tmp_path, {})
 
 
@@ -202,7 +202,7 @@ def test_occlude_with_finger_hides_at_most_half_the_coin(coin_pairs):
     canvas, mask, _ = pad_coin(*coin_square(*coin_pairs[0]), 96, np.random.default_rng(5), coverage_ratio=(2, 3))
     changed = 0
     for seed in range(8):
-        image, new_mask = occlude_with_finger(canvas, mask, np.random.default_rng(seed))
+        _image, new_mask = occlude_with_finger(canvas, mask, np.random.default_rng(seed))
         assert new_mask.dtype == bool and not (new_mask & ~mask).any()
         assert new_mask.sum() >= 0.5 * mask.sum()
         changed += int(new_mask.sum() < mask.sum())
