@@ -28,7 +28,7 @@ __all__ = ["assemble_release"]
 KINDS = ("segmenter", "embedder")
 TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_dynamic": "{kind}.int8_dynamic.tflite",
                    "int8": "{kind}.int8.tflite"}
-MAX_RELEASE_BYTES = 40 * 1024 * 1024
+MAX_RELEASE_BYTES = 40_000_000  # the repository's budget for shipped models (decimal MB)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -65,11 +65,20 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
                               f"{MANIFEST_NAME}); fix them or release another --tflite-default")
     not_shipped = {name: "parity target missed" if passed.get(src.name) is False else "not exported"
                    for name, src in optional.items() if passed.get(src.name) is not True}
-    plan = {**required, **{name: src for name, src in optional.items() if name not in not_shipped}}
+    plan = dict(required)
     total = sum(digest(p)[0] for p in plan.values())
     if total > MAX_RELEASE_BYTES:
-        raise ConversionError(f"release set would be {total / 2**20:.1f} MB, over the {MAX_RELEASE_BYTES >> 20} MB "
+        raise ConversionError(f"release set would be {total / 1e6:.1f} MB, over the {MAX_RELEASE_BYTES / 1e6:.0f} MB "
                               "budget; pick a smaller --tflite-default")
+    for name, src in optional.items():
+        if name in not_shipped:
+            continue
+        size = digest(src)[0]
+        if total + size > MAX_RELEASE_BYTES:
+            not_shipped[name] = f"over the {MAX_RELEASE_BYTES / 1e6:.0f} MB budget (export it with make release-models)"
+            continue
+        plan[name] = src
+        total += size
     staging = release_dir.with_name(release_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -80,7 +89,7 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
                                 "sha256": digest(staging / name)[1]} for name, src in plan.items()}}
     (staging / "release.json").write_text(json.dumps(release, indent=2) + "\n")
     shutil.copyfile(export_dir / MANIFEST_NAME, staging / MANIFEST_NAME)
-    for keep in ("README.md", "figures"):  # the model card lives beside the files, not in the export run
+    for keep in ("README.md", "training"):  # the model card and training records live here, not in the export run
         if (release_dir / keep).exists():
             shutil.move(str(release_dir / keep), staging / keep)
     if release_dir.exists():
@@ -103,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, size in sizes.items():
-        print(f"  {name:34s} {size / 2**20:6.2f} MB")
+        print(f"  {name:34s} {size / 1e6:6.2f} MB")
     for name, why in json.loads((args.release_dir / "release.json").read_text())["not_shipped"].items():
         print(f"  {name:34s} not shipped: {why}")
-    print(f"release set: {sum(sizes.values()) / 2**20:.1f} MB in {args.release_dir}")
+    print(f"release set: {sum(sizes.values()) / 1e6:.1f} MB in {args.release_dir}")
     return 0
 
 
