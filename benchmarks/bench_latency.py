@@ -80,15 +80,7 @@ def discover_pipelines(models_dir: str | Path) -> tuple[list[PipelineSpec], list
             found.append(PipelineSpec(name, runtime, models_dir / seg, models_dir / emb))
 
     pair("onnx", "onnx", "segmenter.onnx", "embedder.onnx")
-    # embedder.tflite is whichever variant the release chose as the SDK default: its metadata says which
-    from coinvision.sdk.errors import ModelLoadError
-    from coinvision.sdk.model_meta import ModelMetadata
-
-    try:
-        default_quant = ModelMetadata.read_sidecar(models_dir / "embedder.tflite").quantization
-    except ModelLoadError:
-        default_quant = "fp32"
-    pair(f"tflite {default_quant} (default file)", "tflite", "segmenter.tflite", "embedder.tflite")
+    pair("tflite fp32", "tflite", "segmenter.tflite", "embedder.tflite")
     quants = sorted({p.name.split(".")[1] for kind in ("segmenter", "embedder")
                      for p in models_dir.glob(f"{kind}.*.tflite")} if models_dir.is_dir() else set())
     for quant in quants:

@@ -118,8 +118,7 @@ def discover_runtimes(models_dir: str | Path) -> tuple[list[RuntimeSpec], list[d
     if not models_dir.is_dir():
         return found, [{"source": "exported runtimes", "reason": f"models folder {_rel(models_dir)} does not exist"}]
     candidates = [("onnx", "onnx", "embedder.onnx", ["segmenter.onnx"]),
-                  (f"tflite {_default_quant(models_dir)} (default file)", "tflite", "embedder.tflite",
-                   ["segmenter.tflite"])]
+                  ("tflite fp32", "tflite", "embedder.tflite", ["segmenter.tflite"])]
     for path in sorted(models_dir.glob("embedder.*.tflite")):
         quant = path.name[len("embedder."):-len(".tflite")]
         candidates.append((f"tflite {quant}", "tflite", path.name, [f"segmenter.{quant}.tflite", "segmenter.tflite"]))
@@ -178,17 +177,6 @@ def pack_search_ranks(pack, queries: np.ndarray, labels: Sequence[str], k: int) 
         if label in ids:
             ranks[i] = ids.index(label)
     return ranks
-
-
-def _default_quant(models_dir: Path) -> str:
-    """``embedder.tflite`` is whichever variant a release chose as the SDK default: its metadata says which."""
-    from coinvision.sdk.errors import ModelLoadError
-    from coinvision.sdk.model_meta import ModelMetadata
-
-    try:
-        return ModelMetadata.read_sidecar(models_dir / "embedder.tflite").quantization
-    except ModelLoadError:
-        return "fp32"
 
 
 def pack_quantization(catalog: np.ndarray, catalog_labels: Sequence[str], queries: np.ndarray,

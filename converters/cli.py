@@ -44,6 +44,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration_dir=args.calibration,
         calibration_count=args.calibration_count,
         int8_keep_float_regex=args.int8_keep_float,
+        bias_correction=args.bias_correction,
         check=args.check,
         check_images=args.check_images,
         check_count=args.check_count,
@@ -81,11 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="TFLite quantizations, comma list of fp32,fp16,int8_dynamic,int8_full,int16x8")
     p.add_argument("--coreml-variants", default="fp16", help="comma list of fp16,w8,palette6,palette8")
     p.add_argument("--calibration", type=Path, default=None,
-                   help="folder of real photos for int8_full calibration (recursive; >= 200 for a release)")
+                   help="folder of real photos for int8_full calibration and int8 bias correction "
+                   "(recursive; >= 200 for a release)")
     p.add_argument("--calibration-count", type=int, default=200,
                    help="photos to calibrate on, spread evenly over the folder (default 200)")
     p.add_argument("--int8-keep-float", default=None, metavar="REGEX",
                    help="leave ops whose output tensor name matches REGEX in float in int8_full/int16x8")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="skip the int8 bias correction (for comparison; it is on by default with --calibration)")
     p.add_argument("--check", action="store_true", help="compare every file with PyTorch on real photos")
     p.add_argument("--check-images", type=Path, default=None,
                    help="photos for --check (recursive; <class>/<photo> folders add Recall@1 for the embedder)")

@@ -38,6 +38,7 @@ from coinvision.converters.photo_inputs import PhotoSquares, list_photos, model_
 from coinvision.converters.sources import SourceModel, load_source
 from coinvision.converters.tflite_export import (
     CALIBRATED_QUANTIZATIONS,
+    INT8_WEIGHT_QUANTIZATIONS,
     MIN_CALIBRATION_IMAGES,
     TFLITE_QUANTIZATIONS,
     check_quantization,
@@ -68,6 +69,7 @@ class ExportOptions:
     calibration_dir: Path | None = None
     calibration_count: int = MIN_CALIBRATION_IMAGES
     int8_keep_float_regex: str | None = None  # ops left float in int8_full / int16x8 (see tflite_export)
+    bias_correction: bool = True  # int8-weight variants, when calibration photos are given
     check: bool = False
     check_images: Path | None = None
     check_count: int = 200
@@ -87,6 +89,14 @@ class ExportOptions:
     @property
     def needs_calibration(self) -> bool:
         return "tflite" in self.formats and any(q in CALIBRATED_QUANTIZATIONS for q in self.quantizations)
+
+    @property
+    def uses_calibration(self) -> bool:
+        """Calibration photos are required (int8_full, int16x8) or given for int8_dynamic's bias correction."""
+        return self.needs_calibration or (
+            self.calibration_dir is not None and "tflite" in self.formats
+            and any(q in INT8_WEIGHT_QUANTIZATIONS for q in self.quantizations)
+        )
 
 
 def _names(values: tuple[str, ...], valid: tuple[str, ...], what: str) -> None:
@@ -110,7 +120,7 @@ def validate_options(o: ExportOptions) -> None:
         _names(o.coreml_variants, COREML_VARIANTS, "Core ML variant")
         for v in o.coreml_variants:
             check_variant(v)
-    if o.needs_calibration:
+    if o.uses_calibration:
         wanted = [q for q in o.quantizations if q in CALIBRATED_QUANTIZATIONS]
         if o.calibration_dir is None:
             raise ConversionError(
@@ -128,6 +138,8 @@ def validate_options(o: ExportOptions) -> None:
         if o.calibration_count < MIN_CALIBRATION_IMAGES:
             log.warning("calibrating on %d photos, below the release floor of %d", o.calibration_count,
                         MIN_CALIBRATION_IMAGES)
+    elif "tflite" in o.formats and "int8_dynamic" in o.quantizations and o.bias_correction:
+        log.warning("int8_dynamic without --calibration: no bias correction (pass --calibration DIR for it)")
     if o.check:
         if o.check_images is None:
             raise ConversionError("--check needs --check-images DIR (real photos, searched recursively)")
@@ -182,7 +194,7 @@ def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
     segment, crops = _embedder_segment_fn(sources)
     margins = {s.kind: float(s.meta.extra.get("crop_margin_frac", 0.05)) for s in sources}
     calibration_paths: list[Path] = []
-    if o.needs_calibration and o.calibration_dir is not None:  # validate_options demands the folder
+    if o.uses_calibration and o.calibration_dir is not None:  # validate_options demands the folder
         calibration_paths = pick_evenly(list_photos(o.calibration_dir), o.calibration_count)
         inputs.calibration_info = {"dir": str(o.calibration_dir), "requested": o.calibration_count,
                                    "release_floor": MIN_CALIBRATION_IMAGES,
@@ -298,8 +310,8 @@ class _Run:
                 started = time.perf_counter()
                 path = export_tflite(
                     s.model, s.meta, self.stage / tflite_filename(s.kind, q), quantization=q,
-                    calibration=calibration if q in CALIBRATED_QUANTIZATIONS else None, fp32_bytes=fp32,
-                    keep_float_regex=o.int8_keep_float_regex,
+                    calibration=calibration if q in INT8_WEIGHT_QUANTIZATIONS else None, fp32_bytes=fp32,
+                    keep_float_regex=o.int8_keep_float_regex, bias_correction=o.bias_correction,
                 )
                 self.record(s, path, "tflite", q, convert_s, time.perf_counter() - started)
         if "coreml" in o.formats:
