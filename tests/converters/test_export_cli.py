@@ -96,6 +96,9 @@ def test_metadata_is_embedded_in_every_format_and_matches_the_sidecar(cli_export
     seg = read_tflite_metadata((out / "segmenter.int8.tflite").read_bytes())
     assert (seg.output, seg.threshold) == ("mask_logits", 0.5)
     assert seg.extra["calibration_images"] == CALIBRATION_COUNT
+    assert seg.extra["bias_correction"] is True
+    assert read_tflite_metadata(out / "embedder.int8_dynamic.tflite").extra["bias_correction"] is True
+    assert "bias_correction" not in read_tflite_metadata(out / "embedder.fp16.tflite").extra
 
 
 def test_parity_figures_meet_the_fp32_and_fp16_targets(manifest) -> None:
