@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+from coinvision.sdk.fileio import write_atomic
 
 __all__ = ["MANIFEST_NAME", "digest", "read_manifest", "tool_versions", "write_manifest"]
 
@@ -45,10 +46,8 @@ def tool_versions() -> dict[str, str]:
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    payload = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=False) + "\n"
+    return write_atomic(path, payload.encode("utf-8"))
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

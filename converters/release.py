@@ -85,8 +85,10 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
     for name, src in plan.items():
         _copy(src, staging / name)
     release = {"source_export": str(export_dir), "tflite_default": tflite_default, "not_shipped": not_shipped,
-               "files": {name: {"from": src.name, "bytes": digest(staging / name)[0],
-                                "sha256": digest(staging / name)[1]} for name, src in plan.items()}}
+               "files": {}}
+    for name, src in plan.items():
+        size, sha256 = digest(staging / name)
+        release["files"][name] = {"from": src.name, "bytes": size, "sha256": sha256}
     (staging / "release.json").write_text(json.dumps(release, indent=2) + "\n")
     shutil.copyfile(export_dir / MANIFEST_NAME, staging / MANIFEST_NAME)
     for keep in ("README.md", "training"):  # the model card and training records live here, not in the export run

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from coinvision.sdk.errors import DatasetError, ImageError
+from coinvision.sdk.fileio import write_atomic
 from coinvision.sdk.pack import DELTA_MAGIC, FORMAT_VERSION, QUANTS, CoinRecord, Pack, read_delta, read_pack
 from coinvision.sdk.sdk_cli import DEFAULT_MODELS_DIR, IMAGE_SUFFIXES
 
@@ -96,17 +96,6 @@ def scan_catalog(catalog_dir: Path) -> tuple[list[CatalogCoin], list[str]]:
     return coins, warnings
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename: a failed build never leaves a half-written pack where the last good one was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     import numpy as np
     from coinvision.sdk import pack as packlib
@@ -142,7 +131,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         catalog_id=args.catalog_id or Path(args.catalog_dir).resolve().name, catalog_version=args.catalog_version,
         model_fingerprint=recognizer.fingerprint, quant=args.quant, created_at=args.created_at,
     )
-    _write_atomic(args.out, data)
+    write_atomic(args.out, data)
     pack = packlib.read_pack(data)
     print(f"images:   {len(jobs)} found, {len(vectors)} embedded, {len(no_coin)} with no coin found "
           f"(whole photo embedded), {len(unreadable)} unreadable (skipped)")

@@ -18,7 +18,6 @@ import hashlib
 import http.client
 import json
 import logging
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +28,7 @@ from typing import Any
 
 from coinvision.sdk import pack as packlib
 from coinvision.sdk.errors import PackError, SyncError
+from coinvision.sdk.fileio import write_atomic
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -70,19 +70,6 @@ def _parse_time(value: object, name: str) -> datetime:
     except ValueError as exc:
         raise SyncError(f"manifest field {name}={value!r} is not an ISO time") from exc
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass(frozen=True)
@@ -289,11 +276,11 @@ class SyncClient:
         self.dir.mkdir(parents=True, exist_ok=True)
         # Pack first, then the state that names it: a crash between the two leaves a pack newer than its state,
         # which the next sync simply replaces.
-        _write_atomic(self.pack_path, data)
+        write_atomic(self.pack_path, data)
         new_state = {"version": payload["version"], "sha256": payload["pack"]["sha256"],
                      "model_fingerprint": payload.get("model_fingerprint"), "manifest": payload,
                      "synced_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        _write_atomic(self.state_path, json.dumps(new_state, indent=2).encode("utf-8"))
+        write_atomic(self.state_path, json.dumps(new_state, indent=2).encode("utf-8"))
         for leftover in (self.dir / "downloads").glob("*.part"):
             leftover.unlink()
         log.info("catalog %s synced to v%d via %s (%d bytes)", self.catalog_id, payload["version"], via, fetched)

@@ -1,27 +1,13 @@
-"""Files on disk are written once, atomically (temp file in the same folder, fsync, rename), never modified."""
+"""Files on disk are written once, atomically (``coinvision.sdk.fileio.write_atomic``), never modified."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
+from coinvision.sdk.fileio import write_atomic
+
 __all__ = ["sha256_file", "write_atomic"]
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def sha256_file(path: Path) -> str:

@@ -10,14 +10,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from coinvision.sdk.config_io import resolve_config
 from coinvision.sdk.errors import ModelLoadError
 
-__all__ = ["Checkpoint", "fingerprint_state_dict", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "fingerprint_state_dict", "load_checkpoint", "load_model", "save_checkpoint"]
+
+ConfigT = TypeVar("ConfigT")
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +84,18 @@ def load_checkpoint(path: str | Path, *, expected_kind: str | None = None) -> Ch
         raise ModelLoadError(f"{path}: weights do not match the stored fingerprint (corrupt checkpoint)")
     ckpt.fingerprint = actual
     return ckpt
+
+
+def load_model(
+    path: str | Path, kind: str, config_cls: type[ConfigT], build: Callable[[ConfigT], ModelT], *, what: str = ""
+) -> tuple[ModelT, ConfigT, Checkpoint]:
+    """Rebuild a trained model from its checkpoint: resolved config -> ``build`` -> weights. Returns it in eval mode."""
+    ckpt = load_checkpoint(path, expected_kind=kind)
+    values = {**ckpt.config, "pretrained_path": None}  # weights come from the checkpoint
+    cfg = resolve_config(config_cls, overrides=values)
+    model = build(cfg)
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path}: weights do not fit the configured {what or kind} ({exc})") from exc
+    return model.eval(), cfg, ckpt

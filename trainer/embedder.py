@@ -28,11 +28,11 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from coinvision.sdk.config_io import config_to_dict, resolve_config, save_config
+from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, to_model_input
-from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
 from coinvision.trainer.emb_data import (
     AugmentConfig,
     CropSource,
@@ -197,15 +197,7 @@ def build_embedder(cfg: EmbedderConfig) -> Embedder:
 
 
 def load_embedder(path: str | Path) -> tuple[Embedder, EmbedderConfig, Checkpoint]:
-    ckpt = load_checkpoint(path, expected_kind=KIND)
-    values = {**ckpt.config, "pretrained_path": None}  # weights come from the checkpoint
-    cfg = resolve_config(EmbedderConfig, overrides=values)
-    model = build_embedder(cfg)
-    try:
-        model.load_state_dict(ckpt.state_dict)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{path}: weights do not fit the configured embedder ({exc})") from exc
-    return model.eval(), cfg, ckpt
+    return load_model(path, KIND, EmbedderConfig, build_embedder)
 
 
 def embedder_metadata(cfg: EmbedderConfig, fingerprint: str) -> ModelMetadata:

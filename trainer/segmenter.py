@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from coinvision.sdk.config_io import config_to_dict, resolve_config, save_config
+from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.imageio import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, Segmentation, letterbox, to_model_input, two_pass_segment
-from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
 from coinvision.trainer.seg_data import (
     LabelledImage,
     SceneSynthesizer,
@@ -133,15 +133,7 @@ def build_segmenter(cfg: SegmenterConfig) -> nn.Module:
 
 
 def load_segmenter(path: str | Path) -> tuple[nn.Module, SegmenterConfig, Checkpoint]:
-    ckpt = load_checkpoint(path, expected_kind=KIND)
-    values = {**ckpt.config, "pretrained_path": None}  # weights come from the checkpoint
-    cfg = resolve_config(SegmenterConfig, overrides=values)
-    model = build_segmenter(cfg)
-    try:
-        model.load_state_dict(ckpt.state_dict)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{path}: weights do not fit the configured U-Net ({exc})") from exc
-    return model.eval(), cfg, ckpt
+    return load_model(path, KIND, SegmenterConfig, build_segmenter, what="U-Net")
 
 
 def segmenter_metadata(cfg: SegmenterConfig, fingerprint: str) -> ModelMetadata:
