@@ -35,12 +35,16 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
 
 def _cmd_data_split(args: argparse.Namespace) -> int:
     from coinvision.trainer.data import load_dataset
-    from coinvision.trainer.splits import SplitConfig, make_splits, write_splits
+    from coinvision.trainer.splits import SplitConfig, make_splits, materialize_splits, write_splits
 
     datasets = [load_dataset(root) for root in args.roots]
     rows = make_splits(datasets, SplitConfig(seed=args.seed, val_class_frac=args.val_class_frac))
     path = write_splits(rows, args.out)
     print(f"wrote {len(rows)} rows to {path}")
+    if args.materialize:
+        counts = materialize_splits(rows, datasets, args.materialize)
+        print(f"linked photos under {args.materialize}/<split>/<class>/: "
+              + ", ".join(f"{split} {n}" for split, n in counts.items()))
     return 0
 
 
@@ -161,6 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     split.add_argument("--out", type=Path, required=True, help="CSV to write")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--val-class-frac", type=float, default=0.2)
+    split.add_argument("--materialize", type=Path, default=None, metavar="DIR",
+                       help="also link the photos as DIR/<split>/<class>/<image> (for eval retrieval, export --check)")
     split.set_defaults(func=_cmd_data_split)
 
     pretrained = sub.add_parser("pretrained", help="port pretrained weights into PyTorch")

@@ -19,7 +19,16 @@ from pathlib import Path
 from coinvision.sdk.errors import DatasetError
 from coinvision.trainer.data import CoinDataset, CoinImage
 
-__all__ = ["SPLITS", "SplitConfig", "SplitRow", "make_splits", "read_splits", "resolve_rows", "write_splits"]
+__all__ = [
+    "SPLITS",
+    "SplitConfig",
+    "SplitRow",
+    "make_splits",
+    "materialize_splits",
+    "read_splits",
+    "resolve_rows",
+    "write_splits",
+]
 
 SPLITS = ("train", "val_seen", "catalog", "query")
 CSV_COLUMNS = ("dataset", "file", "class_key", "group", "split")
@@ -128,3 +137,32 @@ def resolve_rows(rows: list[SplitRow], datasets: list[CoinDataset]) -> dict[str,
             )
         out[r.split].append(img)
     return out
+
+
+def class_folder_name(class_key: str) -> str:
+    """``coins211/42`` -> ``coins211__42``: one folder level per class, as ``<class>/<image>`` tools expect."""
+    return class_key.replace("/", "__")
+
+
+def materialize_splits(rows: list[SplitRow], datasets: list[CoinDataset], out_dir: str | Path) -> dict[str, int]:
+    """Lay the split out as ``out_dir/<split>/<class>/<dataset>__<image>`` symlinks; returns images per split.
+
+    This is the ``<class>/<image>`` layout that ``coinvision eval retrieval`` and ``coinvision export
+    --check-images`` read, so every tool can evaluate on exactly the trainer's held-out classes without copying
+    the photos. Re-running replaces the links (the split may have changed), never the photos they point to.
+    """
+    out_dir = Path(out_dir)
+    resolve_rows(rows, datasets)  # fails, naming the row, before any link is touched
+    roots = {ds.name: ds.root for ds in datasets}
+    for split in SPLITS:
+        if (out_dir / split).exists():
+            for old in (out_dir / split).rglob("*"):
+                if old.is_symlink():
+                    old.unlink()
+    counts = dict.fromkeys(SPLITS, 0)
+    for r in rows:
+        dest = out_dir / r.split / class_folder_name(r.class_key) / f"{r.dataset}__{r.file.replace('/', '__')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.symlink_to((roots[r.dataset] / r.file).resolve())
+        counts[r.split] += 1
+    return counts

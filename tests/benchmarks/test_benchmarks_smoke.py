@@ -160,3 +160,31 @@ def test_latency_main_reports_ratios_vs_torch(tiny_models_dir: Path, tmp_path: P
     assert by_runtime["onnx"]["ratio_vs_torch"]["total"] > 0
     assert by_runtime["onnx"]["cosine_vs_torch"] > 0.999  # same weights: the exports embed like PyTorch
     assert {s["runtime"] for s in results["skipped"]} == {"tflite fp16", "tflite int8"}
+
+
+def test_seg_encoders_reads_trained_runs_and_times_each_encoder(tmp_path: Path) -> None:
+    import yaml
+
+    from benchmarks import bench_seg_encoders
+
+    run = tmp_path / "runs" / "mnv2"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"encoder": "tu-mobilenetv2_100", "size_px": 64, "steps_per_epoch": 4, "batch_size": 2}))
+    history = [{"epoch": e, "epoch_s": 30.0, "synthetic_iou@0.3": 0.5 + e / 10, "synthetic_iou@0.5": 0.4 + e / 10,
+                "real_iou@0.3": r, "real_iou@0.5": r} for e, r in ((1, 0.7), (2, 0.9), (3, 0.8))]
+    (run / "history.json").write_text(json.dumps(history))
+    (tmp_path / "runs" / "empty").mkdir()  # no history: skipped, not an error
+
+    trained = bench_seg_encoders.trained_runs(sorted((tmp_path / "runs").iterdir()))
+    assert list(trained) == ["tu-mobilenetv2_100@64"]
+    best = trained["tu-mobilenetv2_100@64"]
+    assert (best["best_epoch"], best["real_iou@0.5"], best["train_samples"], best["train_minutes"]) == (2, 0.9, 24, 1.5)
+
+    out, png = tmp_path / "enc.json", tmp_path / "enc.png"
+    rc = bench_seg_encoders.main(["--encoders", "tu-mobilenetv2_100", "--size-px", "64", "--runs", str(run),
+                                  "--out", str(out), "--plot", str(png)])
+    assert rc == 0 and png.stat().st_size > 0
+    rows = json.loads(out.read_text())["table"]
+    assert [(r["encoder"], r["size_px"]) for r in rows] == [("tu-mobilenetv2_100", 64)]
+    assert rows[0]["real_iou@0.5"] == 0.9 and rows[0]["params_m"] > 0 and rows[0]["latency_1t_ms"] > 0

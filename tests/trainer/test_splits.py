@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 from coinvision.sdk.errors import DatasetError
 from coinvision.trainer.data import load_dataset
-from coinvision.trainer.splits import SplitConfig, make_splits, read_splits, resolve_rows, write_splits
+from coinvision.trainer.splits import (
+    SplitConfig,
+    make_splits,
+    materialize_splits,
+    read_splits,
+    resolve_rows,
+    write_splits,
+)
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_coins"
 
@@ -65,3 +72,18 @@ def test_resolve_rows_names_a_missing_image(datasets, tmp_path: Path) -> None:
 def test_split_config_rejects_bad_fractions() -> None:
     with pytest.raises(ValueError, match="val_class_frac"):
         SplitConfig(val_class_frac=1.5)
+
+
+def test_materialize_splits_links_each_photo_under_split_and_class(datasets, tmp_path: Path) -> None:
+    rows = make_splits(datasets, SplitConfig(seed=2))
+    counts = materialize_splits(rows, datasets, tmp_path / "split")
+    assert counts == {s: sum(r.split == s for r in rows) for s in ("train", "val_seen", "catalog", "query")}
+    query = sorted((tmp_path / "split" / "query").rglob("*.*"))
+    assert len(query) == counts["query"]
+    for link in query:  # <split>/<class>/<image>: the class folder is the label eval/parity tools read
+        assert link.is_symlink() and link.resolve().is_file()
+        assert "/" not in link.parent.name and link.parent.name.replace("__", "/", 1) in {r.class_key for r in rows}
+    # a re-run with another seed replaces the links instead of failing on the old ones
+    rows2 = make_splits(datasets, SplitConfig(seed=3))
+    counts2 = materialize_splits(rows2, datasets, tmp_path / "split")
+    assert sum(1 for p in (tmp_path / "split").rglob("*") if p.is_symlink()) == sum(counts2.values()) == len(rows2)
