@@ -19,7 +19,14 @@ import torch
 from coinvision.sdk.config_io import resolve_config
 from coinvision.sdk.errors import ModelLoadError
 
-__all__ = ["Checkpoint", "fingerprint_state_dict", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "fingerprint_state_dict",
+    "load_checkpoint",
+    "load_model",
+    "restore_schedule",
+    "save_checkpoint",
+]
 
 ConfigT = TypeVar("ConfigT")
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
@@ -99,3 +106,9 @@ def load_model(
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: weights do not fit the configured {what or kind} ({exc})") from exc
     return model.eval(), cfg, ckpt
+
+
+def restore_schedule(scheduler: torch.optim.lr_scheduler.OneCycleLR, saved: dict[str, Any]) -> None:
+    """Restore a one-cycle schedule's step count but keep THIS run's length and phases, so resuming with more
+    epochs stretches the tail (the saved phases would end the schedule at the old length)."""
+    scheduler.load_state_dict({k: v for k, v in saved.items() if k not in ("total_steps", "_schedule_phases")})

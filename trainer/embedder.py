@@ -32,7 +32,7 @@ from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, to_model_input
-from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
+from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
 from coinvision.trainer.emb_data import (
     AugmentConfig,
     CropSource,
@@ -368,11 +368,6 @@ def _epoch_indices(n: int, count: int, seed: int, epoch: int) -> list[int]:
     return out[:count]
 
 
-def _load_schedule(scheduler: torch.optim.lr_scheduler.OneCycleLR, saved: dict[str, Any]) -> None:
-    """Restore the step count but keep this run's length: resuming with more epochs stretches the tail."""
-    scheduler.load_state_dict({k: v for k, v in saved.items() if k not in ("total_steps", "_schedule_phases")})
-
-
 def _score(metrics: dict[str, Any]) -> tuple[float, float]:
     return metrics["recall@1"], metrics["map@r"]
 
@@ -421,8 +416,8 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         loss_fn.load_state_dict(state["loss"])
         opt_backbone.load_state_dict(state["opt_backbone"])
         opt_head.load_state_dict(state["opt_head"])
-        _load_schedule(sched_backbone, state["sched_backbone"])
-        _load_schedule(sched_head, state["sched_head"])
+        restore_schedule(sched_backbone, state["sched_backbone"])
+        restore_schedule(sched_head, state["sched_head"])
         history, best, start_epoch = state["history"], tuple(state["best"]), ckpt.epoch
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])

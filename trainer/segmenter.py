@@ -29,7 +29,7 @@ from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.imageio import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, Segmentation, letterbox, to_model_input, two_pass_segment
-from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
+from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
 from coinvision.trainer.seg_data import (
     LabelledImage,
     SceneSynthesizer,
@@ -384,8 +384,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         ckpt = load_checkpoint(last_path, expected_kind=KIND)
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.training_state["optimizer"])
-        scheduler.load_state_dict(ckpt.training_state["scheduler"])
-        scheduler.total_steps = total_steps  # resuming with more epochs stretches the schedule's tail
+        restore_schedule(scheduler, ckpt.training_state["scheduler"])
         history = ckpt.training_state["history"]
         best_score = ckpt.training_state["best_score"]
         start_epoch = ckpt.epoch
