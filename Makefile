@@ -38,6 +38,7 @@ SEG_CKPT ?= runs/segmenter/mnv2/best.pt
 EMB_CKPT ?= runs/embedder/mnv2/best.pt
 SPLIT := runs/split
 INT8_KEEP_FLOAT ?=
+TFLITE_DEFAULT ?= fp16
 
 release-models: install
 	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
@@ -45,7 +46,7 @@ release-models: install
 		--calibration $(SPLIT)/train --calibration-count 200 --check --check-images $(SPLIT)/query --check-count 200 \
 		$(if $(INT8_KEEP_FLOAT),--int8-keep-float '$(INT8_KEEP_FLOAT)') \
 		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
-	$(BIN)/python -m coinvision.converters.release runs/export_release models/release
+	$(BIN)/python -m coinvision.converters.release runs/export_release models/release --tflite-default $(TFLITE_DEFAULT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,10 +5,11 @@ from one ``coinvision export --check`` run.
 
 The release set stays under the repository's 40 MB budget: ONNX fp32 for the server, ONE TFLite variant per
 model under the SDK's default name (``<kind>.tflite``; its embedded metadata says which quantization it is),
-the full-int8 TFLite files, and the smallest Core ML variant. The export run's ``export.json`` is copied
-alongside, so every shipped file keeps its sha256 and parity figures. Nothing unproven ships: a run that was
-not parity-checked is refused, a required file (ONNX, default TFLite) that missed its target is refused, and an
-optional file (full int8) that missed is left out and listed under ``not_shipped`` in ``release.json``.
+the full-int8 / fp16 TFLite files that are not the default (while they fit), and the smallest Core ML variant.
+The export run's ``export.json`` is copied alongside, so every shipped file keeps its sha256 and parity figures.
+Nothing unproven ships: a run that was not parity-checked is refused, a required file (ONNX, default TFLite) that
+missed its target is refused, and an optional file that missed is left out and listed under ``not_shipped`` in
+``release.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = ["assemble_release"]
 KINDS = ("segmenter", "embedder")
 TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_dynamic": "{kind}.int8_dynamic.tflite",
                    "int8": "{kind}.int8.tflite"}
+OPTIONAL_TFLITE = ("int8", "fp16")  # shipped beside the default when they passed parity and fit, in this order
 MAX_RELEASE_BYTES = 40_000_000  # the repository's budget for shipped models (decimal MB)
 
 
@@ -54,7 +56,10 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
     for kind in KINDS:
         required[f"{kind}.onnx"] = export_dir / f"{kind}.onnx"
         required[f"{kind}.tflite"] = export_dir / TFLITE_VARIANTS[tflite_default].format(kind=kind)
-        optional[f"{kind}.int8.tflite"] = export_dir / f"{kind}.int8.tflite"
+        for variant in OPTIONAL_TFLITE:
+            if variant != tflite_default:
+                name = TFLITE_VARIANTS[variant].format(kind=kind)
+                optional[name] = export_dir / name
         required[f"{kind}.{coreml_variant}.mlpackage"] = export_dir / f"{kind}.{coreml_variant}.mlpackage"
     missing = [str(p) for p in required.values() if not p.exists()]
     if missing:

@@ -54,3 +54,12 @@ def test_release_refuses_a_failed_default_and_an_unchecked_run(tmp_path: Path) -
     unchecked = _export_run(tmp_path / "unchecked", checked=False)
     with pytest.raises(ConversionError, match="not parity-checked"):
         assemble_release(unchecked, tmp_path / "release")
+
+
+def test_release_with_int8_default_offers_fp16_as_the_optional_variant(tmp_path: Path) -> None:
+    export = _export_run(tmp_path / "export")
+    release = tmp_path / "release"
+    assemble_release(export, release, tflite_default="int8")
+    assert (release / "segmenter.tflite").read_bytes() == (export / "segmenter.int8.tflite").read_bytes()
+    assert (release / "segmenter.fp16.tflite").is_file() and not (release / "segmenter.int8.tflite").exists()
+    assert json.loads((release / "release.json").read_text())["tflite_default"] == "int8"
