@@ -188,3 +188,20 @@ def test_seg_encoders_reads_trained_runs_and_times_each_encoder(tmp_path: Path) 
     rows = json.loads(out.read_text())["table"]
     assert [(r["encoder"], r["size_px"]) for r in rows] == [("tu-mobilenetv2_100", 64)]
     assert rows[0]["real_iou@0.5"] == 0.9 and rows[0]["params_m"] > 0 and rows[0]["latency_1t_ms"] > 0
+
+
+def test_plot_runs_reports_best_epoch_and_refuses_unknown_metric(tmp_path: Path, capsys) -> None:
+    from benchmarks import plot_runs
+
+    runs = []
+    for name, values in (("a", [0.2, 0.5, 0.4]), ("b", [0.1, 0.15, 0.3])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "history.json").write_text(json.dumps([{"epoch": i + 1, "recall@1": v} for i, v in enumerate(values)]))
+        runs.append(run)
+    assert plot_runs.best_epochs(runs, "recall@1") == {str(runs[0]): (2, 0.5), str(runs[1]): (3, 0.3)}
+    png = tmp_path / "cmp.png"
+    assert plot_runs.main([*map(str, runs), "--out", str(png)]) == 0 and png.stat().st_size > 0
+    assert plot_runs.main([*map(str, runs), "--metric", "map@r", "--out", str(png)]) == 2
+    assert plot_runs.main([str(tmp_path / "none"), "--out", str(png)]) == 2
+    assert "no column 'map@r'" in capsys.readouterr().err
