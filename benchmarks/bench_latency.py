@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import ROOT, seed_everything, write_result
+from benchmarks.common import ROOT, release_checkpoint, seed_everything, write_result
 
 __all__ = [
     "STAGES",
@@ -121,11 +121,6 @@ def sdk_recognizer(spec: PipelineSpec, num_threads: int):
     if spec.from_dir:
         return Recognizer.from_dir(spec.segmenter.parent, runtime=spec.runtime, num_threads=num_threads)
     return Recognizer(load_model(spec.segmenter, num_threads), load_model(spec.embedder, num_threads))
-
-
-def _newest(pattern: str) -> Path | None:
-    found = sorted(ROOT.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 @dataclass
@@ -287,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 timed runs on 10 photos per setting")
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of exported models")
-    parser.add_argument("--segmenter-checkpoint", help="PyTorch reference (default: newest runs/segmenter/*/best.pt)")
-    parser.add_argument("--embedder-checkpoint", help="PyTorch reference (default: newest runs/embedder/*/best.pt)")
+    parser.add_argument("--segmenter-checkpoint", help="PyTorch reference (default: the release's source)")
+    parser.add_argument("--embedder-checkpoint", help="PyTorch reference (default: the release's source)")
     parser.add_argument("--threads", default="1,all", help="comma-separated thread counts; 'all' = every core")
     parser.add_argument("--runs", type=int, help="timed runs per setting (default 100, quick 20; at least 20)")
     parser.add_argument("--warmup", type=int, default=5)
@@ -314,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         from coinvision.sdk.model_meta import ModelMetadata
 
         exported_meta = (ModelMetadata.read_sidecar(specs[0].segmenter), ModelMetadata.read_sidecar(specs[0].embedder))
-    seg_ckpt = Path(args.segmenter_checkpoint) if args.segmenter_checkpoint else _newest("runs/segmenter/*/best.pt")
-    emb_ckpt = Path(args.embedder_checkpoint) if args.embedder_checkpoint else _newest("runs/embedder/*/best.pt")
+    models = Path(args.models)
+    seg_ckpt = Path(args.segmenter_checkpoint) if args.segmenter_checkpoint else release_checkpoint("segmenter", models)
+    emb_ckpt = Path(args.embedder_checkpoint) if args.embedder_checkpoint else release_checkpoint("embedder", models)
     reference, reference_note = torch_reference(
         tuple(m.fingerprint for m in exported_meta) if exported_meta else None,
         tuple(m.architecture for m in exported_meta) if exported_meta else None, seg_ckpt, emb_ckpt)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import ROOT, seed_everything, write_result
+from benchmarks.common import ROOT, release_checkpoint, seed_everything, write_result
 
 __all__ = [
     "PACK_QUANTS",
@@ -57,7 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = Path("runs/embedder/mnv2/best.pt")
 DEFAULT_MODELS = Path("models/release")
 PACK_QUANTS = ("fp32", "fp16", "int8")
 INT8_RECALL1_GOAL_POINTS = 0.3  # the design's allowance for int8 pack vectors
@@ -416,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"at most {QUICK_QUERIES_PER_CLASS} queries per class; runtimes over the time budget "
                              "are skipped")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="embedder checkpoint (best.pt)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="embedder checkpoint (default: the one --models was exported from, else the newest)")
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of exported models")
     parser.add_argument("--threads", type=int, default=1, help="threads for torch, the runtimes, numpy and faiss")
     parser.add_argument("--torch-source", choices=("cache", "pipeline"), default="cache",
@@ -446,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)  # pre/post-processing single-threaded, as on the phone's caller thread
-    checkpoint = _existing(args.checkpoint)
+    models = _existing(args.models)
+    checkpoint = _existing(args.checkpoint) if args.checkpoint else release_checkpoint("embedder", models)
+    if checkpoint is None:
+        print("bench_retrieval: no embedder checkpoint under runs/embedder/*/best.pt; pass --checkpoint",
+              file=sys.stderr)
+        return 2
     with threadpool_limits(args.threads):
         try:
             model, cfg, ckpt = load_embedder(checkpoint)
@@ -454,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             split = load_split(cfg, queries_per_class, args.seed)
         except CoinVisionError as exc:
-            print(f"bench_retrieval: cannot rebuild the unseen-class split from {args.checkpoint}: {exc}\n"
+            print(f"bench_retrieval: cannot rebuild the unseen-class split from {checkpoint}: {exc}\n"
                   "  pass --checkpoint with a trained embedder whose data_roots exist (train one with "
                   "`coinvision train embedder`)", file=sys.stderr)
             return 2

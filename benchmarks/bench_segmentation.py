@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import ROOT, seed_everything, write_result
+from benchmarks.common import ROOT, release_checkpoint, seed_everything, write_result
 
 __all__ = [
     "DESIGN_REFERENCE",
@@ -124,11 +124,6 @@ def discover_exported(models_dir: str | Path) -> list[Path]:
     fixed = [models_dir / "segmenter.onnx", models_dir / "segmenter.tflite"]
     variants = sorted(p for p in models_dir.glob("segmenter.*.tflite"))
     return [p for p in fixed if p.is_file()] + variants
-
-
-def newest_checkpoint(runs_dir: Path = ROOT / "runs" / "segmenter") -> Path | None:
-    found = sorted(runs_dir.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def check_model(model: SegModel, image: np.ndarray) -> None:
@@ -305,7 +300,7 @@ def _candidates(args: argparse.Namespace) -> tuple[list[tuple[str, Callable[[], 
     """(model loaders to run, skipped entries with reasons)."""
     loaders: list[tuple[str, Callable[[], SegModel]]] = []
     skipped: list[dict[str, str]] = []
-    checkpoint = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
+    checkpoint = Path(args.checkpoint) if args.checkpoint else release_checkpoint("segmenter", Path(args.models))
     if checkpoint is not None and checkpoint.is_file():
         loaders.append((str(checkpoint), lambda: torch_model(checkpoint, args.threads)))
     else:
@@ -324,7 +319,7 @@ def _candidates(args: argparse.Namespace) -> tuple[list[tuple[str, Callable[[], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 synthetic scenes + 100 real photos")
-    parser.add_argument("--checkpoint", help="segmenter best.pt (default: the newest runs/segmenter/*/best.pt)")
+    parser.add_argument("--checkpoint", help="segmenter best.pt (default: the one --models was exported from)")
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of exported segmenter.* files")
     parser.add_argument("--synthetic", type=int, help="synthetic scenes (default 500, quick 100)")
     parser.add_argument("--real", type=int, help="real photos (default all of the validation split, quick 100)")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_DIR", "hardware", "seed_everything", "write_result"]
+__all__ = ["RESULTS_DIR", "hardware", "release_checkpoint", "seed_everything", "write_result"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -70,3 +70,20 @@ def write_result(name: str, results: dict[str, Any], table: list[dict[str, Any]]
     }
     path.write_text(json.dumps(payload, indent=2, default=float))
     return path
+
+
+def release_checkpoint(kind: str, models_dir: Path = ROOT / "models" / "release",
+                       runs_dir: Path = ROOT / "runs") -> Path | None:
+    """The ``runs/<kind>/*/best.pt`` that ``models_dir`` was exported from (its ONNX metadata records the
+    checkpoint's sha256), else the newest one; ``None`` when there is none. The PyTorch reference row of a
+    benchmark must be the release model's own source, not whichever experiment ran last."""
+    from coinvision.converters.sources import file_sha256
+
+    found = sorted((runs_dir / kind).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    meta = models_dir / f"{kind}.onnx.meta.json"
+    if meta.is_file():
+        wanted = json.loads(meta.read_text()).get("extra", {}).get("checkpoint_sha256")
+        for path in reversed(found):
+            if wanted and file_sha256(path) == wanted:
+                return path
+    return found[-1] if found else None

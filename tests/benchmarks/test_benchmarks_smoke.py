@@ -205,3 +205,24 @@ def test_plot_runs_reports_best_epoch_and_refuses_unknown_metric(tmp_path: Path,
     assert plot_runs.main([*map(str, runs), "--metric", "map@r", "--out", str(png)]) == 2
     assert plot_runs.main([str(tmp_path / "none"), "--out", str(png)]) == 2
     assert "no column 'map@r'" in capsys.readouterr().err
+
+
+def test_release_checkpoint_prefers_the_release_source_over_the_newest_run(tmp_path: Path) -> None:
+    import os
+
+    from benchmarks.common import release_checkpoint
+    from coinvision.converters.sources import file_sha256
+
+    runs, models = tmp_path / "runs", tmp_path / "release"
+    paths = []
+    for i, name in enumerate(("released", "later_experiment")):
+        path = runs / "embedder" / name / "best.pt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(name.encode())
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        paths.append(path)
+    assert release_checkpoint("embedder", models, runs) == paths[1]  # no release yet: the newest
+    models.mkdir()
+    (models / "embedder.onnx.meta.json").write_text(json.dumps({"extra": {"checkpoint_sha256": file_sha256(paths[0])}}))
+    assert release_checkpoint("embedder", models, runs) == paths[0]
+    assert release_checkpoint("segmenter", models, runs) is None
