@@ -210,8 +210,9 @@ def test_plot_runs_reports_best_epoch_and_refuses_unknown_metric(tmp_path: Path,
 def test_release_checkpoint_prefers_the_release_source_over_the_newest_run(tmp_path: Path) -> None:
     import os
 
-    from benchmarks.common import release_checkpoint
     from coinvision.converters.sources import file_sha256
+
+    from benchmarks.common import release_checkpoint
 
     runs, models = tmp_path / "runs", tmp_path / "release"
     paths = []
