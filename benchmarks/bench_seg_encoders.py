@@ -63,7 +63,7 @@ def encoder_cost(encoder: str, size_px: int, *, timed_runs: int, threads: tuple[
 
 
 def trained_runs(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
-    """Encoder -> the best epoch (by real IoU@0.5) of each run folder that has a history, with its budget."""
+    """Run folder -> its best epoch (by real IoU@0.5) and budget, for each folder that has a history."""
     import yaml
 
     found: dict[str, dict[str, Any]] = {}
@@ -75,7 +75,7 @@ def trained_runs(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
         history = json.loads(history_path.read_text())
         cfg = yaml.safe_load(config_path.read_text())
         best = max(history, key=lambda row: row.get("real_iou@0.5", float("-inf")))
-        found[f"{cfg['encoder']}@{cfg['size_px']}"] = {
+        found[run.name] = {
             "run": str(run),
             "encoder": cfg["encoder"],
             "size_px": cfg["size_px"],
@@ -100,7 +100,7 @@ def _plot(rows: list[dict[str, Any]], out_png: Path) -> None:
         if row.get("real_iou@0.5") is None:
             continue
         ax.scatter(row["latency_1t_ms"], row["real_iou@0.5"], s=20 + 8 * row["params_m"])
-        ax.annotate(f"{row['encoder']} {row['size_px']}px\n{row['params_m']:.1f} M params",
+        ax.annotate(f"{row['run']}: {row['encoder']} {row['size_px']}px\n{row['train_samples']} samples",
                     (row["latency_1t_ms"], row["real_iou@0.5"]), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)
     ax.set_xlabel("PyTorch CPU latency, 1 thread (ms)")
@@ -138,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             costs[f"{encoder}@{size}"] = encoder_cost(encoder, size, timed_runs=timed_runs, threads=threads)
 
     table = []
-    for key, cost in costs.items():
-        run = trained.get(key, {})
+    untrained = [key for key in costs if not any(f"{t['encoder']}@{t['size_px']}" == key for t in trained.values())]
+    for run_name, key in [*((name, f"{t['encoder']}@{t['size_px']}") for name, t in trained.items()),
+                          *((None, key) for key in untrained)]:
+        cost, run = costs[key], trained.get(run_name, {})
         table.append({
+            "run": run_name or "(not trained)",
             "encoder": cost["encoder"],
             "size_px": cost["size_px"],
             "params_m": cost["params"] / 1e6,
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "real_iou@0.3": run.get("real_iou@0.3"),
             "real_iou@0.5": run.get("real_iou@0.5"),
         })
-        print(f"{key:28s} {cost['params'] / 1e6:6.2f} M  {cost['latency_ms']['1t']:7.1f} ms/1t  "
+        print(f"{run_name or '-':12s} {key:28s} {cost['params'] / 1e6:6.2f} M  {cost['latency_ms']['1t']:7.1f} ms/1t  "
               f"real IoU@0.5 {run.get('real_iou@0.5', float('nan')):.3f}")
     _plot(table, args.plot)
     path = write_result("seg_encoders", {"costs": costs, "trained": trained, "timed_runs": timed_runs,

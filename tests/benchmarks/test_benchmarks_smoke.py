@@ -177,8 +177,8 @@ def test_seg_encoders_reads_trained_runs_and_times_each_encoder(tmp_path: Path) 
     (tmp_path / "runs" / "empty").mkdir()  # no history: skipped, not an error
 
     trained = bench_seg_encoders.trained_runs(sorted((tmp_path / "runs").iterdir()))
-    assert list(trained) == ["tu-mobilenetv2_100@64"]
-    best = trained["tu-mobilenetv2_100@64"]
+    assert list(trained) == ["mnv2"]
+    best = trained["mnv2"]
     assert (best["best_epoch"], best["real_iou@0.5"], best["train_samples"], best["train_minutes"]) == (2, 0.9, 24, 1.5)
 
     out, png = tmp_path / "enc.json", tmp_path / "enc.png"
@@ -186,7 +186,7 @@ def test_seg_encoders_reads_trained_runs_and_times_each_encoder(tmp_path: Path) 
                                   "--out", str(out), "--plot", str(png)])
     assert rc == 0 and png.stat().st_size > 0
     rows = json.loads(out.read_text())["table"]
-    assert [(r["encoder"], r["size_px"]) for r in rows] == [("tu-mobilenetv2_100", 64)]
+    assert [(r["run"], r["encoder"], r["size_px"]) for r in rows] == [("mnv2", "tu-mobilenetv2_100", 64)]
     assert rows[0]["real_iou@0.5"] == 0.9 and rows[0]["params_m"] > 0 and rows[0]["latency_1t_ms"] > 0
 
 
