@@ -95,7 +95,7 @@ def _plot(rows: list[dict[str, Any]], out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     for row in rows:
         if row.get("real_iou@0.5") is None:
             continue
@@ -105,7 +105,8 @@ def _plot(rows: list[dict[str, Any]], out_png: Path) -> None:
                     fontsize=8)
     ax.set_xlabel("PyTorch CPU latency, 1 thread (ms)")
     ax.set_ylabel("real-photo IoU@0.5 (trainer validation)")
-    ax.set_title("Segmenter encoders: quality vs cost (marker area ~ parameters)")
+    ax.set_title("Segmenter U-Net encoders: quality vs cost (marker area ~ parameters)", fontsize=10)
+    ax.margins(x=0.35, y=0.15)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
