@@ -39,11 +39,12 @@ EMB_CKPT ?= runs/embedder/mnv2/best.pt
 SPLIT := runs/split
 INT8_KEEP_FLOAT ?=
 TFLITE_DEFAULT ?= fp16
+CHECK_COUNT ?= 1000  # more than the 661 held-out query photos: check on all of them
 
 release-models: install
 	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
 	$(BIN)/coinvision export $(SEG_CKPT) $(EMB_CKPT) --out runs/export_release --coreml-variants fp16,palette6 \
-		--calibration $(SPLIT)/train --calibration-count 200 --check --check-images $(SPLIT)/query --check-count 200 \
+		--calibration $(SPLIT)/train --calibration-count 200 --check --check-images $(SPLIT)/query --check-count $(CHECK_COUNT) \
 		$(if $(INT8_KEEP_FLOAT),--int8-keep-float '$(INT8_KEEP_FLOAT)') \
 		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
 	$(BIN)/python -m coinvision.converters.release runs/export_release models/release --tflite-default $(TFLITE_DEFAULT)

@@ -1,7 +1,7 @@
 """What each int8 change buys the embedder: parity with PyTorch, size and CPU latency per quantization recipe.
 
     python -m benchmarks.bench_int8 --quick     # 100 calibration + 100 check photos
-    python -m benchmarks.bench_int8 --checkpoint runs/embedder/mnv2/best.pt \\
+    python -m benchmarks.bench_int8 --checkpoint runs/embedder/mnv2_long/best.pt \\
         --calibration runs/split/train --check-images runs/split/query
 
 Every variant is derived from ONE fp32 flatbuffer of the checkpoint with ``tflite_export.quantize_tflite`` (the
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import ROOT, write_result
+from benchmarks.common import ROOT, release_checkpoint, write_result
 
 __all__ = ["VARIANTS", "Variant", "run_variants"]
 
@@ -141,7 +141,8 @@ def run_variants(checkpoint: Path, calibration_dir: Path, check_dir: Path, *, ca
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "embedder" / "mnv2" / "best.pt")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="embedder best.pt (default: the one models/release was exported from)")
     parser.add_argument("--calibration", type=Path, default=ROOT / "runs" / "split" / "train",
                         help="photos of training classes (default runs/split/train)")
     parser.add_argument("--check-images", type=Path, default=ROOT / "runs" / "split" / "query",
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    args.checkpoint = args.checkpoint or release_checkpoint("embedder") or ROOT / "runs" / "embedder" / "*" / "best.pt"
     for path, fix in ((args.checkpoint, "train one (coinvision train embedder) or pass --checkpoint"),
                       (args.calibration, "run coinvision data split ... --materialize runs/split"),
                       (args.check_images, "run coinvision data split ... --materialize runs/split")):
