@@ -227,3 +227,21 @@ def test_release_checkpoint_prefers_the_release_source_over_the_newest_run(tmp_p
     (models / "embedder.onnx.meta.json").write_text(json.dumps({"extra": {"checkpoint_sha256": file_sha256(paths[0])}}))
     assert release_checkpoint("embedder", models, runs) == paths[0]
     assert release_checkpoint("segmenter", models, runs) is None
+
+
+def test_int8_variants_report_parity_size_and_latency(sample_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    from coinvision.converters.tiny_models import write_tiny_checkpoints
+
+    from benchmarks import bench_int8
+
+    ckpt = write_tiny_checkpoints(tmp_path / "ckpt")["embedder"]
+    variants = (bench_int8.Variant("fp16", "fp16"), bench_int8.Variant("full int8, plain", "int8_full",
+                                                                        bias_correction=False))
+    rows, info = bench_int8.run_variants(ckpt, sample_root / "coins211", sample_root / "euro_phone",
+                                         calibration_count=6, check_count=8, variants=variants, latency_runs=2)
+    assert [r["variant"] for r in rows] == ["fp16", "full int8, plain"]
+    assert info["n_calibration"] == 6 and info["n_check"] == 8
+    assert rows[0]["cosine_min"] > 0.999 and rows[0]["passes_target"]
+    assert rows[1]["bytes"] < rows[0]["bytes"] and rows[1]["latency_1t_ms"] > 0
+    assert all(-1.0 <= r["cosine_min"] <= r["cosine_mean"] <= 1.0 + 1e-6 for r in rows)
