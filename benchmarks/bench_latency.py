@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import ROOT, release_checkpoint, seed_everything, write_result
+from benchmarks.common import ROOT, default_tflite_name, release_checkpoint, seed_everything, write_result
 
 __all__ = [
     "STAGES",
@@ -80,7 +80,7 @@ def discover_pipelines(models_dir: str | Path) -> tuple[list[PipelineSpec], list
             found.append(PipelineSpec(name, runtime, models_dir / seg, models_dir / emb))
 
     pair("onnx", "onnx", "segmenter.onnx", "embedder.onnx")
-    pair("tflite fp32", "tflite", "segmenter.tflite", "embedder.tflite")
+    pair(default_tflite_name(models_dir), "tflite", "segmenter.tflite", "embedder.tflite")
     quants = sorted({p.name.split(".")[1] for kind in ("segmenter", "embedder")
                      for p in models_dir.glob(f"{kind}.*.tflite")} if models_dir.is_dir() else set())
     for quant in quants:

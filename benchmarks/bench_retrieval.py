@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import ROOT, release_checkpoint, seed_everything, write_result
+from benchmarks.common import ROOT, default_tflite_name, release_checkpoint, seed_everything, write_result
 
 __all__ = [
     "PACK_QUANTS",
@@ -117,7 +117,7 @@ def discover_runtimes(models_dir: str | Path) -> tuple[list[RuntimeSpec], list[d
     if not models_dir.is_dir():
         return found, [{"source": "exported runtimes", "reason": f"models folder {_rel(models_dir)} does not exist"}]
     candidates = [("onnx", "onnx", "embedder.onnx", ["segmenter.onnx"]),
-                  ("tflite fp32", "tflite", "embedder.tflite", ["segmenter.tflite"])]
+                  (default_tflite_name(models_dir), "tflite", "embedder.tflite", ["segmenter.tflite"])]
     for path in sorted(models_dir.glob("embedder.*.tflite")):
         quant = path.name[len("embedder."):-len(".tflite")]
         candidates.append((f"tflite {quant}", "tflite", path.name, [f"segmenter.{quant}.tflite", "segmenter.tflite"]))

@@ -7,7 +7,7 @@ validation IoU of every encoder we actually trained, so the release default is p
 
 Size and latency come from randomly initialised models (weights do not change either); latency is PyTorch eager,
 one image, median over the timed runs after warm-up, 1 thread and all threads. IoU comes from each training
-run's ``history.json`` (best epoch by real-photo IoU@0.5) and its ``config.yaml`` (encoder, input size, steps):
+run's ``history.json`` (the epoch the trainer kept as best.pt) and its ``config.yaml`` (encoder, input size, steps):
 an encoder without a run has no IoU in the table, never an estimate. The PNG plots real IoU@0.5 against latency.
 """
 
@@ -63,7 +63,7 @@ def encoder_cost(encoder: str, size_px: int, *, timed_runs: int, threads: tuple[
 
 
 def trained_runs(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
-    """Run folder -> its best epoch (by real IoU@0.5) and budget, for each folder that has a history."""
+    """Run folder -> its best.pt epoch and budget, for each folder that has a history."""
     import yaml
 
     found: dict[str, dict[str, Any]] = {}
@@ -74,7 +74,8 @@ def trained_runs(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
             continue
         history = json.loads(history_path.read_text())
         cfg = yaml.safe_load(config_path.read_text())
-        best = max(history, key=lambda row: row.get("real_iou@0.5", float("-inf")))
+        # the trainer's own best.pt rule: mean of synthetic and real IoU@0.5
+        best = max(history, key=lambda row: row["synthetic_iou@0.5"] + row["real_iou@0.5"])
         found[run.name] = {
             "run": str(run),
             "encoder": cfg["encoder"],

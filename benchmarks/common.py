@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_DIR", "hardware", "release_checkpoint", "seed_everything", "write_result"]
+__all__ = ["RESULTS_DIR", "default_tflite_name", "hardware", "release_checkpoint", "seed_everything", "write_result"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -87,3 +87,16 @@ def release_checkpoint(kind: str, models_dir: Path = ROOT / "models" / "release"
             if wanted and file_sha256(path) == wanted:
                 return path
     return found[-1] if found else None
+
+
+def default_tflite_name(models_dir: Path) -> str:
+    """``"tflite <quantization>"`` of the default ``embedder.tflite`` in ``models_dir``, read from its metadata
+    (a release ships int8 or fp16 under the default name, so the file name alone says nothing)."""
+    from coinvision.sdk.errors import CoinVisionError
+    from coinvision.sdk.model_meta import ModelMetadata
+
+    try:
+        quantization = ModelMetadata.read_sidecar(Path(models_dir) / "embedder.tflite").quantization or "fp32"
+    except (CoinVisionError, OSError, ValueError):
+        quantization = "fp32"
+    return "tflite " + {"int8_full": "int8"}.get(quantization, quantization)

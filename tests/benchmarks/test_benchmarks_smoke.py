@@ -171,8 +171,8 @@ def test_seg_encoders_reads_trained_runs_and_times_each_encoder(tmp_path: Path) 
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"encoder": "tu-mobilenetv2_100", "size_px": 64, "steps_per_epoch": 4, "batch_size": 2}))
-    history = [{"epoch": e, "epoch_s": 30.0, "synthetic_iou@0.3": 0.5 + e / 10, "synthetic_iou@0.5": 0.4 + e / 10,
-                "real_iou@0.3": r, "real_iou@0.5": r} for e, r in ((1, 0.7), (2, 0.9), (3, 0.8))]
+    history = [{"epoch": e, "epoch_s": 30.0, "synthetic_iou@0.3": s, "synthetic_iou@0.5": s,
+                "real_iou@0.3": r, "real_iou@0.5": r} for e, s, r in ((1, 0.5, 0.7), (2, 0.7, 0.9), (3, 0.75, 0.8))]
     (run / "history.json").write_text(json.dumps(history))
     (tmp_path / "runs" / "empty").mkdir()  # no history: skipped, not an error
 
