@@ -31,21 +31,19 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.run_all --quick
 
-# Release models: export the trained checkpoints, then assemble models/release (converters/release.py: what ships,
+# Release models (the checkpoints models/release/README.md describes): export them, then assemble models/release (converters/release.py: what ships,
 # under 40 MB; the model card models/release/README.md stays). int8 calibration uses photos of TRAINING classes,
 # the parity check photos of the embedder's held-out classes (the trainer's split, linked under runs/split).
-SEG_CKPT ?= runs/segmenter/mnv2/best.pt
-EMB_CKPT ?= runs/embedder/mnv2/best.pt
+SEG_CKPT ?= runs/segmenter/mnv2_long/best.pt
+EMB_CKPT ?= runs/embedder/mnv2_long/best.pt
 SPLIT := runs/split
-INT8_KEEP_FLOAT ?=
-TFLITE_DEFAULT ?= fp16
+TFLITE_DEFAULT ?= int8
 CHECK_COUNT ?= 1000  # more than the 661 held-out query photos: check on all of them
 
 release-models: install
 	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
 	$(BIN)/coinvision export $(SEG_CKPT) $(EMB_CKPT) --out runs/export_release --coreml-variants fp16,palette6 \
 		--calibration $(SPLIT)/train --calibration-count 200 --check --check-images $(SPLIT)/query --check-count $(CHECK_COUNT) \
-		$(if $(INT8_KEEP_FLOAT),--int8-keep-float '$(INT8_KEEP_FLOAT)') \
 		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
 	$(BIN)/python -m coinvision.converters.release runs/export_release models/release --tflite-default $(TFLITE_DEFAULT)
 
