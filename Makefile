@@ -31,9 +31,9 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.run_all --quick
 
-# Release models (the checkpoints models/release/README.md describes): export them, then assemble models/release (converters/release.py: what ships,
-# under 40 MB; the model card models/release/README.md stays). int8 calibration uses photos of TRAINING classes,
-# the parity check photos of the embedder's held-out classes (the trainer's split, linked under runs/split).
+# Release models (the checkpoints models/release/README.md describes): export them, then assemble models/release
+# (converters/release.py: what ships, under 40 MB; the model card stays). int8 calibration uses photos of TRAINING
+# classes, the parity check all photos of the embedder's held-out classes (the trainer's split, under runs/split).
 SEG_CKPT ?= runs/segmenter/mnv2_long/best.pt
 EMB_CKPT ?= runs/embedder/mnv2_long/best.pt
 SPLIT := runs/split

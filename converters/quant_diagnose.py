@@ -25,6 +25,7 @@ from coinvision.sdk.errors import CoinVisionError, ConversionError
 from coinvision.sdk.imageio import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import letterbox, to_model_input
+from coinvision.sdk.runtimes import dequantize_tensor, quantize_tensor
 
 __all__ = ["TensorError", "tensor_errors"]
 
@@ -51,20 +52,8 @@ def _interpreter(path: Path):
 
 def _feed(interpreter, x: np.ndarray) -> None:
     inp = interpreter.get_input_details()[0]
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-    interpreter.set_tensor(inp["index"], x)
+    interpreter.set_tensor(inp["index"], quantize_tensor(x, inp))
     interpreter.invoke()
-
-
-def _dequantized(interpreter, detail: dict) -> np.ndarray:
-    value = interpreter.get_tensor(detail["index"])
-    if value.dtype == np.float32:
-        return value
-    scale, zero = detail["quantization"]
-    return (value.astype(np.float32) - zero) * (scale or 1.0)
 
 
 def tensor_errors(fp32_path: str | Path, quant_path: str | Path, inputs: Sequence[np.ndarray]) -> list[TensorError]:
@@ -89,7 +78,7 @@ def tensor_errors(fp32_path: str | Path, quant_path: str | Path, inputs: Sequenc
         _feed(got, x)
         for _, _, d_ref, d_got in shared:
             a = ref.get_tensor(d_ref["index"]).astype(np.float64).ravel()
-            b = _dequantized(got, d_got).astype(np.float64).ravel()
+            b = dequantize_tensor(got.get_tensor(d_got["index"]), d_got).astype(np.float64).ravel()
             denom = np.linalg.norm(a) * np.linalg.norm(b)
             cos[d_ref["name"]].append(float(a @ b / denom) if denom > 0 else 1.0)
             err2[d_ref["name"]] += float(np.sum((a - b) ** 2))

@@ -25,9 +25,11 @@ __all__ = [
     "Predictor",
     "check_coreml_platform",
     "coreml_predictor",
+    "dequantize_tensor",
     "load_model",
     "onnx_predictor",
     "predictor_for",
+    "quantize_tensor",
     "tflite_predictor",
 ]
 
@@ -79,6 +81,23 @@ def onnx_predictor(path: str | Path, num_threads: int | None = 1, meta: ModelMet
     return predict
 
 
+def quantize_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the dtype of a TFLite tensor (``get_input_details`` entry), with its scale and zero point."""
+    if detail["dtype"] == np.float32:
+        return x
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+
+def dequantize_tensor(y: np.ndarray, detail: dict) -> np.ndarray:
+    """A TFLite tensor's values as float32 (``detail``: its ``get_*_details`` entry)."""
+    if y.dtype == np.float32:
+        return y
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * (scale or 1.0)
+
+
 def tflite_predictor(path: str | Path, num_threads: int | None = 1, meta: ModelMetadata | None = None) -> Predictor:
     """Runs any of the exported quantizations; int8 input/output tensors are (de)quantized with their params."""
     path = Path(path)
@@ -97,18 +116,9 @@ def tflite_predictor(path: str | Path, num_threads: int | None = 1, meta: ModelM
     out = interpreter.get_output_details()[0]
 
     def predict(square: np.ndarray) -> np.ndarray:
-        x = to_model_input(square, meta.input)
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        interpreter.set_tensor(inp["index"], x)
+        interpreter.set_tensor(inp["index"], quantize_tensor(to_model_input(square, meta.input), inp))
         interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return np.array(y[0], dtype=np.float32)
+        return np.array(dequantize_tensor(interpreter.get_tensor(out["index"]), out)[0], dtype=np.float32)
 
     return predict
 
