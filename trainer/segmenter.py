@@ -483,34 +483,15 @@ def load_runner(models_dir: str | Path, runtime: str = "torch", num_threads: int
     path = models_dir / f"segmenter.{runtime}"
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist; export the segmenter first (coinvision export ...)")
+    from coinvision.sdk.runtimes import predictor_for
+
     meta = ModelMetadata.read_sidecar(path)
     spec = meta.input
-    if runtime == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return session.run(None, {name: x})[0]
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        interpreter.allocate_tensors()
-        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-
-        def run(x: np.ndarray) -> np.ndarray:
-            interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"])
+    run = predictor_for(path, num_threads)  # the SDK's runtime: layout, normalisation and int8 (de)quantization
 
     def predict(square: np.ndarray) -> np.ndarray:
-        logits = np.asarray(run(to_model_input(square, spec)), np.float32)
-        # NCHW -> 1x1xSxS, NHWC -> 1xSxSx1: either way the map is the squeezed array
-        return _sigmoid(logits.reshape(spec.size_px, spec.size_px))
+        # NCHW 1xSxS or NHWC SxSx1: either way the map is the reshaped array
+        return _sigmoid(np.asarray(run(square), np.float32).reshape(spec.size_px, spec.size_px))
 
     margin = float(meta.extra.get("margin_frac", 0.15))
     return SegmenterRunner(predict, spec.size_px, float(meta.threshold or 0.5), margin)
