@@ -31,8 +31,6 @@ from benchmarks.common import ROOT, release_checkpoint, write_result
 
 __all__ = ["VARIANTS", "Variant", "run_variants"]
 
-log = logging.getLogger(__name__)
-
 # the embedder's tail: pooled features -> FC head -> L2 normalisation (litert-torch names each op's output tensor
 # after the PyTorch module path; the normalisation ops are unnamed children of the Embedder module)
 _TAIL = r"global_pool|Sequential_head|Embedder_inner;\d|serving_default_output"
@@ -78,7 +76,7 @@ def run_variants(checkpoint: Path, calibration_dir: Path, check_dir: Path, *, ca
     """One row of figures per variant, plus what they were measured on."""
     import dataclasses
 
-    from coinvision.converters.export_run import _embedder_segment_fn
+    from coinvision.converters.export_run import embedder_segment_fn
     from coinvision.converters.parity import ParitySet, measure_parity, parity_failures
     from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
     from coinvision.converters.runners import torch_predictor
@@ -90,7 +88,7 @@ def run_variants(checkpoint: Path, calibration_dir: Path, check_dir: Path, *, ca
     source = load_source(checkpoint)
     if source.kind != "embedder":
         raise SystemExit(f"{checkpoint} is a {source.kind} checkpoint; this benchmark studies the embedder")
-    segment, crops = _embedder_segment_fn([source])
+    segment, crops = embedder_segment_fn([source])
     size, margin = source.meta.input.size_px, float(source.meta.extra.get("crop_margin_frac", 0.05))
     print(f"crops: {crops}", flush=True)
     calib = model_squares("embedder", pick_evenly(list_photos(calibration_dir), calibration_count), calibration_dir,
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     count = 100 if args.quick else 200
     rows, info = run_variants(args.checkpoint, args.calibration, args.check_images, calibration_count=count,
-                        check_count=count)
+                              check_count=count)
     path = write_result("int8", {"checkpoint": str(args.checkpoint), "calibration": str(args.calibration),
                                  "check_images": str(args.check_images), "count": count, **info}, rows, args.out)
     print(f"wrote {path}")

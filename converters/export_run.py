@@ -50,7 +50,7 @@ from coinvision.sdk.errors import ConversionError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
 from coinvision.sdk.preprocess import to_model_input
 
-__all__ = ["DEFAULT_QUANTIZATIONS", "FORMATS", "ExportOptions", "run_export", "validate_options"]
+__all__ = ["DEFAULT_QUANTIZATIONS", "FORMATS", "ExportOptions", "embedder_segment_fn", "run_export", "validate_options"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class _Inputs:
     calibration_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _embedder_segment_fn(sources: list[SourceModel]):
+def embedder_segment_fn(sources: list[SourceModel]):
     """``(segment_fn | None, description)``: how the embedder's crops are made, as close to the device as possible:
     the segmenter of this run, else the segmenter checkpoint the embedder was trained with, else letterbox."""
     embedder = next((s for s in sources if s.kind == "embedder"), None)
@@ -191,7 +191,7 @@ def _embedder_segment_fn(sources: list[SourceModel]):
 
 def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
     inputs = _Inputs()
-    segment, crops = _embedder_segment_fn(sources)
+    segment, crops = embedder_segment_fn(sources)
     margins = {s.kind: float(s.meta.extra.get("crop_margin_frac", 0.05)) for s in sources}
     calibration_paths: list[Path] = []
     if o.uses_calibration and o.calibration_dir is not None:  # validate_options demands the folder
