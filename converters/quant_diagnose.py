@@ -3,12 +3,13 @@
     python -m coinvision.converters.quant_diagnose runs/export/embedder.tflite runs/export/embedder.int8.tflite \\
         --images runs/crop_cache/seg-ddb32f2b86945bde_160px_m0.05 --count 32 --plot runs/int8_layers.png
 
-Both files come from the same fp32 flatbuffer, so the quantizer keeps every activation tensor's name: each tensor
-of the quantized model is dequantized with its own scale/zero point and compared with the fp32 tensor of the
-same name (cosine and relative RMS error over the images). Printed: the tensors in execution order where the
-error jumps most, so the fix (keep those ops float, change the activation, more calibration) is aimed, not
-guessed. ``--images`` holds squares the model sees (letterboxed to its input size): the embedder's
-background-removed crops (the trainer's crop cache) or any photos for the segmenter.
+Both files come from the same fp32 flatbuffer, so the quantizer keeps every activation tensor's name;
+ai-edge-quantizer's ``model_validator.compare_model`` dequantizes each tensor of the quantized model and compares
+it with the fp32 tensor of the same name (cosine similarity and SNR, averaged over the images). This module puts
+the results in execution order and prints where the SNR drops most, so the fix (keep those ops float, change the
+activation, more calibration) is aimed, not guessed.
+``--images`` holds squares the model sees (letterboxed to its input size): the embedder's background-removed
+crops (the trainer's crop cache) or any photos for the segmenter.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 from coinvision.converters.photo_inputs import list_photos, pick_evenly
+from coinvision.converters.tflite_export import signature_input_name
 from coinvision.sdk.errors import CoinVisionError, ConversionError
 from coinvision.sdk.imageio import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import letterbox, to_model_input
-from coinvision.sdk.runtimes import dequantize_tensor, quantize_tensor
 
 __all__ = ["TensorError", "tensor_errors"]
 
@@ -36,58 +37,44 @@ class TensorError:
     op: str
     name: str
     cosine_mean: float
-    cosine_min: float
-    rel_rmse: float  # RMS(quantized - fp32) / RMS(fp32)
+    snr_db: float  # 10 log10(signal power / error power); the power ratio is averaged over the images
 
 
-def _interpreter(path: Path):
+def _ops_in_order(model_bytes: bytes) -> list[tuple[int, str, str, tuple[int, ...]]]:
+    """``(order, op type, output tensor name, shape)`` of every op of a TFLite model."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # without the default delegate every op keeps its own output tensor (XNNPACK fuses them away)
-    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+    interpreter = Interpreter(model_content=model_bytes,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _feed(interpreter, x: np.ndarray) -> None:
-    inp = interpreter.get_input_details()[0]
-    interpreter.set_tensor(inp["index"], quantize_tensor(x, inp))
-    interpreter.invoke()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    return [(i, op["op_name"], details[int(t)]["name"], tuple(details[int(t)]["shape"]))
+            for i, op in enumerate(interpreter._get_ops_details()) for t in op["outputs"] if int(t) in details]
 
 
 def tensor_errors(fp32_path: str | Path, quant_path: str | Path, inputs: Sequence[np.ndarray]) -> list[TensorError]:
     """Error of every activation the two models share, in the fp32 model's execution order."""
+    from ai_edge_quantizer import model_validator
+    from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+
     if not inputs:
         raise ConversionError("no inputs to compare on; pass a folder of images")
-    ref, got = _interpreter(Path(fp32_path)), _interpreter(Path(quant_path))
-    got_by_name = {d["name"]: d for d in got.get_tensor_details()}
-    ref_details = {d["index"]: d for d in ref.get_tensor_details()}
-    produced = [(i, op["op_name"], ref_details[int(t)]) for i, op in enumerate(ref._get_ops_details())
-                for t in op["outputs"] if int(t) in ref_details]
-    shared = [(i, op, d, got_by_name[d["name"]]) for i, op, d in produced
-              if d["name"] in got_by_name and list(got_by_name[d["name"]]["shape"]) == list(d["shape"])]
+    fp32_bytes, quant_bytes = Path(fp32_path).read_bytes(), Path(quant_path).read_bytes()
+    produced = _ops_in_order(fp32_bytes)
+    quant_shapes = {name: shape for _, _, name, shape in _ops_in_order(quant_bytes)}
+    shared = [(i, op, name) for i, op, name, shape in produced if quant_shapes.get(name) == shape]
     if len(shared) < len(produced) / 2:  # generic names ("serving_default_...") match in any two models
         raise ConversionError(f"{quant_path} shares no tensor names with {fp32_path} (only {len(shared)} of "
                               f"{len(produced)}); were both exported from the same fp32 flatbuffer?")
-    cos: dict[str, list[float]] = {d["name"]: [] for _, _, d, _ in shared}
-    err2: dict[str, float] = dict.fromkeys(cos, 0.0)
-    ref2: dict[str, float] = dict.fromkeys(cos, 0.0)
-    for x in inputs:
-        _feed(ref, x)
-        _feed(got, x)
-        for _, _, d_ref, d_got in shared:
-            a = ref.get_tensor(d_ref["index"]).astype(np.float64).ravel()
-            b = dequantize_tensor(got.get_tensor(d_got["index"]), d_got).astype(np.float64).ravel()
-            denom = np.linalg.norm(a) * np.linalg.norm(b)
-            cos[d_ref["name"]].append(float(a @ b / denom) if denom > 0 else 1.0)
-            err2[d_ref["name"]] += float(np.sum((a - b) ** 2))
-            ref2[d_ref["name"]] += float(np.sum(a**2))
-    return [
-        TensorError(order, op, d["name"], float(np.mean(cos[d["name"]])), float(np.min(cos[d["name"]])),
-                    float(np.sqrt(err2[d["name"]] / ref2[d["name"]])) if ref2[d["name"]] > 0 else 0.0)
-        for order, op, d, _ in shared if cos[d["name"]]
-    ]
+    signature, input_name = signature_input_name(fp32_bytes)
+    result = model_validator.compare_model(
+        fp32_bytes, quant_bytes, {signature: [{input_name: np.asarray(x, np.float32)} for x in inputs]},
+        error_metrics=[ValidationErrorMetric.COSINE_SIMILARITY, ValidationErrorMetric.SNR], use_xnnpack=False,
+        num_threads=1,
+    ).get_all_tensor_results()
+    return [TensorError(order, op, name, float(result[name]["cosine_similarity"]),
+                        10.0 * float(np.log10(max(result[name]["snr"], 1e-12))))  # the validator's SNR is a ratio
+            for order, op, name in shared if name in result]
 
 
 def _short(name: str, width: int = 60) -> str:
@@ -103,13 +90,11 @@ def _plot(errors: list[TensorError], out_png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    ax.plot([e.order for e in errors], [e.cosine_mean for e in errors], ".-", label="cosine mean")
-    ax.plot([e.order for e in errors], [e.cosine_min for e in errors], ".-", alpha=0.6, label="cosine min")
+    ax.plot([e.order for e in errors], [e.snr_db for e in errors], ".-")
     ax.set_xlabel("op (execution order)")
-    ax.set_ylabel("cosine vs fp32")
+    ax.set_ylabel("SNR vs fp32 (dB, higher is closer)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)
@@ -123,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, required=True, help="folder of model-input squares or photos")
     parser.add_argument("--count", type=int, default=32, help="images to compare on (spread over the folder)")
     parser.add_argument("--top", type=int, default=12, help="how many of the largest error jumps to print")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of cosine per layer")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of SNR per layer")
     args = parser.parse_args(argv)
     try:
         meta = ModelMetadata.read_sidecar(args.fp32)
@@ -135,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(errors)} tensors compared on {len(inputs)} images; final output: cosine mean "
-          f"{errors[-1].cosine_mean:.4f}, min {errors[-1].cosine_min:.4f}, rel RMSE {errors[-1].rel_rmse:.4f}")
-    jumps = sorted(range(1, len(errors)), key=lambda i: errors[i].rel_rmse - errors[i - 1].rel_rmse, reverse=True)
-    print("largest relative-RMSE increases (op # / type / tensor): rel RMSE before -> after, cosine mean")
-    for i in sorted(jumps[: args.top]):
+          f"{errors[-1].cosine_mean:.4f}, SNR {errors[-1].snr_db:.1f} dB")
+    drops = sorted(range(1, len(errors)), key=lambda i: errors[i].snr_db - errors[i - 1].snr_db)
+    print("largest SNR drops (op # / type / tensor): SNR before -> after, cosine mean")
+    for i in sorted(drops[: args.top]):
         e, before = errors[i], errors[i - 1]
-        print(f"  {e.order:4d} {e.op:18s} {_short(e.name):60s} {before.rel_rmse:.4f} -> {e.rel_rmse:.4f}  "
+        print(f"  {e.order:4d} {e.op:18s} {_short(e.name):60s} {before.snr_db:6.1f} -> {e.snr_db:6.1f} dB  "
               f"cos {e.cosine_mean:.4f}")
     if args.plot:
         _plot(errors, args.plot, f"{args.quantized.name} vs {args.fp32.name}")

@@ -41,6 +41,7 @@ __all__ = [
     "convert_tflite_fp32",
     "export_tflite",
     "quantize_tflite",
+    "signature_input_name",
     "tflite_filename",
 ]
 
@@ -86,7 +87,8 @@ def convert_tflite_fp32(model, size_px: int) -> bytes:
         raise ConversionError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _signature_input_name(model_bytes: bytes) -> tuple[str, str]:
+def signature_input_name(model_bytes: bytes) -> tuple[str, str]:
+    """``(signature key, input tensor name)`` of a single-input TFLite model."""
     from ai_edge_litert.interpreter import Interpreter
 
     sigs = Interpreter(model_content=model_bytes).get_signature_list()
@@ -106,7 +108,7 @@ def _global_min_max(qsv: dict, new_qsv: dict) -> dict:
 def _calibrate(q, fp32_bytes: bytes, calibration: Sequence[np.ndarray]) -> dict:
     from ai_edge_quantizer import calibrator, recipe_manager
 
-    signature, input_name = _signature_input_name(fp32_bytes)
+    signature, input_name = signature_input_name(fp32_bytes)
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(q.get_quantization_recipe())
     calib = calibrator.Calibrator(fp32_bytes, num_threads=1, qsv_update_func=_global_min_max)
