@@ -16,8 +16,8 @@ Latency: TFLite with XNNPACK, one image, 1 thread, median of 30 runs after warm-
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.common import ROOT, release_checkpoint, write_result
+from benchmarks.common import ROOT, median_ms, release_checkpoint, write_result
 
 __all__ = ["VARIANTS", "Variant", "run_variants"]
 
@@ -57,17 +55,6 @@ VARIANTS = (
             keep_float_regex=HEAD_AND_LAST_CONV_REGEX),
     Variant("int8 weights, int16 activations + bias correction", "int16x8"),
 )
-
-
-def _latency_ms(predict, square: np.ndarray, runs: int) -> float:
-    for _ in range(3):
-        predict(square)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        predict(square)
-        times.append(1000.0 * (time.perf_counter() - started))
-    return statistics.median(times)
 
 
 def run_variants(checkpoint: Path, calibration_dir: Path, check_dir: Path, *, calibration_count: int,
@@ -120,7 +107,7 @@ def run_variants(checkpoint: Path, calibration_dir: Path, check_dir: Path, *, ca
                 "recall1_drop_points": figures.get("recall1_drop_points"),
                 "nn_top1_agreement": figures.get("nn_top1_agreement"),
                 "bytes": path.stat().st_size,
-                "latency_1t_ms": _latency_ms(predict, check.squares[0], latency_runs),
+                "latency_1t_ms": median_ms(functools.partial(predict, check.squares[0]), latency_runs),
                 "quantize_s": convert_s,
                 "passes_target": not misses,
                 "misses": "; ".join(misses),

@@ -17,13 +17,11 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, write_result
+from benchmarks.common import ROOT, median_ms, write_result
 
 __all__ = ["encoder_cost", "trained_runs"]
 
@@ -48,14 +46,7 @@ def encoder_cost(encoder: str, size_px: int, *, timed_runs: int, threads: tuple[
         for n in threads:
             torch.set_num_threads(n)
             with torch.inference_mode():
-                for _ in range(3):
-                    model(x)
-                times = []
-                for _ in range(timed_runs):
-                    started = time.perf_counter()
-                    model(x)
-                    times.append(1000.0 * (time.perf_counter() - started))
-            latency[f"{n}t"] = statistics.median(times)
+                latency[f"{n}t"] = median_ms(lambda: model(x), timed_runs)
     finally:
         torch.set_num_threads(previous)
     return {"encoder": encoder, "size_px": size_px, "params": params, "fp32_mb": params * 4 / 1e6,
@@ -91,28 +82,21 @@ def trained_runs(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
 
 
 def _plot(rows: list[dict[str, Any]], out_png: Path) -> None:
-    import matplotlib
+    from coinvision.trainer.plotting import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    for row in rows:
-        if row.get("real_iou@0.5") is None:
-            continue
-        ax.scatter(row["latency_1t_ms"], row["real_iou@0.5"], s=20 + 8 * row["params_m"])
-        ax.annotate(f"{row['run']}: {row['encoder']} {row['size_px']}px\n{row['train_samples']} samples",
-                    (row["latency_1t_ms"], row["real_iou@0.5"]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
-    ax.set_xlabel("PyTorch CPU latency, 1 thread (ms)")
-    ax.set_ylabel("real-photo IoU@0.5 (trainer validation)")
-    ax.set_title("Segmenter U-Net encoders: quality vs cost (marker area ~ parameters)", fontsize=10)
-    ax.margins(x=0.35, y=0.15)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    with png_figure(out_png, figsize=(8.5, 4.8), dpi=120) as (_, ax):
+        for row in rows:
+            if row.get("real_iou@0.5") is None:
+                continue
+            ax.scatter(row["latency_1t_ms"], row["real_iou@0.5"], s=20 + 8 * row["params_m"])
+            ax.annotate(f"{row['run']}: {row['encoder']} {row['size_px']}px\n{row['train_samples']} samples",
+                        (row["latency_1t_ms"], row["real_iou@0.5"]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8)
+        ax.set_xlabel("PyTorch CPU latency, 1 thread (ms)")
+        ax.set_ylabel("real-photo IoU@0.5 (trainer validation)")
+        ax.set_title("Segmenter U-Net encoders: quality vs cost (marker area ~ parameters)", fontsize=10)
+        ax.margins(x=0.35, y=0.15)
+        ax.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,20 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_DIR", "default_tflite_name", "hardware", "release_checkpoint", "seed_everything", "write_result"]
+__all__ = [
+    "RESULTS_DIR",
+    "default_tflite_name",
+    "hardware",
+    "median_ms",
+    "release_checkpoint",
+    "seed_everything",
+    "write_result",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -100,3 +109,18 @@ def default_tflite_name(models_dir: Path) -> str:
     except (CoinVisionError, OSError, ValueError):
         quantization = "fp32"
     return "tflite " + {"int8_full": "int8"}.get(quantization, quantization)
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after ``warmup`` untimed ones."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - started))
+    return statistics.median(times)

@@ -26,11 +26,10 @@ def _label(run: Path) -> str:
     return f"{run.name}: {arch}, {start}, {cfg.get('size_px', '?')} px"
 
 
-def best_epochs(runs: list[Path], metric: str) -> dict[str, tuple[int, float]]:
+def best_epochs(histories: dict[Path, list[dict]], metric: str) -> dict[str, tuple[int, float]]:
     """Run folder -> (best epoch, its ``metric``)."""
     out = {}
-    for run in runs:
-        history = json.loads((run / "history.json").read_text())
+    for run, history in histories.items():
         best = max(history, key=lambda row: row[metric])
         out[str(run)] = (int(best["epoch"]), float(best[metric]))
     return out
@@ -46,27 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: no history.json in {', '.join(missing)}; train first (coinvision train ...)", file=sys.stderr)
         return 2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for run in args.runs:
-        history = json.loads((run / "history.json").read_text())
+    histories = {run: json.loads((run / "history.json").read_text()) for run in args.runs}
+    for run, history in histories.items():
         if any(args.metric not in row for row in history):
             print(f"error: {run}/history.json has no column {args.metric!r}", file=sys.stderr)
             return 2
-        ax.plot([row["epoch"] for row in history], [row[args.metric] for row in history], "o-", label=_label(run))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(args.metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    plt.close(fig)
-    for run, (epoch, value) in best_epochs(args.runs, args.metric).items():
+    from coinvision.trainer.plotting import png_figure
+
+    with png_figure(args.out, figsize=(6.5, 4), dpi=120) as (_, ax):
+        for run, history in histories.items():
+            ax.plot([row["epoch"] for row in history], [row[args.metric] for row in history], "o-", label=_label(run))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(args.metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for run, (epoch, value) in best_epochs(histories, args.metric).items():
         print(f"{run}: best {args.metric} {value:.4f} at epoch {epoch}")
     print(f"wrote {args.out}")
     return 0

@@ -84,21 +84,14 @@ def _short(name: str, width: int = 60) -> str:
 
 
 def _plot(errors: list[TensorError], out_png: Path, title: str) -> None:
-    import matplotlib
+    from coinvision.trainer.plotting import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    ax.plot([e.order for e in errors], [e.snr_db for e in errors], ".-")
-    ax.set_xlabel("op (execution order)")
-    ax.set_ylabel("SNR vs fp32 (dB, higher is closer)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    with png_figure(out_png, figsize=(9, 3.8), dpi=120) as (_, ax):
+        ax.plot([e.order for e in errors], [e.snr_db for e in errors], ".-")
+        ax.set_xlabel("op (execution order)")
+        ax.set_ylabel("SNR vs fp32 (dB, higher is closer)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:

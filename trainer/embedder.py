@@ -44,6 +44,7 @@ from coinvision.trainer.emb_data import (
     crop_source_from_models_dir,
     load_embedding_data,
 )
+from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.retrieval import (
     RetrievalMetrics,
     calibrate_unknown_threshold,
@@ -320,28 +321,21 @@ def _retrieval(model: Embedder, data: EmbeddingData, cfg: EmbedderConfig, device
 
 
 def _plot_curves(history: list[dict[str, Any]], out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
-    axes[0].plot(epochs, [h["val_seen_loss"] for h in history], label="val (seen classes)")
-    for key in ("recall@1", "recall@5", "map@r", "class_mean_recall@1", "full_recall@1", "val_seen_acc"):
-        if key in history[0]:
-            axes[1].plot(epochs, [h[key] for h in history], label=key, marker="o", markersize=3)
-    axes[0].set(title="ArcFace loss", xlabel="epoch")
-    axes[1].set(title="unseen-class retrieval (val_seen_acc: seen classes)", xlabel="epoch", ylim=(0, 1.02))
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    with png_figure(out_png, figsize=(11, 4), ncols=2) as (_, axes):
+        from matplotlib.ticker import MaxNLocator
+
+        axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
+        axes[0].plot(epochs, [h["val_seen_loss"] for h in history], label="val (seen classes)")
+        for key in ("recall@1", "recall@5", "map@r", "class_mean_recall@1", "full_recall@1", "val_seen_acc"):
+            if key in history[0]:
+                axes[1].plot(epochs, [h[key] for h in history], label=key, marker="o", markersize=3)
+        axes[0].set(title="ArcFace loss", xlabel="epoch")
+        axes[1].set(title="unseen-class retrieval (val_seen_acc: seen classes)", xlabel="epoch", ylim=(0, 1.02))
+        for ax in axes:
+            ax.legend()
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _write_history(history: list[dict[str, Any]], out_dir: Path) -> None:

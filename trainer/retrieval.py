@@ -204,29 +204,21 @@ def format_table(metrics: RetrievalMetrics, title: str = "retrieval") -> str:
 
 def plot_recall_at_k(metrics: RetrievalMetrics, out_png: str | Path, title: str = "Recall@k, unseen classes") -> Path:
     """Bar chart of Recall@k with the design's bar as markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from coinvision.trainer.plotting import png_figure
 
     ks = list(metrics.recall_at)
     pos = np.arange(len(ks))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bars = ax.bar(pos, [metrics.recall_at[k] for k in ks], color="tab:blue", label="measured")
-    ax.bar_label(bars, fmt="%.3f")
-    design = [(i, DESIGN_RECALL[k]) for i, k in enumerate(ks) if k in DESIGN_RECALL]
-    if design:
-        ax.scatter(*zip(*design, strict=True), marker="_", s=900, color="tab:red", label="design bar", zorder=3)
-    ax.set_xticks(pos, [str(k) for k in ks])
-    ax.set(title=title, xlabel="k (catalog classes shown)", ylabel="Recall@k", ylim=(0, 1.08))
-    ax.legend(loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    with png_figure(out_png, figsize=(6, 4)) as (_, ax):
+        bars = ax.bar(pos, [metrics.recall_at[k] for k in ks], color="tab:blue", label="measured")
+        ax.bar_label(bars, fmt="%.3f")
+        design = [(i, DESIGN_RECALL[k]) for i, k in enumerate(ks) if k in DESIGN_RECALL]
+        if design:
+            ax.scatter(*zip(*design, strict=True), marker="_", s=900, color="tab:red", label="design bar", zorder=3)
+        ax.set_xticks(pos, [str(k) for k in ks])
+        ax.set(title=title, xlabel="k (catalog classes shown)", ylabel="Recall@k", ylim=(0, 1.08))
+        ax.legend(loc="lower right")
+        ax.grid(axis="y", alpha=0.3)
+    return Path(out_png)
 
 
 def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:

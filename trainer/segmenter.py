@@ -30,6 +30,7 @@ from coinvision.sdk.imageio import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, Segmentation, letterbox, to_model_input, two_pass_segment
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
+from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.seg_data import (
     LabelledImage,
     SceneSynthesizer,
@@ -317,26 +318,18 @@ def _device(cfg: SegmenterConfig) -> torch.device:
 
 
 def _plot_curves(history: list[dict[str, Any]], out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(epochs, [h["train_dice_loss"] for h in history], label="train")
-    for split in ("synthetic", "real"):
-        axes[0].plot(epochs, [h[f"{split}_dice_loss"] for h in history], label=f"val {split}")
-        for t in IOU_THRESHOLDS:
-            axes[1].plot(epochs, [h[f"{split}_iou@{t}"] for h in history], label=f"{split} IoU@{t}")
-    axes[0].set(title="Dice loss", xlabel="epoch")
-    axes[1].set(title="validation IoU", xlabel="epoch", ylim=(0, 1))
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    with png_figure(out_png, figsize=(10, 4), ncols=2) as (_, axes):
+        axes[0].plot(epochs, [h["train_dice_loss"] for h in history], label="train")
+        for split in ("synthetic", "real"):
+            axes[0].plot(epochs, [h[f"{split}_dice_loss"] for h in history], label=f"val {split}")
+            for t in IOU_THRESHOLDS:
+                axes[1].plot(epochs, [h[f"{split}_iou@{t}"] for h in history], label=f"{split} IoU@{t}")
+        axes[0].set(title="Dice loss", xlabel="epoch")
+        axes[1].set(title="validation IoU", xlabel="epoch", ylim=(0, 1))
+        for ax in axes:
+            ax.legend()
+            ax.grid(alpha=0.3)
 
 
 def _write_history(history: list[dict[str, Any]], out_dir: Path) -> None:

@@ -199,7 +199,8 @@ def test_plot_runs_reports_best_epoch_and_refuses_unknown_metric(tmp_path: Path,
         run.mkdir()
         (run / "history.json").write_text(json.dumps([{"epoch": i + 1, "recall@1": v} for i, v in enumerate(values)]))
         runs.append(run)
-    assert plot_runs.best_epochs(runs, "recall@1") == {str(runs[0]): (2, 0.5), str(runs[1]): (3, 0.3)}
+    histories = {run: json.loads((run / "history.json").read_text()) for run in runs}
+    assert plot_runs.best_epochs(histories, "recall@1") == {str(runs[0]): (2, 0.5), str(runs[1]): (3, 0.3)}
     png = tmp_path / "cmp.png"
     assert plot_runs.main([*map(str, runs), "--out", str(png)]) == 0 and png.stat().st_size > 0
     assert plot_runs.main([*map(str, runs), "--metric", "map@r", "--out", str(png)]) == 2

@@ -24,6 +24,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Poll /v1/health until the server answers; raise if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(url + "/v1/health", timeout=10).ok:
+                return
+        except requests.RequestException:  # refused, or accepted by the master while workers still boot
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+        time.sleep(0.3)
+
 def test_token_create_and_serve_accept_that_token(tmp_path: Path, tiny_models_dir: Path) -> None:
     db = f"sqlite:///{tmp_path / 'cv.db'}"
     out = _cli("token", "create", "--scope", "maintainer", "--db", db, "--data-dir", str(tmp_path))
@@ -40,15 +53,7 @@ def test_token_create_and_serve_accept_that_token(tmp_path: Path, tiny_models_di
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/v1/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
+        _wait_healthy(url, proc)
         auth = {"Authorization": f"Bearer {token}"}
         assert requests.post(url + "/v1/catalogs", json={"id": "cli"}, headers=auth, timeout=10).status_code == 201
         assert requests.get(url + "/v1/catalogs", timeout=10).status_code == 401
@@ -70,15 +75,7 @@ def test_gunicorn_production_command_with_several_workers(db_url: str, tmp_path:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/v1/health", timeout=10).ok:
-                    break
-            except requests.RequestException:  # refused, or accepted by the master while workers still boot
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
+        _wait_healthy(url, proc)
         token = _cli("token", "create", "--scope", "maintainer", env=env)
         assert token.returncode == 0, token.stderr
         auth = {"Authorization": f"Bearer {token.stdout.strip()}"}
