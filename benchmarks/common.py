@@ -86,14 +86,14 @@ def release_checkpoint(kind: str, models_dir: Path = ROOT / "models" / "release"
     """The ``runs/<kind>/*/best.pt`` that ``models_dir`` was exported from (its ONNX metadata records the
     checkpoint's sha256), else the newest one; ``None`` when there is none. The PyTorch reference row of a
     benchmark must be the release model's own source, not whichever experiment ran last."""
-    from coinvision.converters.sources import file_sha256
+    from coinvision.sdk.fileio import sha256_file
 
     found = sorted((runs_dir / kind).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
     meta = models_dir / f"{kind}.onnx.meta.json"
     if meta.is_file():
         wanted = json.loads(meta.read_text()).get("extra", {}).get("checkpoint_sha256")
         for path in reversed(found):
-            if wanted and file_sha256(path) == wanted:
+            if wanted and sha256_file(path) == wanted:
                 return path
     return found[-1] if found else None
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coinvision.sdk.errors import ConfigError, ModelLoadError
+from coinvision.sdk.fileio import sha256_file
 from coinvision.sdk.model_meta import ModelMetadata
 
-__all__ = ["KINDS", "SourceModel", "file_sha256", "load_source"]
+__all__ = ["KINDS", "SourceModel", "load_source"]
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,6 @@ class SourceModel:
     checkpoint_sha256: str
     epoch: int
     config: dict[str, Any]
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _loader(kind: str):
@@ -65,7 +57,7 @@ def load_source(path: str | Path) -> SourceModel:
             f"{path}: the stored {kind} config does not match this code's architecture ({exc})"
         ) from exc
     meta = metadata(cfg, ckpt.fingerprint)
-    sha = file_sha256(path)
+    sha = sha256_file(path)
     meta = dataclasses.replace(
         meta, extra={**meta.extra, "source_checkpoint": path.name, "checkpoint_sha256": sha, "epoch": ckpt.epoch}
     )

@@ -22,6 +22,9 @@ __all__ = [
     "coin_crop",
     "largest_component",
     "letterbox",
+    "mean_unit_vector",
+    "resize_square",
+    "rotation_views",
     "square_bbox",
     "to_model_input",
     "two_pass_segment",
@@ -30,6 +33,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "area")
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,11 @@ class InputSpec:
     color_order: str = "RGB"
     layout: str = "NCHW"  # NCHW for PyTorch / ONNX; TFLite and Core ML exports declare NHWC in metadata
     pad_value: int = 0  # letterbox padding, before normalisation
-    interpolation: str = "bilinear"
+    interpolation: str = "bilinear"  # how coin_crop shrinks the crop: "area" (models since v2) | "bilinear"
 
     def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r}: must be one of {INTERPOLATIONS}")
         if self.size_px < 16:
             raise ValueError(f"size_px={self.size_px}: must be >= 16")
         if self.layout not in ("NCHW", "NHWC"):
@@ -188,6 +194,19 @@ def two_pass_segment(
     return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first)
 
 
+def resize_square(square: np.ndarray, size_px: int, interpolation: str = "area") -> np.ndarray:
+    """Resize a square image to ``size_px``. ``"area"`` averages every source pixel when shrinking (a coin
+    photo is usually several times larger than the embedder input, and bilinear sampling then aliases the
+    fine relief that tells coin designs apart); enlarging is bilinear either way."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation={interpolation!r}: must be one of {INTERPOLATIONS}")
+    if square.shape[0] == size_px and square.shape[1] == size_px:
+        return square
+    shrinking = square.shape[0] > size_px
+    flag = cv2.INTER_AREA if interpolation == "area" and shrinking else cv2.INTER_LINEAR
+    return cv2.resize(square, (size_px, size_px), interpolation=flag)
+
+
 def coin_crop(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -195,15 +214,45 @@ def coin_crop(
     *,
     margin_frac: float = 0.05,
     fill_value: int = 0,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
     """Background-removed square crop of the coin, ``out_size_px`` square, ready for the embedder.
 
     Pixels outside the mask become ``fill_value``. With ``mask=None`` (segmentation off or failed) the
-    whole image is letterboxed instead.
+    whole image is letterboxed instead. ``interpolation``: the embedder metadata's ``input.interpolation``.
     """
     if mask is None or not mask.any():
         return letterbox(image, out_size_px, fill_value)[0]
     cut = np.where(mask[..., None], image, np.uint8(fill_value))
     box = square_bbox(mask, margin_frac)
     crop = _crop_padded(cut, box, fill_value)
-    return cv2.resize(crop, (out_size_px, out_size_px), interpolation=cv2.INTER_LINEAR)
+    return resize_square(crop, out_size_px, interpolation)
+
+
+def rotation_views(square: np.ndarray, n_rotations: int, fill_value: int = 0) -> list[np.ndarray]:
+    """The crop turned by ``k * 360 / n_rotations`` degrees (k = 0 … n-1, counter-clockwise) about its centre.
+
+    A coin on a table has no upright, so the embedder is run on every view and the vectors averaged
+    (:func:`mean_unit_vector`). Multiples of 90 degrees are exact pixel permutations; other angles are
+    bilinear with ``fill_value`` in the corners (outside the coin, which the crop's margin keeps inside)."""
+    if not isinstance(n_rotations, int) or isinstance(n_rotations, bool) or n_rotations < 1:
+        raise ValueError(f"n_rotations={n_rotations!r}: must be an integer >= 1 (1 = no rotation averaging)")
+    h, w = square.shape[:2]
+    views = []
+    for k in range(n_rotations):
+        angle_deg = 360.0 * k / n_rotations
+        if angle_deg % 90 == 0:
+            views.append(np.ascontiguousarray(np.rot90(square, int(angle_deg // 90))))
+        else:
+            matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle_deg, 1.0)
+            views.append(cv2.warpAffine(square, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=(fill_value,) * 3))
+    return views
+
+
+def mean_unit_vector(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalised mean of the rows of ``vectors`` (``(n, d)`` or ``(batch, n, d)``); float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    mean = unit.mean(axis=-2)
+    return (mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)).astype(np.float32)

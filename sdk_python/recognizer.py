@@ -22,7 +22,7 @@ import numpy as np
 from coinvision.sdk.errors import ConfigError, ModelLoadError, PackError
 from coinvision.sdk.imageio import ImageSource, load_image
 from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import Segmentation, coin_crop, two_pass_segment
+from coinvision.sdk.preprocess import Segmentation, coin_crop, mean_unit_vector, rotation_views, two_pass_segment
 from coinvision.sdk.runtimes import RUNTIME_SUFFIXES, LoadedModel, check_coreml_platform, load_model
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ __all__ = [
     "Match",
     "Recognizer",
     "Result",
+    "embed_rotations_of",
     "fuse_pair_scores",
 ]
 
@@ -177,6 +178,7 @@ class Recognizer:
         self._crop_margin_frac = float(emb_extra.get("crop_margin_frac", DEFAULT_CROP_MARGIN_FRAC))
         # An embedder trained without background removal saw whole letterboxed photos, so it gets those.
         self._background_removal = bool(emb_extra.get("background_removal", True))
+        self.embed_rotations: int = embed_rotations_of(embedder.meta)
         self.unknown_threshold: float = _resolve_threshold(unknown_threshold, embedder.meta)
         self._pack_state: _PackState | None = None
         self._check_outputs()
@@ -318,11 +320,13 @@ class Recognizer:
         # No coin found: coin_crop letterboxes the whole photo (spec step 3), which still gets embedded.
         mask = segmentation.mask if self._background_removal else None
         crop = coin_crop(rgb, mask, emb_spec.size_px, margin_frac=self._crop_margin_frac,
-                         fill_value=emb_spec.pad_value)
+                         fill_value=emb_spec.pad_value, interpolation=emb_spec.interpolation)
         cropped = time.perf_counter()
-        vector = np.asarray(self._embedder.predict(crop), dtype=np.float32).reshape(-1)
-        # The exported embedder normalises already; quantized runtimes drift a little, so normalise again.
-        vector = (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+        # Spec step 4: one vector per rotated view, averaged and re-normalised (quantized runtimes drift a
+        # little from unit length, so even a single view is normalised again).
+        views = rotation_views(crop, self.embed_rotations, fill_value=emb_spec.pad_value)
+        vector = mean_unit_vector(np.stack([
+            np.asarray(self._embedder.predict(view), dtype=np.float32).reshape(-1) for view in views]))
         embedded = time.perf_counter()
 
         second_pass = call_starts[1] if len(call_starts) > 1 else None
@@ -386,6 +390,15 @@ class Recognizer:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def embed_rotations_of(meta: ModelMetadata) -> int:
+    """The embedder metadata's ``extra["embed_rotations"]`` (1 when absent: models before rotation averaging)."""
+    value = meta.extra.get("embed_rotations", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
+        raise ModelLoadError(f"embedder metadata embed_rotations={value!r}: must be an integer in [1, 64]; "
+                             "re-export the model")
+    return value
 
 
 def _check_top_k(top_k: Any) -> None:

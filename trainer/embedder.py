@@ -1,5 +1,6 @@
-"""The coin embedder: a timm backbone, a small FC head, a 64-d L2-normalised embedding, trained with ArcFace
-and validated every epoch by retrieval on coin classes it never saw.
+"""The coin embedder: a timm backbone, a small FC head, a 64-d L2-normalised embedding, trained with a
+metric-learning loss (ArcFace by default, ``emb_losses``) and validated every epoch by retrieval on coin
+classes it never saw.
 
 Contract (see the briefing): ``build_embedder(cfg)`` takes a normalised NCHW batch (``InputSpec``) of
 background-removed crops and returns unit vectors ``NxD``; ``load_embedder(path) -> (model.eval(), cfg,
@@ -8,10 +9,18 @@ checkpoint)``; ``embedder_metadata(cfg, fingerprint)``. Crops come from ``coinvi
 Two optimizers and two LR schedules: the backbone (pretrained or not) wants a smaller step than the freshly
 initialised head and the ArcFace class centres, and ``freeze_backbone_epochs`` trains the head alone first,
 so a pretrained backbone is not wrecked by gradients from a random head.
+
+What generalises to unseen coin types is mostly what the pretrained backbone already knows, so three options
+protect it: ``head_init: pca`` starts a linear head at the principal components of the frozen features (and
+the class weights at the class means), so training starts from the pretrained neighbourhoods rather than a
+random projection; ``distill_weight`` keeps the embedding's in-batch similarities close to the frozen
+backbone's (``emb_losses.similarity_distillation``); and ``embed_rotations`` averages the embedding over
+rotated views at validation exactly as the SDK does on the phone.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -31,7 +40,7 @@ import torch.nn.functional as F
 from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import InputSpec, to_model_input
+from coinvision.sdk.preprocess import INTERPOLATIONS, InputSpec, mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
 from coinvision.trainer.emb_data import (
     AugmentConfig,
@@ -43,6 +52,14 @@ from coinvision.trainer.emb_data import (
     crop_source_from_checkpoint,
     crop_source_from_models_dir,
     load_embedding_data,
+)
+from coinvision.trainer.emb_losses import (
+    LOSSES,
+    PAIR_LOSSES,
+    MetricLoss,
+    arcface_margin_deg,
+    build_loss,
+    similarity_distillation,
 )
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.retrieval import (
@@ -63,6 +80,7 @@ __all__ = [
     "build_optimizers",
     "embed_samples",
     "embedder_metadata",
+    "init_head_from_pca",
     "load_embedder",
     "measure_throughput",
     "split_parameters",
@@ -72,24 +90,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KIND = "embedder"
-LOSSES = ("arcface", "subcenter_arcface")
+SAMPLERS = ("shuffle", "m_per_class")
+HEAD_INITS = ("random", "pca")
 
 
 @dataclass(frozen=True)
 class EmbedderConfig:
     # model
-    backbone: str = "efficientnet_b0"  # any timm model name
+    backbone: str = "tf_efficientnet_lite0"  # any timm model name; its pretrained config gives mean/std
     pad_type: str = ""  # timm conv padding; "same" for weights ported from TF/TFLite
     pretrained_path: str | None = None  # local timm weights file for the backbone (no hub access)
     head_hidden_dims: tuple[int, ...] = (512,)  # Linear-BN-ReLU-Dropout blocks before the embedding layer
     head_dropout: float = 0.1
     embedding_dim: int = 64
     size_px: int = 224
-    # loss
-    loss: str = "arcface"  # "arcface" | "subcenter_arcface" (ablation)
+    head_init: str = "random"  # "pca": a linear head (head_hidden_dims: []) starts at the frozen features' PCA
+    embed_rotations: int = 1  # embed N rotated views and average (validation here, the SDK on the phone)
+    crop_interpolation: str = "area"  # how the crop is shrunk to size_px (InputSpec.interpolation)
+    # loss (emb_losses.LOSSES)
+    loss: str = "arcface"
     margin_rad: float = 0.2  # additive angular margin, RADIANS (pytorch-metric-learning wants degrees)
     scale: float = 25.0
     sub_centers: int = 3  # subcenter_arcface only
+    pair_margin: float = 0.1  # triplet: cosine margin
+    center_weight: float = 0.01  # softmax_center: weight of the centre term
+    distill_weight: float = 0.0  # similarity distillation from the frozen pretrained backbone (0 = off)
     # crops (must match the SDK: segmenter -> coin_crop)
     background_removal: bool = True
     segmenter_checkpoint: str | None = None  # a torch segmenter checkpoint (e.g. runs/segmenter/mnv2/best.pt)
@@ -112,6 +137,8 @@ class EmbedderConfig:
     unknown_threshold: float | None = None  # None: calibrated on the unseen classes (best.pt stores the value)
     unknown_target_accept: float = 0.05  # calibration: share of simulated unknown coins allowed through
     # optimisation
+    sampler: str = "shuffle"  # "m_per_class": m photos of each sampled class per batch (pair losses need it)
+    m_per_class: int = 4
     epochs: int = 10
     steps_per_epoch: int = 0  # 0 = one pass over the training images
     batch_size: int = 32
@@ -129,6 +156,22 @@ class EmbedderConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}: must be one of {LOSSES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r}: must be one of {SAMPLERS}")
+        if self.loss in PAIR_LOSSES and self.sampler != "m_per_class":
+            raise ValueError(f"loss={self.loss!r} mines pairs inside a batch; set sampler: m_per_class")
+        if self.sampler == "m_per_class" and (self.m_per_class < 2 or self.batch_size % self.m_per_class):
+            raise ValueError(f"m_per_class={self.m_per_class}: must be >= 2 and divide batch_size={self.batch_size}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={self.head_init!r}: must be one of {HEAD_INITS}")
+        if self.head_init == "pca" and self.head_hidden_dims:
+            raise ValueError("head_init: pca needs a linear head; set head_hidden_dims: []")
+        if not 1 <= self.embed_rotations <= 64:
+            raise ValueError(f"embed_rotations={self.embed_rotations}: must be in [1, 64] (1 = off)")
+        if self.crop_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"crop_interpolation={self.crop_interpolation!r}: must be one of {INTERPOLATIONS}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight={self.distill_weight}: must be >= 0")
         if not 0.0 < self.margin_rad < math.pi / 2:
             raise ValueError(f"margin_rad={self.margin_rad}: must be in (0, pi/2) RADIANS (0.2 rad = 11.46 deg)")
         if self.scale <= 0 or self.embedding_dim < 2 or self.size_px < 32:
@@ -144,7 +187,12 @@ class EmbedderConfig:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(size_px=self.size_px)
+        """Mean/std are the backbone's (timm pretrained config): (0.5, 0.5) for EfficientNet-Lite, ImageNet's
+        for the ported MobileNetV2, so the weights see the input they were trained on."""
+        pretrained = timm.get_pretrained_cfg(self.backbone)
+        mean, std = (tuple(pretrained.mean), tuple(pretrained.std)) if pretrained else (None, None)
+        extra = {"mean": mean, "std": std} if mean and std else {}
+        return InputSpec(size_px=self.size_px, interpolation=self.crop_interpolation, **extra)
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -173,7 +221,8 @@ def _build_backbone(cfg: EmbedderConfig) -> nn.Module:
         path = Path(cfg.pretrained_path)
         if not path.is_file():
             raise ModelLoadError(f"pretrained_path {path} does not exist; pass a local timm weights file or null "
-                                 "(coinvision pretrained port-mobilenetv2 writes one for mobilenetv2_100)")
+                                 "(`coinvision pretrained port-lite` writes one for tf_efficientnet_lite0, "
+                                 "`coinvision pretrained port-mobilenetv2` for mobilenetv2_100)")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     try:
         return timm.create_model(cfg.backbone, **kwargs)
@@ -214,29 +263,12 @@ def embedder_metadata(cfg: EmbedderConfig, fingerprint: str) -> ModelMetadata:
         threshold=cfg.unknown_threshold,
         runtime_format="torch",
         extra={"crop_margin_frac": cfg.crop_margin_frac, "background_removal": cfg.background_removal,
-               "loss": cfg.loss, "margin_rad": cfg.margin_rad, "scale": cfg.scale},
+               "embed_rotations": cfg.embed_rotations, "loss": cfg.loss, "margin_rad": cfg.margin_rad,
+               "scale": cfg.scale},
     )
 
 
 # -------------------------------------------------------------------------------------- loss, optimizers
-
-
-def arcface_margin_deg(margin_rad: float) -> float:
-    """pytorch-metric-learning's ``ArcFaceLoss(margin=...)`` is in DEGREES; our configs are in radians."""
-    return math.degrees(margin_rad)
-
-
-def build_loss(cfg: EmbedderConfig, num_classes: int) -> nn.Module:
-    """ArcFace (or SubCenter-ArcFace) over ``num_classes`` training classes; owns the class centres ``W``."""
-    from pytorch_metric_learning import losses
-
-    if num_classes < 2:
-        raise ConfigError(f"ArcFace needs >= 2 training classes, the split has {num_classes}")
-    common = {"num_classes": num_classes, "embedding_size": cfg.embedding_dim,
-              "margin": arcface_margin_deg(cfg.margin_rad), "scale": cfg.scale}
-    if cfg.loss == "subcenter_arcface":
-        return losses.SubCenterArcFaceLoss(sub_centers=cfg.sub_centers, **common)
-    return losses.ArcFaceLoss(**common)
 
 
 def split_parameters(model: Embedder, loss_fn: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -273,19 +305,32 @@ def _loader(dataset: torch.utils.data.Dataset, cfg: EmbedderConfig, *, batch_siz
 
 
 @torch.inference_mode()
-def embed_samples(model: Embedder, samples: Sequence[Sample], cfg: EmbedderConfig, device: torch.device
-                  ) -> np.ndarray:
-    """Unit embeddings ``(N, D)`` of cached crops, no augmentation."""
+def embed_samples(model: nn.Module, samples: Sequence[Sample], cfg: EmbedderConfig, device: torch.device,
+                  *, rotations: int | None = None, unit: bool = True) -> np.ndarray:
+    """Unit embeddings ``(N, D)`` of cached crops, no augmentation, averaged over ``rotations`` views (default
+    ``cfg.embed_rotations``) with the SDK's own ``rotation_views`` / ``mean_unit_vector``. ``model`` may also be
+    a bare backbone (pooled features, for the frozen baselines and the PCA head); ``unit=False`` returns the
+    plain mean of the views' outputs, not normalised (what a linear head sees)."""
     model.eval()
-    data = CropTensorSet(samples, [0] * len(samples), cfg.input_spec)
-    out = [model(x.to(device)).float().cpu() for x, _ in _loader(data, cfg, batch_size=2 * cfg.batch_size)]
-    return torch.cat(out).numpy()
+    n_views = cfg.embed_rotations if rotations is None else rotations
+    spec = cfg.input_spec
+    chunk = max(1, (2 * cfg.batch_size) // n_views)
+    out: list[np.ndarray] = []
+    for start in range(0, len(samples), chunk):
+        crops = CropTensorSet(samples[start:start + chunk], [0] * len(samples[start:start + chunk]), spec)
+        views = [view for i in range(len(crops)) for view in rotation_views(crops.square(i), n_views, spec.pad_value)]
+        x = torch.from_numpy(np.concatenate([to_model_input(v, spec) for v in views])).to(device)
+        vectors = model(x).float().cpu().numpy()
+        per_view = vectors.reshape(len(crops), n_views, -1)
+        out.append(mean_unit_vector(per_view) if unit else per_view.mean(axis=1))
+    return np.concatenate(out) if out else np.zeros((0, cfg.embedding_dim), np.float32)
 
 
 @torch.inference_mode()
-def _val_seen_loss(model: Embedder, loss_fn: nn.Module, samples: Sequence[Sample], labels: Sequence[int],
+def _val_seen_loss(model: Embedder, loss_fn: MetricLoss, samples: Sequence[Sample], labels: Sequence[int],
                    cfg: EmbedderConfig, device: torch.device) -> tuple[float, float]:
-    """ArcFace loss (margin included) and class-centre accuracy on held-out photos of training classes."""
+    """Loss (ArcFace: margin included) and class-weight accuracy (NaN for pair losses) on held-out photos of
+    training classes."""
     if not samples:
         return math.nan, math.nan
     model.eval()
@@ -294,8 +339,10 @@ def _val_seen_loss(model: Embedder, loss_fn: nn.Module, samples: Sequence[Sample
         emb, y = model(x.to(device)), y.to(device)
         total += float(loss_fn(emb, y)) * len(y)
         # PML's SubCenter get_cosine already takes the max over sub-centres
-        correct += int((loss_fn.get_cosine(emb).argmax(dim=1) == y).sum())
-    return total / len(samples), correct / len(samples)
+        cosine = loss_fn.get_cosine(emb)
+        correct += int((cosine.argmax(dim=1) == y).sum()) if cosine is not None else 0
+    accuracy = correct / len(samples) if loss_fn.get_cosine(emb[:1]) is not None else math.nan
+    return total / len(samples), accuracy
 
 
 def _retrieval(model: Embedder, data: EmbeddingData, cfg: EmbedderConfig, device: torch.device
@@ -362,6 +409,40 @@ def _epoch_indices(n: int, count: int, seed: int, epoch: int) -> list[int]:
     return out[:count]
 
 
+def _m_per_class_indices(labels: Sequence[int], cfg: EmbedderConfig, count: int, epoch: int) -> list[int]:
+    """pytorch-metric-learning's ``MPerClassSampler`` (``m_per_class`` photos of each class in a batch), seeded
+    per epoch so a resumed run draws the same batches (the sampler shuffles with PML's global numpy state)."""
+    from pytorch_metric_learning import samplers
+    from pytorch_metric_learning.utils import common_functions
+
+    common_functions.NUMPY_RANDOM = np.random.RandomState(cfg.seed * 1_000_003 + epoch)
+    sampler = samplers.MPerClassSampler(list(labels), m=cfg.m_per_class, batch_size=cfg.batch_size,
+                                        length_before_new_iter=count)
+    return list(sampler)[:count]
+
+
+@torch.inference_mode()
+def init_head_from_pca(model: Embedder, loss_fn: MetricLoss, samples: Sequence[Sample], labels: Sequence[int],
+                       cfg: EmbedderConfig, device: torch.device) -> float:
+    """Linear head := the top ``embedding_dim`` principal components of the frozen backbone's pooled features
+    of the training crops; class weights := the classes' mean embeddings. Returns the variance share kept."""
+    features = torch.from_numpy(embed_samples(model.backbone, samples, cfg, device, rotations=1, unit=False))
+    mean = features.mean(0)
+    _, singular, v = torch.linalg.svd(features - mean, full_matrices=False)
+    components = v[: cfg.embedding_dim]  # D x F, orthonormal rows
+    linear = model.head[-1]
+    linear.weight.copy_(components.to(linear.weight))
+    linear.bias.copy_((-components @ mean).to(linear.bias))
+    embedded = F.normalize((features - mean) @ components.T, dim=1)
+    label_tensor = torch.as_tensor(list(labels))
+    class_means = torch.stack([embedded[label_tensor == c].mean(0) for c in range(int(label_tensor.max()) + 1)])
+    loss_fn.init_class_weights(F.normalize(class_means, dim=1).to(device))
+    kept = float((singular[: cfg.embedding_dim] ** 2).sum() / (singular**2).sum())
+    log.info("head initialised from PCA of %d training crops: %d components keep %.1f %% of the variance",
+             len(samples), cfg.embedding_dim, 100 * kept)
+    return kept
+
+
 def _score(metrics: dict[str, Any]) -> tuple[float, float]:
     return metrics["recall@1"], metrics["map@r"]
 
@@ -418,6 +499,11 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
     elif resume:
         log.warning("--resume: %s does not exist, starting from scratch", last_path)
+    if start_epoch == 0 and cfg.head_init == "pca":
+        init_head_from_pca(model, loss_fn, data.train, train_labels, cfg, device)
+    # The frozen pretrained backbone, the distillation teacher (a resumed run rebuilds it from the same weights).
+    teacher = copy.deepcopy(_build_backbone(cfg)).to(device).eval().requires_grad_(False) \
+        if cfg.distill_weight > 0 else None
 
     augment = build_augment(cfg.augment)
     for epoch in range(start_epoch, cfg.epochs):
@@ -427,8 +513,11 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         if frozen:
             model.backbone.eval()  # keep the pretrained BN statistics while only the head learns
         train_set = CropTensorSet(data.train, train_labels, cfg.input_spec, augment, cfg.seed, epoch)
-        loader = _loader(train_set, cfg, sampler=_epoch_indices(len(data.train), steps * cfg.batch_size,
-                                                                cfg.seed, epoch), drop_last=True)
+        if cfg.sampler == "m_per_class":
+            order = _m_per_class_indices(train_labels, cfg, steps * cfg.batch_size, epoch)
+        else:
+            order = _epoch_indices(len(data.train), steps * cfg.batch_size, cfg.seed, epoch)
+        loader = _loader(train_set, cfg, sampler=order, drop_last=True)
         started, running = time.time(), 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}{' (head only)' if frozen else ''}",
                    disable=not progress)
@@ -441,6 +530,10 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
             else:
                 emb = model(x)
             loss = loss_fn(emb, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = loss + cfg.distill_weight * similarity_distillation(emb, target)
             opt_head.zero_grad(set_to_none=True)
             opt_backbone.zero_grad(set_to_none=True)
             loss.backward()

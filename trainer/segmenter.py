@@ -490,7 +490,7 @@ def load_runner(models_dir: str | Path, runtime: str = "torch", num_threads: int
     return SegmenterRunner(predict, spec.size_px, float(meta.threshold or 0.5), margin)
 
 
-def segment_folder(image_dir: str | Path, out_dir: str | Path, *, runtime: str = "torch",
+def segment_folder(image_dir: str | Path, out_dir: str | Path, *, runtime: str = "tflite",
                    models_dir: str | Path = "models/release", two_pass: bool = True,
                    progress: bool = True) -> tuple[int, int]:
     """One 0/255 PNG per image under ``image_dir`` (recursive), same relative path with ``.png``, same size as

@@ -211,7 +211,7 @@ def test_plot_runs_reports_best_epoch_and_refuses_unknown_metric(tmp_path: Path,
 def test_release_checkpoint_prefers_the_release_source_over_the_newest_run(tmp_path: Path) -> None:
     import os
 
-    from coinvision.converters.sources import file_sha256
+    from coinvision.sdk.fileio import sha256_file
 
     from benchmarks.common import release_checkpoint
 
@@ -225,7 +225,7 @@ def test_release_checkpoint_prefers_the_release_source_over_the_newest_run(tmp_p
         paths.append(path)
     assert release_checkpoint("embedder", models, runs) == paths[1]  # no release yet: the newest
     models.mkdir()
-    (models / "embedder.onnx.meta.json").write_text(json.dumps({"extra": {"checkpoint_sha256": file_sha256(paths[0])}}))
+    (models / "embedder.onnx.meta.json").write_text(json.dumps({"extra": {"checkpoint_sha256": sha256_file(paths[0])}}))
     assert release_checkpoint("embedder", models, runs) == paths[0]
     assert release_checkpoint("segmenter", models, runs) is None
 

@@ -60,15 +60,15 @@ def test_arcface_margin_deg_converts_radians_for_pml() -> None:
     assert arcface_margin_deg(0.2) == pytest.approx(11.4592, abs=1e-4)
     loss = build_loss(EmbedderConfig(margin_rad=0.2, scale=25.0, embedding_dim=8), num_classes=3)
     # PML takes degrees and stores radians: 0.2 rad went in as 11.459 deg and came back as 0.2 rad
-    assert loss.margin == pytest.approx(0.2, abs=1e-9)
-    assert loss.scale == 25.0
+    assert loss.loss.margin == pytest.approx(0.2, abs=1e-9)
+    assert loss.loss.scale == 25.0
 
 
 def test_arcface_loss_equals_hand_computation_with_radian_margin() -> None:
     loss_fn = build_loss(EmbedderConfig(margin_rad=0.2, scale=25.0, embedding_dim=2), num_classes=3)
     centres = np.array([_unit(0), _unit(120), _unit(240)], np.float64)  # class centres, unit columns of W
     with torch.no_grad():
-        loss_fn.W.copy_(torch.tensor(centres.T * 3.0, dtype=torch.float32))  # PML normalises W itself
+        loss_fn.loss.W.copy_(torch.tensor(centres.T * 3.0, dtype=torch.float32))  # PML normalises W itself
     emb = np.array([_unit(20), _unit(100), _unit(300)])
     labels = np.array([0, 1, 2])
     got = float(loss_fn(torch.tensor(emb, dtype=torch.float32), torch.tensor(labels)).detach())
@@ -96,8 +96,8 @@ def test_margin_given_in_degrees_is_rejected() -> None:
 
 def test_subcenter_arcface_ablation_builds_k_centres_per_class() -> None:
     loss = build_loss(EmbedderConfig(loss="subcenter_arcface", sub_centers=3, embedding_dim=8), num_classes=5)
-    assert tuple(loss.W.shape) == (8, 15)
-    assert loss.margin == pytest.approx(0.2)
+    assert tuple(loss.loss.W.shape) == (8, 15)
+    assert loss.loss.margin == pytest.approx(0.2)
 
 
 # ------------------------------------------------------------------------------------------ model, optim
@@ -112,7 +112,7 @@ def test_optimizer_split_is_disjoint_and_complete() -> None:
     everything = {id(p) for p in [*model.parameters(), *loss_fn.parameters()]}
     assert ids_b and ids_h and not ids_b & ids_h
     assert ids_b | ids_h == everything
-    assert id(loss_fn.W) in ids_h and all(id(p) in ids_h for p in model.head.parameters())
+    assert id(loss_fn.loss.W) in ids_h and all(id(p) in ids_h for p in model.head.parameters())
     opt_b, opt_h = build_optimizers(cfg, model, loss_fn)
     assert {id(p) for g in opt_b.param_groups for p in g["params"]} == ids_b
     assert {id(p) for g in opt_h.param_groups for p in g["params"]} == ids_h
@@ -393,7 +393,7 @@ def test_eval_retrieval_cli_bad_folder_is_a_clear_error(tmp_path: Path, capsys: 
 # ---------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name", ["embedder_mobilenetv2.yaml", "embedder_effb0.yaml"])
+@pytest.mark.parametrize("name", ["embedder_lite0.yaml", "embedder_mobilenetv2.yaml", "embedder_effb0.yaml"])
 def test_release_configs_resolve(name: str) -> None:
     cfg = resolve_config(EmbedderConfig, REPO_ROOT / "trainer" / "configs" / name)
     assert cfg.margin_rad == 0.2 and cfg.scale == 25.0 and cfg.embedding_dim == 64

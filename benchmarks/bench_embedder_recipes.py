@@ -1,0 +1,147 @@
+"""Embedder recipes side by side on the same split: each row a training run, judged on coin classes it never saw.
+
+Every recipe is the base config plus overrides (``RECIPES``); each trains into ``runs/embedder/recipes/<name>``
+(resumable: a rerun continues unfinished runs and only re-scores finished ones), then its ``best.pt`` is scored
+with 1 and 4 rotation-averaged views: Recall@1/5 on the unseen classes, per dataset, class-mean, with the
+training classes in the catalog as distractors, and Recall@k for k = 1…20 (the CMC curve, plotted per recipe).
+The frozen pretrained backbone's PCA (``head_init: pca`` at epoch 0) is the row every recipe must beat.
+
+    python -m benchmarks.bench_embedder_recipes [--recipes arcface_pca triplet ...] [--set epochs=5 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT_JSON = Path(__file__).parent / "results" / "embedder_recipes.json"
+OUT_PNG = Path(__file__).parent / "results" / "embedder_recipes_cmc.png"
+BASE_CONFIG = Path("trainer/configs/embedder_lite0.yaml")
+CMC_KS = tuple(range(1, 21))
+
+# name -> overrides of the base config. Validation during training uses one view (fast); the table scores
+# each run's best.pt with 1 and 4 views.
+RECIPES: dict[str, dict[str, Any]] = {
+    "arcface_pca": {},
+    "arcface_mlp_random": {"head_init": "random", "head_hidden_dims": [512], "head_dropout": 0.1},
+    "arcface_pca_distill": {"distill_weight": 10.0},
+    "arcface_pca_128d": {"embedding_dim": 128},
+    "subcenter_arcface_pca": {"loss": "subcenter_arcface"},
+    "triplet_semihard": {"loss": "triplet", "sampler": "m_per_class"},
+    "multi_similarity": {"loss": "multi_similarity", "sampler": "m_per_class"},
+    "proxy_anchor": {"loss": "proxy_anchor", "lr_head": 0.01},
+    "softmax_center": {"loss": "softmax_center"},
+}
+TRAIN_DEFAULTS = {"embed_rotations": 1}
+
+
+def _score(model: Any, cfg: Any, data: Any, rotations: int) -> dict[str, Any]:
+    import torch
+    from coinvision.trainer.embedder import embed_samples
+    from coinvision.trainer.retrieval import evaluate_retrieval
+
+    device = torch.device("cpu")
+    emb = {s: embed_samples(model, getattr(data, s), cfg, device, rotations=rotations)
+           for s in ("query", "catalog", "distractors")}
+    q_labels, c_labels = [s.class_key for s in data.query], [s.class_key for s in data.catalog]
+    unseen = evaluate_retrieval(emb["query"], q_labels, emb["catalog"], c_labels, ks=CMC_KS,
+                                query_groups=[s.dataset for s in data.query])
+    full = evaluate_retrieval(emb["query"], q_labels, np.vstack([emb["catalog"], emb["distractors"]]),
+                              c_labels + [s.class_key for s in data.distractors])
+    return {
+        "recall@1": unseen.recall_at[1], "recall@5": unseen.recall_at[5], "map@r": unseen.map_at_r,
+        "class_mean_recall@1": unseen.class_mean_recall_at_1,
+        **{f"recall@1[{g}]": v for g, v in unseen.recall_at_1_by_group.items()},
+        "full_recall@1": full.recall_at[1], "full_recall@5": full.recall_at[5],
+        "cmc": [unseen.recall_at[k] for k in CMC_KS],
+    }
+
+
+def _frozen_start(cfg: Any, data: Any) -> Any:
+    """The model as every PCA recipe starts it: frozen backbone + PCA head."""
+    import torch
+    from coinvision.trainer.emb_losses import build_loss
+    from coinvision.trainer.embedder import build_embedder, init_head_from_pca
+
+    model = build_embedder(cfg)
+    init_head_from_pca(model, build_loss(cfg, len(data.class_keys)), data.train,
+                       [data.label_of(s) for s in data.train], cfg, torch.device("cpu"))
+    return model
+
+
+def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    import torch
+    from coinvision.sdk.config_io import resolve_config
+    from coinvision.trainer.emb_data import load_embedding_data
+    from coinvision.trainer.embedder import EmbedderConfig, load_embedder, train_embedder
+
+    base = resolve_config(EmbedderConfig, BASE_CONFIG, {**TRAIN_DEFAULTS, **overrides})
+    torch.set_num_threads(base.num_threads)
+    data = load_embedding_data(base, progress=False)
+    rows = []
+    previous = {r["recipe"]: r for r in json.loads(OUT_JSON.read_text())["rows"]} if OUT_JSON.is_file() else {}
+    for name in ["frozen_pca_start", *names]:
+        started = time.time()
+        if name == "frozen_pca_start":
+            cfg, model, epoch = base, _frozen_start(base, data), 0
+            recipe: dict[str, Any] = {"head_init": "pca", "epochs": 0}
+        else:
+            recipe = RECIPES[name]
+            cfg = resolve_config(EmbedderConfig, BASE_CONFIG,
+                                 {**TRAIN_DEFAULTS, **overrides, **recipe, "out_dir": str(root / name)})
+            best = train_embedder(cfg, resume=True, data=data, progress=False)
+            model, _, ckpt = load_embedder(best)
+            epoch = ckpt.epoch
+        row = {"recipe": name, "overrides": recipe, "best_epoch": epoch,
+               "embedding_dim": cfg.embedding_dim, "pack_bytes_per_vector_int8": cfg.embedding_dim + 8}
+        for rotations in (1, 4):
+            row[f"rot{rotations}"] = _score(model, cfg, data, rotations)
+        row["seconds"] = round(time.time() - started, 1)
+        rows.append(row)
+        previous[name] = row
+        r1, r4 = row["rot1"], row["rot4"]
+        print(f"{name:24s} epoch {epoch:2d}: R@1 {r1['recall@1']:.3f} (4 rot {r4['recall@1']:.3f})  "
+              f"R@5 {r4['recall@5']:.3f}  class-mean {r4['class_mean_recall@1']:.3f}  "
+              f"with distractors {r4['full_recall@1']:.3f}  " +
+              "  ".join(f"{k} {v:.3f}" for k, v in r4.items() if k.startswith("recall@1[")), flush=True)
+        _write(list(previous.values()), overrides)
+    return rows
+
+
+def _write(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+    from coinvision.trainer.plotting import png_figure
+
+    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps({"command": "python -m benchmarks.bench_embedder_recipes",
+                                    "base_config": str(BASE_CONFIG), "overrides": overrides,
+                                    "rows": rows}, indent=2))
+    with png_figure(OUT_PNG, figsize=(8, 5)) as (_, ax):
+        for row in rows:
+            ax.plot(CMC_KS, row["rot4"]["cmc"], marker="o", markersize=3,
+                    label=f"{row['recipe']} (R@1 {row['rot4']['recall@1']:.3f})")
+        ax.set(title="Recall@k on unseen coin classes (4 rotations averaged)", xlabel="k", ylabel="Recall@k",
+               xticks=list(CMC_KS))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from coinvision.sdk.config_io import parse_overrides
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    parser.add_argument("--root", type=Path, default=Path("runs/embedder/recipes"))
+    args = parser.parse_args(argv)
+    run(args.recipes, parse_overrides(args.set), args.root)
+    print(f"wrote {OUT_JSON} and {OUT_PNG}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

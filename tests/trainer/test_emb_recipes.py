@@ -1,0 +1,147 @@
+"""The embedder's recipe options: every selectable loss, the PCA-initialised head, similarity distillation,
+m-per-class sampling, and a tiny real run of a pair loss with distillation on the bundled photos."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from coinvision.sdk.cli import main
+from coinvision.sdk.config_io import resolve_config
+from coinvision.trainer.emb_data import Sample
+from coinvision.trainer.emb_losses import LOSSES, build_loss, similarity_distillation
+from coinvision.trainer.embedder import (
+    EmbedderConfig,
+    _m_per_class_indices,
+    build_embedder,
+    embed_samples,
+    embedder_metadata,
+    init_head_from_pca,
+)
+
+TINY_BACKBONE = "mobilenetv2_035"
+
+
+def _cfg(**overrides) -> EmbedderConfig:
+    values = {"backbone": TINY_BACKBONE, "size_px": 64, "head_hidden_dims": (), "batch_size": 8,
+              "embedding_dim": 8}
+    return EmbedderConfig(**{**values, **overrides})
+
+
+def _separation(emb: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean same-class cosine minus mean other-class cosine of unit embeddings."""
+    unit = torch.nn.functional.normalize(emb.detach(), dim=1)
+    cos, same = unit @ unit.T, labels[:, None] == labels[None, :]
+    off_diagonal = ~torch.eye(len(labels), dtype=torch.bool)
+    return float(cos[same & off_diagonal].mean() - cos[~same].mean())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_the_embedding(loss: str) -> None:
+    """Each loss gives a finite value and gradients on the embedding, and a few steps of it pull classes
+    apart (mined losses change their pairs as they go, so their value itself need not fall)."""
+    sampler = "m_per_class" if loss in ("triplet", "multi_similarity") else "shuffle"
+    cfg = _cfg(loss=loss, sampler=sampler, m_per_class=4)
+    torch.manual_seed(0)
+    loss_fn = build_loss(cfg, num_classes=4)
+    emb = torch.nn.Parameter(torch.randn(16, 8))
+    labels = torch.arange(4).repeat_interleave(4)
+    opt = torch.optim.SGD([emb, *loss_fn.parameters()], lr=0.5)
+    before = _separation(emb, labels)
+    for _ in range(30):
+        value = loss_fn(torch.nn.functional.normalize(emb, dim=1), labels)
+        assert math.isfinite(float(value))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert _separation(emb, labels) > before + 0.05, loss
+
+
+def test_pair_losses_require_m_per_class_batches() -> None:
+    for loss in ("triplet", "multi_similarity"):
+        with pytest.raises(ValueError, match="m_per_class"):
+            _cfg(loss=loss)
+    with pytest.raises(ValueError, match="divide batch_size"):
+        _cfg(loss="triplet", sampler="m_per_class", m_per_class=3)
+    with pytest.raises(ValueError, match="linear head"):
+        _cfg(head_init="pca", head_hidden_dims=(32,))
+
+
+def test_m_per_class_sampler_gives_m_photos_per_class_and_is_seeded() -> None:
+    cfg = _cfg(loss="triplet", sampler="m_per_class", m_per_class=4)
+    labels = [i % 6 for i in range(60)]
+    order = _m_per_class_indices(labels, cfg, 32, epoch=0)
+    assert len(order) == 32
+    for batch in (order[:8], order[8:16]):
+        counts = np.bincount([labels[i] for i in batch])
+        assert set(counts[counts > 0]) == {4}
+    assert order == _m_per_class_indices(labels, cfg, 32, epoch=0)
+    assert order != _m_per_class_indices(labels, cfg, 32, epoch=1)
+
+
+def test_similarity_distillation_is_zero_for_the_same_geometry() -> None:
+    teacher = torch.randn(6, 32)
+    rotation, _ = torch.linalg.qr(torch.randn(32, 32))
+    assert float(similarity_distillation(teacher @ rotation, teacher)) < 1e-10  # rotation keeps every cosine
+    assert float(similarity_distillation(torch.randn(6, 32), teacher)) > 0.01
+
+
+def test_pca_head_reproduces_the_frozen_features_projection(sample_root: Path, tmp_path: Path) -> None:
+    """After ``init_head_from_pca`` the embedding is the normalised PCA projection of the pooled features."""
+    from coinvision.trainer.emb_data import CropCache, LetterboxCropSource
+
+    cfg = _cfg(head_init="pca", crop_cache_dir=str(tmp_path))
+    paths = sorted((sample_root / "coins211" / "images").rglob("*.jpg"))[:24]
+    cache = CropCache(tmp_path, LetterboxCropSource(64))
+    samples = [Sample(cache.get(p).path, f"coins211/{p.parent.name}", p) for p in paths]
+    classes = sorted({s.class_key for s in samples})
+    labels = [classes.index(s.class_key) for s in samples]
+    torch.manual_seed(0)
+    model = build_embedder(cfg).eval()
+    loss_fn = build_loss(cfg, len(classes))
+    kept = init_head_from_pca(model, loss_fn, samples, labels, cfg, torch.device("cpu"))
+    assert 0.0 < kept <= 1.0
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.backbone(x)
+        weight = model.head[-1].weight
+        assert torch.allclose(weight @ weight.T, torch.eye(cfg.embedding_dim), atol=1e-4)  # orthonormal rows
+        expected = torch.nn.functional.normalize(model.head[-1](feats), dim=1)
+        torch.testing.assert_close(model(x), expected)
+    # the ArcFace centres start at the classes' mean embeddings of the training crops
+    train_emb = torch.from_numpy(embed_samples(model, samples, cfg, torch.device("cpu"), rotations=1))
+    for c in range(len(classes)):
+        mean = torch.nn.functional.normalize(train_emb[torch.tensor(labels) == c].mean(0), dim=0)
+        torch.testing.assert_close(loss_fn.loss.W[:, c], mean, atol=1e-4, rtol=1e-4)
+
+
+def test_metadata_carries_rotations_interpolation_and_backbone_normalisation() -> None:
+    meta = embedder_metadata(EmbedderConfig(embed_rotations=4), "f" * 16)
+    assert meta.extra["embed_rotations"] == 4
+    assert meta.input.interpolation == "area"
+    assert meta.input.mean == (0.5, 0.5, 0.5) and meta.input.std == (0.5, 0.5, 0.5)  # tf_efficientnet_lite0
+    legacy = embedder_metadata(EmbedderConfig(backbone="mobilenetv2_100"), "f" * 16)
+    assert legacy.input.mean == (0.485, 0.456, 0.406)
+
+
+def test_tiny_multi_similarity_run_with_distillation(tmp_path: Path, sample_root: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"backbone: {TINY_BACKBONE}\nsize_px: 64\nhead_hidden_dims: []\nhead_init: pca\nbatch_size: 8\n"
+        f"epochs: 2\nfreeze_backbone_epochs: 1\nsteps_per_epoch: 2\nbackground_removal: false\nnum_threads: 1\n"
+        f"loss: multi_similarity\nsampler: m_per_class\nm_per_class: 4\ndistill_weight: 1.0\nembed_rotations: 4\n"
+        f"data_roots: [{sample_root / 'coins211'}, {sample_root / 'euro_phone'}]\n"
+    )
+    rc = main(["train", "embedder", "--config", str(config), "--set", f"out_dir={tmp_path / 'run'}",
+               f"crop_cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["train_loss"]) and 0.0 <= h["recall@1"] <= 1.0 for h in history)
+    assert math.isnan(history[0]["val_seen_acc"])  # a pair loss has no class weights to score against
+    resolved = resolve_config(EmbedderConfig, tmp_path / "run" / "config.yaml")
+    assert resolved.loss == "multi_similarity" and resolved.distill_weight == 1.0
