@@ -5,7 +5,9 @@ server's public key), its expiry, that it is for this catalog, that its version 
 one (no rollback), that the model fingerprint is the one this device's embedder has, the sha256 of every
 downloaded file, and that the pack parses and says what the manifest says. Any failure raises
 :class:`SyncError` and leaves the cache as it was, so the device keeps recognizing offline with the last good
-pack. Interrupted downloads resume with an HTTP Range request.
+pack. Interrupted downloads resume with an HTTP Range request. The cached pack itself is re-hashed on every
+``sync()`` and ``load_pack()``: a pack corrupted on the device's storage is downloaded again at the next sync
+(``via="repair"``) instead of being reported as current.
 
 Cache layout (``cache_dir/<catalog_id>/``): ``current.pack``, ``state.json``, ``downloads/<sha256>.part``.
 """
@@ -76,7 +78,7 @@ def _parse_time(value: object, name: str) -> datetime:
 class SyncResult:
     version: int
     updated: bool  # False when the cached pack was already the newest
-    via: str  # "cache" | "full" | "delta"
+    via: str  # "cache" | "full" | "delta" | "repair" (the cached pack was corrupt and was downloaded again)
     pack_path: Path
     downloaded_bytes: int
 
@@ -128,10 +130,27 @@ class SyncClient:
         state = self.cached_state()
         return int(state["version"]) if state else None
 
+    def cache_intact(self, state: dict[str, Any] | None = None) -> bool:
+        """True when the cached pack's bytes hash to the sha256 recorded when it was verified and installed."""
+        state = state if state is not None else self.cached_state()
+        if state is None:
+            return False
+        try:
+            data = self.pack_path.read_bytes()
+        except OSError:
+            return False
+        return hashlib.sha256(data).hexdigest() == state.get("sha256")
+
     def load_pack(self) -> packlib.Pack:
         """The last good pack, from the cache only (no network)."""
-        if self.cached_state() is None:
+        state = self.cached_state()
+        if state is None:
             raise SyncError(f"no cached pack for catalog {self.catalog_id!r} in {self.dir}; sync once while online")
+        if not self.cache_intact(state):
+            raise SyncError(
+                f"the cached pack {self.pack_path} is corrupt (its sha256 is not the one installed); "
+                "call sync() while online to download it again"
+            )
         return packlib.read_pack(self.pack_path)
 
     # ------------------------------------------------------------ network
@@ -259,14 +278,19 @@ class SyncClient:
         """Bring the cache to the server's newest version. Raises :class:`SyncError`; the cache survives it."""
         payload = self.fetch_manifest()
         state = self.cached_state()
-        if state is not None and state.get("version") == payload["version"] and state.get(
+        intact = self.cache_intact(state)
+        if state is not None and not intact:
+            # Keep the state (its version still guards against rollback) but never trust or patch those bytes.
+            log.warning("cached pack %s of catalog %s is corrupt; downloading the full pack again", self.pack_path,
+                        self.catalog_id)
+        if intact and state is not None and state.get("version") == payload["version"] and state.get(
             "sha256"
         ) == payload["pack"]["sha256"]:
             return SyncResult(payload["version"], False, "cache", self.pack_path, 0)
-        got = self._try_delta(payload, state) if state is not None else None
+        got = self._try_delta(payload, state) if state is not None and intact else None
         via = "delta"
         if got is None:
-            via = "full"
+            via = "full" if state is None or intact else "repair"
             got = self._download(payload["pack"]["url"], int(payload["pack"]["size"]), str(payload["pack"]["sha256"]))
             try:
                 self._check_pack(packlib.read_pack(got[0]), payload)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,17 +13,31 @@ import numpy as np
 from coinvision.sdk.errors import CoinVisionError
 from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.auth import require_scope
+from coinvision.sync_server.cleanup import (
+    prune_old_packs,
+    remove_catalog_packs,
+    remove_unreferenced_photos,
+)
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
-from coinvision.sync_server.publish import latest_version, publish_catalog
+from coinvision.sync_server.publish import (
+    checked_version,
+    iso_utc,
+    latest_version,
+    publish_catalog,
+    version_by_key,
+)
 from coinvision.sync_server.signing import sign_payload
 from coinvision.sync_server.state import state
-from coinvision.sync_server.storage import write_atomic
-from coinvision.sync_server.uploads import decode_upload, overlay_png, thumbnail_jpeg
+from coinvision.sync_server.storage import file_matches, image_path, write_atomic
+from coinvision.sync_server.uploads import decode_uploads, overlay_png, thumbnail_jpeg
 from flask import Blueprint, Response, g, jsonify, request, send_file
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from werkzeug.http import parse_range_header
 
 __all__ = ["bp"]
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -33,6 +48,8 @@ COIN_FIELDS = {"label": 200, "country": 100, "currency": 100, "denomination": 10
 MAX_EXTRA_ITEMS = 32
 MAX_EXTRA_CHARS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Idempotency-Key header (draft-ietf-httpapi-idempotency-key-header): printable ASCII, bounded.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 BOTH = ("maintainer", "device")
 # Route ids above the columns' range (BIGINT image ids, INTEGER versions) do not match: 404, not a DB error.
 
@@ -88,10 +105,7 @@ def _coin(catalog_id: str, coin_id: str) -> Coin:
     return coin
 
 
-def _iso(dt: datetime) -> str:
-    if dt.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+_iso = iso_utc
 
 
 def _coin_json(coin: Coin, image_count: int | None = None) -> dict[str, Any]:
@@ -148,17 +162,61 @@ def create_catalog() -> tuple[Response, int]:
     cid = body.get("id")
     if not isinstance(cid, str) or not CATALOG_ID.match(cid):
         raise ApiError(400, "bad_catalog_id", "id must be 1-64 chars of a-z, 0-9, '-', '_' (starting alphanumeric)")
-    name = body.get("name", cid)
-    if not isinstance(name, str) or len(name) > 200 or _CONTROL.search(name):
-        raise ApiError(400, "bad_name", "name must be a string of at most 200 characters, without control characters")
+    name = _catalog_name(body.get("name", cid))
     if g.db.get(Catalog, cid) is not None:
         raise ApiError(409, "catalog_exists", f"catalog {cid!r} already exists")
-    g.db.add(Catalog(id=cid, name=name))
+    # Generations start at the creation time in ms: a catalog deleted and created again under the same id never
+    # reuses a generation another worker's in-memory index of the old catalog still carries.
+    g.db.add(Catalog(id=cid, name=name, generation=time.time_ns() // 1_000_000))
     try:
         g.db.commit()
     except IntegrityError as exc:
         raise ApiError(409, "catalog_exists", f"catalog {cid!r} already exists") from exc
     return jsonify({"id": cid, "name": name}), 201
+
+
+def _catalog_name(value: object) -> str:
+    try:
+        return _text(value, "name", 200)
+    except ApiError as exc:
+        raise ApiError(400, "bad_name", f"{exc.message} (a catalog name is at most 200 characters of valid "
+                       "Unicode text, without control characters)") from exc
+
+
+@bp.patch("/catalogs/<catalog_id>")
+@require_scope("maintainer")
+def rename_catalog(catalog_id: str) -> Response:
+    cat = _catalog(catalog_id)
+    body = _json_body()
+    unknown = sorted(set(body) - {"name"})
+    if unknown or "name" not in body:
+        raise ApiError(400, "unknown_field", "send {\"name\": \"...\"}; only the name of a catalog can change "
+                       "(its id is in every device's cache)")
+    name = _catalog_name(body["name"])
+    if not name.strip():
+        raise ApiError(400, "bad_name", "name is empty; give the catalog a name people will recognise")
+    cat.name = name
+    g.db.commit()
+    return jsonify({"id": cat.id, "name": cat.name})
+
+
+@bp.delete("/catalogs/<catalog_id>")
+@require_scope("maintainer")
+def delete_catalog(catalog_id: str) -> Response:
+    """Remove a catalog, its coins, references, versions, and their files. Devices keep their cached packs."""
+    st = state()
+    cat = _catalog(catalog_id)
+    if request.args.get("confirm") != catalog_id:
+        raise ApiError(400, "confirmation_required", f"deleting catalog {catalog_id!r} removes every coin, photo and "
+                       f"published version; repeat the request with ?confirm={catalog_id}")
+    shas = set(g.db.scalars(select(ReferenceImage.sha256).where(ReferenceImage.catalog_id == catalog_id)).all())
+    g.db.execute(ReferenceImage.__table__.delete().where(ReferenceImage.catalog_id == catalog_id))
+    g.db.delete(cat)
+    g.db.commit()
+    st.registry.drop(catalog_id)
+    removed = remove_unreferenced_photos(g.db, st.config.images_dir, shas)
+    remove_catalog_packs(st.config.packs_dir, catalog_id)
+    return jsonify({"deleted": catalog_id, "photos_removed": removed})
 
 
 @bp.get("/catalogs/<catalog_id>")
@@ -185,9 +243,16 @@ def list_versions(catalog_id: str) -> Response:
 
 
 # ---------------------------------------------------------------- coins and images
+def _coin_fields(source: dict[str, Any], *, skip_empty: bool) -> dict[str, str]:
+    """Checked metadata fields; with ``skip_empty`` an empty value means "leave as it is" (web forms)."""
+    fields = {f: _text(source[f], f, n) for f, n in COIN_FIELDS.items() if f in source}
+    return {f: v for f, v in fields.items() if v.strip()} if skip_empty else fields
+
+
 @bp.put("/catalogs/<catalog_id>/coins/<coin_id>")
 @require_scope("maintainer")
 def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
+    """Create or update a coin. Fields left out keep their value; a field sent as "" is cleared."""
     _catalog(catalog_id)
     if not COIN_ID.match(coin_id):
         raise ApiError(400, "bad_coin_id", "coin id must be 1-128 chars of letters, digits, '.', '-', '_'")
@@ -196,7 +261,7 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     if unknown:
         raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(unknown)}; allowed: "
                        f"{', '.join([*COIN_FIELDS, 'extra'])}")
-    fields = {f: _text(body[f], f, n) for f, n in COIN_FIELDS.items() if f in body}
+    fields = _coin_fields(body, skip_empty=False)
     extra = _extra(body["extra"]) if "extra" in body else None
     coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
     created = coin is None
@@ -219,20 +284,56 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
 def delete_coin(catalog_id: str, coin_id: str) -> Response:
     cat = _catalog(catalog_id)
     coin = _coin(catalog_id, coin_id)
-    ref_ids = [i.id for i in coin.images]
+    refs = [(i.id, i.sha256) for i in coin.images]
     old_gen, new_gen = _bump_generation(cat)
     g.db.delete(coin)
     g.db.commit()
-    _apply_removed(catalog_id, ref_ids, old_gen, new_gen)
-    return jsonify({"deleted": coin_id, "images_removed": len(ref_ids)})
+    _apply_removed(catalog_id, [r[0] for r in refs], old_gen, new_gen)
+    removed = remove_unreferenced_photos(g.db, state().config.images_dir, {r[1] for r in refs})
+    return jsonify({"deleted": coin_id, "images_removed": len(refs), "photos_removed": removed})
 
 
 @bp.get("/catalogs/<catalog_id>/coins")
 @require_scope(*BOTH)
 def list_coins(catalog_id: str) -> Response:
+    """Coins, with image counts and one reference image id (thumbnail); ``q`` filters, ``offset``/``limit`` page."""
     _catalog(catalog_id)
-    coins = g.db.scalars(select(Coin).where(Coin.catalog_id == catalog_id).order_by(Coin.coin_id)).all()
-    return jsonify({"coins": [_coin_json(c) for c in coins]})
+    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 1000, 1, 1000)
+    where = [Coin.catalog_id == catalog_id]
+    q = request.args.get("q", "").strip()
+    if q:
+        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(or_(*(getattr(Coin, f).ilike(like, escape="\\") for f in ("coin_id", *COIN_FIELDS))))
+    total = g.db.scalar(select(func.count()).select_from(Coin).where(*where)) or 0
+    rows = g.db.execute(
+        select(Coin, func.count(ReferenceImage.id), func.min(ReferenceImage.id))
+        .outerjoin(ReferenceImage, ReferenceImage.coin_pk == Coin.id)
+        .where(*where).group_by(Coin.id).order_by(Coin.coin_id).offset(offset).limit(limit)
+    ).all()
+    coins = [{**_coin_json(c, n), "thumbnail_image_id": first} for c, n, first in rows]
+    return jsonify({"coins": coins, "total": total, "offset": offset, "limit": limit})
+
+
+@bp.get("/catalogs/<catalog_id>/coins/<coin_id>")
+@require_scope(*BOTH)
+def get_coin(catalog_id: str, coin_id: str) -> Response:
+    _catalog(catalog_id)
+    coin = _coin(catalog_id, coin_id)
+    images = [{"id": i.id, "filename": i.filename, "width_px": i.width_px, "height_px": i.height_px,
+               "created_at": _iso(i.created_at), "model_fingerprint": i.model_fingerprint}
+              for i in sorted(coin.images, key=lambda i: i.id)]
+    return jsonify({**_coin_json(coin, len(images)), "images": images})
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"bad_{name}", f"{name}={raw!r} is not an integer") from exc
+    if not lo <= value <= hi:
+        raise ApiError(400, f"bad_{name}", f"{name}={value} must be in {lo}..{hi}")
+    return value
 
 
 def _apply_added(catalog_id: str, rows: list[ReferenceImage], vectors: np.ndarray, coin_id: str,
@@ -253,22 +354,41 @@ def _apply_removed(catalog_id: str, ref_ids: list[int], old_gen: int, new_gen: i
         st.registry.swap(catalog_id, current.without(ref_ids, new_gen))
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
 @bp.post("/catalogs/<catalog_id>/coins/<coin_id>/images")
 @require_scope("maintainer")
 def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
+    """Upload reference photos (multipart ``image``, 1..16). Form fields ``label``, ``country`` ... set the coin's
+    metadata where they are not empty; ``create=1`` creates a missing coin, in the same transaction as its photos
+    (a refused upload creates nothing)."""
     st = state()
     cfg = st.config
     cat = _catalog(catalog_id)
-    coin = _coin(catalog_id, coin_id)
     if not (request.mimetype or "").startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "upload images as multipart/form-data, field 'image'")
+    unknown = sorted(set(request.form) - set(COIN_FIELDS) - {"create"})
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown form field(s) {', '.join(unknown)}; allowed: image, create, "
+                       f"{', '.join(COIN_FIELDS)}")
+    fields = _coin_fields(request.form.to_dict(), skip_empty=True)
+    coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
+    if coin is None:
+        if not _truthy(request.form.get("create")):
+            raise ApiError(404, "coin_not_found", f"no coin {coin_id!r} in catalog {catalog_id!r}; create it with "
+                           "PUT first or send the form field create=1")
+        if not COIN_ID.match(coin_id):
+            raise ApiError(400, "bad_coin_id", "coin id must be 1-128 chars of letters, digits, '.', '-', '_'")
     files = request.files.getlist("image")
     if not files:
         raise ApiError(400, "no_image", "no file in form field 'image'")
     if len(files) > cfg.max_images_per_request:
         raise ApiError(413, "too_many_images", f"at most {cfg.max_images_per_request} images per request")
     # Decode and embed everything before writing anything: one bad file rejects the whole request.
-    decoded = [decode_upload(f, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels) for f in files]
+    decoded = decode_uploads(files, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels,
+                             max_total_pixels=cfg.max_request_pixels)
     embedder = st.embedder()
     embedded = []
     for up in decoded:
@@ -277,22 +397,33 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
         except CoinVisionError as exc:
             raise ApiError(422, "embedding_failed", f"{up.filename}: {exc}") from exc
     vectors = np.stack([e.vector for e in embedded]).astype("<f4")
+    created = coin is None
+    if coin is None:
+        coin = Coin(catalog_id=catalog_id, coin_id=coin_id, extra={})
+        g.db.add(coin)
+    for f, value in fields.items():
+        setattr(coin, f, value)
+    g.db.flush()
     rows = []
-    for up, emb, vec in zip(decoded, embedded, vectors, strict=True):
-        write_atomic(cfg.images_dir / up.sha256[:2] / f"{up.sha256}.img", up.data)
+    for up, vec in zip(decoded, vectors, strict=True):
+        write_atomic(image_path(cfg.images_dir, up.sha256), up.data)
         rows.append(ReferenceImage(
             coin_pk=coin.id, catalog_id=catalog_id, sha256=up.sha256, filename=up.filename,
-            width_px=int(up.image.shape[1]), height_px=int(up.image.shape[0]),
+            width_px=up.width, height_px=up.height,
             embedding=vec.tobytes(), embedding_dim=int(vec.shape[0]), model_fingerprint=embedder.fingerprint,
             thumbnail_jpeg=thumbnail_jpeg(up.image),
         ))
-        del emb
     g.db.add_all(rows)
     old_gen, new_gen = _bump_generation(cat)
-    g.db.commit()
+    try:
+        g.db.commit()
+    except IntegrityError as exc:
+        raise ApiError(409, "coin_conflict", f"coin {coin_id!r} was created concurrently; retry") from exc
     _apply_added(catalog_id, rows, vectors, coin.coin_id, old_gen, new_gen)
     return jsonify({
         "coin_id": coin_id,
+        "coin_created": created,
+        "coin": _coin_json(coin),
         "images": [
             {"id": r.id, "filename": r.filename, "sha256": r.sha256, "coin_found": e.mask is not None,
              "model_fingerprint": r.model_fingerprint}
@@ -308,11 +439,13 @@ def delete_image(image_id: int) -> Response:
     if ref is None:
         raise ApiError(404, "image_not_found", f"no reference image {image_id}")
     cat = _catalog(ref.catalog_id)
+    sha = ref.sha256
     old_gen, new_gen = _bump_generation(cat)
     g.db.delete(ref)
     g.db.commit()
     _apply_removed(cat.id, [image_id], old_gen, new_gen)
-    return jsonify({"deleted": image_id})
+    removed = remove_unreferenced_photos(g.db, state().config.images_dir, {sha})
+    return jsonify({"deleted": image_id, "photo_removed": bool(removed)})
 
 
 @bp.get("/images/<int(max=9223372036854775807):image_id>/thumbnail")
@@ -333,7 +466,10 @@ def _query_vectors() -> tuple[np.ndarray, dict[str, Any]]:
         files = request.files.getlist("image")
         if len(files) != 1:
             raise ApiError(400, "no_image", "send exactly one query photo in form field 'image'")
-        up = decode_upload(files[0], max_bytes=st.config.max_image_bytes, max_pixels=st.config.max_image_pixels)
+        # Device tokens ship inside apps, so anyone can reach this: a per-client rate and a lower pixel limit.
+        st.search_limiter.take(request.remote_addr or "unknown", "photo search")
+        pixels = min(st.config.max_search_pixels, st.config.max_image_pixels)
+        up = decode_uploads(files, max_bytes=st.config.max_image_bytes, max_pixels=pixels, max_total_pixels=pixels)[0]
         started = time.perf_counter()
         try:
             emb = st.embedder().embed(up.image)
@@ -388,6 +524,8 @@ def search(catalog_id: str) -> Response:
         thumbs = dict(g.db.execute(
             select(ReferenceImage.id, ReferenceImage.thumbnail_jpeg).where(ReferenceImage.id.in_([h[2] for h in hits]))
         ).all())
+    threshold = st.unknown_threshold()
+    best = hits[0][1] if hits else None
     matches = []
     for coin_id, score, ref_id in hits:
         m: dict[str, Any] = {"coin_id": coin_id, "label": labels.get(coin_id, ""), "score": round(score, 6),
@@ -395,8 +533,11 @@ def search(catalog_id: str) -> Response:
         if ref_id in thumbs:
             m["thumbnail"] = "data:image/jpeg;base64," + base64.b64encode(thumbs[ref_id]).decode("ascii")
         matches.append(m)
-    return jsonify({"catalog_id": catalog_id, "matches": matches, "search_ms": search_ms,
-                    "index_size": len(index), **extra})
+    # "unknown": the best cosine is below the embedder's calibrated threshold (or the catalog is empty): a client
+    # must not name a coin then, exactly as the phone's Recognizer does.
+    unknown = best is None or (threshold is not None and best < threshold)
+    return jsonify({"catalog_id": catalog_id, "matches": matches, "unknown": unknown, "threshold": threshold,
+                    "search_ms": search_ms, "index_size": len(index), **extra})
 
 
 @bp.get("/catalogs/<catalog_id>/duplicates")
@@ -415,9 +556,28 @@ def duplicates(catalog_id: str) -> Response:
 
 
 # ---------------------------------------------------------------- publish and device sync
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip().strip('"')
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1-128 printable ASCII characters "
+                       "(a UUID is a good choice)")
+    return key
+
+
+def _replayed(v: CatalogVersion) -> tuple[Response, int]:
+    resp = jsonify({**_version_json(checked_version(state().signing_key, v)), "replayed": True})
+    resp.headers["Idempotent-Replayed"] = "true"
+    return resp, 200
+
+
 @bp.post("/catalogs/<catalog_id>/publish")
 @require_scope("maintainer")
 def publish(catalog_id: str) -> tuple[Response, int]:
+    """Freeze version N+1. With an ``Idempotency-Key`` header a retry (reply lost) returns the version the first
+    attempt made (200, ``Idempotent-Replayed: true``) instead of making another."""
     st = state()
     cat = _catalog(catalog_id)
     body = _json_body() if request.content_length else {}
@@ -427,6 +587,9 @@ def publish(catalog_id: str) -> tuple[Response, int]:
     strict = body.get("strict", False)
     if not isinstance(strict, bool):
         raise ApiError(400, "bad_field", "strict must be true or false")
+    key = _idempotency_key()
+    if key is not None and (done := version_by_key(g.db, catalog_id, key)) is not None:
+        return _replayed(done)
     fingerprint = st.fingerprint(g.db, catalog_id)
     if fingerprint is None:
         raise ApiError(409, "nothing_to_publish", f"catalog {catalog_id!r} has no embedded reference images")
@@ -437,7 +600,13 @@ def publish(catalog_id: str) -> tuple[Response, int]:
                        "fix them or publish without strict", dupes_json)
     # One publish per catalog at a time in this process; across processes the unique version key decides.
     with st.publish_lock(catalog_id):
-        result = publish_catalog(g.db, st.config.packs_dir, cat, fingerprint, st.config.pack_quant)
+        if key is not None and (done := version_by_key(g.db, catalog_id, key)) is not None:
+            return _replayed(done)  # the first attempt finished while this one waited for the lock
+        result = publish_catalog(g.db, st.config.packs_dir, cat, fingerprint, st.config.pack_quant,
+                                 st.signing_key, key)
+    if result.replayed:
+        return _replayed(result.version)
+    prune_old_packs(g.db, st.config.packs_dir, catalog_id, st.config.pack_retention_versions, st.config.orphan_grace_s)
     return jsonify({**_version_json(result.version), "skipped_coins": result.skipped_coins,
                     "near_duplicates": dupes_json}), 201
 
@@ -450,6 +619,7 @@ def manifest(catalog_id: str) -> Response:
     latest = latest_version(g.db, catalog_id)
     if latest is None:
         raise ApiError(404, "not_published", f"catalog {catalog_id!r} has no published version yet")
+    checked_version(st.signing_key, latest)  # only a record signed at publish time is named in a manifest
     now = datetime.now(UTC).replace(microsecond=0)
     payload = {
         "format": 1,
@@ -471,16 +641,33 @@ def _send_versioned(catalog_id: str, version: int, kind: str) -> Response:
     )
     if row is None:
         raise ApiError(404, "version_not_found", f"catalog {catalog_id!r} has no version {version}")
-    name, sha = (row.pack_file, row.pack_sha256) if kind == "pack" else (row.delta_file, row.delta_sha256)
-    if name is None or sha is None:
+    checked_version(st.signing_key, row)
+    if kind == "pack":
+        name, sha, size = row.pack_file, row.pack_sha256, row.pack_size
+    else:
+        name, sha, size = row.delta_file, row.delta_sha256, row.delta_size
+    if name is None or sha is None or size is None:
         raise ApiError(404, "no_delta", f"version {version} has no delta; download the full pack")
     path = st.config.packs_dir / catalog_id / name
     if not path.is_file():
-        raise ApiError(410, "pack_missing", f"the file of version {version} is gone from the server's data dir")
+        raise ApiError(410, "pack_missing", f"the file of version {version} is no longer kept on the server "
+                       "(older than the retention); download the newest version's full pack")
+    if not file_matches(path, size, sha):
+        log.error("%s: bytes on disk do not match the signed record of %s v%d", path, catalog_id, version)
+        raise ApiError(500, "pack_corrupt", f"the stored file of version {version} fails its integrity check; the "
+                       "server refuses to serve it")
+    # RFC 9110 14.2: a Range header that does not parse, or names a unit other than bytes, is ignored (full 200).
+    if "HTTP_RANGE" in request.environ:
+        parsed = parse_range_header(request.environ["HTTP_RANGE"])
+        if parsed is None or parsed.units != "bytes":
+            del request.environ["HTTP_RANGE"]
     # Files are immutable per version: strong ETag = sha256, Range + If-None-Match handled by werkzeug.
     resp = send_file(path, mimetype="application/octet-stream", etag=sha, conditional=True, max_age=31536000,
                      download_name=f"{catalog_id}-{name}")
     resp.headers["X-Content-SHA256"] = sha
+    # The route needs a token: only the client may keep it (a shared cache must not hand it to others).
+    resp.cache_control.public = False
+    resp.cache_control.private = True
     resp.cache_control.immutable = True
     return resp
 

@@ -17,9 +17,12 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error the client caused or must know about; ``status`` is the HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.detail = status, code, message, detail
+        self.headers = headers or {}
 
 
 def _body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -29,7 +32,7 @@ def _body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return jsonify(_body(exc.code, exc.message, exc.detail)), exc.status
+        return jsonify(_body(exc.code, exc.message, exc.detail)), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

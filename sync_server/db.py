@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +31,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` as 0600 if missing, tighten it to 0600 if not (SQLite gives its -wal/-shm files the same
+    mode as the database file)."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    if path.stat().st_mode & 0o077:
+        log.warning("%s was readable by others (mode %o); setting it to 0600", path, path.stat().st_mode & 0o777)
+        path.chmod(0o600)
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -61,7 +73,7 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.migrate.lock", "a+b") as f:
+    with os.fdopen(os.open(f"{database}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

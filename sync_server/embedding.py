@@ -34,6 +34,7 @@ class Embedder:
         self._lock = threading.Lock()
         self.fingerprint = recognizer.fingerprint
         self.dim = recognizer.dim
+        self.unknown_threshold: float = recognizer.unknown_threshold
 
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         with self._lock:

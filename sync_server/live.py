@@ -11,9 +11,16 @@ from dataclasses import dataclass, field
 from coinvision.sync_server.config import ServerConfig
 from coinvision.sync_server.state import ServerState
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-__all__ = ["LocalServer", "start_local_server"]
+__all__ = ["LocalServer", "QuietRequestHandler", "start_local_server"]
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler without software versions in the ``Server`` header (they help attackers only)."""
+
+    def version_string(self) -> str:
+        return "coinvision"
 
 
 @dataclass
@@ -62,7 +69,7 @@ def start_local_server(config: ServerConfig, host: str = "127.0.0.1", port: int 
     with st.sessions() as session:
         maintainer = create_token(session, "maintainer", "local server")
         device = create_token(session, "device", "local server")
-    server = make_server(host, port, app, threaded=True)
+    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
     thread = threading.Thread(target=server.serve_forever, name="coinvision-local-server", daemon=True)
     thread.start()
     return LocalServer(app, server, maintainer, device, public_key_b64(st.signing_key), thread)

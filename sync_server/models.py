@@ -37,6 +37,7 @@ class ApiToken(Base):
     label: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked: Mapped[bool] = mapped_column(default=False)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # None: never
 
 
 class Catalog(Base):
@@ -98,7 +99,11 @@ class ReferenceImage(Base):
 class CatalogVersion(Base):
     __tablename__ = "catalog_versions"
     # The unique pair makes versions monotonic under concurrent publishes: the loser gets an IntegrityError.
-    __table_args__ = (UniqueConstraint("catalog_id", "version", name="uq_version_per_catalog"),)
+    # The idempotency key makes a retried publish (reply lost) return the version it made instead of another.
+    __table_args__ = (
+        UniqueConstraint("catalog_id", "version", name="uq_version_per_catalog"),
+        UniqueConstraint("catalog_id", "idempotency_key", name="uq_version_idempotency_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     catalog_id: Mapped[str] = mapped_column(ForeignKey("catalogs.id", ondelete="CASCADE"), index=True)
@@ -115,5 +120,9 @@ class CatalogVersion(Base):
     vector_count: Mapped[int] = mapped_column(Integer)
     quant: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Ed25519 signature (base64) over the version record as published (signing.version_record); the key is not
+    # in the database, so editing this row cannot produce a record the server will serve.
+    record_signature: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     catalog: Mapped[Catalog] = relationship(back_populates="versions")

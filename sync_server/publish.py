@@ -4,6 +4,11 @@ Crash safety: pack files get new, content-addressed names and are written atomic
 row that points at them is committed. A crash at any point leaves version N served and the database as it
 was; at worst an unreferenced file stays behind. Versions are monotonic: the (catalog, version) unique key
 makes a concurrent second publish fail instead of reusing a number.
+
+Integrity: the version record (every field that names what was published, :func:`version_record`) is signed
+with the server key at publish time; :func:`checked_version` verifies it before the version is named in a
+manifest or its files are served. A publish may carry an idempotency key: retrying it returns the version the
+first attempt made.
 """
 
 from __future__ import annotations
@@ -11,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from coinvision.sdk.errors import PackError
 from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
+from coinvision.sync_server.signing import sign_record, verify_record
 from coinvision.sync_server.storage import write_atomic
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -26,7 +34,10 @@ from sqlalchemy.orm import Session
 if TYPE_CHECKING:
     from coinvision.sdk.pack import CoinRecord
 
-__all__ = ["PublishResult", "publish_catalog"]
+__all__ = [
+    "PublishResult", "checked_version", "iso_utc", "latest_version", "publish_catalog", "version_by_key",
+    "version_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,37 @@ log = logging.getLogger(__name__)
 class PublishResult:
     version: CatalogVersion
     skipped_coins: list[str]  # coins without a reference embedded by the current model
+    replayed: bool = False  # an earlier attempt with the same idempotency key made this version
+
+
+def iso_utc(dt: datetime) -> str:
+    if dt.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def version_record(v: CatalogVersion) -> dict[str, Any]:
+    """Everything that says what version ``v`` is and which bytes it ships: the signed record."""
+    return {
+        "catalog_id": v.catalog_id, "version": v.version, "model_fingerprint": v.model_fingerprint,
+        "pack_file": v.pack_file, "pack_size": v.pack_size, "pack_sha256": v.pack_sha256,
+        "delta_from": v.delta_from, "delta_file": v.delta_file, "delta_size": v.delta_size,
+        "delta_sha256": v.delta_sha256, "coin_count": v.coin_count, "vector_count": v.vector_count,
+        "quant": v.quant, "created_at": iso_utc(v.created_at),
+    }
+
+
+def checked_version(key: Ed25519PrivateKey, v: CatalogVersion) -> CatalogVersion:
+    """``v`` if its record carries the server's signature over exactly these fields; 500 otherwise (logged)."""
+    if not verify_record(key, version_record(v), v.record_signature):
+        log.error("catalog %s version %d: the version record does not match its signature (edited in the "
+                  "database, or published with another key); refusing to serve it", v.catalog_id, v.version)
+        raise ApiError(
+            500, "version_record_invalid",
+            f"version {v.version} of catalog {v.catalog_id!r} fails its integrity check; the server refuses to "
+            "serve it (an operator must investigate the database and publish again)",
+        )
+    return v
 
 
 def _records_and_vectors(
@@ -77,7 +119,8 @@ def _pack_path(packs_dir: Path, catalog_id: str, name: str) -> Path:
 
 
 def publish_catalog(
-    session: Session, packs_dir: Path, catalog: Catalog, fingerprint: str, quant: str
+    session: Session, packs_dir: Path, catalog: Catalog, fingerprint: str, quant: str,
+    key: Ed25519PrivateKey, idempotency_key: str | None = None,
 ) -> PublishResult:
     from coinvision.sdk import pack as packlib
 
@@ -125,12 +168,16 @@ def publish_catalog(
         delta_from=previous.version if delta_name else None, delta_file=delta_name,
         delta_size=delta_size, delta_sha256=delta_sha,
         coin_count=len(records), vector_count=len(vector_coins), quant=quant,
+        created_at=datetime.now(UTC).replace(microsecond=0), idempotency_key=idempotency_key,
     )
+    row.record_signature = sign_record(key, version_record(row))
     session.add(row)
     try:
         session.commit()
     except (IntegrityError, OperationalError) as exc:
         session.rollback()
+        if idempotency_key is not None and (done := version_by_key(session, catalog.id, idempotency_key)):
+            return PublishResult(done, skipped, replayed=True)  # a concurrent retry of this same publish won
         raise ApiError(
             409, "publish_conflict", f"another publish of catalog {catalog.id!r} took version {version}; retry"
         ) from exc
@@ -147,3 +194,11 @@ def latest_version(session: Session, catalog_id: str) -> CatalogVersion | None:
 
 def version_count(session: Session, catalog_id: str) -> int:
     return session.scalar(select(func.count()).where(CatalogVersion.catalog_id == catalog_id)) or 0
+
+
+def version_by_key(session: Session, catalog_id: str, idempotency_key: str) -> CatalogVersion | None:
+    return session.scalar(
+        select(CatalogVersion).where(
+            CatalogVersion.catalog_id == catalog_id, CatalogVersion.idempotency_key == idempotency_key
+        )
+    )

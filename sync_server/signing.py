@@ -1,6 +1,12 @@
-"""Ed25519 manifest signing. The key lives in the data dir (created on first start); devices ship the public key.
+"""Ed25519 signing. The key lives in the data dir (created on first start) or at ``COINVISION_SIGNING_KEY``,
+never in the database; devices ship the public key.
 
-Signed bytes = the manifest's ``payload`` object as canonical JSON (sorted keys, no spaces, UTF-8).
+Two things are signed, both as canonical JSON (sorted keys, no spaces, UTF-8):
+
+- the manifest's ``payload`` (what devices verify), made per request;
+- each published version's record (:func:`sign_record`), made once at publish time over what was published and
+  stored beside the version row. The server checks it (:func:`verify_record`) before it names that version in a
+  manifest or serves its files, so a database edit alone cannot make the server sign or ship a forged pack.
 """
 
 from __future__ import annotations
@@ -12,22 +18,38 @@ import os
 from pathlib import Path
 from typing import Any
 
+from coinvision.sdk.errors import ConfigError
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["canonical_json", "load_or_create_key", "public_key_b64", "sign_payload"]
+__all__ = [
+    "canonical_json", "load_key", "load_or_create_key", "public_key_b64", "sign_payload", "sign_record",
+    "verify_record",
+]
 
 
 def canonical_json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """Read an existing key; never creates one (``coinvision keys public`` must not invent a key on a typo)."""
+    if not path.is_file():
+        hint = "check --data-dir" if path.parent.is_dir() else f"folder {path.parent} does not exist; check --data-dir"
+        raise ConfigError(f"no signing key at {path}: {hint} (the server creates the key on its first start)")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a readable PEM private key ({exc}); restore it from the backup") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: not an Ed25519 private key; move it away to let the server make a new one")
+    return key
+
+
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     if path.is_file():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key; move it away to let the server make a new one")
-        return key
+        return load_key(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -62,3 +84,18 @@ def key_id(key: Ed25519PrivateKey) -> str:
 def sign_payload(key: Ed25519PrivateKey, payload: dict[str, Any]) -> dict[str, Any]:
     signature = key.sign(canonical_json(payload))
     return {"payload": payload, "signature": base64.b64encode(signature).decode("ascii"), "key_id": key_id(key)}
+
+
+def sign_record(key: Ed25519PrivateKey, record: dict[str, Any]) -> str:
+    """Base64 Ed25519 signature over a version record (canonical JSON)."""
+    return base64.b64encode(key.sign(canonical_json(record))).decode("ascii")
+
+
+def verify_record(key: Ed25519PrivateKey, record: dict[str, Any], signature: str | None) -> bool:
+    if not signature:
+        return False
+    try:
+        key.public_key().verify(base64.b64decode(signature, validate=True), canonical_json(record))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -13,6 +13,7 @@ from coinvision.sync_server.config import ServerConfig
 from coinvision.sync_server.embedding import Embedder, load_embedder
 from coinvision.sync_server.index import CatalogIndex, IndexRegistry
 from coinvision.sync_server.models import Catalog, Coin, ReferenceImage
+from coinvision.sync_server.ratelimit import RateLimiter
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 from sqlalchemy import Engine, select
@@ -30,9 +31,19 @@ class ServerState:
     sessions: sessionmaker[Session]
     signing_key: Ed25519PrivateKey
     registry: IndexRegistry = field(default_factory=IndexRegistry)
+    search_limiter: RateLimiter = field(init=False)
     _embedder: Embedder | None = None
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
     _publish_locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.search_limiter = RateLimiter(self.config.search_per_minute, self.config.search_burst)
+
+    def unknown_threshold(self) -> float | None:
+        """The cosine below which a search answers "unknown": the embedder's calibrated threshold."""
+        if self.config.models_dir is None:
+            return None
+        return self.embedder().unknown_threshold
 
     def publish_lock(self, catalog_id: str) -> threading.Lock:
         with self._embedder_lock:

@@ -49,6 +49,10 @@ class Server:
     def put(self, path: str, who: str = "maintainer", **kw: Any) -> requests.Response:
         return requests.put(self.url + path, headers=self.headers(who), timeout=30, **kw)
 
+    def patch(self, path: str, who: str = "maintainer", **kw: Any) -> requests.Response:
+        return requests.patch(self.url + path, headers={**self.headers(who), **kw.pop("headers", {})}, timeout=30,
+                              **kw)
+
     def delete(self, path: str, who: str = "maintainer") -> requests.Response:
         return requests.delete(self.url + path, headers=self.headers(who), timeout=30)
 

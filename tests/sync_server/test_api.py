@@ -137,7 +137,7 @@ def test_bad_uploads_are_refused_and_nothing_is_written(make_server: ServerFacto
     good = sample_coins("coins211", n_coins=1, per_coin=1)[0][2][0].read_bytes()
     url = "/v1/catalogs/c/coins/coin-1/images"
     cases = {
-        "not_an_image": [("image", ("a.jpg", b"this is not a photo", "image/jpeg"))],
+        "unsupported_image_format": [("image", ("a.jpg", b"this is not a photo", "image/jpeg"))],
         "bad_image": [("image", ("a.jpg", good[: len(good) // 2], "image/jpeg"))],  # truncated JPEG
         "too_many_pixels": [("image", ("bomb.png", _png_header_only(12000, 12000), "image/png"))],
         "bad_filename": [("image", ("../../etc/evil.jpg", good, "image/jpeg"))],

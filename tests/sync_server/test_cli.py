@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,9 @@ import time
 from pathlib import Path
 
 import requests
+from coinvision.sync_server.auth import hash_token
+
+from tests.sync_server.helpers import Server, populate, sample_coins
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,3 +92,57 @@ def test_gunicorn_production_command_with_several_workers(db_url: str, tmp_path:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert "Traceback" not in out and "Worker failed to boot" not in out, out
+
+
+def test_token_list_revoke_and_expiry_from_the_cli(sqlite_server: Server, tmp_path: Path) -> None:
+    s = sqlite_server
+    cfg = s.state.config
+    args = ("--db", cfg.db_url, "--data-dir", str(cfg.data_dir))
+    made = _cli("token", "create", "--scope", "maintainer", "--label", "alice laptop", "--expires-in", "2h", *args)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    device = _cli("token", "create", "--scope", "device", "--label", "android 1.4", *args)
+    assert device.returncode == 0
+    assert _cli("token", "create", "--scope", "device", "--expires-in", "soon", *args).returncode == 2
+
+    listed = _cli("token", "list", "--json", *args)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["label"]: r for r in json.loads(listed.stdout)}
+    alice, app = rows["alice laptop"], rows["android 1.4"]
+    assert alice["scope"] == "maintainer" and alice["state"] == "active" and alice["expires_at"]
+    assert app["expires_at"] is None  # device tokens ship in app builds: no expiry unless asked
+    assert token not in listed.stdout and hash_token(token) not in listed.stdout
+    table = _cli("token", "list", *args).stdout
+    assert "alice laptop" in table and "never" in table
+
+    auth = {"Authorization": f"Bearer {token}"}
+    assert requests.get(s.url + "/v1/catalogs", headers=auth, timeout=10).status_code == 200
+    revoked = _cli("token", "revoke", str(alice["id"]), *args)
+    assert revoked.returncode == 0 and "revoked token" in revoked.stdout
+    r = requests.get(s.url + "/v1/catalogs", headers=auth, timeout=10)
+    assert r.status_code == 401  # at once, on the running server
+    states = {r["label"]: r["state"] for r in json.loads(_cli("token", "list", "--json", *args).stdout)}
+    assert states["alice laptop"] == "revoked"
+    missing = _cli("token", "revoke", "999", *args)
+    assert missing.returncode == 2 and "token list" in missing.stderr
+
+
+def test_cleanup_command_removes_old_orphans_only(sqlite_server: Server) -> None:
+    s = sqlite_server
+    cfg = s.state.config
+    populate(s, "c", sample_coins("coins211", n_coins=1, per_coin=1))
+    kept = [p for p in cfg.images_dir.rglob("*") if p.is_file()]
+    old_orphan = cfg.images_dir / "ab" / ("ab" + "0" * 62 + ".img")
+    new_orphan = cfg.images_dir / "cd" / ("cd" + "0" * 62 + ".img")
+    stray_pack = cfg.packs_dir / "gone" / "v1-0000000000000000.pack"
+    for p in (old_orphan, new_orphan, stray_pack):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(old_orphan, (two_hours_ago, two_hours_ago))
+    os.utime(stray_pack, (two_hours_ago, two_hours_ago))
+    out = _cli("cleanup", "--db", cfg.db_url, "--data-dir", str(cfg.data_dir))
+    assert out.returncode == 0, out.stderr
+    assert "removed 1 photo file(s) and 1 pack/delta file(s)" in out.stdout
+    assert not old_orphan.exists() and not stray_pack.exists()
+    assert new_orphan.exists() and all(p.exists() for p in kept)  # young files may belong to a running upload

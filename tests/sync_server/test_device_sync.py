@@ -231,3 +231,23 @@ def test_manifest_payload_is_what_the_device_checks(published) -> None:
     assert payload["pack"] == v2["pack"] and payload["delta"] == v2["delta"]
     assert payload["model_fingerprint"] == server.state.embedder().fingerprint
     assert payload["expires_at"] > payload["issued_at"]
+
+
+def test_corrupted_cache_is_detected_and_repaired_by_the_next_sync(published) -> None:
+    """The probe's attack: flip one byte of the cached pack; sync() said "cache" while load_pack() raised."""
+    _, client, _, v2 = published
+    assert client.sync().version == 2
+    data = bytearray(client.pack_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    client.pack_path.write_bytes(bytes(data))
+    assert not client.cache_intact()
+    with pytest.raises(SyncError, match="corrupt"):
+        client.load_pack()
+    repaired = client.sync()  # same server version: nothing new to publish, the cache is still repaired
+    assert (repaired.version, repaired.updated, repaired.via) == (2, True, "repair")
+    assert repaired.downloaded_bytes == v2["pack"]["size"]  # the full pack: a delta must not patch bad bytes
+    _assert_last_good_kept(client, 2, v2["pack"]["sha256"])
+    assert client.sync().via == "cache"
+    # a cache truncated to nothing is repaired the same way
+    client.pack_path.write_bytes(b"")
+    assert client.sync().via == "repair" and client.load_pack().catalog_version == 2

@@ -32,11 +32,30 @@ def test_sign_payload_verifies_and_detects_changes(tmp_path: Path) -> None:
         pub.verify(base64.b64decode(doc["signature"]), canonical_json({**doc["payload"], "version": 2}))
 
 
-def test_keys_public_cli_prints_the_server_key(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "coinvision.sdk.cli", "keys", "public", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "COINVISION_DATA_DIR": ""},
+def _keys_public(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coinvision.sdk.cli", "keys", "public", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COINVISION_DATA_DIR": "", "COINVISION_SIGNING_KEY": ""},
     )
+
+
+def test_keys_public_cli_prints_the_server_key(tmp_path: Path) -> None:
+    key = load_or_create_key(tmp_path / "signing_key.pem")  # what the server made on its first start
+    out = _keys_public(tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == public_key_b64(load_or_create_key(tmp_path / "signing_key.pem"))
+    assert out.stdout.strip() == public_key_b64(key)
     assert len(base64.b64decode(out.stdout.strip())) == 32
+
+
+def test_keys_public_with_a_mistyped_data_dir_fails_and_creates_nothing(tmp_path: Path) -> None:
+    """The probe: `keys public --data-dir /typo` exited 0 and made a fresh key devices would then trust."""
+    typo = tmp_path / "typo"
+    out = _keys_public(typo)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "no signing key" in out.stderr and "does not exist" in out.stderr and "--data-dir" in out.stderr
+    assert not typo.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _keys_public(empty)
+    assert out.returncode == 2 and "no signing key" in out.stderr and list(empty.iterdir()) == []

@@ -61,7 +61,7 @@ def test_web_page_lists_uploads_and_queries(sqlite_server: Server, page: object,
     pg.fill("#coin-label", new_label)  # type: ignore[attr-defined]
     pg.set_input_files("#upload-file", str(new_images[0]))  # type: ignore[attr-defined]
     pg.click("#upload-form button")  # type: ignore[attr-defined]
-    pg.wait_for_function("document.querySelector('#upload-result').textContent.includes('uploaded')")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#upload-result:has-text('uploaded')")  # type: ignore[attr-defined]
     assert new_id in pg.inner_text("#upload-result")  # type: ignore[attr-defined]
     coin_ids = [c["coin_id"] for c in s.get("/v1/catalogs/euro").json()["coins"]]
     assert new_id in coin_ids
