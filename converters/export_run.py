@@ -193,6 +193,8 @@ def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
     inputs = _Inputs()
     segment, crops = embedder_segment_fn(sources)
     margins = {s.kind: float(s.meta.extra.get("crop_margin_frac", 0.05)) for s in sources}
+    crop_kwargs = {s.kind: {"crop_margin_frac": margins[s.kind], "interpolation": s.meta.input.interpolation}
+                   for s in sources}
     calibration_paths: list[Path] = []
     if o.uses_calibration and o.calibration_dir is not None:  # validate_options demands the folder
         calibration_paths = pick_evenly(list_photos(o.calibration_dir), o.calibration_count)
@@ -201,7 +203,7 @@ def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
                                    "meets_release_floor": o.calibration_count >= MIN_CALIBRATION_IMAGES}
         for s in sources:
             squares = model_squares(s.kind, calibration_paths, o.calibration_dir, s.meta.input.size_px, segment,
-                                    crop_margin_frac=margins[s.kind])
+                                    **crop_kwargs[s.kind])
             if len(squares.squares) < o.calibration_count:
                 raise ConversionError(
                     f"calibration folder {o.calibration_dir}: only {len(squares.squares)} of "
@@ -223,8 +225,9 @@ def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
             p.resolve() for p in list_photos(o.check_images)})}
         for s in sources:
             squares = model_squares(s.kind, paths, o.check_images, s.meta.input.size_px, segment,
-                                    crop_margin_frac=margins[s.kind])
-            inputs.parity[s.kind] = ParitySet(squares.squares, squares.labels, squares.sources)
+                                    **crop_kwargs[s.kind])
+            rotations = int(s.meta.extra.get("embed_rotations", 1)) if s.kind == "embedder" else 1
+            inputs.parity[s.kind] = ParitySet(squares.squares, squares.labels, squares.sources, rotations)
             inputs.check_info[s.kind] = {
                 "images": len(squares.squares),
                 "skipped": len(squares.skipped),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from coinvision.converters.runners import Predictor
 from coinvision.sdk.errors import ConversionError
+from coinvision.sdk.preprocess import mean_unit_vector, rotation_views
 
 __all__ = [
     "QUANTIZATION_TIER",
@@ -115,6 +116,7 @@ class ParitySet:
     squares: list[np.ndarray]
     labels: list[str] | None = None
     sources: list[str] | None = None
+    rotations: int = 1  # embedder: vectors are averaged over this many rotated views, as the SDK does
 
     def catalog_mask(self) -> np.ndarray:
         """Alternate images of each label (first, third, ...) form the catalog, the rest are queries."""
@@ -171,11 +173,19 @@ def measure_parity(
     raise ConversionError(f"unknown model kind {kind!r}; valid: embedder, segmenter")
 
 
+def _embed_views(predict: Predictor, squares: Sequence[np.ndarray], rotations: int) -> np.ndarray:
+    """Unit vectors as the device computes them: ``rotation_views`` of each square, averaged."""
+    if rotations == 1:
+        return _unit(_run(predict, squares))
+    return np.stack([mean_unit_vector(_run(predict, rotation_views(square, rotations))) for square in squares])
+
+
 def _embedder_parity(reference: Predictor, candidate: Predictor, parity_set: ParitySet) -> dict[str, float]:
-    ref = _unit(_run(reference, parity_set.squares))
-    got = _unit(_run(candidate, parity_set.squares))
+    ref = _embed_views(reference, parity_set.squares, parity_set.rotations)
+    got = _embed_views(candidate, parity_set.squares, parity_set.rotations)
     cos = np.sum(ref * got, axis=1)
-    figures = {"n_images": float(len(cos)), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    figures = {"n_images": float(len(cos)), "rotations": float(parity_set.rotations),
+               "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
     in_catalog = parity_set.catalog_mask()
     if in_catalog.all() or not in_catalog.any():
         return figures  # one image: no search to compare

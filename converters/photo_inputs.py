@@ -91,9 +91,11 @@ def model_squares(
     segment: SegmentFn | None = None,
     *,
     crop_margin_frac: float = 0.05,
+    interpolation: str = "bilinear",
 ) -> PhotoSquares:
     """Decode ``paths`` and make the squares ``kind`` sees at runtime. Unreadable photos are skipped, listed.
-    ``crop_margin_frac``: the embedder's ``coin_crop`` margin (its metadata's ``crop_margin_frac``)."""
+    ``crop_margin_frac`` / ``interpolation``: the embedder metadata's ``coin_crop`` margin and
+    ``input.interpolation``."""
     root = Path(root)
     squares: list[np.ndarray] = []
     sources: list[str] = []
@@ -110,7 +112,7 @@ def model_squares(
             square = letterbox(image, size_px)[0]
         else:
             mask = segment(image).mask if segment is not None else None
-            square = coin_crop(image, mask, size_px, margin_frac=crop_margin_frac)
+            square = coin_crop(image, mask, size_px, margin_frac=crop_margin_frac, interpolation=interpolation)
         squares.append(square)
         sources.append(rel.as_posix())
         labels.append(rel.parent.as_posix())

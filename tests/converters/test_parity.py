@@ -100,3 +100,22 @@ def test_empty_input_and_unknown_kind_are_errors() -> None:
         measure_parity("embedder", _lookup({}), _lookup({}), [])
     with pytest.raises(ConversionError, match="unknown model kind 'detector'"):
         measure_parity("detector", _lookup({0: _unit(0)}), _lookup({0: _unit(0)}), _squares(1))
+
+
+def test_embedder_parity_averages_rotated_views_like_the_sdk() -> None:
+    """A candidate that sees every input turned by 90 degrees disagrees with the reference view by view, but
+    with 4 averaged views (the set of views is the same) the device's vectors are identical."""
+    rng = np.random.default_rng(0)
+    projection = rng.normal(size=(8 * 8 * 3, 16)).astype(np.float32)
+
+    def reference(square: np.ndarray) -> np.ndarray:
+        return square[::4, ::4].astype(np.float32).reshape(-1) @ projection
+
+    def turned(square: np.ndarray) -> np.ndarray:
+        return reference(np.ascontiguousarray(np.rot90(square)))
+
+    squares = [rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    single = measure_parity("embedder", reference, turned, ParitySet(squares, rotations=1))
+    averaged = measure_parity("embedder", reference, turned, ParitySet(squares, rotations=4))
+    assert single["cosine_min"] < 0.9
+    assert averaged["cosine_min"] > 0.9999 and averaged["rotations"] == 4.0
