@@ -556,6 +556,57 @@ def duplicates(catalog_id: str) -> Response:
 
 
 # ---------------------------------------------------------------- publish and device sync
+@bp.get("/catalogs/<catalog_id>/changes")
+@require_scope("maintainer")
+def changes(catalog_id: str) -> Response:
+    """What publishing now would change since the newest version (read from that version's pack)."""
+    st = state()
+    _catalog(catalog_id)
+    fingerprint = st.fingerprint(g.db, catalog_id)
+    coins = g.db.scalars(select(Coin).where(Coin.catalog_id == catalog_id).order_by(Coin.coin_id)).all()
+    counts = dict(g.db.execute(
+        select(ReferenceImage.coin_pk, func.count()).where(
+            ReferenceImage.catalog_id == catalog_id, ReferenceImage.model_fingerprint == (fingerprint or ""))
+        .group_by(ReferenceImage.coin_pk)
+    ).all())
+    now = {c.coin_id: (c, counts.get(c.id, 0)) for c in coins}
+    publishable = {cid for cid, (_, n) in now.items() if n}
+    latest = latest_version(g.db, catalog_id)
+    base: dict[str, tuple[dict[str, Any], int]] = {}
+    if latest is not None:
+        from coinvision.sdk import pack as packlib
+        from coinvision.sdk.errors import PackError
+
+        checked_version(st.signing_key, latest)
+        try:
+            pack = packlib.read_pack(st.config.packs_dir / catalog_id / latest.pack_file)
+        except PackError as exc:
+            raise ApiError(410, "pack_missing", f"the newest version's pack cannot be read ({exc})") from exc
+        refs: dict[str, int] = {}
+        for cid in pack.coin_ids:
+            refs[cid] = refs.get(cid, 0) + 1
+        base = {cid: ({**{f: getattr(r, f) for f in COIN_FIELDS}, "extra": dict(r.extra)}, refs.get(cid, 0))
+                for cid, r in pack.records.items()}
+    added = sorted(publishable - set(base))
+    removed = sorted(set(base) - publishable)
+    edited, photos = [], []
+    for cid in sorted(publishable & set(base)):
+        coin, n = now[cid]
+        meta, n_before = base[cid]
+        current = {**{f: getattr(coin, f) for f in COIN_FIELDS}, "extra": dict(coin.extra or {})}
+        fields = [f for f in (*COIN_FIELDS, "extra") if current[f] != meta[f]]
+        if fields:
+            edited.append({"coin_id": cid, "fields": fields})
+        if n != n_before:
+            photos.append({"coin_id": cid, "before": n_before, "now": n})
+    return jsonify({
+        "catalog_id": catalog_id, "since_version": latest.version if latest else None,
+        "added": added, "removed": removed, "edited": edited, "photos_changed": photos,
+        "without_photos": sorted(set(now) - publishable),
+        "unchanged": not (added or removed or edited or photos),
+    })
+
+
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:

@@ -1,11 +1,12 @@
-"""Every error leaves the API as JSON ``{code, message, detail}``, from one handler."""
+"""Every error leaves the API as JSON ``{code, message, detail}``, from one handler; a person who opens a page
+in a browser (not under ``/v1/``) gets the same message as a readable HTML page."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -29,6 +30,17 @@ def _body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     return {"code": code, "message": message, "detail": detail}
 
 
+def _wants_page() -> bool:
+    """A browser navigating to a page: not the API, and HTML preferred over JSON."""
+    if request.path.startswith(("/v1/", "/static/")) or request.path == "/openapi.json":
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+def _page(status: int, title: str, message: str):
+    return render_template("error.html", status=status, title=title, message=message), status
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -37,7 +49,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(_body(code, exc.description or exc.name or "error")), exc.code or 500
+        status = exc.code or 500
+        if _wants_page():
+            message = ("There is no page at this address. The catalogs are on the start page."
+                       if status == 404 else exc.description or exc.name or "error")
+            return _page(status, exc.name or "Error", message)
+        return jsonify(_body(code, exc.description or exc.name or "error")), status
 
     @app.errorhandler(OperationalError)
     def _db_busy(exc: OperationalError):
@@ -53,4 +70,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
+        if _wants_page():
+            return _page(500, "Internal Server Error", "Something went wrong on the server; the operator finds the "
+                         "details in the server log.")
         return jsonify(_body("internal_error", "internal server error; see the server log")), 500

@@ -85,6 +85,9 @@ SPEC: dict[str, Any] = {
         "/v1/catalogs/{catalog_id}/duplicates": {
             "parameters": [_CAT], "get": _op("Near-duplicate coin pairs (cosine >= min_cosine)", "maintainer"),
         },
+        "/v1/catalogs/{catalog_id}/changes": {
+            "parameters": [_CAT], "get": _op("What publishing now would change since the newest version", "maintainer"),
+        },
         "/v1/catalogs/{catalog_id}/publish": {
             "parameters": [_CAT],
             "post": _op("Freeze the next version: full pack + delta from the previous one", "maintainer", "201",
