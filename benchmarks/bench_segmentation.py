@@ -4,6 +4,8 @@ and every exported segmenter, exactly as the phone computes it.
     python -m benchmarks.bench_segmentation --quick     # 100 synthetic scenes + 100 real photos
     python -m benchmarks.bench_segmentation             # 500 synthetic scenes + the whole real validation set
     python -m benchmarks.bench_segmentation --checkpoint runs/segmenter/mnv2/best.pt --models models/release
+    python -m benchmarks.bench_segmentation --quick --checkpoint runs/segmenter/v2/best.pt --exported segmenter.tflite \
+        --distractor 100 --split-touching both     # v2 vs the shipped int8 file, 2-5 coin scenes, touching split
 
 Every image goes through ``coinvision.sdk.preprocess.two_pass_segment`` at its ORIGINAL resolution (letterbox,
 model, unletterbox, largest component, second pass on the square crop) and the final mask is compared with the
@@ -16,6 +18,12 @@ classes held out from training, ``runs/seg_labels`` + ``../shared/data``) and it
 the pipeline keeps one component). Without the shared data or labels it falls back to the bundled
 ``examples/sample_coins`` auto-labelled with ``trainer.seg_data.auto_label`` (photos the segmenter may have
 trained on: recorded in the JSON).
+
+Two more sets (v2): ``distractor`` - validation scenes that all hold 2-5 coins (touching, overlapping or apart;
+``SynthConfig.multi_coin_p = 1``), the target being the largest coin; ``handchecked`` - the real validation photos
+whose label was accepted by eye on a contact sheet (``--handchecked``, a CSV ``dataset,file,verdict,...``; rows
+with verdict ``accept``). ``--split-touching on|both`` also runs the post-processing that cuts a component into
+touching coins before keeping the largest (``coinvision.sdk.preprocess.split_touching_coins``).
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ DESIGN_REFERENCE = {"iou@0.3": 0.976, "iou@0.5": 0.960}
 DEFAULT_MODELS = ROOT / "models" / "release"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE_DATA = ROOT / "examples" / "sample_coins"
+HANDCHECKED = ROOT / "benchmarks" / "results" / "seg_handcheck.csv"
+DISTRACTOR_SEED_OFFSET = 2_000_003
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class SegModel:
     margin_frac: float = 0.15
     min_area_frac: float = 0.002
     pad_value: int = 0
+    split_touching: bool = False
 
 
 @dataclass
@@ -80,6 +91,8 @@ class EvalData:
     real: list[tuple[str, np.ndarray, np.ndarray]]  # (path, photo RGB at original size, mask)
     synth_size_px: int
     notes: list[str]
+    distractor: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)  # 2-5 coin scenes
+    handchecked: list[tuple[str, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -96,7 +109,8 @@ def torch_model(checkpoint: str | Path, num_threads: int = 1) -> SegModel:
     torch.set_num_threads(num_threads)
     model, cfg, ckpt = load_segmenter(checkpoint)
     return SegModel(f"torch {_rel(checkpoint)}", "torch", _rel(checkpoint), ckpt.fingerprint, "fp32",
-                    torch_predict_fn(model, cfg.input_spec), cfg.size_px, cfg.margin_frac)
+                    torch_predict_fn(model, cfg.input_spec), cfg.size_px, cfg.margin_frac,
+                    split_touching=cfg.split_touching)
 
 
 def exported_model(path: str | Path, num_threads: int = 1) -> SegModel:
@@ -113,7 +127,8 @@ def exported_model(path: str | Path, num_threads: int = 1) -> SegModel:
     return SegModel(f"{loaded.meta.runtime_format or Path(path).suffix[1:]} {Path(path).name}",
                     loaded.meta.runtime_format or Path(path).suffix[1:], _rel(path), loaded.meta.fingerprint,
                     loaded.meta.quantization, predict, size, float(extra.get("margin_frac", 0.15)),
-                    float(extra.get("min_area_frac", 0.002)), loaded.meta.input.pad_value)
+                    float(extra.get("min_area_frac", 0.002)), loaded.meta.input.pad_value,
+                    bool(extra.get("split_touching", False)))
 
 
 def discover_exported(models_dir: str | Path) -> list[Path]:
@@ -208,8 +223,17 @@ def _sample_fallback(sample_root: Path) -> tuple[list[Any], list[np.ndarray], st
     return items, backgrounds, f"examples/sample_coins auto-labelled ({len(items)} photos)"
 
 
+def read_handchecked(path: str | Path) -> set[tuple[str, str]]:
+    """``(dataset, file)`` of the rows of a hand-check CSV whose ``verdict`` is ``accept``."""
+    import csv
+
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        return {(row["dataset"], row["file"]) for row in csv.DictReader(fh) if row["verdict"].strip() == "accept"}
+
+
 def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: int | None = None,
-                   sample_root: Path = SAMPLE_DATA, force_sample: bool = False) -> EvalData:
+                   sample_root: Path = SAMPLE_DATA, force_sample: bool = False, n_distractor: int = 0,
+                   handchecked: str | Path | None = None) -> EvalData:
     """Real validation photos at original size and synthetic validation scenes (see the module docstring)."""
     from coinvision.sdk.errors import CoinVisionError
     from coinvision.sdk.imageio import load_image
@@ -236,7 +260,22 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
         synthetic.append((image, main_mask))
     real = [(str(it.image_path), load_image(it.image_path), load_mask(it.mask_path))
             for it in _sample(items, n_real, cfg.seed)]
-    return EvalData(source, synthetic, real, synth_size, notes)
+    distractor = []
+    if n_distractor:
+        multi = SynthConfig(**{**scene_cfg.synth.__dict__, "multi_coin_p": 1.0, "extra_coins_p": 0.0})
+        synth_d = val_scene_synthesizer(dataclasses.replace(scene_cfg, synth=multi,
+                                                            seed=cfg.seed + DISTRACTOR_SEED_OFFSET), coins, backgrounds)
+        for i in range(n_distractor):
+            image, _, main_mask = synth_d.scene(i)
+            distractor.append((image, main_mask))
+    checked = []
+    if handchecked is not None and Path(handchecked).is_file():
+        accepted = read_handchecked(handchecked)
+        checked = [(str(it.image_path), load_image(it.image_path), load_mask(it.mask_path)) for it in items
+                   if (it.dataset, it.file) in accepted]
+        notes.append(f"handchecked: {len(checked)} of {len(accepted)} accepted labels of {_rel(handchecked)} found in "
+                     "the validation split")
+    return EvalData(source, synthetic, real, synth_size, notes, distractor, checked)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -275,7 +314,8 @@ def evaluate_model(model: SegModel, images: Sequence[tuple[np.ndarray, np.ndarra
     for image, target in images:
         for t in thresholds:
             seg = two_pass_segment(image, predict, size_px=model.size_px, threshold=t, margin_frac=model.margin_frac,
-                                   min_area_frac=model.min_area_frac, pad_value=model.pad_value)
+                                   min_area_frac=model.min_area_frac, pad_value=model.pad_value,
+                                   split_touching=model.split_touching)
             for passes, mask in ((1, seg.first_pass_mask), (2, seg.mask)):
                 ious[(passes, t)].append(mask_iou(mask, target))
                 missed[(passes, t)] += mask is None
@@ -285,6 +325,11 @@ def evaluate_model(model: SegModel, images: Sequence[tuple[np.ndarray, np.ndarra
         key = f"{passes}_pass"
         out[key] = {f"iou@{t}": float(np.mean(ious[(passes, t)])) if images else float("nan") for t in thresholds}
         out[key].update({f"no_coin_frac@{t}": missed[(passes, t)] / max(1, len(images)) for t in thresholds})
+        spread = out[f"{key}_spread"] = {}  # per-image IoU: median, share of images below 0.9
+        spread.update({f"median_iou@{t}": float(np.median(ious[(passes, t)])) if images else float("nan")
+                       for t in thresholds})
+        spread.update({f"below_0.9@{t}": float(np.mean(np.asarray(ious[(passes, t)]) < 0.9)) if images else
+                       float("nan") for t in thresholds})
     return out
 
 
@@ -308,9 +353,13 @@ def _candidates(args: argparse.Namespace) -> tuple[list[tuple[str, Callable[[], 
         skipped.append({"model": "torch", "reason": f"no segmenter checkpoint ({wanted} not found)"})
     models_dir = Path(args.models)
     exported = discover_exported(models_dir)
+    if args.exported is not None:
+        exported = [p for p in exported if p.name in args.exported]
     for path in exported:
         loaders.append((str(path), lambda p=path: exported_model(p, args.threads)))
     for name in ("segmenter.onnx", "segmenter.tflite"):
+        if args.exported is not None and name not in args.exported:
+            continue
         if not (models_dir / name).is_file():
             skipped.append({"model": name, "reason": f"{_rel(models_dir / name)} not found"})
     return loaders, skipped
@@ -326,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-size-px", type=int, help="scene size (default: the config's, as in training)")
     parser.add_argument("--sample-data", action="store_true", help="use the bundled sample even if ../shared exists")
     parser.add_argument("--sample-root", default=str(SAMPLE_DATA), help="the bundled sample (fallback data)")
+    parser.add_argument("--exported", nargs="*", help="only these exported files of --models (e.g. segmenter.tflite)")
+    parser.add_argument("--distractor", type=int, default=0, help="2-5 coin validation scenes (default 0)")
+    parser.add_argument("--handchecked", default=str(HANDCHECKED),
+                        help="hand-check CSV (dataset,file,verdict); accepted validation photos form their own set")
+    parser.add_argument("--split-touching", choices=("off", "on", "both"), default="off",
+                        help="cut touching coins before keeping the largest (both: each model twice)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/segmentation.json)")
@@ -357,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     size_px = models[0].size_px
     cfg = data_config(ROOT / checkpoint if checkpoint else None, size_px if size_px % 32 == 0 else 128)
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
-                          force_sample=args.sample_data)
+                          force_sample=args.sample_data, n_distractor=args.distractor, handchecked=args.handchecked)
+    if args.split_touching != "off":
+        split = [dataclasses.replace(m, name=f"{m.name} +split", split_touching=True) for m in models]
+        models = split if args.split_touching == "on" else [v for pair in zip(models, split, strict=True) for v in pair]
     for note in data.notes:
         print(f"note: {note}", flush=True)
     print(f"data: {data.source}; {len(data.synthetic)} synthetic scenes ({data.synth_size_px} px), "
@@ -367,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "design_reference": DESIGN_REFERENCE, "thresholds": THRESHOLDS, "data_source": data.source,
         "data_notes": data.notes, "synthetic_scenes": len(data.synthetic), "synth_size_px": data.synth_size_px,
         "real_photos": len(data.real), "real_photo_paths": [_rel(p) for p, _, _ in data.real],
+        "distractor_scenes": len(data.distractor), "handchecked_photos": len(data.handchecked),
         "data_config": {"data_roots": cfg.data_roots, "labels_dir": cfg.labels_dir, "split_seed": cfg.split_seed,
                         "split_file": cfg.split_file, "seed": cfg.seed, "val_real": cfg.val_real},
         "models": [], "skipped": skipped,
@@ -382,16 +441,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {model.name}: {exc}", flush=True)
             continue
         entry = {"name": model.name, "runtime": model.runtime, "path": model.path, "fingerprint": model.fingerprint,
-                 "quantization": model.quantization, "size_px": model.size_px, "margin_frac": model.margin_frac}
-        for split, images in (("synthetic", data.synthetic), ("real", [(img, m) for _, img, m in data.real])):
+                 "quantization": model.quantization, "size_px": model.size_px, "margin_frac": model.margin_frac,
+                 "split_touching": model.split_touching}
+        sets = [("synthetic", data.synthetic), ("real", [(img, m) for _, img, m in data.real]),
+                ("distractor", data.distractor), ("handchecked", [(img, m) for _, img, m in data.handchecked])]
+        for split, images in sets:
+            if not images:
+                continue
             scores = evaluate_model(model, images)
             entry[split] = scores
             for passes in (1, 2):
-                s = scores[f"{passes}_pass"]
+                s = {**scores[f"{passes}_pass"], **scores[f"{passes}_pass_spread"]}
                 table.append({"model": model.name, "data": split, "passes": passes, "IoU@0.3": s["iou@0.3"],
                               "IoU@0.5": s["iou@0.5"], "no coin @0.5": s["no_coin_frac@0.5"], "images": len(images)})
-                print(f"  {model.name:<40} {split:<9} {passes} pass  IoU@0.3 {s['iou@0.3']:.4f}  IoU@0.5 "
-                      f"{s['iou@0.5']:.4f}  no coin {s['no_coin_frac@0.5']:.3f}  ({len(images)} images)", flush=True)
+                print(f"  {model.name:<40} {split:<11} {passes} pass  IoU@0.3 {s['iou@0.3']:.4f}  IoU@0.5 "
+                      f"{s['iou@0.5']:.4f}  median {s['median_iou@0.5']:.4f}  <0.9 {s['below_0.9@0.5']:.3f}  "
+                      f"no coin {s['no_coin_frac@0.5']:.3f}  ({len(images)} images)", flush=True)
         results["models"].append(entry)
     table.append({"model": "design reference (their data)", "data": "", "passes": 2,
                   "IoU@0.3": DESIGN_REFERENCE["iou@0.3"], "IoU@0.5": DESIGN_REFERENCE["iou@0.5"]})

@@ -25,6 +25,7 @@ __all__ = [
     "mean_unit_vector",
     "resize_square",
     "rotation_views",
+    "split_touching_coins",
     "square_bbox",
     "to_model_input",
     "two_pass_segment",
@@ -100,8 +101,12 @@ def to_model_input(square_rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
 
 
-def largest_component(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray | None:
-    """Keep only the largest 8-connected foreground component; ``None`` when it is below ``min_area_frac``."""
+def largest_component(
+    mask: np.ndarray, min_area_frac: float = 0.002, *, split_touching: bool = False
+) -> np.ndarray | None:
+    """Keep only the largest 8-connected foreground component; ``None`` when it is below ``min_area_frac``.
+    ``split_touching``: that component is first cut into its coins (:func:`split_touching_coins`) and the
+    largest coin is kept."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count <= 1:
         return None
@@ -109,7 +114,84 @@ def largest_component(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndar
     best = int(np.argmax(areas)) + 1
     if areas[best - 1] < min_area_frac * mask.size:
         return None
-    return labels == best
+    component = labels == best
+    return split_touching_coins(component) if split_touching else component
+
+
+def split_touching_coins(component: np.ndarray, *, min_peak_frac: float = 0.35, max_neck_frac: float = 0.8,
+                         max_solidity: float = 0.97, work_px: int = 96) -> np.ndarray:
+    """The largest coin of one connected mask that may hold several touching or overlapping coins.
+
+    Distance transform of the component (holes filled, so a holed coin stays one disc); its local maxima of at
+    least ``min_peak_frac`` of the highest one are the coins' centres, their distances the radii. Every pixel goes
+    to the centre of least power distance ``|p - c|^2 - r^2`` (for two overlapping discs the cut is exactly the
+    chord through their intersections). A cut is kept only where it is a neck: shorter than ``max_neck_frac`` of
+    the smaller side's diameter (two coins meet in a narrow waist; one coin with a flat edge or a finger notch
+    does not have one). A component that fills ``max_solidity`` of its convex hull is one coin and returned at
+    once; the split is computed on a copy at most ``work_px`` wide (the cut is that coarse, the outline is not).
+    Returns the largest part (within the mask), or the component unchanged."""
+    comp = component.astype(np.uint8)
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return component
+    outline = max(contours, key=cv2.contourArea)
+    if cv2.contourArea(outline) >= max_solidity * max(cv2.contourArea(cv2.convexHull(outline)), 1.0):
+        return component  # convex: one coin (the common case costs one contour pass)
+    x, y, w, h = cv2.boundingRect(outline)
+    scale = min(1.0, work_px / max(w, h))  # the centres are found on a small copy; pixels are assigned at full size
+    filled = np.zeros((h, w), np.uint8)
+    cv2.drawContours(filled, [outline - np.array([x, y])], -1, 1, thickness=cv2.FILLED)
+    small = filled if scale == 1.0 else cv2.resize(
+        filled, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_NEAREST)
+    dist = cv2.distanceTransform(small, cv2.DIST_L2, 5)
+    peak = float(dist.max())
+    if peak < 3.0:
+        return component
+    size = max(3, int(2 * round(min_peak_frac * peak) + 1))
+    local_max = (dist >= cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))) & (
+        dist >= min_peak_frac * peak)
+    count, peaks = cv2.connectedComponents(local_max.astype(np.uint8), connectivity=8)
+    if count <= 2:  # background label + one peak: one coin
+        return component
+    ys, xs = np.nonzero(small)
+    power = np.empty((count - 1, len(xs)), np.float32)
+    for k in range(1, count):
+        py, px = np.nonzero(peaks == k)
+        cy, cx, r = float(py.mean()), float(px.mean()), float(dist[py, px].max())
+        power[k - 1] = (xs - cx) ** 2 + (ys - cy) ** 2 - r * r
+    owner = np.full(small.shape, -1, np.int32)
+    owner[ys, xs] = np.argmin(power, axis=0)
+    regions = [owner == k for k in range(count - 1)]
+    # merge parts whose shared cut is not a neck (two peaks on one coin)
+    parent = list(range(len(regions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    kernel = np.ones((3, 3), np.uint8)
+    for i in range(len(regions)):
+        grown = cv2.dilate(regions[i].astype(np.uint8), kernel).astype(bool)
+        for j in range(i + 1, len(regions)):
+            cut = grown & regions[j]
+            if not cut.any():
+                continue
+            cy, cx = np.nonzero(cut)
+            neck = float(np.hypot(cx.max() - cx.min(), cy.max() - cy.min())) + 1.0
+            diameter = 2.0 * np.sqrt(min(regions[i].sum(), regions[j].sum()) / np.pi)
+            if neck >= max_neck_frac * diameter:
+                parent[root(j)] = root(i)
+    groups: dict[int, np.ndarray] = {}
+    for i, region in enumerate(regions):
+        groups[root(i)] = groups.get(root(i), np.zeros_like(region)) | region
+    if len(groups) <= 1:
+        return component
+    kept = max(groups.values(), key=lambda g: int(g.sum())).astype(np.uint8)
+    best = np.zeros(comp.shape, bool)
+    best[y : y + h, x : x + w] = kept.astype(bool) if scale == 1.0 else cv2.resize(
+        kept.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+    return best & component.astype(bool)
 
 
 def square_bbox(mask: np.ndarray, margin_frac: float) -> tuple[int, int, int, int]:
@@ -169,12 +251,15 @@ def two_pass_segment(
     pad_value: int = 0,
     two_pass: bool = True,
     min_second_pass_area_ratio: float = 0.5,
+    split_touching: bool = False,
 ) -> Segmentation:
     """The design's refinement: segment the whole photo, keep the largest component, crop a square around
     it with a margin, segment the crop again at full model resolution, paste back, keep the largest
-    component again. Small coins in big photos get the second look they need."""
+    component again. Small coins in big photos get the second look they need. ``split_touching`` (segmenter
+    metadata ``extra["split_touching"]``, default off): each largest component is cut into touching coins
+    first (:func:`split_touching_coins`)."""
     prob = _predict_on(image, predict, size_px, pad_value)
-    first = largest_component(prob >= threshold, min_area_frac)
+    first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
     if first is None:
         return Segmentation(mask=None, bbox=None, passes=1)
     if not two_pass:
@@ -188,7 +273,7 @@ def two_pass_segment(
     full[sy0:sy1, sx0:sx1] = crop_prob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
     # The second pass sees only the crop. When it loses the coin entirely, or keeps only a fragment of what the
     # first pass found (seen on small coins upscaled into the crop), the first pass is the better answer.
-    second = largest_component(full >= threshold, min_area_frac) if full.any() else None
+    second = largest_component(full >= threshold, min_area_frac, split_touching=split_touching) if full.any() else None
     lost = second is None or second.sum() < min_second_pass_area_ratio * first.sum()
     mask = first if lost else second
     return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first)

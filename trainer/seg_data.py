@@ -14,8 +14,13 @@ named function per step:
 
 Extras: :func:`punch_hole` (holed coins), :func:`occlude_with_finger`, smaller distractor coins
 (the largest coin is the one the pipeline keeps), :func:`random_letterbox` (the padding the inference
-letterbox adds). Every random choice flows from one ``numpy.random.Generator``, so a scene is a pure
-function of ``(seed, index)``.
+letterbox adds). Hard cases (v2): multi-coin scenes (:func:`place_coin`, 2-5 coins touching or overlapping,
+``SynthConfig.multi_coin_p``), :func:`skin_texture` backgrounds (a hand under the coin), :func:`add_glare`,
+:func:`cast_coin_shadow`, :func:`match_background_colour` (a coin of the background's colour).
+
+Real-photo labels: :func:`refine_label` grows a Hough circle to the coin's true outline with GrabCut,
+kept only where it agrees with the circle. Every random choice flows from one ``numpy.random.Generator``,
+so a scene is a pure function of ``(seed, index)``.
 """
 
 from __future__ import annotations
@@ -35,31 +40,39 @@ from coinvision.sdk.imageio import load_image
 from coinvision.sdk.preprocess import letterbox
 
 __all__ = [
+    "LABEL_MODES",
     "LabelResult",
     "LabelledImage",
     "SceneSynthesizer",
     "SynthConfig",
+    "add_glare",
     "auto_label",
+    "cast_coin_shadow",
     "contact_sheet",
     "crop_background",
     "jitter_background",
     "jitter_coin",
     "label_datasets",
     "load_mask",
+    "match_background_colour",
     "merge_with_mask",
     "noise_and_shadows",
     "occlude_with_finger",
     "pad_coin",
+    "place_coin",
     "procedural_texture",
     "punch_hole",
     "pyramid_blend",
     "random_letterbox",
     "read_label_manifest",
+    "refine_label",
+    "refine_labels",
+    "skin_texture",
 ]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("dataset", "file", "mask", "method", "cx", "cy", "radius", "score")
+MANIFEST_COLUMNS = ("dataset", "file", "mask", "method", "cx", "cy", "radius", "score", "refined")
 MIN_COVERAGE_RATIO = 1.0  # coin square : output area, at most 1:1 ...
 MAX_COVERAGE_RATIO = 36.0  # ... and at least 1:36
 
@@ -76,6 +89,7 @@ class LabelResult:
     circle: tuple[float, float, float] | None = None  # cx, cy, radius (px)
     score: float = 0.0  # hough: share of the circle's perimeter on an edge; contour: circularity
     reason: str = ""
+    refined: bool = False  # the mask is refine_label's GrabCut outline, not the circle / contour itself
 
 
 def _edge_support(grown_edges: np.ndarray, cx: float, cy: float, r: float) -> float:
@@ -151,15 +165,73 @@ def _contour_candidate(image: np.ndarray) -> tuple[np.ndarray, float] | None:
     return mask.astype(bool), circularity
 
 
-def auto_label(image: np.ndarray, *, min_edge_support: float = 0.35, min_circularity: float = 0.8) -> LabelResult:
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool)
+
+
+def refine_label(image: np.ndarray, circle: tuple[float, float, float], *, inner: float = 0.85,
+                 outer: float = 1.15, iterations: int = 3, min_iou: float = 0.85,
+                 work_px: int = 128) -> np.ndarray | None:
+    """GrabCut outline of the coin, initialised from its Hough ``circle`` (cx, cy, r): certain coin inside
+    ``inner * r``, certain background outside ``outer * r``, undecided in between (where a Hough circle that
+    clipped the rim, or a polygonal / scalloped edge, lies). The largest component, holes filled, is returned
+    only when it agrees with the circle (IoU >= ``min_iou``); ``None`` means keep the circle. GrabCut runs with
+    the longer side at most ``work_px`` (speed); the outline is resized back to the photo."""
+    src_h, src_w = image.shape[:2]
+    scale = min(1.0, work_px / max(src_h, src_w))
+    if scale < 1.0:
+        small = cv2.resize(image, (max(1, round(src_w * scale)), max(1, round(src_h * scale))),
+                           interpolation=cv2.INTER_AREA)
+        fg = refine_label(small, (circle[0] * scale, circle[1] * scale, circle[2] * scale), inner=inner,
+                          outer=outer, iterations=iterations, min_iou=min_iou, work_px=work_px)
+        if fg is None:
+            return None
+        soft = cv2.resize(fg.astype(np.float32), (src_w, src_h), interpolation=cv2.INTER_LINEAR)
+        return soft >= 0.5
+    cx, cy, r = circle
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+    gc = np.full((h, w), cv2.GC_BGD, np.uint8)
+    gc[dist < outer * r] = cv2.GC_PR_BGD
+    gc[dist < r] = cv2.GC_PR_FGD
+    gc[dist < inner * r] = cv2.GC_FGD
+    if not (gc == cv2.GC_BGD).any() or not (gc == cv2.GC_FGD).any():
+        return None  # the circle fills the photo: nothing to learn the background from
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return None
+    fg = _fill_holes(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+    disc = dist <= r
+    iou = float((fg & disc).sum() / max(1, (fg | disc).sum()))
+    return fg if iou >= min_iou else None
+
+
+def auto_label(image: np.ndarray, *, min_edge_support: float = 0.35, min_circularity: float = 0.8,
+               refine: bool = False) -> LabelResult:
     """Coin mask of a single-coin photo: Hough circle when its perimeter is backed by edges, else the
-    border-colour contour when it is round enough, else rejected."""
+    border-colour contour when it is round enough, else rejected. ``refine``: a Hough circle is replaced by
+    :func:`refine_label`'s GrabCut outline where the two agree."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(cv2.GaussianBlur(gray, (5, 5), 0), 50, 150)
     h, w = gray.shape
     circle = _hough_candidate(gray, edges)
     if circle is not None and circle[3] >= min_edge_support:
         cx, cy, r, score = circle
+        if refine:
+            refined = refine_label(image, (cx, cy, r))
+            if refined is not None:
+                return LabelResult(refined, "hough", (cx, cy, r), score, refined=True)
         mask = np.zeros((h, w), np.uint8)
         cv2.circle(mask, (round(cx), round(cy)), round(r), 1, thickness=cv2.FILLED)
         return LabelResult(mask.astype(bool), "hough", (cx, cy, r), score)
@@ -186,10 +258,11 @@ class LabelledImage:
 
 
 def label_datasets(
-    roots: Sequence[str | Path], out_dir: str | Path, *, progress: bool = True
+    roots: Sequence[str | Path], out_dir: str | Path, *, progress: bool = True, refine: bool = False
 ) -> tuple[list[LabelledImage], list[tuple[str, str, str]]]:
     """Auto-label every image of each dataset; masks go to ``out_dir/<dataset>/<file>.png`` (0/255) and
-    ``out_dir/manifest.csv`` lists them. Returns (labelled, rejected as (dataset, file, reason))."""
+    ``out_dir/manifest.csv`` lists them. ``refine``: GrabCut-refined outlines (:func:`refine_label`).
+    Returns (labelled, rejected as (dataset, file, reason))."""
     from coinvision.trainer.data import load_dataset
     from tqdm import tqdm
 
@@ -202,7 +275,7 @@ def label_datasets(
         ds = load_dataset(root)
         for img in tqdm(ds.images, desc=f"label {ds.name}", disable=not progress):
             rel = img.path.relative_to(ds.root).as_posix()
-            result = auto_label(load_image(img.path))
+            result = auto_label(load_image(img.path), refine=refine)
             if result.mask is None:
                 rejected.append((ds.name, rel, result.reason))
                 continue
@@ -212,7 +285,7 @@ def label_datasets(
             cv2.imwrite(str(mask_path), result.mask.astype(np.uint8) * 255)
             cx, cy, r = result.circle or (0.0, 0.0, 0.0)
             rows.append([ds.name, rel, mask_rel.as_posix(), result.method, f"{cx:.1f}", f"{cy:.1f}", f"{r:.1f}",
-                         f"{result.score:.3f}"])
+                         f"{result.score:.3f}", int(result.refined)])
             labelled.append(LabelledImage(ds.name, rel, img.path, mask_path, result.method, result.score))
     with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -224,6 +297,45 @@ def label_datasets(
         writer.writerows(rejected)
     log.info("auto-labelled %d images, rejected %d", len(labelled), len(rejected))
     return labelled, rejected
+
+
+def refine_labels(label_dir: str | Path, out_dir: str | Path, roots: Sequence[str | Path], *,
+                  progress: bool = True) -> tuple[int, int]:
+    """Copy of an auto-label folder whose Hough masks are replaced by :func:`refine_label` outlines where it
+    agrees with the circle (manifest column ``refined`` = 1); contour labels are copied as they are.
+    Returns (refined, kept)."""
+    from coinvision.trainer.data import load_dataset
+    from tqdm import tqdm
+
+    label_dir, out_dir = Path(label_dir), Path(out_dir)
+    dataset_roots = {ds.name: ds.root for ds in (load_dataset(r, verify_images=False) for r in roots)}
+    with (label_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    refined = kept = 0
+    out_rows = []
+    for row in tqdm(rows, desc="refine labels", disable=not progress):
+        root = dataset_roots.get(row["dataset"])
+        if root is None:
+            continue
+        mask = load_mask(label_dir / row["mask"])
+        new = None
+        if row["method"] == "hough":
+            new = refine_label(load_image(root / row["file"]),
+                               (float(row["cx"]), float(row["cy"]), float(row["radius"])))
+        refined += new is not None
+        kept += new is None
+        target = out_dir / row["mask"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), (mask if new is None else new).astype(np.uint8) * 255)
+        out_rows.append({**{k: row.get(k, "") for k in MANIFEST_COLUMNS}, "refined": int(new is not None)})
+    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(out_rows)
+    if (label_dir / "rejected.csv").is_file():
+        (out_dir / "rejected.csv").write_bytes((label_dir / "rejected.csv").read_bytes())
+    log.info("refined %d labels, kept %d", refined, kept)
+    return refined, kept
 
 
 def read_label_manifest(label_dir: str | Path, dataset_roots: dict[str, Path]) -> list[LabelledImage]:
@@ -250,18 +362,29 @@ def load_mask(path: str | Path) -> np.ndarray:
     return mask > 127
 
 
-def contact_sheet(items: Sequence[LabelledImage], out_png: str | Path, *, tile_px: int = 128, cols: int = 10) -> Path:
-    """Image + mask overlay tiles (outside the mask dimmed, outline in green) for eyeballing the labels."""
+def contact_sheet(items: Sequence[LabelledImage], out_png: str | Path, *, tile_px: int = 128, cols: int = 10,
+                  reference_masks: Sequence[str | Path] | None = None, first_number: int | None = None) -> Path:
+    """Image + mask overlay tiles (outside the mask dimmed, outline in green) for eyeballing the labels.
+
+    ``reference_masks`` (one per item, e.g. the unrefined Hough circles) are outlined in red under the green
+    one; ``first_number`` writes a running number on each tile (for hand-check lists)."""
+    if reference_masks is not None and len(reference_masks) != len(items):
+        raise ValueError(f"{len(reference_masks)} reference masks for {len(items)} items; pass one per item")
     tiles = []
-    for item in items:
+    for k, item in enumerate(items):
         image = load_image(item.image_path)
         mask = load_mask(item.mask_path)
         overlay = image.copy()
         overlay[~mask] = (0.35 * overlay[~mask]).astype(np.uint8)  # background dimmed, coin untouched
+        if reference_masks is not None:
+            ref = load_mask(reference_masks[k]).astype(np.uint8)
+            contours, _ = cv2.findContours(ref, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(overlay, contours, -1, (255, 0, 0), 1)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(overlay, contours, -1, (0, 255, 0), 1)
         tile, _ = letterbox(overlay, tile_px)
-        cv2.putText(tile, item.method[0], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
+        label = item.method[0] if first_number is None else f"{first_number + k} {item.method[0]}"
+        cv2.putText(tile, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
         tiles.append(tile)
     if not tiles:
         raise DatasetError("contact sheet: no labelled images to show")
@@ -316,16 +439,27 @@ def pad_coin(
     lo, hi = coverage_ratio
     ratio = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     side = max(4, min(size_px, round(size_px / math.sqrt(ratio))))
-    coin_r = cv2.resize(coin, (side, side), interpolation=cv2.INTER_AREA if side < coin.shape[0] else cv2.INTER_LINEAR)
-    mask_r = cv2.resize(mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST).astype(bool)
     x0 = int(rng.integers(0, size_px - side + 1))
     y0 = int(rng.integers(0, size_px - side + 1))
+    canvas, canvas_mask = place_coin(coin, mask, size_px, side, x0, y0)
+    return canvas, canvas_mask, (size_px * size_px) / (side * side)
+
+
+def place_coin(coin: np.ndarray, mask: np.ndarray, size_px: int, side: int, x0: int,
+               y0: int) -> tuple[np.ndarray, np.ndarray]:
+    """The square coin layer resized to ``side`` with its top-left corner at ``(x0, y0)`` of a black
+    ``size_px`` canvas; parts past the canvas edge are cut off. Returns (canvas RGB, canvas mask)."""
+    side = max(4, int(side))
+    coin_r = cv2.resize(coin, (side, side), interpolation=cv2.INTER_AREA if side < coin.shape[0] else cv2.INTER_LINEAR)
+    mask_r = cv2.resize(mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST).astype(bool)
     coin_r[~mask_r] = 0  # resampling bleeds coin colour past the (nearest-neighbour) mask edge
     canvas = np.zeros((size_px, size_px, 3), np.uint8)
     canvas_mask = np.zeros((size_px, size_px), bool)
-    canvas[y0 : y0 + side, x0 : x0 + side] = coin_r
-    canvas_mask[y0 : y0 + side, x0 : x0 + side] = mask_r
-    return canvas, canvas_mask, (size_px * size_px) / (side * side)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + side, size_px), min(y0 + side, size_px)
+    if cx1 > cx0 and cy1 > cy0:
+        canvas[cy0:cy1, cx0:cx1] = coin_r[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        canvas_mask[cy0:cy1, cx0:cx1] = mask_r[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return canvas, canvas_mask
 
 
 def procedural_texture(size_px: int, rng: np.random.Generator) -> np.ndarray:
@@ -353,6 +487,67 @@ def procedural_texture(size_px: int, rng: np.random.Generator) -> np.ndarray:
     field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
     c0, c1 = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
     out = c0[None, None, :] * (1 - field[..., None]) + c1[None, None, :] * field[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def skin_texture(size_px: int, rng: np.random.Generator) -> np.ndarray:
+    """A palm under the coin: smooth skin tones with soft shading and faint creases."""
+    field = np.zeros((size_px, size_px), np.float32)
+    for octave in (2, 4, 8):
+        small = rng.random((octave, octave)).astype(np.float32)
+        field += cv2.resize(small, (size_px, size_px), interpolation=cv2.INTER_CUBIC) / octave
+    field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
+    skin = np.array([rng.uniform(150, 240), rng.uniform(100, 185), rng.uniform(75, 155)], np.float32)
+    out = skin[None, None, :] * (0.7 + 0.4 * field[..., None])
+    for _ in range(int(rng.integers(0, 4))):  # palm creases
+        p0 = tuple(int(v) for v in rng.integers(0, size_px, 2))
+        p1 = tuple(int(v) for v in rng.integers(0, size_px, 2))
+        crease = np.zeros((size_px, size_px), np.float32)
+        cv2.line(crease, p0, p1, 1.0, thickness=max(1, size_px // 96))
+        out *= 1.0 - 0.25 * cv2.GaussianBlur(crease, (0, 0), 1.0)[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def add_glare(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A soft specular highlight on the coin (a lamp or window reflected by the metal); the mask is unchanged."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return image
+    r = math.sqrt(len(xs) / math.pi)
+    k = int(rng.integers(0, len(xs)))
+    blob = np.zeros(mask.shape, np.float32)
+    axes = (max(1, round(r * rng.uniform(0.15, 0.5))), max(1, round(r * rng.uniform(0.05, 0.25))))
+    cv2.ellipse(blob, (int(xs[k]), int(ys[k])), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, thickness=cv2.FILLED)
+    blob = cv2.GaussianBlur(blob, (0, 0), max(1.0, axes[1] / 2)) * mask * rng.uniform(0.5, 0.95)
+    out = image.astype(np.float32) * (1 - blob[..., None]) + 255.0 * blob[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def cast_coin_shadow(background: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Darken the background under a soft, offset copy of the coin's mask (its drop shadow)."""
+    area = int(mask.sum())
+    if area == 0:
+        return background
+    r = math.sqrt(area / math.pi)
+    angle = rng.uniform(0, 2 * math.pi)
+    shift = r * rng.uniform(0.05, 0.25)
+    matrix = np.float32([[1, 0, shift * math.cos(angle)], [0, 1, shift * math.sin(angle)]])
+    h, w = mask.shape
+    shadow = cv2.warpAffine(mask.astype(np.float32), matrix, (w, h))
+    shadow = cv2.GaussianBlur(shadow, (0, 0), max(1.0, r * rng.uniform(0.05, 0.2)))
+    out = background.astype(np.float32) * (1 - rng.uniform(0.3, 0.6) * shadow[..., None])
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def match_background_colour(background: np.ndarray, coin: np.ndarray, mask: np.ndarray,
+                            rng: np.random.Generator) -> np.ndarray:
+    """Shift the background's mean colour onto the coin's (a brass coin on a wooden table, a silver coin on
+    grey stone), keeping the background's texture."""
+    if not mask.any():
+        return background
+    bg = background.astype(np.float32)
+    target = coin[mask].astype(np.float32).mean(axis=0) + rng.normal(0, 8, 3)
+    out = bg - bg.reshape(-1, 3).mean(axis=0) + target
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -496,24 +691,64 @@ def random_letterbox(image: np.ndarray, mask: np.ndarray, rng: np.random.Generat
     return out_img, out_mask > 0
 
 
+LABEL_MODES = ("all", "largest")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
+    """Scene recipe. The v2 hard cases default to off (probability 0), so older configs make the same scenes."""
+
     size_px: int = 128
     coverage_ratio: tuple[float, float] = (MIN_COVERAGE_RATIO, MAX_COVERAGE_RATIO)
     procedural_bg_p: float = 0.3
-    extra_coins_p: float = 0.25  # smaller distractor coins in the scene
+    extra_coins_p: float = 0.25  # smaller distractor coins in the scene, never touching the main one
     hole_p: float = 0.08
     finger_p: float = 0.15
     letterbox_p: float = 0.2
     blend_levels: int = 3
+    # v2 hard cases
+    multi_coin_p: float = 0.0  # 2-5 coins, touching / overlapping / apart, the main one the largest
+    multi_coins: tuple[int, int] = (2, 5)  # coins in a multi-coin scene, main included
+    touch_p: float = 0.7  # a multi-coin scene's extra coin is placed against an earlier coin (else anywhere)
+    on_top_p: float = 0.3  # an extra coin lies over the coins placed before it (else under them)
+    other_area: tuple[float, float] = (0.3, 0.8)  # extra coin area : main coin area
+    skin_bg_p: float = 0.0  # the coin lies on a palm
+    glare_p: float = 0.0
+    coin_shadow_p: float = 0.0
+    bg_match_p: float = 0.0  # background recoloured to the coin's colour
+
+    def __post_init__(self) -> None:
+        lo, hi = self.multi_coins
+        if not 2 <= lo <= hi:
+            raise ValueError(f"multi_coins={self.multi_coins}: need 2 <= min <= max")
+        if not 0.0 < self.other_area[0] <= self.other_area[1] < 1.0:
+            raise ValueError(f"other_area={self.other_area}: need 0 < min <= max < 1 (the main coin is the largest)")
+
+
+MAX_OTHER_VISIBLE = 0.8  # in a multi-coin scene every other coin shows at most this share of the main coin's area
+
+
+def _visible_masks(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """What each of the bottom-to-top layer ``masks`` shows once the layers above it are drawn."""
+    above = np.zeros_like(masks[0])
+    visible = []
+    for mask in reversed(masks):
+        visible.append(mask & ~above)
+        above = above | mask
+    return visible[::-1]
+
+
+def _chance(rng: np.random.Generator, p: float) -> bool:
+    """``p`` == 0 draws nothing, so adding an option leaves the scenes of configs without it unchanged."""
+    return p > 0 and rng.random() < p
 
 
 class SceneSynthesizer:
     """Deterministic scene generator: ``scene(i)`` depends only on ``(seed, i)`` and the inputs.
 
-    ``coins`` are (image RGB, bool mask) pairs of real photos; ``backgrounds`` are coin-free photos. The label
-    marks every coin in the scene (the pipeline later keeps the largest); ``scene`` also returns the mask of
-    the main (largest) coin alone for evaluating the largest-component rule.
+    ``coins`` are (image RGB, bool mask) pairs of real photos; ``backgrounds`` are coin-free photos. ``scene``
+    returns the mask of every coin in the scene and the mask of the main (largest visible) coin alone: the
+    coin the pipeline must keep. Which of the two a model learns is ``SegmenterConfig.label``.
     """
 
     def __init__(self, coins: Sequence[tuple[np.ndarray, np.ndarray]], backgrounds: Sequence[np.ndarray],
@@ -525,38 +760,102 @@ class SceneSynthesizer:
         self.cfg = cfg
         self.seed = seed
 
-    def _coin_layer(self, rng: np.random.Generator, coverage: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _pick_coin(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         coin, mask = self.coins[int(rng.integers(0, len(self.coins)))]
         if rng.random() < self.cfg.hole_p:
             coin, mask = punch_hole(coin, mask, rng)
+        return coin, mask
+
+    def _coin_layer(self, rng: np.random.Generator, coverage: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        coin, mask = self._pick_coin(rng)
         canvas, canvas_mask, _ = pad_coin(coin, mask, self.cfg.size_px, rng, coverage_ratio=coverage)
         return jitter_coin(canvas, canvas_mask, rng)
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.cfg
+        if _chance(rng, cfg.skin_bg_p):
+            return jitter_background(skin_texture(cfg.size_px, rng), rng)
+        return jitter_background(crop_background(self.backgrounds, cfg.size_px, rng,
+                                                 procedural_p=cfg.procedural_bg_p), rng)
+
+    def _multi_coin_layers(self, rng: np.random.Generator) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """Bottom-to-top coin layers of a 2-5 coin scene and the main coin's index among them. Extra coins are
+        smaller (``other_area``) and touch, overlap or lie apart from the earlier ones; one whose visible part
+        comes within ``MAX_OTHER_VISIBLE`` of the main coin's visible area is left out, so "the largest coin"
+        is never a close call."""
+        cfg, size = self.cfg, self.cfg.size_px
+        lo = max(cfg.coverage_ratio[0], 3.0)
+        hi = max(lo * 1.01, min(cfg.coverage_ratio[1], 25.0))
+        ratio = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        main_side = max(8, round(size / math.sqrt(ratio)))
+        coin, mask = jitter_coin(*self._pick_coin(rng), rng)
+        x0 = int(rng.integers(0, size - main_side + 1))
+        y0 = int(rng.integers(0, size - main_side + 1))
+        placed = [(x0 + main_side / 2, y0 + main_side / 2, main_side / 2)]  # centre x, y, radius
+        layers = [(True, *place_coin(coin, mask, size, main_side, x0, y0))]  # (is_main, rgb, mask)
+        for _ in range(int(rng.integers(cfg.multi_coins[0], cfg.multi_coins[1] + 1)) - 1):
+            side = max(6, round(main_side * math.sqrt(rng.uniform(*cfg.other_area))))
+            coin, mask = jitter_coin(*self._pick_coin(rng), rng)
+            if rng.random() < cfg.touch_p:
+                ax, ay, ar = placed[int(rng.integers(0, len(placed)))]
+                angle = rng.uniform(0, 2 * math.pi)
+                dist = (ar + side / 2) * rng.uniform(0.65, 1.04)  # overlapping ... just touching
+                cx, cy = ax + dist * math.cos(angle), ay + dist * math.sin(angle)
+            else:
+                cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+            layer = (False, *place_coin(coin, mask, size, side, round(cx - side / 2), round(cy - side / 2)))
+            if rng.random() < cfg.on_top_p:
+                layers.append(layer)
+            else:
+                layers.insert(0, layer)
+            placed.append((cx, cy, side / 2))
+        while True:
+            visible = _visible_masks([m for _, _, m in layers])
+            main = next(i for i, layer in enumerate(layers) if layer[0])
+            main_area = int(visible[main].sum())
+            worst = max((i for i in range(len(layers)) if i != main), key=lambda i: int(visible[i].sum()),
+                        default=None)
+            if worst is None or visible[worst].sum() <= MAX_OTHER_VISIBLE * main_area:
+                return [(rgb, m) for _, rgb, m in layers], main
+            layers.pop(worst)
 
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image RGB uint8 SxSx3, mask of all coins bool SxS, mask of the largest coin bool SxS)."""
         rng = np.random.default_rng([self.seed, index])
         cfg = self.cfg
-        background = jitter_background(crop_background(self.backgrounds, cfg.size_px, rng,
-                                                       procedural_p=cfg.procedural_bg_p), rng)
-        coin, main_mask = self._coin_layer(rng, cfg.coverage_ratio)
-        layers = [(coin, main_mask)]
-        if rng.random() < cfg.extra_coins_p and main_mask.any():
-            main_ratio = cfg.size_px**2 / max(1, main_mask.sum())
-            for _ in range(int(rng.integers(1, 3))):
-                # distractors are at most half the main coin's area so the largest-coin rule is well defined
-                lo = max(cfg.coverage_ratio[0], main_ratio * 2.5)
-                extra, extra_mask = self._coin_layer(rng, (lo, max(lo * 1.01, min(lo * 6.0, 150.0))))
-                # a gap of background around the main coin: touching coins would merge into one component
-                extra_mask &= ~cv2.dilate(main_mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-                layers.append((extra, extra_mask))
+        background = self._background(rng)
+        if _chance(rng, cfg.multi_coin_p):
+            stack, main_index = self._multi_coin_layers(rng)  # bottom to top
+        else:
+            coin, main_mask = self._coin_layer(rng, cfg.coverage_ratio)
+            layers = [(coin, main_mask)]
+            if rng.random() < cfg.extra_coins_p and main_mask.any():
+                main_ratio = cfg.size_px**2 / max(1, main_mask.sum())
+                for _ in range(int(rng.integers(1, 3))):
+                    # distractors are at most half the main coin's area so the largest-coin rule is well defined
+                    lo = max(cfg.coverage_ratio[0], main_ratio * 2.5)
+                    extra, extra_mask = self._coin_layer(rng, (lo, max(lo * 1.01, min(lo * 6.0, 150.0))))
+                    # a gap of background around the main coin: touching coins would merge into one component
+                    extra_mask &= ~cv2.dilate(main_mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+                    layers.append((extra, extra_mask))
+            stack, main_index = layers[::-1], len(layers) - 1  # main coin last, on top
+        full_mask = np.zeros((cfg.size_px, cfg.size_px), bool)
+        for _, layer_mask in stack:
+            full_mask |= layer_mask
+        if _chance(rng, cfg.bg_match_p):
+            background = match_background_colour(background, *stack[main_index], rng)
+        if _chance(rng, cfg.coin_shadow_p):
+            background = cast_coin_shadow(background, full_mask, rng)
         image = background
-        full_mask = np.zeros_like(main_mask)
-        for layer, layer_mask in reversed(layers):  # main coin last, on top
+        for layer, layer_mask in stack:
             image = pyramid_blend(merge_with_mask(layer, image, layer_mask), image, layer_mask, cfg.blend_levels)
-            full_mask = (full_mask & ~layer_mask) | layer_mask
+        main_mask = _visible_masks([m for _, m in stack])[main_index]
         if rng.random() < cfg.finger_p:
-            image, main_mask = occlude_with_finger(image, main_mask, rng)
-            full_mask = full_mask & ~(layers[0][1] & ~main_mask)
+            image, occluded = occlude_with_finger(image, main_mask, rng)
+            full_mask = full_mask & ~(main_mask & ~occluded)
+            main_mask = occluded
+        if _chance(rng, cfg.glare_p):
+            image = add_glare(image, main_mask, rng)
         image = noise_and_shadows(image, rng)
         if rng.random() < cfg.letterbox_p:
             stacked = np.stack([full_mask, main_mask], axis=-1).astype(np.uint8)

@@ -32,6 +32,7 @@ from coinvision.sdk.preprocess import InputSpec, Segmentation, letterbox, to_mod
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.seg_data import (
+    LABEL_MODES,
     LabelledImage,
     SceneSynthesizer,
     SynthConfig,
@@ -70,6 +71,7 @@ class SegmenterConfig:
     size_px: int = 128
     threshold: float = 0.5  # release probability threshold
     margin_frac: float = 0.15  # two-pass crop margin per side
+    split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
     backgrounds_root: str | None = None
@@ -78,6 +80,7 @@ class SegmenterConfig:
     split_seed: int = 0
     real_train_frac: float = 0.3  # share of training samples that are real auto-labelled photos
     synth: SynthConfig = field(default_factory=SynthConfig)
+    label: str = "all"  # what a synthetic scene's label marks: "all" coins, or only the "largest" (the kept one)
     val_synthetic: int = 200
     val_real: int = 300
     # optimisation
@@ -96,6 +99,8 @@ class SegmenterConfig:
             raise ValueError(f"size_px={self.size_px}: the U-Net needs a multiple of 32")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold}: must be in (0, 1)")
+        if self.label not in LABEL_MODES:
+            raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
         if not 0.0 <= self.real_train_frac <= 1.0:
             raise ValueError(f"real_train_frac={self.real_train_frac}: must be in [0, 1]")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
@@ -146,7 +151,8 @@ def segmenter_metadata(cfg: SegmenterConfig, fingerprint: str) -> ModelMetadata:
         output="mask_logits",
         threshold=cfg.threshold,
         runtime_format="torch",
-        extra={"margin_frac": cfg.margin_frac, "decoder_channels": list(cfg.decoder_channels)},
+        extra={"margin_frac": cfg.margin_frac, "decoder_channels": list(cfg.decoder_channels),
+               **({"split_touching": True} if cfg.split_touching else {})},
     )
 
 
@@ -163,7 +169,8 @@ def torch_predict_fn(model: nn.Module, spec: InputSpec, device: str | torch.devi
 
 def segment_image(model: nn.Module, cfg: SegmenterConfig, image: np.ndarray, *, two_pass: bool = True) -> Segmentation:
     return two_pass_segment(image, torch_predict_fn(model, cfg.input_spec), size_px=cfg.size_px,
-                            threshold=cfg.threshold, margin_frac=cfg.margin_frac, two_pass=two_pass)
+                            threshold=cfg.threshold, margin_frac=cfg.margin_frac, two_pass=two_pass,
+                            split_touching=cfg.split_touching)
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -224,9 +231,10 @@ class SegTrainSet(torch.utils.data.Dataset):
     pure functions of ``(seed, index)``."""
 
     def __init__(self, synth: SceneSynthesizer, real: Sequence[tuple[np.ndarray, np.ndarray]], real_frac: float,
-                 spec: InputSpec, seed: int, length: int) -> None:
+                 spec: InputSpec, seed: int, length: int, label: str = "all") -> None:
         self.synth, self.real, self.real_frac, self.spec, self.seed, self.length = (
             synth, list(real), real_frac, spec, seed, length)
+        self.label = label
 
     def __len__(self) -> int:
         return self.length
@@ -239,7 +247,8 @@ class SegTrainSet(torch.utils.data.Dataset):
             out = _REAL_AUGMENT(image=image, mask=mask.astype(np.uint8))
             image, mask = out["image"], out["mask"] > 0
         else:
-            image, mask, _ = self.synth.scene(index)
+            image, all_coins, largest = self.synth.scene(index)
+            mask = largest if self.label == "largest" else all_coins
         return _to_tensor(image, mask, self.spec)
 
 
@@ -359,7 +368,9 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
 
     train_synth = SceneSynthesizer(data.train_coins, data.train_backgrounds, cfg.synth, seed=cfg.seed)
     val_synth = val_scene_synthesizer(cfg, data.val_coins or data.train_coins, data.val_backgrounds)
-    val_syn_x, val_syn_y = _stack([val_synth.scene(i)[:2] for i in range(cfg.val_synthetic)], spec)
+    val_scenes = [val_synth.scene(i) for i in range(cfg.val_synthetic)]
+    val_syn_x, val_syn_y = _stack([(img, largest if cfg.label == "largest" else all_coins)
+                                   for img, all_coins, largest in val_scenes], spec)
     val_real_pairs = [letterbox_pair(i, m, cfg.size_px) for i, m in data.val_coins] or [
         letterbox_pair(i, m, cfg.size_px) for i, m in data.train_coins[: cfg.val_real]]
     val_real_x, val_real_y = _stack(val_real_pairs, spec)
@@ -387,7 +398,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     for epoch in range(start_epoch, cfg.epochs):
         # epoch e uses sample indices [e*N, (e+1)*N): new scenes each epoch, same ones after a resume
         train_set = SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, cfg.seed,
-                                length=(epoch + 1) * samples_per_epoch)
+                                length=(epoch + 1) * samples_per_epoch, label=cfg.label)
         indices = list(range(epoch * samples_per_epoch, (epoch + 1) * samples_per_epoch))
         random.Random(cfg.seed + epoch).shuffle(indices)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, indices), batch_size=cfg.batch_size,
@@ -454,10 +465,11 @@ class SegmenterRunner:
     size_px: int
     threshold: float
     margin_frac: float
+    split_touching: bool = False
 
     def segment(self, image: np.ndarray, *, two_pass: bool = True) -> Segmentation:
         return two_pass_segment(image, self.predict, size_px=self.size_px, threshold=self.threshold,
-                                margin_frac=self.margin_frac, two_pass=two_pass)
+                                margin_frac=self.margin_frac, two_pass=two_pass, split_touching=self.split_touching)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -472,7 +484,8 @@ def load_runner(models_dir: str | Path, runtime: str = "torch", num_threads: int
     if runtime == "torch":
         torch.set_num_threads(num_threads)
         model, cfg, _ = load_segmenter(models_dir / "segmenter.pt")
-        return SegmenterRunner(torch_predict_fn(model, cfg.input_spec), cfg.size_px, cfg.threshold, cfg.margin_frac)
+        return SegmenterRunner(torch_predict_fn(model, cfg.input_spec), cfg.size_px, cfg.threshold, cfg.margin_frac,
+                               cfg.split_touching)
     path = models_dir / f"segmenter.{runtime}"
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist; export the segmenter first (coinvision export ...)")
@@ -487,7 +500,8 @@ def load_runner(models_dir: str | Path, runtime: str = "torch", num_threads: int
         return _sigmoid(np.asarray(run(square), np.float32).reshape(spec.size_px, spec.size_px))
 
     margin = float(meta.extra.get("margin_frac", 0.15))
-    return SegmenterRunner(predict, spec.size_px, float(meta.threshold or 0.5), margin)
+    return SegmenterRunner(predict, spec.size_px, float(meta.threshold or 0.5), margin,
+                           bool(meta.extra.get("split_touching", False)))
 
 
 def segment_folder(image_dir: str | Path, out_dir: str | Path, *, runtime: str = "tflite",
