@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/data
+WEIGHTS ?= ../shared/weights
 # pip must take PyPI's torch 2.13.0 + torchvision 0.28.0 pair: a machine-local CPU-only torch wheel
 # (pip.conf find-links) does not match PyPI's torchvision and `import timm` then fails.
 PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo bench release-models clean
+.PHONY: install test lint demo bench models release-models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,26 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all --quick
+
+# The whole release from the shared data on a fresh clone, one command, resumable (each training step continues
+# from its last.pt; the crop cache and labels are reused): ImageNet weights from the packages, segmentation labels,
+# segmenter, embedder (its crop cache comes from that segmenter), export + parity + assembly (release-models).
+# The GPU is used when present (device: auto). Override the configs to change the recipe.
+SEG_CONFIG ?= trainer/configs/segmenter_mobilenetv2.yaml
+EMB_CONFIG ?= trainer/configs/embedder_lite0_release.yaml
+SEG_OUT ?= runs/segmenter/models
+EMB_OUT ?= runs/embedder/models
+
+models: install
+	$(BIN)/coinvision pretrained port-lite --variant lite0 --out runs/pretrained/tf_efficientnet_lite0.pth
+	test -f runs/pretrained/mobilenetv2_100_imagenet.pth || $(BIN)/coinvision pretrained port-mobilenetv2 \
+		--tflite $(WEIGHTS)/mobilenet_v2_1.0_224_quant.tflite --out runs/pretrained/mobilenetv2_100_imagenet.pth \
+		--check-images $(DATA)/coins211/images
+	test -f runs/seg_labels/manifest.csv || $(BIN)/coinvision data seg-labels $(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels
+	$(BIN)/coinvision train segmenter --config $(SEG_CONFIG) --resume --set out_dir=$(SEG_OUT)
+	$(BIN)/coinvision train embedder --config $(EMB_CONFIG) --resume --set out_dir=$(EMB_OUT) \
+		segmenter_checkpoint=$(SEG_OUT)/best.pt segmenter_models_dir=null
+	$(MAKE) release-models SEG_CKPT=$(SEG_OUT)/best.pt EMB_CKPT=$(EMB_OUT)/best.pt
 
 # Release models (the checkpoints models/release/README.md describes): export them, then assemble models/release
 # (converters/release.py: what ships, under 40 MB; the model card stays). int8 calibration uses photos of TRAINING

@@ -24,12 +24,11 @@ OUT_PNG = Path(__file__).parent / "results" / "embedder_recipes_cmc.png"
 BASE_CONFIG = Path("trainer/configs/embedder_lite0.yaml")
 CMC_KS = tuple(range(1, 21))
 
-# name -> overrides of the base config. Validation during training uses one view (fast); the table scores
-# each run's best.pt with 1 and 4 views.
+# name -> overrides of the base config; each run's best.pt is scored with 1 and 4 rotated views.
 RECIPES: dict[str, dict[str, Any]] = {
     "arcface_pca": {},
     "arcface_mlp_random": {"head_init": "random", "head_hidden_dims": [512], "head_dropout": 0.1},
-    "arcface_pca_distill": {"distill_weight": 10.0},
+    "arcface_pca_distill": {"distill_weight": 30.0},
     "arcface_pca_128d": {"embedding_dim": 128},
     "subcenter_arcface_pca": {"loss": "subcenter_arcface"},
     "triplet_semihard": {"loss": "triplet", "sampler": "m_per_class"},
@@ -37,17 +36,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "proxy_anchor": {"loss": "proxy_anchor", "lr_head": 0.01},
     "softmax_center": {"loss": "softmax_center"},
 }
-TRAIN_DEFAULTS = {"embed_rotations": 1}
 
 
-def _score(model: Any, cfg: Any, data: Any, rotations: int) -> dict[str, Any]:
-    import torch
-    from coinvision.trainer.embedder import embed_samples
+def _score(feed: Any, model: Any, data: Any, rotations: int) -> dict[str, Any]:
     from coinvision.trainer.retrieval import evaluate_retrieval
 
-    device = torch.device("cpu")
-    emb = {s: embed_samples(model, getattr(data, s), cfg, device, rotations=rotations)
-           for s in ("query", "catalog", "distractors")}
+    emb = {s: feed.embed(model, s, rotations=rotations) for s in ("query", "catalog", "distractors")}
     q_labels, c_labels = [s.class_key for s in data.query], [s.class_key for s in data.catalog]
     unseen = evaluate_retrieval(emb["query"], q_labels, emb["catalog"], c_labels, ks=CMC_KS,
                                 query_groups=[s.dataset for s in data.query])
@@ -62,45 +56,44 @@ def _score(model: Any, cfg: Any, data: Any, rotations: int) -> dict[str, Any]:
     }
 
 
-def _frozen_start(cfg: Any, data: Any) -> Any:
-    """The model as every PCA recipe starts it: frozen backbone + PCA head."""
-    import torch
-    from coinvision.trainer.emb_losses import build_loss
-    from coinvision.trainer.embedder import build_embedder, init_head_from_pca
-
-    model = build_embedder(cfg)
-    init_head_from_pca(model, build_loss(cfg, len(data.class_keys)), data.train,
-                       [data.label_of(s) for s in data.train], cfg, torch.device("cpu"))
-    return model
-
-
 def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     import torch
     from coinvision.sdk.config_io import resolve_config
     from coinvision.trainer.emb_data import load_embedding_data
-    from coinvision.trainer.embedder import EmbedderConfig, load_embedder, train_embedder
+    from coinvision.trainer.emb_losses import build_loss
+    from coinvision.trainer.embedder import (
+        EmbedderConfig,
+        build_embedder,
+        init_head_from_pca,
+        load_embedder,
+        make_feed,
+        train_embedder,
+    )
 
-    base = resolve_config(EmbedderConfig, BASE_CONFIG, {**TRAIN_DEFAULTS, **overrides})
+    base = resolve_config(EmbedderConfig, BASE_CONFIG, overrides)
     torch.set_num_threads(base.num_threads)
+    device = torch.device("cpu")
     data = load_embedding_data(base, progress=False)
     rows = []
     previous = {r["recipe"]: r for r in json.loads(OUT_JSON.read_text())["rows"]} if OUT_JSON.is_file() else {}
     for name in ["frozen_pca_start", *names]:
         started = time.time()
-        if name == "frozen_pca_start":
-            cfg, model, epoch = base, _frozen_start(base, data), 0
-            recipe: dict[str, Any] = {"head_init": "pca", "epochs": 0}
+        if name == "frozen_pca_start":  # the model every PCA recipe starts from: frozen backbone + PCA head
+            cfg, recipe, epoch = base, {"head_init": "pca", "epochs": 0}, 0
+            torch.manual_seed(cfg.seed)
+            model = build_embedder(cfg)
+            feed = make_feed(cfg, data, model, device, progress=False)
+            init_head_from_pca(model, build_loss(cfg, len(data.class_keys)), feed.pca_features(model.backbone),
+                               [data.label_of(s) for s in data.train], cfg)
         else:
             recipe = RECIPES[name]
-            cfg = resolve_config(EmbedderConfig, BASE_CONFIG,
-                                 {**TRAIN_DEFAULTS, **overrides, **recipe, "out_dir": str(root / name)})
-            best = train_embedder(cfg, resume=True, data=data, progress=False)
-            model, _, ckpt = load_embedder(best)
-            epoch = ckpt.epoch
+            cfg = resolve_config(EmbedderConfig, BASE_CONFIG, {**overrides, **recipe, "out_dir": str(root / name)})
+            model, _, ckpt = load_embedder(train_embedder(cfg, resume=True, data=data, progress=False))
+            feed, epoch = make_feed(cfg, data, model, device, progress=False), ckpt.epoch
         row = {"recipe": name, "overrides": recipe, "best_epoch": epoch,
                "embedding_dim": cfg.embedding_dim, "pack_bytes_per_vector_int8": cfg.embedding_dim + 8}
         for rotations in (1, 4):
-            row[f"rot{rotations}"] = _score(model, cfg, data, rotations)
+            row[f"rot{rotations}"] = _score(feed, model, data, rotations)
         row["seconds"] = round(time.time() - started, 1)
         rows.append(row)
         previous[name] = row

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,14 @@ from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import INTERPOLATIONS, InputSpec, mean_unit_vector, rotation_views, to_model_input
-from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
+from coinvision.trainer.checkpoint import (
+    Checkpoint,
+    fingerprint_state_dict,
+    load_checkpoint,
+    load_model,
+    restore_schedule,
+    save_checkpoint,
+)
 from coinvision.trainer.emb_data import (
     AugmentConfig,
     CropSource,
@@ -80,8 +89,10 @@ __all__ = [
     "build_optimizers",
     "embed_samples",
     "embedder_metadata",
+    "frozen_stem_modules",
     "init_head_from_pca",
     "load_embedder",
+    "make_feed",
     "measure_throughput",
     "split_parameters",
     "train_embedder",
@@ -147,6 +158,8 @@ class EmbedderConfig:
     weight_decay: float = 1e-4
     warmup_frac: float = 0.1  # one-cycle warm-up share of each schedule
     freeze_backbone_epochs: int = 0  # head-only epochs first (backbone in eval mode, not stepped)
+    freeze_stages: int = 0  # stem + this many backbone stages stay at their pretrained weights (eval-mode BN)
+    trunk_cache_views: int = 0  # > 0: train the top on cached frozen-trunk activations of K views (emb_trunk)
     seed: int = 0
     num_threads: int = 1
     num_workers: int = 0
@@ -170,6 +183,11 @@ class EmbedderConfig:
             raise ValueError(f"embed_rotations={self.embed_rotations}: must be in [1, 64] (1 = off)")
         if self.crop_interpolation not in INTERPOLATIONS:
             raise ValueError(f"crop_interpolation={self.crop_interpolation!r}: must be one of {INTERPOLATIONS}")
+        if self.freeze_stages < 0:
+            raise ValueError(f"freeze_stages={self.freeze_stages}: must be >= 0")
+        if self.trunk_cache_views < 0 or (self.trunk_cache_views and not self.freeze_stages):
+            raise ValueError(f"trunk_cache_views={self.trunk_cache_views}: must be >= 0, and > 0 only with "
+                             "freeze_stages > 0 (only a frozen trunk can be cached)")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight={self.distill_weight}: must be >= 0")
         if not 0.0 < self.margin_rad < math.pi / 2:
@@ -229,6 +247,18 @@ def _build_backbone(cfg: EmbedderConfig) -> nn.Module:
     except (RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"could not build timm backbone {cfg.backbone!r} (weights {cfg.pretrained_path}): "
                              f"{exc}") from exc
+
+
+def frozen_stem_modules(backbone: nn.Module, stages: int) -> list[nn.Module]:
+    """The stem and the first ``stages`` blocks of a timm EfficientNet / MobileNet (``conv_stem``, ``bn1``,
+    ``blocks``): low-level edge and texture filters that transfer as they are and cost the most to train."""
+    if stages <= 0:
+        return []
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is None or stages > len(blocks):
+        raise ConfigError(f"freeze_stages={stages}: the backbone has {len(blocks) if blocks is not None else 0} "
+                          "stages (timm EfficientNet/MobileNet `blocks`); lower it or set 0")
+    return [backbone.conv_stem, backbone.bn1, *blocks[:stages]]
 
 
 def build_embedder(cfg: EmbedderConfig) -> Embedder:
@@ -327,28 +357,23 @@ def embed_samples(model: nn.Module, samples: Sequence[Sample], cfg: EmbedderConf
 
 
 @torch.inference_mode()
-def _val_seen_loss(model: Embedder, loss_fn: MetricLoss, samples: Sequence[Sample], labels: Sequence[int],
-                   cfg: EmbedderConfig, device: torch.device) -> tuple[float, float]:
+def _val_seen_loss(loss_fn: MetricLoss, emb: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
     """Loss (ArcFace: margin included) and class-weight accuracy (NaN for pair losses) on held-out photos of
-    training classes."""
-    if not samples:
+    training classes, from their embeddings."""
+    if not len(emb):
         return math.nan, math.nan
-    model.eval()
-    total, correct = 0.0, 0
-    for x, y in _loader(CropTensorSet(samples, labels, cfg.input_spec), cfg, batch_size=2 * cfg.batch_size):
-        emb, y = model(x.to(device)), y.to(device)
-        total += float(loss_fn(emb, y)) * len(y)
-        # PML's SubCenter get_cosine already takes the max over sub-centres
-        cosine = loss_fn.get_cosine(emb)
-        correct += int((cosine.argmax(dim=1) == y).sum()) if cosine is not None else 0
-    accuracy = correct / len(samples) if loss_fn.get_cosine(emb[:1]) is not None else math.nan
-    return total / len(samples), accuracy
+    device = next(iter(loss_fn.parameters()), torch.empty(0)).device
+    emb_t, y = torch.from_numpy(emb).to(device), torch.as_tensor(list(labels), device=device)
+    total = float(loss_fn(emb_t, y))
+    cosine = loss_fn.get_cosine(emb_t)  # PML's SubCenter get_cosine already takes the max over sub-centres
+    accuracy = float((cosine.argmax(dim=1) == y).float().mean()) if cosine is not None else math.nan
+    return total, accuracy
 
 
-def _retrieval(model: Embedder, data: EmbeddingData, cfg: EmbedderConfig, device: torch.device
+def _retrieval(embed: Callable[[str], np.ndarray], data: EmbeddingData, cfg: EmbedderConfig
                ) -> tuple[RetrievalMetrics, dict[str, float]]:
-    cat = embed_samples(model, data.catalog, cfg, device)
-    query = embed_samples(model, data.query, cfg, device)
+    """``embed(split)``: unit embeddings of ``data.<split>`` as the pipeline makes them."""
+    cat, query = embed("catalog"), embed("query")
     q_labels, c_labels = [s.class_key for s in data.query], [s.class_key for s in data.catalog]
     metrics = evaluate_retrieval(query, q_labels, cat, c_labels, query_groups=[s.dataset for s in data.query])
     calib = calibrate_unknown_threshold(query, q_labels, cat, c_labels,
@@ -356,7 +381,7 @@ def _retrieval(model: Embedder, data: EmbeddingData, cfg: EmbedderConfig, device
     extra = {"unknown_threshold": calib.threshold, "unknown_accept_rate": calib.unknown_accept_rate,
              "known_accept_rate": calib.known_accept_rate}
     if data.distractors:
-        distractors = embed_samples(model, data.distractors, cfg, device)
+        distractors = embed("distractors")
         full = evaluate_retrieval(query, q_labels, np.vstack([cat, distractors]),
                                   c_labels + [s.class_key for s in data.distractors])
         extra.update({f"full_recall@{k}": v for k, v in full.recall_at.items()})
@@ -422,11 +447,12 @@ def _m_per_class_indices(labels: Sequence[int], cfg: EmbedderConfig, count: int,
 
 
 @torch.inference_mode()
-def init_head_from_pca(model: Embedder, loss_fn: MetricLoss, samples: Sequence[Sample], labels: Sequence[int],
-                       cfg: EmbedderConfig, device: torch.device) -> float:
-    """Linear head := the top ``embedding_dim`` principal components of the frozen backbone's pooled features
-    of the training crops; class weights := the classes' mean embeddings. Returns the variance share kept."""
-    features = torch.from_numpy(embed_samples(model.backbone, samples, cfg, device, rotations=1, unit=False))
+def init_head_from_pca(model: Embedder, loss_fn: MetricLoss, features: torch.Tensor, labels: Sequence[int],
+                       cfg: EmbedderConfig) -> float:
+    """Linear head := the top ``embedding_dim`` principal components of the frozen backbone's pooled
+    ``features`` (N x F) of the training crops; class weights := the classes' mean embeddings. Returns the
+    share of the variance the components keep."""
+    features = features.float().cpu()
     mean = features.mean(0)
     _, singular, v = torch.linalg.svd(features - mean, full_matrices=False)
     components = v[: cfg.embedding_dim]  # D x F, orthonormal rows
@@ -436,11 +462,114 @@ def init_head_from_pca(model: Embedder, loss_fn: MetricLoss, samples: Sequence[S
     embedded = F.normalize((features - mean) @ components.T, dim=1)
     label_tensor = torch.as_tensor(list(labels))
     class_means = torch.stack([embedded[label_tensor == c].mean(0) for c in range(int(label_tensor.max()) + 1)])
-    loss_fn.init_class_weights(F.normalize(class_means, dim=1).to(device))
+    loss_fn.init_class_weights(F.normalize(class_means, dim=1).to(linear.weight.device))
     kept = float((singular[: cfg.embedding_dim] ** 2).sum() / (singular**2).sum())
     log.info("head initialised from PCA of %d training crops: %d components keep %.1f %% of the variance",
-             len(samples), cfg.embedding_dim, 100 * kept)
+             len(features), cfg.embedding_dim, 100 * kept)
     return kept
+
+
+class ImageFeed:
+    """Training batches and validation embeddings from the crop images (the whole backbone runs)."""
+
+    def __init__(self, cfg: EmbedderConfig, data: EmbeddingData, labels: Sequence[int], augment: Any,
+                 device: torch.device) -> None:
+        self.cfg, self.data, self.labels, self.augment, self.device = cfg, data, labels, augment, device
+
+    def features(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return backbone(x)
+
+    def batches(self, order: list[int], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        train_set = CropTensorSet(self.data.train, self.labels, self.cfg.input_spec, self.augment, self.cfg.seed,
+                                  epoch)
+        yield from _loader(train_set, self.cfg, sampler=order, drop_last=True)
+
+    def pca_features(self, backbone: nn.Module) -> torch.Tensor:
+        return torch.from_numpy(embed_samples(backbone, self.data.train, self.cfg, self.device, rotations=1,
+                                              unit=False))
+
+    def embed(self, model: Embedder, split: str, rotations: int | None = None) -> np.ndarray:
+        return embed_samples(model, getattr(self.data, split), self.cfg, self.device, rotations=rotations)
+
+
+class TrunkFeed(ImageFeed):
+    """The same from cached frozen-trunk activations (``trunk_cache_views``): only the top runs."""
+
+    def __init__(self, cfg: EmbedderConfig, data: EmbeddingData, labels: Sequence[int], augment: Any,
+                 device: torch.device, backbone: nn.Module, progress: bool) -> None:
+        super().__init__(cfg, data, labels, augment, device)
+        from coinvision.trainer.emb_trunk import TrunkActivations, cache_trunk
+
+        spec, stages = cfg.input_spec, cfg.freeze_stages
+        # Activations depend on the trunk's weights, the crops and how views are made; the key covers them, so
+        # recipes that share a trunk, and resumed runs, load them instead of recomputing (minutes on a CPU).
+        trunk_state = {k: v for k, v in backbone.state_dict().items()
+                       if k.startswith(("conv_stem.", "bn1.", *(f"blocks.{i}." for i in range(stages))))}
+        base_key = {"trunk": fingerprint_state_dict(trunk_state), "stages": stages, "spec": str(spec),
+                    "views": cfg.trunk_cache_views, "rotations": cfg.embed_rotations, "seed": cfg.seed,
+                    "augment": str(cfg.augment)}
+        folder = data.cache_folder or Path(cfg.crop_cache_dir)
+        self.cache = {}
+        for split in ("train", "val_seen", "catalog", "query", "distractors"):
+            samples = getattr(data, split)
+            key = hashlib.sha1(json.dumps({**base_key, "split": split, "crops": [str(x.crop_path) for x in samples]},
+                                          sort_keys=True).encode()).hexdigest()[:16]
+            path = folder / f"trunk_{split}_{key}.pt"
+            if path.is_file():
+                self.cache[split] = TrunkActivations(torch.load(path, weights_only=True))
+                continue
+            crops = CropTensorSet(samples, [0] * len(samples), spec)
+            self.cache[split] = cache_trunk(
+                backbone, stages, crops.square, len(samples), spec, augment=augment if split == "train" else None,
+                aug_views=cfg.trunk_cache_views, rotations=1 if split == "val_seen" else cfg.embed_rotations,
+                seed=cfg.seed, desc=f"trunk {split}", progress=progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save(self.cache[split].activations, tmp)
+            tmp.replace(path)  # never a half-written cache under the real name
+
+    def features(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        from coinvision.trainer.emb_trunk import backbone_top
+
+        return backbone_top(backbone, self.cfg.freeze_stages, x)
+
+    def batches(self, order: list[int], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        acts, bs = self.cache["train"], self.cfg.batch_size
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        for start in range(0, len(order) - bs + 1, bs):
+            idx = order[start:start + bs]
+            views = rng.integers(1, acts.views, size=len(idx))  # view 0 is the clean crop (PCA only)
+            yield acts.batch(idx, views), torch.as_tensor([self.labels[i] for i in idx])
+
+    @torch.inference_mode()
+    def _pooled(self, backbone: nn.Module, acts: torch.Tensor) -> torch.Tensor:
+        backbone.eval()
+        return torch.cat([self.features(backbone, acts[i:i + 256].float()) for i in range(0, len(acts), 256)])
+
+    def pca_features(self, backbone: nn.Module) -> torch.Tensor:
+        return self._pooled(backbone, self.cache["train"].activations[:, 0])
+
+    @torch.inference_mode()
+    def embed(self, model: Embedder, split: str, rotations: int | None = None) -> np.ndarray:
+        """``rotations=1`` uses view 0 only (``rotation_views``' first view is the crop itself)."""
+        model.eval()
+        acts = self.cache[split].activations
+        if rotations == 1:
+            acts = acts[:, :1]
+        n, views = acts.shape[:2]
+        pooled = self._pooled(model.backbone, acts.reshape(n * views, *acts.shape[2:]))
+        vectors = model.embed_features(pooled).cpu().numpy().reshape(n, views, -1)
+        return mean_unit_vector(vectors) if len(vectors) else np.zeros((0, self.cfg.embedding_dim), np.float32)
+
+
+def make_feed(cfg: EmbedderConfig, data: EmbeddingData, model: Embedder, device: torch.device, *,
+              progress: bool = True) -> ImageFeed:
+    """Where training batches and validation embeddings come from: the crops, or (``trunk_cache_views``) the
+    frozen trunk's cached activations of them."""
+    labels, augment = [data.label_of(s) for s in data.train], build_augment(cfg.augment)
+    if cfg.trunk_cache_views:
+        return TrunkFeed(cfg, data, labels, augment, device, model.backbone, progress)
+    return ImageFeed(cfg, data, labels, augment, device)
 
 
 def _score(metrics: dict[str, Any]) -> tuple[float, float]:
@@ -499,40 +628,38 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
     elif resume:
         log.warning("--resume: %s does not exist, starting from scratch", last_path)
+    feed = make_feed(cfg, data, model, device, progress=progress)
     if start_epoch == 0 and cfg.head_init == "pca":
-        init_head_from_pca(model, loss_fn, data.train, train_labels, cfg, device)
+        init_head_from_pca(model, loss_fn, feed.pca_features(model.backbone), train_labels, cfg)
     # The frozen pretrained backbone, the distillation teacher (a resumed run rebuilds it from the same weights).
     teacher = copy.deepcopy(_build_backbone(cfg)).to(device).eval().requires_grad_(False) \
         if cfg.distill_weight > 0 else None
 
-    augment = build_augment(cfg.augment)
     for epoch in range(start_epoch, cfg.epochs):
         frozen = epoch < cfg.freeze_backbone_epochs
         model.train()
         model.backbone.requires_grad_(not frozen)
         if frozen:
             model.backbone.eval()  # keep the pretrained BN statistics while only the head learns
-        train_set = CropTensorSet(data.train, train_labels, cfg.input_spec, augment, cfg.seed, epoch)
+        for module in frozen_stem_modules(model.backbone, cfg.freeze_stages):
+            module.requires_grad_(False)
+            module.eval()
         if cfg.sampler == "m_per_class":
             order = _m_per_class_indices(train_labels, cfg, steps * cfg.batch_size, epoch)
         else:
             order = _epoch_indices(len(data.train), steps * cfg.batch_size, cfg.seed, epoch)
-        loader = _loader(train_set, cfg, sampler=order, drop_last=True)
         started, running = time.time(), 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}{' (head only)' if frozen else ''}",
-                   disable=not progress)
+        bar = tqdm(feed.batches(order, epoch), total=steps,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}{' (head only)' if frozen else ''}", disable=not progress)
         for step, (x, y) in enumerate(bar, start=1):
             x, y = x.to(device), y.to(device)
-            if frozen:
-                with torch.no_grad():
-                    features = model.backbone(x)
-                emb = model.embed_features(features)
-            else:
-                emb = model(x)
+            with torch.set_grad_enabled(not frozen):
+                features = feed.features(model.backbone, x)
+            emb = model.embed_features(features)
             loss = loss_fn(emb, y)
             if teacher is not None:
                 with torch.no_grad():
-                    target = teacher(x)
+                    target = feed.features(teacher, x)
                 loss = loss + cfg.distill_weight * similarity_distillation(emb, target)
             opt_head.zero_grad(set_to_none=True)
             opt_backbone.zero_grad(set_to_none=True)
@@ -545,14 +672,14 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
             running += float(loss.detach())
             bar.set_postfix(loss=f"{running / step:.4f}")
         train_s = time.time() - started
-        train_loss = running / max(1, len(loader))
-        val_loss, val_acc = _val_seen_loss(model, loss_fn, data.val_seen, val_labels, cfg, device)
-        retrieval, calib = _retrieval(model, data, cfg, device)
+        train_loss = running / max(1, steps)
+        val_loss, val_acc = _val_seen_loss(loss_fn, feed.embed(model, "val_seen", rotations=1), val_labels)
+        retrieval, calib = _retrieval(lambda split: feed.embed(model, split), data, cfg)
         row: dict[str, Any] = {
             "epoch": epoch + 1, "backbone_frozen": frozen, "train_loss": train_loss, "val_seen_loss": val_loss,
             "val_seen_acc": val_acc, **retrieval.as_row(), **calib,
             "lr_backbone": 0.0 if frozen else sched_backbone.get_last_lr()[0], "lr_head": sched_head.get_last_lr()[0],
-            "train_images_per_s": len(loader) * cfg.batch_size / max(train_s, 1e-9),
+            "train_images_per_s": steps * cfg.batch_size / max(train_s, 1e-9),
             "epoch_s": time.time() - started,
         }
         history.append(row)

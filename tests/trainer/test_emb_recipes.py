@@ -103,7 +103,9 @@ def test_pca_head_reproduces_the_frozen_features_projection(sample_root: Path, t
     torch.manual_seed(0)
     model = build_embedder(cfg).eval()
     loss_fn = build_loss(cfg, len(classes))
-    kept = init_head_from_pca(model, loss_fn, samples, labels, cfg, torch.device("cpu"))
+    features = torch.from_numpy(embed_samples(model.backbone, samples, cfg, torch.device("cpu"), rotations=1,
+                                              unit=False))
+    kept = init_head_from_pca(model, loss_fn, features, labels, cfg)
     assert 0.0 < kept <= 1.0
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
@@ -145,3 +147,44 @@ def test_tiny_multi_similarity_run_with_distillation(tmp_path: Path, sample_root
     assert math.isnan(history[0]["val_seen_acc"])  # a pair loss has no class weights to score against
     resolved = resolve_config(EmbedderConfig, tmp_path / "run" / "config.yaml")
     assert resolved.loss == "multi_similarity" and resolved.distill_weight == 1.0
+
+
+def test_trunk_cache_top_equals_the_whole_backbone() -> None:
+    """backbone_top(backbone_trunk(x)) is exactly backbone(x): training the top on cached activations trains
+    the same network that is exported."""
+    from coinvision.trainer.emb_trunk import backbone_top, backbone_trunk
+
+    torch.manual_seed(0)
+    backbone = build_embedder(_cfg()).backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for stages in (1, 4, len(backbone.blocks)):
+            torch.testing.assert_close(backbone_top(backbone, stages, backbone_trunk(backbone, stages, x)), backbone(x))
+    with pytest.raises(ValueError, match="freeze_stages"):
+        _cfg(trunk_cache_views=2)
+
+
+def test_tiny_trunk_cached_run_keeps_the_trunk_and_trains_the_top(tmp_path: Path, sample_root: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"backbone: {TINY_BACKBONE}\nsize_px: 64\nhead_hidden_dims: []\nhead_init: pca\nbatch_size: 8\n"
+        f"epochs: 2\nfreeze_backbone_epochs: 0\nsteps_per_epoch: 3\nbackground_removal: false\nnum_threads: 1\n"
+        f"freeze_stages: 4\ntrunk_cache_views: 2\nembed_rotations: 2\ndistill_weight: 1.0\n"
+        f"data_roots: [{sample_root / 'coins211'}, {sample_root / 'euro_phone'}]\n"
+    )
+    rc = main(["train", "embedder", "--config", str(config), "--set", f"out_dir={tmp_path / 'run'}",
+               f"crop_cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    from coinvision.trainer.embedder import load_embedder
+
+    model, cfg, ckpt = load_embedder(tmp_path / "run" / "last.pt")
+    torch.manual_seed(cfg.seed)  # the trainer's seeded random start: the trunk must still be bit-identical
+    start = build_embedder(cfg)
+    for name, value in model.backbone.state_dict().items():
+        if name.startswith(("conv_stem", "bn1", "blocks.0.", "blocks.1.", "blocks.2.", "blocks.3.")):
+            assert torch.equal(value, start.backbone.state_dict()[name]) or "num_batches" in name, name
+    changed = [n for n, v in model.backbone.state_dict().items()
+               if n.startswith("blocks.5.") and not torch.equal(v, start.backbone.state_dict()[n])]
+    assert changed  # the top learned
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history) == 2 and all(0.0 <= h["recall@1"] <= 1.0 for h in history)
