@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from coinvision.sdk.errors import CoinVisionError
+from coinvision.sync_server import schemas as S
 from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.auth import require_scope
 from coinvision.sync_server.cleanup import (
@@ -26,6 +27,7 @@ from coinvision.sync_server.publish import (
     publish_catalog,
     version_by_key,
 )
+from coinvision.sync_server.schemas import doc
 from coinvision.sync_server.signing import sign_payload
 from coinvision.sync_server.state import state
 from coinvision.sync_server.storage import file_matches, image_path, write_atomic
@@ -138,11 +140,13 @@ def _bump_generation(cat: Catalog) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- catalogs
 @bp.get("/health")
+@doc("Liveness (no token)", S.Health)
 def health() -> Response:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/catalogs")
+@doc("List catalogs with coin counts and their newest version", S.CatalogList)
 @require_scope(*BOTH)
 def list_catalogs() -> Response:
     cats = g.db.scalars(select(Catalog).order_by(Catalog.id)).all()
@@ -156,6 +160,7 @@ def list_catalogs() -> Response:
 
 
 @bp.post("/catalogs")
+@doc("Create a catalog", S.CatalogRef, status=201, request=S.CatalogCreate, errors=(400, 409, 415))
 @require_scope("maintainer")
 def create_catalog() -> tuple[Response, int]:
     body = _json_body()
@@ -184,6 +189,7 @@ def _catalog_name(value: object) -> str:
 
 
 @bp.patch("/catalogs/<catalog_id>")
+@doc("Rename a catalog (its id cannot change)", S.CatalogRef, request=S.CatalogRename, errors=(400, 415))
 @require_scope("maintainer")
 def rename_catalog(catalog_id: str) -> Response:
     cat = _catalog(catalog_id)
@@ -201,6 +207,12 @@ def rename_catalog(catalog_id: str) -> Response:
 
 
 @bp.delete("/catalogs/<catalog_id>")
+@doc(
+    "Delete a catalog, its coins, photos, versions and pack files",
+    S.CatalogDeleted,
+    errors=(400,),
+    query=(S.Param("confirm", str, "the catalog id again (required)"),),
+)
 @require_scope("maintainer")
 def delete_catalog(catalog_id: str) -> Response:
     """Remove a catalog, its coins, references, versions, and their files. Devices keep their cached packs."""
@@ -220,6 +232,7 @@ def delete_catalog(catalog_id: str) -> Response:
 
 
 @bp.get("/catalogs/<catalog_id>")
+@doc("A catalog with its coins and published versions", S.CatalogDetail)
 @require_scope(*BOTH)
 def get_catalog(catalog_id: str) -> Response:
     cat = _catalog(catalog_id)
@@ -236,6 +249,7 @@ def get_catalog(catalog_id: str) -> Response:
 
 
 @bp.get("/catalogs/<catalog_id>/versions")
+@doc("Published versions, oldest first", S.VersionList)
 @require_scope(*BOTH)
 def list_versions(catalog_id: str) -> Response:
     cat = _catalog(catalog_id)
@@ -250,6 +264,13 @@ def _coin_fields(source: dict[str, Any], *, skip_empty: bool) -> dict[str, str]:
 
 
 @bp.put("/catalogs/<catalog_id>/coins/<coin_id>")
+@doc(
+    "Create or update a coin's metadata (omitted fields keep their value)",
+    S.Coin,
+    request=S.CoinFields,
+    errors=(400, 409, 415),
+    extra_responses={201: "created (same body)"},
+)
 @require_scope("maintainer")
 def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     """Create or update a coin. Fields left out keep their value; a field sent as "" is cleared."""
@@ -280,6 +301,7 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
 
 
 @bp.delete("/catalogs/<catalog_id>/coins/<coin_id>")
+@doc("Delete a coin, its references and their photo files", S.CoinDeleted)
 @require_scope("maintainer")
 def delete_coin(catalog_id: str, coin_id: str) -> Response:
     cat = _catalog(catalog_id)
@@ -294,6 +316,16 @@ def delete_coin(catalog_id: str, coin_id: str) -> Response:
 
 
 @bp.get("/catalogs/<catalog_id>/coins")
+@doc(
+    "Coins, searchable and paged",
+    S.CoinPage,
+    errors=(400,),
+    query=(
+        S.Param("q", str, "matches id, label, country, currency, denomination, side, years (case-insensitive)"),
+        S.Param("offset", int, "first coin", 0),
+        S.Param("limit", int, "coins per page, 1..1000", 1000),
+    ),
+)
 @require_scope(*BOTH)
 def list_coins(catalog_id: str) -> Response:
     """Coins, with image counts and one reference image id (thumbnail); ``q`` filters, ``offset``/``limit`` page."""
@@ -315,6 +347,7 @@ def list_coins(catalog_id: str) -> Response:
 
 
 @bp.get("/catalogs/<catalog_id>/coins/<coin_id>")
+@doc("One coin with its reference images", S.CoinDetail)
 @require_scope(*BOTH)
 def get_coin(catalog_id: str, coin_id: str) -> Response:
     _catalog(catalog_id)
@@ -359,6 +392,14 @@ def _truthy(value: str | None) -> bool:
 
 
 @bp.post("/catalogs/<catalog_id>/coins/<coin_id>/images")
+@doc(
+    "Upload reference photos: embedded, stored, indexed (all or nothing)",
+    S.UploadResult,
+    status=201,
+    request=S.UploadForm,
+    request_kind="multipart",
+    errors=(400, 409, 413, 415, 422, 503),
+)
 @require_scope("maintainer")
 def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     """Upload reference photos (multipart ``image``, 1..16). Form fields ``label``, ``country`` ... set the coin's
@@ -433,6 +474,7 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
 
 
 @bp.delete("/images/<int(max=9223372036854775807):image_id>")
+@doc("Delete a reference image (its photo file goes with the last reference to it)", S.ImageDeleted)
 @require_scope("maintainer")
 def delete_image(image_id: int) -> Response:
     ref = g.db.get(ReferenceImage, image_id)
@@ -449,6 +491,7 @@ def delete_image(image_id: int) -> Response:
 
 
 @bp.get("/images/<int(max=9223372036854775807):image_id>/thumbnail")
+@doc("JPEG thumbnail of a reference image (longer side 160 px)", None, binary_type="image/jpeg")
 @require_scope(*BOTH)
 def image_thumbnail(image_id: int) -> Response:
     ref = g.db.get(ReferenceImage, image_id)
@@ -496,6 +539,19 @@ def _query_vectors() -> tuple[np.ndarray, dict[str, Any]]:
 
 
 @bp.post("/catalogs/<catalog_id>/search")
+@doc(
+    "Top-k coins for a photo (multipart) or an embedding (JSON), with the unknown verdict",
+    S.SearchResult,
+    request=S.SearchEmbedding,
+    alt_request=S.SearchPhoto,
+    request_kind="json-or-multipart",
+    errors=(400, 413, 415, 422, 429, 503),
+    query=(
+        S.Param("top_k", int, "1..50", 5),
+        S.Param("overlay", str, "1: include the segmentation overlay"),
+        S.Param("thumbnails", str, "1: include a thumbnail per match"),
+    ),
+)
 @require_scope(*BOTH)
 def search(catalog_id: str) -> Response:
     st = state()
@@ -541,6 +597,12 @@ def search(catalog_id: str) -> Response:
 
 
 @bp.get("/catalogs/<catalog_id>/duplicates")
+@doc(
+    "Pairs of different coins whose references look alike",
+    S.Duplicates,
+    errors=(400,),
+    query=(S.Param("min_cosine", float, "-1..1", 0.97),),
+)
 @require_scope("maintainer")
 def duplicates(catalog_id: str) -> Response:
     st = state()
@@ -557,6 +619,7 @@ def duplicates(catalog_id: str) -> Response:
 
 # ---------------------------------------------------------------- publish and device sync
 @bp.get("/catalogs/<catalog_id>/changes")
+@doc("What publishing now would change since the newest version", S.Changes, errors=(410,))
 @require_scope("maintainer")
 def changes(catalog_id: str) -> Response:
     """What publishing now would change since the newest version (read from that version's pack)."""
@@ -625,6 +688,14 @@ def _replayed(v: CatalogVersion) -> tuple[Response, int]:
 
 
 @bp.post("/catalogs/<catalog_id>/publish")
+@doc(
+    "Freeze the next version: signed record, full pack, delta from the previous one",
+    S.PublishResult,
+    status=201,
+    request=S.PublishRequest,
+    errors=(400, 409, 422),
+    alt_response=(200, S.PublishReplayed, "a retry with the same Idempotency-Key: the version the first attempt made"),
+)
 @require_scope("maintainer")
 def publish(catalog_id: str) -> tuple[Response, int]:
     """Freeze version N+1. With an ``Idempotency-Key`` header a retry (reply lost) returns the version the first
@@ -663,6 +734,7 @@ def publish(catalog_id: str) -> tuple[Response, int]:
 
 
 @bp.get("/catalogs/<catalog_id>/manifest")
+@doc("Signed manifest of the newest version (what devices verify)", S.Manifest, errors=(500,))
 @require_scope(*BOTH)
 def manifest(catalog_id: str) -> Response:
     st = state()
@@ -724,12 +796,24 @@ def _send_versioned(catalog_id: str, version: int, kind: str) -> Response:
 
 
 @bp.get("/catalogs/<catalog_id>/versions/<int(max=2147483647):version>/pack")
+@doc(
+    "Download a version's full pack (immutable; strong ETag = sha256)",
+    None,
+    errors=(410, 500),
+    extra_responses={206: "partial content (Range)", 304: "not modified (If-None-Match)", 416: "range not satisfiable"},
+)
 @require_scope(*BOTH)
 def download_pack(catalog_id: str, version: int) -> Response:
     return _send_versioned(catalog_id, version, "pack")
 
 
 @bp.get("/catalogs/<catalog_id>/versions/<int(max=2147483647):version>/delta")
+@doc(
+    "Download the delta from the previous version (immutable; strong ETag = sha256)",
+    None,
+    errors=(410, 500),
+    extra_responses={206: "partial content (Range)", 304: "not modified (If-None-Match)", 416: "range not satisfiable"},
+)
 @require_scope(*BOTH)
 def download_delta(catalog_id: str, version: int) -> Response:
     return _send_versioned(catalog_id, version, "delta")

@@ -118,6 +118,7 @@ def require_scope(*allowed: str) -> Callable[[Callable[..., Any]], Callable[...,
             g.scope = scope
             return view(*args, **kwargs)
 
+        wrapper.__scopes__ = allowed  # type: ignore[attr-defined]  # read by the OpenAPI generator
         return wrapper
 
     return deco

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 from pathlib import Path
@@ -189,17 +188,6 @@ def test_bad_json_and_unknown_ids_give_json_errors(sqlite_server: Server) -> Non
     r = s.post("/v1/catalogs/c/search?top_k=0", json={"embedding": [1.0]})
     assert r.json()["code"] == "bad_top_k"
     assert s.post("/v1/catalogs/c/publish").json()["code"] == "nothing_to_publish"
-
-
-def test_openapi_describes_every_api_route(sqlite_server: Server) -> None:
-    spec = requests.get(sqlite_server.url + "/openapi.json", timeout=10).json()
-    assert spec["openapi"].startswith("3.")
-    rules = {
-        re.sub(r"<(?:[^:>]+:)?(\w+)>", r"{\1}", r.rule)
-        for r in sqlite_server.local.app.url_map.iter_rules()
-        if r.rule.startswith("/v1/")
-    }
-    assert rules <= set(spec["paths"]), rules - set(spec["paths"])
 
 
 def test_search_by_embedding_of_wrong_dimension_is_refused(sqlite_server: Server) -> None:
