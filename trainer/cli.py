@@ -153,7 +153,8 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
         def embed(image):
             return recognizer.embed(image).vector
 
-    metrics = evaluate_folders(args.catalog_dir, args.query_dir, embed)
+    metrics = evaluate_folders(args.catalog_dir, args.query_dir, embed, distractor_dir=args.distractors,
+                               distractors_per_class=args.distractors_per_class)
     print(format_table(metrics, title=f"{args.runtime} {args.models}"))
     if args.plot:
         print(f"plot: {plot_recall_at_k(metrics, args.plot)}")
@@ -235,9 +236,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     retrieval.add_argument("query_dir", type=Path, help="photos to search, <class>/<image>")
     retrieval.add_argument("--models", type=Path, default=Path("models/release"),
                            help="torch: embedder.pt (+ segmenter.pt); onnx/tflite: exported models + .meta.json")
-    retrieval.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="torch")
+    retrieval.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="tflite",
+                           help="default: the SDK's (tflite); torch needs embedder.pt")
     retrieval.add_argument("--checkpoint", type=Path, default=None,
                            help="torch: embedder checkpoint to use instead of <models>/embedder.pt")
     retrieval.add_argument("--threads", type=int, default=1)
     retrieval.add_argument("--plot", type=Path, default=None, help="also write the Recall@k bar chart (PNG)")
+    retrieval.add_argument("--distractors", type=Path, default=None, metavar="DIR",
+                           help="<class>/<image> folder of more coins (e.g. the training classes) added to the catalog")
+    retrieval.add_argument("--distractors-per-class", type=int, default=3)
     retrieval.set_defaults(func=_cmd_eval_retrieval)

@@ -236,8 +236,13 @@ def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:
 
 
 def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Callable[[np.ndarray], np.ndarray], *,
-                     ks: Sequence[int] = RECALL_KS, progress: bool = True) -> RetrievalMetrics:
-    """Embed every image of two ``<class>/<image>`` folders with ``embed`` (RGB uint8 -> vector) and score."""
+                     ks: Sequence[int] = RECALL_KS, progress: bool = True, distractor_dir: str | Path | None = None,
+                     distractors_per_class: int = 3) -> RetrievalMetrics:
+    """Embed every image of two ``<class>/<image>`` folders with ``embed`` (RGB uint8 -> vector) and score.
+
+    ``distractor_dir``: more classes (e.g. the training classes) whose first ``distractors_per_class`` images join
+    the catalog, as in a deployed catalog that holds every coin. Class folders named ``<dataset>__<class>`` (as
+    ``coinvision data split --materialize`` writes them) add Recall@1 per dataset."""
     from coinvision.sdk.imageio import load_image
     from tqdm import tqdm
 
@@ -246,6 +251,14 @@ def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Call
                          for p, _ in tqdm(pairs, desc=desc, disable=not progress)])
 
     catalog, query = list_class_folder(catalog_dir), list_class_folder(query_dir)
+    if distractor_dir is not None:
+        taken: dict[str, int] = {}
+        for path, label in list_class_folder(distractor_dir):
+            if taken.get(label, 0) < distractors_per_class:
+                taken[label] = taken.get(label, 0) + 1
+                catalog.append((path, label))
     cat_emb = embed_all(catalog, "embed catalog")
     query_emb = embed_all(query, "embed queries")
-    return evaluate_retrieval(query_emb, [c for _, c in query], cat_emb, [c for _, c in catalog], ks=ks)
+    groups = [c.split("__", 1)[0] for _, c in query] if all("__" in c for _, c in query) else None
+    return evaluate_retrieval(query_emb, [c for _, c in query], cat_emb, [c for _, c in catalog], ks=ks,
+                              query_groups=groups)

@@ -361,8 +361,8 @@ def test_eval_retrieval_cli_torch_finds_each_image_itself(tiny_run: Path, tmp_pa
     models.mkdir()
     shutil.copy(tiny_run / "run" / "best.pt", models / "embedder.pt")
     folder = sample_root / "euro_phone" / "images"
-    rc = main(["eval", "retrieval", str(folder), str(folder), "--models", str(models), "--plot",
-               str(tmp_path / "bar.png")])
+    rc = main(["eval", "retrieval", str(folder), str(folder), "--models", str(models), "--runtime", "torch",
+               "--plot", str(tmp_path / "bar.png")])
     assert rc == 0
     out = capsys.readouterr().out
     # catalog == query: every photo's nearest catalog vector is itself, whatever the weights
@@ -379,9 +379,11 @@ def recognizer_available() -> None:
 def test_eval_retrieval_cli_onnx_through_recognizer(recognizer_available: None, tiny_models_dir: Path,
                                                     sample_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = sample_root / "euro_phone" / "images"
-    rc = main(["eval", "retrieval", str(folder), str(folder), "--models", str(tiny_models_dir), "--runtime", "onnx"])
+    rc = main(["eval", "retrieval", str(folder), str(folder), "--models", str(tiny_models_dir), "--runtime", "onnx",
+               "--distractors", str(sample_root / "coins211" / "images"), "--distractors-per-class", "2"])
     assert rc == 0
-    assert "40 queries" in capsys.readouterr().out
+    # the 24 coins211 sample classes join the catalog with 2 photos each
+    assert "40 queries (0 unanswerable), 88 catalog images in 32 classes" in capsys.readouterr().out
 
 
 def test_eval_retrieval_cli_bad_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
