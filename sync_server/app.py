@@ -12,10 +12,11 @@ from coinvision.sync_server.config import ServerConfig
 from coinvision.sync_server.db import make_engine, make_sessionmaker, upgrade_database
 from coinvision.sync_server.signing import load_or_create_key
 from coinvision.sync_server.state import ServerState
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, Response, g
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-__all__ = ["SECURITY_HEADERS", "create_app"]
+__all__ = ["SECURITY_HEADERS", "create_app", "prepare_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ def _private_dir(path: Path) -> None:
         path.chmod(0o700)
 
 
+def prepare_data_dir(cfg: ServerConfig) -> Ed25519PrivateKey:
+    """Create (or tighten) the data dir and create the signing key on first use; the server's first start and
+    ``coinvision token create`` (the first setup step) both do this, so ``keys public`` works right after it."""
+    _private_dir(cfg.data_dir)
+    return load_or_create_key(cfg.key_path)
+
+
 def create_app(
     config: ServerConfig | None = None,
     *,
@@ -52,13 +60,13 @@ def create_app(
     migrate: bool = True,
 ) -> Flask:
     cfg = config or ServerConfig.resolve(data_dir=data_dir, db_url=db_url, models_dir=models_dir)
-    _private_dir(cfg.data_dir)
+    key = prepare_data_dir(cfg)
     engine = make_engine(cfg.db_url)
     if migrate:
         upgrade_database(engine)
     faiss.omp_set_num_threads(max(1, cfg.num_threads))
     st = ServerState(
-        config=cfg, engine=engine, sessions=make_sessionmaker(engine), signing_key=load_or_create_key(cfg.key_path)
+        config=cfg, engine=engine, sessions=make_sessionmaker(engine), signing_key=key
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_request_bytes

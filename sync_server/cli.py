@@ -89,10 +89,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
+    from coinvision.sync_server.app import prepare_data_dir
     from coinvision.sync_server.auth import DEFAULT_EXPIRY, create_token, parse_duration
 
     expires_in = parse_duration(args.expires_in or DEFAULT_EXPIRY[args.scope])
-    with _session(_config(args)) as session:
+    cfg = _config(args)
+    prepare_data_dir(cfg)  # the first setup step: the data dir and its signing key exist from here on
+    with _session(cfg) as session:
         print(create_token(session, args.scope, args.label, expires_in))
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 from coinvision.sync_server.auth import hash_token
+from coinvision.sync_server.signing import load_key, public_key_b64
 
 from tests.sync_server.helpers import Server, populate, sample_coins
 
@@ -48,6 +49,10 @@ def test_token_create_and_serve_accept_that_token(tmp_path: Path, tiny_models_di
     token = out.stdout.strip()
     assert token.startswith("cv_") and len(token) > 30
     assert _cli("token", "create", "--scope", "root", "--db", db).returncode == 2  # argparse refuses it
+    # the first setup step made the data dir (0700) and its key: the app's public key can be read before serving
+    assert (tmp_path.stat().st_mode & 0o077) == 0
+    public = _cli("keys", "public", "--data-dir", str(tmp_path), env={"COINVISION_SIGNING_KEY": ""})
+    assert public.returncode == 0 and public.stdout.strip() == public_key_b64(load_key(tmp_path / "signing_key.pem"))
 
     port = _free_port()
     proc = subprocess.Popen(
