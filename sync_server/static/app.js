@@ -164,7 +164,7 @@ function renderSignIn(view, message = "") {
       return;
     }
     localStorage.setItem(TOKEN_KEY, token);
-    go("#/");
+    route(); // the page that was asked for (a bookmarked catalog, say), or the catalogs
   } }, h("label", {}, "Maintainer token", input), h("button", { type: "submit" }, "Sign in"));
   view.replaceChildren(h("h2", {}, "Sign in"),
     h("p", {}, "Paste the maintainer token an operator created for you with ",

@@ -235,3 +235,56 @@ def test_rename_and_delete_a_catalog_with_confirmation(web_server: Server, page:
     pg.click("#sign-out")  # type: ignore[attr-defined]
     pg.wait_for_selector("#signin")  # type: ignore[attr-defined]
     assert pg.evaluate("() => localStorage.length") == 0  # type: ignore[attr-defined]
+
+
+_DROP_JS = """([names, payloads]) => {
+  const dt = new DataTransfer();
+  names.forEach((name, i) => {
+    const bytes = Uint8Array.from(atob(payloads[i]), (c) => c.charCodeAt(0));
+    dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
+  });
+  return dt;
+}"""
+
+
+@pytest.mark.browser
+def test_coin_pages_drag_and_drop_upload_and_coin_delete(web_server: Server, page: object) -> None:
+    import base64
+
+    s, pg = web_server, page
+    assert s.post("/v1/catalogs", json={"id": "c", "name": "Many"}).status_code == 201
+    for i in range(30):
+        assert s.put(f"/v1/catalogs/c/coins/coin-{i:02d}", json={"label": f"Coin {i}"}).status_code == 201
+    pg.goto(s.url + "/#/catalog/c")  # type: ignore[attr-defined]
+    pg.fill("#token", s.local.maintainer_token)  # type: ignore[attr-defined]
+    pg.click("#signin button")  # type: ignore[attr-defined]  # signing in opens the page that was asked for
+    pg.wait_for_selector("#pager")  # type: ignore[attr-defined]
+    assert pg.inner_text("#page-info") == "1–24 of 30"  # type: ignore[attr-defined]
+    assert pg.is_disabled("#prev-page")  # type: ignore[attr-defined]
+    pg.click("#next-page")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#page-info:has-text('25–30 of 30')")  # type: ignore[attr-defined]
+    assert pg.locator("#coins tbody tr").count() == 6  # type: ignore[attr-defined]
+    assert pg.is_disabled("#next-page")  # type: ignore[attr-defined]
+
+    # drag and drop two photos onto the upload tab
+    pg.click("#tab-upload")  # type: ignore[attr-defined]
+    pg.fill("#upload-coin-id", "dropped")  # type: ignore[attr-defined]
+    pg.fill("#upload-label", "Dropped coin")  # type: ignore[attr-defined]
+    photos = sorted((EURO / "2e").iterdir())[:2]
+    transfer = pg.evaluate_handle(  # type: ignore[attr-defined]
+        _DROP_JS, [[p.name for p in photos], [base64.b64encode(p.read_bytes()).decode() for p in photos]])
+    pg.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})  # type: ignore[attr-defined]
+    pg.wait_for_selector("#upload-chosen:has-text('2 photo(s) chosen')")  # type: ignore[attr-defined]
+    pg.click("#upload-button")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#upload-summary.ok")  # type: ignore[attr-defined]
+    coin = s.get("/v1/catalogs/c/coins/dropped").json()
+    assert (coin["label"], coin["image_count"]) == ("Dropped coin", 2)
+
+    # delete the coin from its page, after confirming
+    pg.goto(s.url + "/#/catalog/c/coin/dropped")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#coin-photos img[src^='blob:']")  # type: ignore[attr-defined]
+    pg.click("#delete-coin")  # type: ignore[attr-defined]
+    pg.click("#confirm-ok")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#coins")  # type: ignore[attr-defined]
+    assert s.get("/v1/catalogs/c/coins/dropped").status_code == 404
+    assert not [p for p in s.state.config.images_dir.rglob("*") if p.is_file()]  # its photos are gone from disk
