@@ -22,7 +22,7 @@ class ServerConfig:
     max_image_bytes: int = 12 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 16
-    max_request_pixels: int = 120_000_000
+    max_request_pixels: int = 200_000_000  # 16 photos of 12 MP fit; 16 canvases of 40 MP do not
     # Photo search is reachable by every app install (device tokens ship inside apps): a lower pixel limit
     # (a 12 MP phone photo fits) and a per-client rate limit (token bucket: ``search_burst`` photos at once,
     # refilled at ``search_per_minute``). Limits are per server process; see docs/DEPLOYMENT.md for nginx.
