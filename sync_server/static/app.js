@@ -536,17 +536,22 @@ async function renderReview(body, cat) {
 }
 
 // ------------------------------------------------------------------ publish
-async function renderPublish(body, cat) {
-  const [changes, dups] = await Promise.all([api(`/v1/catalogs/${enc(cat.id)}/changes`), api(`/v1/catalogs/${enc(cat.id)}/duplicates`)]);
+function changeSummary(changes) {
   const li = (n, text, ids) => (n ? h("li", {}, `${n} ${text}: `, ids.join(", ")) : null);
   const since = changes.since_version ? `since version ${changes.since_version}` : "(first version)";
-  const summary = h("ul", { class: "summary", id: "change-summary" },
+  const list = h("ul", { class: "summary", id: "change-summary" },
     li(changes.added.length, "coin(s) added", changes.added),
     li(changes.removed.length, "coin(s) removed", changes.removed),
     li(changes.edited.length, "coin(s) edited", changes.edited.map((e) => `${e.coin_id} (${e.fields.join(", ")})`)),
     li(changes.photos_changed.length, "coin(s) with other photos", changes.photos_changed.map((p) => `${p.coin_id} (${p.before} → ${p.now})`)),
     li(changes.without_photos.length, "coin(s) without photos, left out", changes.without_photos));
-  if (changes.unchanged) summary.append(h("li", {}, `Nothing changed ${since}; publishing makes an identical new version.`));
+  if (changes.unchanged) list.append(h("li", {}, `Nothing changed ${since}; publishing makes an identical new version.`));
+  return [h("h3", { id: "change-title" }, `Changes ${since}`), list];
+}
+
+async function renderPublish(body, cat) {
+  const [changes, dups] = await Promise.all([api(`/v1/catalogs/${enc(cat.id)}/changes`), api(`/v1/catalogs/${enc(cat.id)}/duplicates`)]);
+  const summaryBox = h("div", { id: "change-box" }, changeSummary(changes));
   const strict = h("input", { type: "checkbox", id: "publish-strict" });
   const result = h("p", { id: "publish-result" });
   let key = crypto.randomUUID(); // one key per publish attempt: a retry after a lost reply makes no second version
@@ -562,12 +567,13 @@ async function renderPublish(body, cat) {
         `pack ${fmtBytes(v.pack.size)}` + (v.delta ? `, update from v${v.delta.from_version} ${fmtBytes(v.delta.size)}` : "") + ".";
       result.className = "ok";
       status(`Version ${v.version} published. Phones get it at their next sync.`, "ok");
+      summaryBox.replaceChildren(...changeSummary(await api(`/v1/catalogs/${enc(cat.id)}/changes`)));
     } catch (e) {
       if (e.status !== 0) key = crypto.randomUUID(); // network error: keep the key, so "retry" is safe
       showError(e, result);
     } finally { button.disabled = false; }
   } }, "Publish");
-  body.replaceChildren(h("h3", {}, `Changes ${since}`), summary,
+  body.replaceChildren(summaryBox,
     dups.pairs.length ? h("p", { class: "error", id: "publish-duplicates" }, `${dups.pairs.length} near-duplicate pair(s) — `,
       h("a", { href: `#/catalog/${enc(cat.id)}/review` }, "review them"), " before publishing.")
       : h("p", { id: "publish-duplicates" }, "No near-duplicates."),

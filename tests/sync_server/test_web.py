@@ -183,6 +183,8 @@ def test_maintainer_whole_job_in_the_browser(web_server: Server, page: object, s
     pg.click("#publish-button")  # type: ignore[attr-defined]
     pg.wait_for_selector("#publish-result.ok")  # type: ignore[attr-defined]
     assert "Published version 1: 4 coins, 9 photos" in pg.inner_text("#publish-result")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#change-title:has-text('since version 1')")  # type: ignore[attr-defined]
+    assert "Nothing changed" in pg.inner_text("#change-summary")  # type: ignore[attr-defined]
     pg.screenshot(path=str(shots / "07-publish.png"), full_page=True)  # type: ignore[attr-defined]
     pg.click("#tab-versions")  # type: ignore[attr-defined]
     pg.wait_for_selector("#versions tr[data-version='1']")  # type: ignore[attr-defined]
