@@ -183,6 +183,7 @@ def test_stalled_uploads_take_gunicorn_down_but_not_through_nginx(nginx: tuple[s
             r = requests.get(url + "/v1/health", timeout=3, verify=str(cert))
             assert r.status_code == 200
         assert r.headers["Server"] == "nginx"  # server_tokens off: no version
+        assert r.headers["Strict-Transport-Security"].startswith("max-age=")
         assert requests.get(direct + "/v1/health", timeout=3).ok
     finally:
         for s in stalled:

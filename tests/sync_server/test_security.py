@@ -17,6 +17,7 @@ import pytest
 import requests
 from coinvision.sdk.errors import SyncError
 from coinvision.sdk.sync_client import SyncClient
+from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.auth import create_token, hash_token, revoke_token
 from coinvision.sync_server.models import ApiToken, CatalogVersion, ReferenceImage
 from coinvision.sync_server.ratelimit import RateLimiter
@@ -150,9 +151,9 @@ def test_rate_limiter_refills_at_its_rate() -> None:
     limiter = RateLimiter(per_minute=60, burst=2)
     limiter.take("a", "x", now=0.0)
     limiter.take("a", "x", now=0.0)
-    with pytest.raises(Exception, match="retry in 1 s") as err:
+    with pytest.raises(ApiError, match="retry in 1 s") as err:
         limiter.take("a", "x", now=0.1)
-    assert getattr(err.value, "status", None) == 429
+    assert err.value.status == 429 and err.value.headers == {"Retry-After": "1"}
     limiter.take("b", "x", now=0.1)  # another client has its own bucket
     limiter.take("a", "x", now=1.2)  # one token back after a second
 
