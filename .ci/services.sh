@@ -3,7 +3,7 @@
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq postgresql chromium >/dev/null
+  apt-get install -y -qq postgresql chromium nginx-light >/dev/null
 fi
 if command -v pg_lsclusters >/dev/null 2>&1; then
   ver=$(ls /usr/lib/postgresql | sort -n | tail -1)

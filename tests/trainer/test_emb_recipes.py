@@ -177,7 +177,7 @@ def test_tiny_trunk_cached_run_keeps_the_trunk_and_trains_the_top(tmp_path: Path
     assert rc == 0
     from coinvision.trainer.embedder import load_embedder
 
-    model, cfg, ckpt = load_embedder(tmp_path / "run" / "last.pt")
+    model, cfg, _ = load_embedder(tmp_path / "run" / "last.pt")
     torch.manual_seed(cfg.seed)  # the trainer's seeded random start: the trunk must still be bit-identical
     start = build_embedder(cfg)
     for name, value in model.backbone.state_dict().items():
