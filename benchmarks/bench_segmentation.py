@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-size-px", type=int, help="scene size (default: the config's, as in training)")
     parser.add_argument("--sample-data", action="store_true", help="use the bundled sample even if ../shared exists")
     parser.add_argument("--sample-root", default=str(SAMPLE_DATA), help="the bundled sample (fallback data)")
+    parser.add_argument("--labels-dir", help="real-photo labels to score against (default: the checkpoint config's)")
     parser.add_argument("--exported", nargs="*", help="only these exported files of --models (e.g. segmenter.tflite)")
     parser.add_argument("--distractor", type=int, default=0, help="2-5 coin validation scenes (default 0)")
     parser.add_argument("--handchecked", default=str(HANDCHECKED),
@@ -411,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = next((Path(m.path) for m in models if m.runtime == "torch"), None)
     size_px = models[0].size_px
     cfg = data_config(ROOT / checkpoint if checkpoint else None, size_px if size_px % 32 == 0 else 128)
+    if args.labels_dir:
+        cfg = dataclasses.replace(cfg, labels_dir=_resolve(args.labels_dir))
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
                           force_sample=args.sample_data, n_distractor=args.distractor, handchecked=args.handchecked)
     if args.split_touching != "off":

@@ -127,22 +127,27 @@ def split_touching_coins(component: np.ndarray, *, min_peak_frac: float = 0.35, 
     to the centre of least power distance ``|p - c|^2 - r^2`` (for two overlapping discs the cut is exactly the
     chord through their intersections). A cut is kept only where it is a neck: shorter than ``max_neck_frac`` of
     the smaller side's diameter (two coins meet in a narrow waist; one coin with a flat edge or a finger notch
-    does not have one). A component that fills ``max_solidity`` of its convex hull is one coin and returned at
-    once; the split is computed on a copy at most ``work_px`` wide (the cut is that coarse, the outline is not).
-    Returns the largest part (within the mask), or the component unchanged."""
+    does not have one). Everything runs on a copy of the component's box at most ``work_px`` wide (area-resampled,
+    >= 0.5); a copy that fills ``max_solidity`` of its convex hull is one coin and the component is returned at
+    once. The cut is that coarse, the outline is not: the kept part is resized back and intersected with the mask.
+    Returns the largest part, or the component unchanged."""
     comp = component.astype(np.uint8)
-    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    x, y, w, h = cv2.boundingRect(comp)
+    if w == 0 or h == 0:
+        return component
+    scale = min(1.0, work_px / max(w, h))  # everything below runs on this small copy: a photo-size mask costs little
+    crop = comp[y : y + h, x : x + w]
+    if scale < 1.0:
+        size_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+        crop = (cv2.resize(crop.astype(np.float32), size_wh, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return component
     outline = max(contours, key=cv2.contourArea)
     if cv2.contourArea(outline) >= max_solidity * max(cv2.contourArea(cv2.convexHull(outline)), 1.0):
-        return component  # convex: one coin (the common case costs one contour pass)
-    x, y, w, h = cv2.boundingRect(outline)
-    scale = min(1.0, work_px / max(w, h))  # the centres are found on a small copy; pixels are assigned at full size
-    filled = np.zeros((h, w), np.uint8)
-    cv2.drawContours(filled, [outline - np.array([x, y])], -1, 1, thickness=cv2.FILLED)
-    small = filled if scale == 1.0 else cv2.resize(
-        filled, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_NEAREST)
+        return component  # convex: one coin
+    small = np.zeros_like(crop)
+    cv2.drawContours(small, [outline], -1, 1, thickness=cv2.FILLED)  # holes filled: a holed coin is one disc
     dist = cv2.distanceTransform(small, cv2.DIST_L2, 5)
     peak = float(dist.max())
     if peak < 3.0:
