@@ -174,6 +174,8 @@ class Recognizer:
         self._seg_threshold = float(segmenter.meta.threshold or DEFAULT_SEGMENT_THRESHOLD)
         self._margin_frac = float(seg_extra.get("margin_frac", DEFAULT_MARGIN_FRAC))
         self._min_area_frac = float(seg_extra.get("min_area_frac", DEFAULT_MIN_AREA_FRAC))
+        # spec 2.6: cut touching coins apart before keeping the largest (segmenter v2 metadata; absent -> off)
+        self._split_touching = bool(seg_extra.get("split_touching", False))
         emb_extra = embedder.meta.extra
         self._crop_margin_frac = float(emb_extra.get("crop_margin_frac", DEFAULT_CROP_MARGIN_FRAC))
         # An embedder trained without background removal saw whole letterboxed photos, so it gets those.
