@@ -762,7 +762,8 @@ def measure_throughput(cfg: EmbedderConfig, *, batches: int = 3, batch_size: int
 
 
 class TorchEmbedPipeline:
-    """Photo -> unit vector through the full pipeline in PyTorch: segment -> ``coin_crop`` -> embedder."""
+    """Photo -> unit vector through the full pipeline in PyTorch: segment -> ``coin_crop`` -> embedder on the
+    rotated views -> their normalised mean (the SDK's steps, with the embedder in PyTorch)."""
 
     def __init__(self, model: Embedder, cfg: EmbedderConfig, crop_source: CropSource,
                  device: str | torch.device = "cpu") -> None:
@@ -783,9 +784,11 @@ class TorchEmbedPipeline:
         if not cfg.background_removal:
             source = LetterboxCropSource(cfg.size_px)
         elif (models_dir / "segmenter.pt").is_file():
-            source = crop_source_from_models_dir(models_dir, "torch", cfg.size_px, cfg.crop_margin_frac, num_threads)
+            source = crop_source_from_models_dir(models_dir, "torch", cfg.size_px, cfg.crop_margin_frac, num_threads,
+                                                 cfg.crop_interpolation)
         elif cfg.segmenter_checkpoint:
-            source = crop_source_from_checkpoint(cfg.segmenter_checkpoint, cfg.size_px, cfg.crop_margin_frac)
+            source = crop_source_from_checkpoint(cfg.segmenter_checkpoint, cfg.size_px, cfg.crop_margin_frac,
+                                                 cfg.crop_interpolation)
         else:
             raise ModelLoadError(f"{models_dir}/segmenter.pt is missing and the embedder config names no "
                                  "segmenter_checkpoint; put the segmenter checkpoint there as segmenter.pt")
@@ -795,5 +798,7 @@ class TorchEmbedPipeline:
     def embed(self, image: np.ndarray) -> np.ndarray:
         crop, found = self.crop_source.crop(image)
         self.no_coin += not found
-        x = torch.from_numpy(to_model_input(crop, self.cfg.input_spec)).to(self.device)
-        return self.model(x)[0].float().cpu().numpy()
+        spec = self.cfg.input_spec
+        views = rotation_views(crop, self.cfg.embed_rotations, spec.pad_value)
+        x = torch.from_numpy(np.concatenate([to_model_input(v, spec) for v in views])).to(self.device)
+        return mean_unit_vector(self.model(x).float().cpu().numpy())
