@@ -54,6 +54,9 @@ def test_demo_runs_the_whole_loop_offline_after_sync(
     # Random weights name coins badly, but with 4 coins in the catalog the top 5 always holds the true one.
     assert figures["recall@5"] == 1.0
     assert 0.0 <= figures["recall@1"] <= 1.0 and figures["median_total_ms"] > 0
+    # the threshold the verdicts used is the embedder metadata's, and it is printed
+    assert f"cosine below {figures['unknown_threshold']:.3f}" in printed
+    assert figures["unknown_rate"] == 1.0 or 0.0 <= figures["accepted_correct"] <= 1.0
     report = (out / "report.html").read_text()
     assert report.count("<tr class=") == n_queries and "data:image/jpeg;base64," in report
     assert (out / "device_cache" / "demo" / "current.pack").is_file()
