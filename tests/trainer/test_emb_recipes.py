@@ -12,7 +12,8 @@ import pytest
 import torch
 from coinvision.sdk.cli import main
 from coinvision.sdk.config_io import resolve_config
-from coinvision.trainer.emb_data import Sample
+from coinvision.sdk.preprocess import resize_square
+from coinvision.trainer.emb_data import CropCache, Sample
 from coinvision.trainer.emb_losses import LOSSES, build_loss, similarity_distillation
 from coinvision.trainer.embedder import (
     EmbedderConfig,
@@ -92,7 +93,7 @@ def test_similarity_distillation_is_zero_for_the_same_geometry() -> None:
 
 def test_pca_head_reproduces_the_frozen_features_projection(sample_root: Path, tmp_path: Path) -> None:
     """After ``init_head_from_pca`` the embedding is the normalised PCA projection of the pooled features."""
-    from coinvision.trainer.emb_data import CropCache, LetterboxCropSource
+    from coinvision.trainer.emb_data import LetterboxCropSource
 
     cfg = _cfg(head_init="pca", crop_cache_dir=str(tmp_path))
     paths = sorted((sample_root / "coins211" / "images").rglob("*.jpg"))[:24]
@@ -188,3 +189,31 @@ def test_tiny_trunk_cached_run_keeps_the_trunk_and_trains_the_top(tmp_path: Path
     assert changed  # the top learned
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 2 and all(0.0 <= h["recall@1"] <= 1.0 for h in history)
+
+
+def test_trainer_crops_use_the_sdk_area_resampling(sample_root: Path, tmp_path: Path) -> None:
+    """The crop cache (training) makes exactly the SDK's ``coin_crop`` with the config's interpolation, and the
+    cache key changes with it, so bilinear crops of older runs are never reused for an area-resampled model."""
+    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.preprocess import Segmentation, coin_crop
+    from coinvision.trainer.emb_data import CropTensorSet, SegmenterCropSource, read_crop
+
+    photo = next((sample_root / "coins211" / "images").rglob("*.jpg"))
+    image = load_image(photo)
+    mask = np.zeros(image.shape[:2], bool)
+    mask[10:-10, 12:-12] = True
+
+    class FixedMask:  # the segmenter's interface: segment(image) -> Segmentation
+        def segment(self, _image: np.ndarray) -> Segmentation:
+            return Segmentation(mask=mask, bbox=None, passes=1)
+
+    area = SegmenterCropSource(FixedMask(), "f" * 16, 48, 0.05, EmbedderConfig().crop_interpolation)
+    bilinear = SegmenterCropSource(FixedMask(), "f" * 16, 48, 0.05, "bilinear")
+    assert area.key != bilinear.key and area.key.endswith("_area")
+    np.testing.assert_array_equal(area.crop(image)[0], coin_crop(image, mask, 48, interpolation="area"))
+    assert not np.array_equal(area.crop(image)[0], bilinear.crop(image)[0])
+    # a cached crop of another size is resized by the same SDK function when the dataset reads it
+    cached = CropCache(tmp_path, area).get(photo)
+    spec = _cfg(size_px=32).input_spec
+    square = CropTensorSet([Sample(cached.path, "coins211/x", photo)], [0], spec).square(0)
+    np.testing.assert_array_equal(square, resize_square(read_crop(cached.path), 32, "area"))
