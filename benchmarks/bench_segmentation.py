@@ -252,8 +252,9 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
     # the synthesizer gets every validation coin (as in training), at 2x model resolution like training
     coins = [letterbox_pair(load_image(it.image_path), load_mask(it.mask_path), 2 * cfg.size_px) for it in items]
     synth_size = synth_size_px or cfg.synth.size_px
-    scene_cfg = dataclasses.replace(cfg, synth=SynthConfig(**{**cfg.synth.__dict__, "size_px": synth_size}))
-    synth = val_scene_synthesizer(scene_cfg, coins, backgrounds)
+    # the scene recipe at the asked size (a SegmenterConfig would reset its synth size to the model's)
+    scene_synth = SynthConfig(**{**cfg.synth.__dict__, "size_px": synth_size})
+    synth = val_scene_synthesizer(cfg, coins, backgrounds, scene_synth)
     synthetic = []
     for i in range(n_synthetic):
         image, _, main_mask = synth.scene(i)
@@ -262,9 +263,8 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
             for it in _sample(items, n_real, cfg.seed)]
     distractor = []
     if n_distractor:
-        multi = SynthConfig(**{**scene_cfg.synth.__dict__, "multi_coin_p": 1.0, "extra_coins_p": 0.0})
-        synth_d = val_scene_synthesizer(dataclasses.replace(scene_cfg, synth=multi,
-                                                            seed=cfg.seed + DISTRACTOR_SEED_OFFSET), coins, backgrounds)
+        multi = SynthConfig(**{**scene_synth.__dict__, "multi_coin_p": 1.0, "extra_coins_p": 0.0})
+        synth_d = val_scene_synthesizer(cfg, coins, backgrounds, multi, seed_offset=DISTRACTOR_SEED_OFFSET + 1_000_003)
         for i in range(n_distractor):
             image, _, main_mask = synth_d.scene(i)
             distractor.append((image, main_mask))
@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handchecked", default=str(HANDCHECKED),
                         help="hand-check CSV (dataset,file,verdict); accepted validation photos form their own set")
     parser.add_argument("--split-touching", choices=("off", "on", "both"), default="off",
-                        help="cut touching coins before keeping the largest (both: each model twice)")
+                        help="cut touching coins before keeping the largest (off: as each model's metadata says; "
+                             "both: each model without, then with)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/segmentation.json)")
@@ -416,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, labels_dir=_resolve(args.labels_dir))
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
                           force_sample=args.sample_data, n_distractor=args.distractor, handchecked=args.handchecked)
-    if args.split_touching != "off":
+    if args.split_touching != "off":  # both: each model without the split (whatever its metadata says), then with
         split = [dataclasses.replace(m, name=f"{m.name} +split", split_touching=True) for m in models]
-        models = split if args.split_touching == "on" else [v for pair in zip(models, split, strict=True) for v in pair]
+        plain = [dataclasses.replace(m, name=f"{m.name} -split", split_touching=False) for m in models]
+        models = split if args.split_touching == "on" else [v for pair in zip(plain, split, strict=True) for v in pair]
     for note in data.notes:
         print(f"note: {note}", flush=True)
     print(f"data: {data.source}; {len(data.synthetic)} synthetic scenes ({data.synth_size_px} px), "

@@ -297,9 +297,11 @@ def split_backgrounds(cfg: SegmenterConfig) -> tuple[list[np.ndarray], list[np.n
 
 
 def val_scene_synthesizer(cfg: SegmenterConfig, coins: Sequence[tuple[np.ndarray, np.ndarray]],
-                          backgrounds: Sequence[np.ndarray]) -> SceneSynthesizer:
-    """The synthetic validation scenes: ``scene(i)`` for ``i < cfg.val_synthetic`` are the ones training reports."""
-    return SceneSynthesizer(coins, backgrounds, cfg.synth, seed=cfg.seed + 1_000_003)
+                          backgrounds: Sequence[np.ndarray], synth: SynthConfig | None = None,
+                          seed_offset: int = 1_000_003) -> SceneSynthesizer:
+    """The synthetic validation scenes: ``scene(i)`` for ``i < cfg.val_synthetic`` are the ones training reports.
+    ``synth`` replaces ``cfg.synth`` (benchmarks: larger scenes, distractor-only scenes)."""
+    return SceneSynthesizer(coins, backgrounds, synth or cfg.synth, seed=cfg.seed + seed_offset)
 
 
 def load_seg_data(cfg: SegmenterConfig) -> SegData:
