@@ -76,9 +76,12 @@ def torch_segment_fn(model, meta: ModelMetadata) -> SegmentFn:
 
     threshold = float(meta.threshold if meta.threshold is not None else 0.5)
     margin = float(meta.extra.get("margin_frac", 0.15))
+    min_area = float(meta.extra.get("min_area_frac", 0.002))
+    split = bool(meta.extra.get("split_touching", False))
 
     def segment(image: np.ndarray) -> Segmentation:
-        return two_pass_segment(image, prob, size_px=size, threshold=threshold, margin_frac=margin)
+        return two_pass_segment(image, prob, size_px=size, threshold=threshold, margin_frac=margin,
+                                min_area_frac=min_area, pad_value=meta.input.pad_value, split_touching=split)
 
     return segment
 

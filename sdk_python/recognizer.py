@@ -316,6 +316,7 @@ class Recognizer:
             margin_frac=self._margin_frac,
             min_area_frac=self._min_area_frac,
             pad_value=self.segmenter_meta.input.pad_value,
+            split_touching=self._split_touching,
         )
         segmented = time.perf_counter()
         emb_spec = self.embedder_meta.input
