@@ -36,8 +36,8 @@ bench: install
 # from its last.pt; the crop cache and labels are reused): ImageNet weights from the packages, segmentation labels,
 # segmenter, embedder (its crop cache comes from that segmenter), export + parity + assembly (release-models).
 # The GPU is used when present (device: auto). Override the configs to change the recipe.
-SEG_CONFIG ?= trainer/configs/segmenter_mobilenetv2.yaml
-EMB_CONFIG ?= trainer/configs/embedder_lite0_release.yaml
+SEG_CONFIG ?= trainer/configs/segmenter_v2.yaml
+EMB_CONFIG ?= trainer/configs/embedder_lite0.yaml
 SEG_OUT ?= runs/segmenter/models
 EMB_OUT ?= runs/embedder/models
 
@@ -47,6 +47,8 @@ models: install
 		--tflite $(WEIGHTS)/mobilenet_v2_1.0_224_quant.tflite --out runs/pretrained/mobilenetv2_100_imagenet.pth \
 		--check-images $(DATA)/coins211/images
 	test -f runs/seg_labels/manifest.csv || $(BIN)/coinvision data seg-labels $(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels
+	test -f runs/seg_labels_v2/manifest.csv || $(BIN)/coinvision data refine-labels runs/seg_labels \
+		$(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels_v2
 	$(BIN)/coinvision train segmenter --config $(SEG_CONFIG) --resume --set out_dir=$(SEG_OUT)
 	$(BIN)/coinvision train embedder --config $(EMB_CONFIG) --resume --set out_dir=$(EMB_OUT) \
 		segmenter_checkpoint=$(SEG_OUT)/best.pt segmenter_models_dir=null

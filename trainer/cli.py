@@ -116,6 +116,14 @@ def _cmd_data_seg_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_refine_labels(args: argparse.Namespace) -> int:
+    from coinvision.trainer.seg_data import refine_labels
+
+    refined, kept = refine_labels(args.labels, args.out, args.roots)
+    print(f"refined {refined} label(s) with GrabCut where they agree with the circle, kept {kept} -> {args.out}")
+    return 0
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from coinvision.trainer.segmenter import segment_folder
 
@@ -208,6 +216,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg_labels.add_argument("--sheet-size", type=int, default=60, help="images on the contact sheet")
     seg_labels.add_argument("--seed", type=int, default=0)
     seg_labels.set_defaults(func=_cmd_data_seg_labels)
+
+    refine = data_sub.add_parser("refine-labels", help="refine Hough auto-labels with GrabCut where they agree")
+    refine.add_argument("labels", type=Path, help="folder written by `coinvision data seg-labels`")
+    refine.add_argument("roots", type=Path, nargs="+", help="the dataset folders the labels belong to")
+    refine.add_argument("--out", type=Path, required=True, help="folder for the refined labels + manifest.csv")
+    refine.set_defaults(func=_cmd_data_refine_labels)
 
     train_seg = train_subparsers(sub).add_parser("segmenter", help="train the coin segmenter (U-Net)")
     train_seg.add_argument("--config", type=Path, default=None, help="YAML config (SegmenterConfig keys)")

@@ -343,7 +343,7 @@ def read_label_manifest(label_dir: str | Path, dataset_roots: dict[str, Path]) -
     label_dir = Path(label_dir)
     path = label_dir / "manifest.csv"
     if not path.is_file():
-        raise DatasetError(f"{path} does not exist; create the masks with `coinvision segment-labels`")
+        raise DatasetError(f"{path} does not exist; create the masks with `coinvision data seg-labels`")
     out: list[LabelledImage] = []
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):

@@ -75,7 +75,7 @@ class SegmenterConfig:
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
     backgrounds_root: str | None = None
-    labels_dir: str = "runs/seg_labels"  # auto-labels (manifest.csv + mask PNGs), see `coinvision segment-labels`
+    labels_dir: str = "runs/seg_labels"  # auto-labels (manifest.csv + mask PNGs), see `coinvision data seg-labels`
     split_file: str | None = None  # trainer/splits.py CSV; None = make_splits(seed=split_seed)
     split_seed: int = 0
     real_train_frac: float = 0.3  # share of training samples that are real auto-labelled photos
@@ -279,7 +279,8 @@ def split_seg_labels(cfg: SegmenterConfig) -> tuple[list[LabelledImage], list[La
     split_of = {img.path: s for s, imgs in by_split.items() for img in imgs}
     labelled = read_label_manifest(cfg.labels_dir, {ds.name: ds.root for ds in datasets})
     if not labelled:
-        raise DatasetError(f"{cfg.labels_dir}: no auto-labels for {[ds.name for ds in datasets]}; run segment-labels")
+        raise DatasetError(f"{cfg.labels_dir}: no auto-labels for {[ds.name for ds in datasets]}; run "
+                           "`coinvision data seg-labels` (then `coinvision data refine-labels`)")
     train = [it for it in labelled if split_of.get(it.image_path) in ("train", "val_seen")]
     val = [it for it in labelled if split_of.get(it.image_path) in ("catalog", "query")]
     rng = random.Random(cfg.seed)
