@@ -1,0 +1,33 @@
+"""`coinvision segment` works out of the box: with no --runtime it uses the SDK's default runtime (TFLite), which
+the release ships, rather than a PyTorch checkpoint it does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from coinvision.sdk.cli import main
+
+
+def test_segment_defaults_to_the_sdk_runtime(tiny_models_dir: Path, sample_root: Path, tmp_path: Path,
+                                             capsys) -> None:
+    assert not (tiny_models_dir / "segmenter.pt").exists()  # like models/release: exported files only
+    images = sample_root / "euro_phone" / "images"
+    out = tmp_path / "masks"
+    rc = main(["segment", str(images), "--out", str(out), "--models", str(tiny_models_dir)])
+    assert rc == 0, capsys.readouterr().err
+    photos = sorted(images.rglob("*.jpg"))
+    masks = sorted(out.rglob("*.png"))
+    assert len(masks) == len(photos) == 40
+    first = cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE)
+    photo = cv2.imread(str(photos[0]))
+    assert first.shape == photo.shape[:2] and set(np.unique(first)) <= {0, 255}
+    assert f"wrote {len(photos)} mask(s)" in capsys.readouterr().out
+
+
+def test_segment_with_a_missing_runtime_file_names_it(tmp_path: Path, sample_root: Path, capsys) -> None:
+    rc = main(["segment", str(sample_root / "euro_phone" / "images"), "--out", str(tmp_path / "m"),
+               "--models", str(tmp_path)])
+    assert rc == 2
+    assert "segmenter.tflite" in capsys.readouterr().err
