@@ -178,3 +178,30 @@ def _describe(meta: ModelMetadata) -> str:
 
 def _as_str(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def rewrite_metadata(path: str | Path, meta: ModelMetadata) -> None:
+    """Replace the metadata of an exported file in place, inside the file and in its sidecar (release-time
+    changes of a pipeline parameter, e.g. ``embed_rotations``, without re-exporting the weights)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        embed_onnx_metadata(path, meta)
+    elif suffix == ".tflite":
+        embed_tflite_metadata(path, meta)
+    elif suffix == ".mlpackage":
+        import shutil
+
+        from coinvision.converters.coreml_export import import_coremltools
+
+        ct = import_coremltools()
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        set_coreml_metadata(model, meta)
+        staged = path.with_name(f".tmp.{path.name}")  # coremltools copies the package: never onto itself
+        shutil.rmtree(staged, ignore_errors=True)
+        model.save(str(staged))
+        shutil.rmtree(path)
+        staged.replace(path)
+    else:
+        raise ConversionError(f"{path}: cannot rewrite metadata of a {suffix!r} file (onnx, tflite, mlpackage)")
+    meta.write_sidecar(path)
