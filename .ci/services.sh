@@ -13,7 +13,9 @@ if command -v pg_lsclusters >/dev/null 2>&1; then
   su postgres -c "psql -qtc \"SELECT 1 FROM pg_database WHERE datname='coinvision_test'\"" | grep -q 1 \
     || su postgres -c "createdb coinvision_test"
   port=$(pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $3}')
-  export COINVISION_TEST_PG_URL="postgresql+psycopg://postgres:postgres@127.0.0.1:${port}/coinvision_test"
+  # loopback needs no TLS; with it, psycopg's bundled libpq aborts the test process once coremltools/TensorFlow
+  # have loaded their own OpenSSL (Fatal Python error in psycopg connect)
+  export COINVISION_TEST_PG_URL="postgresql+psycopg://postgres:postgres@127.0.0.1:${port}/coinvision_test?sslmode=disable"
 fi
 if command -v chromium >/dev/null 2>&1; then
   export COINVISION_CHROMIUM=$(command -v chromium)
