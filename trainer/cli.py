@@ -162,7 +162,7 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
             return recognizer.embed(image).vector
 
     metrics = evaluate_folders(args.catalog_dir, args.query_dir, embed, distractor_dir=args.distractors,
-                               distractors_per_class=args.distractors_per_class)
+                               distractors_per_class=args.distractors_per_class, unknown_target=args.calibrate_unknown)
     print(format_table(metrics, title=f"{args.runtime} {args.models}"))
     if args.plot:
         print(f"plot: {plot_recall_at_k(metrics, args.plot)}")
@@ -259,4 +259,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--distractors", type=Path, default=None, metavar="DIR",
                            help="<class>/<image> folder of more coins (e.g. the training classes) added to the catalog")
     retrieval.add_argument("--distractors-per-class", type=int, default=3)
+    retrieval.add_argument("--calibrate-unknown", type=float, default=None, metavar="SHARE",
+                           help="also print the cosine threshold that lets SHARE (e.g. 0.05) of unknown coins through")
     retrieval.set_defaults(func=_cmd_eval_retrieval)

@@ -12,6 +12,7 @@ left out of every average, as PML does for MAP@R.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class RetrievalMetrics:
     n_catalog: int = 0
     n_catalog_classes: int = 0
     n_unanswerable: int = 0  # queries whose class has no catalog vector (left out)
+    unknown: UnknownCalibration | None = None  # evaluate_folders(unknown_target=...): the calibrated threshold
 
     def as_row(self) -> dict[str, float]:
         row: dict[str, float] = {f"recall@{k}": v for k, v in self.recall_at.items()}
@@ -199,6 +201,10 @@ def format_table(metrics: RetrievalMetrics, title: str = "retrieval") -> str:
         lines.append(f"{k:>4}  {v:8.4f}  {design:>6}")
     lines.append(f"MAP@R {metrics.map_at_r:.4f}   class-mean Recall@1 {metrics.class_mean_recall_at_1:.4f}")
     lines.extend(f"Recall@1 [{g}] {v:.4f}" for g, v in metrics.recall_at_1_by_group.items())
+    if metrics.unknown is not None:
+        u = metrics.unknown
+        lines.append(f"unknown-coin threshold {u.threshold:.4f}: lets {u.unknown_accept_rate:.1%} of simulated unknown "
+                     f"coins through, accepts {u.known_accept_rate:.1%} of known ones")
     return "\n".join(lines)
 
 
@@ -237,12 +243,13 @@ def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:
 
 def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Callable[[np.ndarray], np.ndarray], *,
                      ks: Sequence[int] = RECALL_KS, progress: bool = True, distractor_dir: str | Path | None = None,
-                     distractors_per_class: int = 3) -> RetrievalMetrics:
+                     distractors_per_class: int = 3, unknown_target: float | None = None) -> RetrievalMetrics:
     """Embed every image of two ``<class>/<image>`` folders with ``embed`` (RGB uint8 -> vector) and score.
 
     ``distractor_dir``: more classes (e.g. the training classes) whose first ``distractors_per_class`` images join
     the catalog, as in a deployed catalog that holds every coin. Class folders named ``<dataset>__<class>`` (as
-    ``coinvision data split --materialize`` writes them) add Recall@1 per dataset."""
+    ``coinvision data split --materialize`` writes them) add Recall@1 per dataset. ``unknown_target``: also
+    calibrate the unknown-coin threshold that lets this share of simulated unknown coins through."""
     from coinvision.sdk.imageio import load_image
     from tqdm import tqdm
 
@@ -260,5 +267,10 @@ def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Call
     cat_emb = embed_all(catalog, "embed catalog")
     query_emb = embed_all(query, "embed queries")
     groups = [c.split("__", 1)[0] for _, c in query] if all("__" in c for _, c in query) else None
-    return evaluate_retrieval(query_emb, [c for _, c in query], cat_emb, [c for _, c in catalog], ks=ks,
-                              query_groups=groups)
+    q_labels, c_labels = [c for _, c in query], [c for _, c in catalog]
+    metrics = evaluate_retrieval(query_emb, q_labels, cat_emb, c_labels, ks=ks, query_groups=groups)
+    if unknown_target is None:
+        return metrics
+    calibration = calibrate_unknown_threshold(query_emb, q_labels, cat_emb, c_labels,
+                                              target_unknown_accept=unknown_target)
+    return dataclasses.replace(metrics, unknown=calibration)

@@ -380,10 +380,13 @@ def test_eval_retrieval_cli_onnx_through_recognizer(recognizer_available: None, 
                                                     sample_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = sample_root / "euro_phone" / "images"
     rc = main(["eval", "retrieval", str(folder), str(folder), "--models", str(tiny_models_dir), "--runtime", "onnx",
-               "--distractors", str(sample_root / "coins211" / "images"), "--distractors-per-class", "2"])
+               "--distractors", str(sample_root / "coins211" / "images"), "--distractors-per-class", "2",
+               "--calibrate-unknown", "0.05"])
     assert rc == 0
+    out = capsys.readouterr().out
     # the 24 coins211 sample classes join the catalog with 2 photos each
-    assert "40 queries (0 unanswerable), 88 catalog images in 32 classes" in capsys.readouterr().out
+    assert "40 queries (0 unanswerable), 88 catalog images in 32 classes" in out
+    assert "unknown-coin threshold" in out and "of simulated unknown coins through" in out
 
 
 def test_eval_retrieval_cli_bad_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
