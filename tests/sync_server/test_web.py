@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sync_server.config import ServerConfig
 from coinvision.sync_server.live import start_local_server
 
@@ -205,7 +206,8 @@ def test_maintainer_whole_job_in_the_browser(web_server: Server, page: object, s
     pg.click("#try-form button")  # type: ignore[attr-defined]
     pg.wait_for_selector("#verdict.unknown")  # type: ignore[attr-defined]
     verdict = pg.inner_text("#verdict")  # type: ignore[attr-defined]
-    assert verdict.startswith("Unknown coin") and "threshold of 85 %" in verdict
+    threshold = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx").threshold
+    assert verdict.startswith("Unknown coin") and f"threshold of {round(100 * threshold)} %" in verdict
     scores = pg.locator("#matches li.match").all_inner_texts()  # type: ignore[attr-defined]
     assert scores and all(t.rstrip().endswith("%") and " -" not in t for t in scores)  # never a negative score
     pg.screenshot(path=str(shots / "10-try-unknown.png"), full_page=True)  # type: ignore[attr-defined]
