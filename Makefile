@@ -35,7 +35,9 @@ bench: install
 # The whole release from the shared data on a fresh clone, one command, resumable (each training step continues
 # from its last.pt; the crop cache and labels are reused): ImageNet weights from the packages, segmentation labels,
 # segmenter, embedder (its crop cache comes from that segmenter), export + parity + assembly (release-models).
-# The GPU is used when present (device: auto). Override the configs to change the recipe.
+# The GPU is used when present (device: auto). Override the configs to change the recipe. Note: this release
+# ships the v1 embedder (its checkpoint predates this chain); EMB_CONFIG is the v2 recipe, which measured below
+# it (models/release/README.md): compare before replacing models/release with what this target builds.
 SEG_CONFIG ?= trainer/configs/segmenter_v2.yaml
 EMB_CONFIG ?= trainer/configs/embedder_lite0.yaml
 SEG_OUT ?= runs/segmenter/models
