@@ -34,40 +34,32 @@ def _metrics(query: np.ndarray, catalog: np.ndarray, distractors: np.ndarray, da
             "full_recall@5": round(full.recall_at[5], 4)}
 
 
-def _pca(train: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    mean = train.mean(0)
-    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-    return mean, vt[:dim]
-
-
-def _project(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    y = (x - mean) @ components.T
-    return (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
-
-
 def run(config: Path, extra_backbones: dict[str, str], rotations: tuple[int, ...]) -> list[dict[str, Any]]:
     import torch
     from coinvision.sdk.config_io import resolve_config
     from coinvision.trainer.emb_data import load_embedding_data
-    from coinvision.trainer.embedder import EmbedderConfig, _build_backbone, embed_samples
+    from coinvision.trainer.emb_losses import build_loss
+    from coinvision.trainer.embedder import EmbedderConfig, build_embedder, embed_samples, init_head_from_pca
 
     cfg = resolve_config(EmbedderConfig, config, {})
     torch.set_num_threads(cfg.num_threads)
     data = load_embedding_data(cfg, progress=False)
     device = torch.device("cpu")
+    labels = [data.label_of(s) for s in data.train]
     rows = []
     for name, weights in {cfg.backbone: cfg.pretrained_path, **extra_backbones}.items():
-        bcfg = replace(cfg, backbone=name, pretrained_path=weights, pad_type="same" if "mobilenetv2" in name else "")
-        backbone = _build_backbone(bcfg).eval()
-        mean, components = _pca(embed_samples(backbone, data.train, bcfg, device, rotations=1, unit=False),
-                                cfg.embedding_dim)
+        # the embedder as head_init: pca starts it: frozen backbone + linear head at the PCA of its features
+        bcfg = replace(cfg, backbone=name, pretrained_path=weights, pad_type="same" if "mobilenetv2" in name else "",
+                       head_hidden_dims=(), head_init="pca")
+        model = build_embedder(bcfg).eval()
+        features = embed_samples(model.backbone, data.train, bcfg, device, rotations=1, unit=False)
+        init_head_from_pca(model, build_loss(bcfg, len(data.class_keys)), torch.from_numpy(features), labels, bcfg)
         for n_rot in rotations:
-            feats = {split: embed_samples(backbone, getattr(data, split), bcfg, device, rotations=n_rot, unit=False)
-                     for split in ("query", "catalog", "distractors")}
-            raw = _metrics(feats["query"], feats["catalog"], feats["distractors"], data)
-            pca = _metrics(*(_project(feats[s], mean, components) for s in ("query", "catalog", "distractors")), data)
-            for kind, metrics in ((f"pooled {backbone.num_features}-d", raw), (f"PCA {cfg.embedding_dim}-d", pca)):
-                row = {"backbone": name, "features": kind, "rotations": n_rot, **metrics}
+            for kind, net in ((f"pooled {model.backbone.num_features}-d", model.backbone),
+                              (f"PCA {cfg.embedding_dim}-d", model)):
+                emb = [embed_samples(net, getattr(data, split), bcfg, device, rotations=n_rot)
+                       for split in ("query", "catalog", "distractors")]
+                row = {"backbone": name, "features": kind, "rotations": n_rot, **_metrics(*emb, data)}
                 rows.append(row)
                 print(f"{name:24s} {kind:16s} rot {n_rot}: R@1 {row['recall@1']:.3f}  R@5 {row['recall@5']:.3f}  "
                       f"class-mean R@1 {row['class_mean_recall@1']:.3f}  with distractors R@1 "

@@ -10,16 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 OUT = Path(__file__).parent / "results" / "embedder_rotation_parity.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     from coinvision.converters.parity import ParitySet, measure_parity
     from coinvision.converters.photo_inputs import list_photos, model_squares
-    from coinvision.sdk.preprocess import Segmentation, two_pass_segment
     from coinvision.sdk.runtimes import load_model
+    from coinvision.trainer.segmenter import load_runner
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models/release"))
@@ -27,18 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
-    seg = load_model(args.models / "segmenter.onnx", 1)
-    size, extra = seg.meta.input.size_px, seg.meta.extra
-
-    def prob(square: np.ndarray) -> np.ndarray:
-        x = np.asarray(seg.predict(square), np.float32).reshape(size, size)
-        return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
-
-    def segment(image: np.ndarray) -> Segmentation:
-        return two_pass_segment(image, prob, size_px=size, threshold=float(seg.meta.threshold or 0.5),
-                                margin_frac=float(extra.get("margin_frac", 0.15)),
-                                split_touching=bool(extra.get("split_touching", False)))
-
+    segment = load_runner(args.models, "onnx").segment  # the SDK's two-pass pipeline, parameters from metadata
     reference, candidate = load_model(args.models / "embedder.onnx", 1), load_model(args.models / "embedder.tflite", 1)
     meta = candidate.meta
     squares = model_squares("embedder", list_photos(args.photos), args.photos, meta.input.size_px, segment,
@@ -53,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps({
         "command": "python -m benchmarks.bench_rotation_parity", "reference": "embedder.onnx (fp32)",
         "candidate": f"embedder.tflite ({meta.quantization})", "photos": str(args.photos),
-        "crops": "two-pass masks of segmenter.onnx through the SDK", "figures": figures}, indent=2))
+        "crops": "two-pass masks of segmenter.onnx (trainer.segmenter.load_runner)", "figures": figures}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -257,6 +257,16 @@ def list_versions(catalog_id: str) -> Response:
 
 
 # ---------------------------------------------------------------- coins and images
+def _apply_coin_fields(coin: Coin | None, catalog_id: str, coin_id: str, fields: dict[str, Any]) -> Coin:
+    """``coin`` (a new one, added to the session, when None) with ``fields`` set."""
+    if coin is None:
+        coin = Coin(catalog_id=catalog_id, coin_id=coin_id, extra={})
+        g.db.add(coin)
+    for f, value in fields.items():
+        setattr(coin, f, value)
+    return coin
+
+
 def _coin_fields(source: dict[str, Any], *, skip_empty: bool) -> dict[str, str]:
     """Checked metadata fields; with ``skip_empty`` an empty value means "leave as it is" (web forms)."""
     fields = {f: _text(source[f], f, n) for f, n in COIN_FIELDS.items() if f in source}
@@ -286,11 +296,7 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     extra = _extra(body["extra"]) if "extra" in body else None
     coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
     created = coin is None
-    if coin is None:
-        coin = Coin(catalog_id=catalog_id, coin_id=coin_id, extra={})
-        g.db.add(coin)
-    for f, value in fields.items():
-        setattr(coin, f, value)
+    coin = _apply_coin_fields(coin, catalog_id, coin_id, fields)
     if extra is not None:
         coin.extra = extra
     try:
@@ -439,11 +445,7 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
             raise ApiError(422, "embedding_failed", f"{up.filename}: {exc}") from exc
     vectors = np.stack([e.vector for e in embedded]).astype("<f4")
     created = coin is None
-    if coin is None:
-        coin = Coin(catalog_id=catalog_id, coin_id=coin_id, extra={})
-        g.db.add(coin)
-    for f, value in fields.items():
-        setattr(coin, f, value)
+    coin = _apply_coin_fields(coin, catalog_id, coin_id, fields)
     g.db.flush()
     rows = []
     for up, vec in zip(decoded, vectors, strict=True):

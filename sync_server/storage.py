@@ -7,26 +7,17 @@ still has the bytes that were hashed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
 
-from coinvision.sdk.fileio import write_atomic
+from coinvision.sdk.fileio import sha256_file, write_atomic
 
 __all__ = ["file_matches", "image_path", "sha256_file", "write_atomic"]
 
 _verified: dict[tuple[str, int, int, int], str] = {}
 _verified_lock = threading.Lock()
 _MAX_VERIFIED = 4096
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_matches(path: Path, size: int, sha256: str) -> bool:

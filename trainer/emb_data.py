@@ -41,6 +41,7 @@ __all__ = [
     "LetterboxCropSource",
     "Sample",
     "SegmenterCropSource",
+    "augment_seeded",
     "build_augment",
     "crop_source_from_checkpoint",
     "crop_source_from_models_dir",
@@ -97,6 +98,13 @@ def build_augment(cfg: AugmentConfig) -> A.Compose:
                        p=cfg.shadow_p),
         A.ImageCompression(quality_range=(50, 95), p=cfg.jpeg_p),
     ])
+
+
+def augment_seeded(augment: A.Compose, image: np.ndarray, *key: int) -> np.ndarray:
+    """``augment(image)`` with its randomness a pure function of ``key`` (e.g. seed, epoch, index): a resumed run
+    and a cached view see the same pixels."""
+    augment.set_random_seed(int(np.random.default_rng(list(key)).integers(2**31)))
+    return augment(image=image)["image"]
 
 
 # ------------------------------------------------------------------------------------------- crop sources
@@ -292,8 +300,7 @@ class CropTensorSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.square(index)
         if self.augment is not None:
-            self.augment.set_random_seed(int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**31)))
-            image = self.augment(image=image)["image"]
+            image = augment_seeded(self.augment, image, self.seed, self.epoch, index)
         return torch.from_numpy(to_model_input(image, self.spec)[0]), self.labels[index]
 
 

@@ -23,26 +23,33 @@ import numpy as np
 import torch
 from coinvision.sdk.errors import ConfigError
 from coinvision.sdk.preprocess import rotation_views, to_model_input
+from coinvision.trainer.emb_data import augment_seeded
 from torch import nn
 
-__all__ = ["TrunkActivations", "backbone_top", "backbone_trunk", "cache_trunk"]
+__all__ = ["TrunkActivations", "backbone_top", "backbone_trunk", "cache_trunk", "trunk_modules"]
 
 log = logging.getLogger(__name__)
+
+
+def trunk_modules(backbone: nn.Module, stages: int) -> list[nn.Module]:
+    """The stem and the first ``stages`` stages of a timm EfficientNet / MobileNet (``conv_stem``, ``bn1``,
+    ``blocks``): what ``freeze_stages`` keeps fixed; ``[]`` for 0."""
+    return _parts(backbone, stages)[0] if stages > 0 else []
 
 
 def _parts(backbone: nn.Module, stages: int) -> tuple[list[nn.Module], list[nn.Module]]:
     blocks = getattr(backbone, "blocks", None)
     if blocks is None or not all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "conv_head", "bn2")):
         raise ConfigError(f"{type(backbone).__name__} is not a timm EfficientNet/MobileNet (conv_stem, blocks, "
-                          "conv_head); the trunk cache needs one, or set trunk_cache_views: 0")
+                          "conv_head); freeze_stages needs one, or set freeze_stages: 0")
     if not 0 < stages <= len(blocks):
-        raise ConfigError(f"freeze_stages={stages}: must be in [1, {len(blocks)}] for the trunk cache")
+        raise ConfigError(f"freeze_stages={stages}: the backbone has {len(blocks)} stages; use 0..{len(blocks)}")
     return [backbone.conv_stem, backbone.bn1, *blocks[:stages]], list(blocks[stages:])
 
 
 def backbone_trunk(backbone: nn.Module, stages: int, x: torch.Tensor) -> torch.Tensor:
     """Stem + the first ``stages`` stages (what ``freeze_stages`` keeps fixed)."""
-    for module in _parts(backbone, stages)[0]:
+    for module in trunk_modules(backbone, stages):
         x = module(x)
     return x
 
@@ -85,11 +92,7 @@ def cache_trunk(backbone: nn.Module, stages: int, squares: Any, count: int, spec
         square = squares(i)
         if augment is None:
             return rotation_views(square, rotations, spec.pad_value)
-        out = [square]
-        for v in range(1, n_views):
-            augment.set_random_seed(int(np.random.default_rng([seed, v, i]).integers(2**31)))
-            out.append(augment(image=square)["image"])
-        return out
+        return [square, *(augment_seeded(augment, square, seed, v, i) for v in range(1, n_views))]
 
     chunks: list[torch.Tensor] = []
     per_chunk = max(1, batch_size // n_views)

@@ -70,6 +70,7 @@ from coinvision.trainer.emb_losses import (
     build_loss,
     similarity_distillation,
 )
+from coinvision.trainer.emb_trunk import trunk_modules
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.retrieval import (
     RetrievalMetrics,
@@ -89,7 +90,6 @@ __all__ = [
     "build_optimizers",
     "embed_samples",
     "embedder_metadata",
-    "frozen_stem_modules",
     "init_head_from_pca",
     "load_embedder",
     "make_feed",
@@ -247,18 +247,6 @@ def _build_backbone(cfg: EmbedderConfig) -> nn.Module:
     except (RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"could not build timm backbone {cfg.backbone!r} (weights {cfg.pretrained_path}): "
                              f"{exc}") from exc
-
-
-def frozen_stem_modules(backbone: nn.Module, stages: int) -> list[nn.Module]:
-    """The stem and the first ``stages`` blocks of a timm EfficientNet / MobileNet (``conv_stem``, ``bn1``,
-    ``blocks``): low-level edge and texture filters that transfer as they are and cost the most to train."""
-    if stages <= 0:
-        return []
-    blocks = getattr(backbone, "blocks", None)
-    if blocks is None or stages > len(blocks):
-        raise ConfigError(f"freeze_stages={stages}: the backbone has {len(blocks) if blocks is not None else 0} "
-                          "stages (timm EfficientNet/MobileNet `blocks`); lower it or set 0")
-    return [backbone.conv_stem, backbone.bn1, *blocks[:stages]]
 
 
 def build_embedder(cfg: EmbedderConfig) -> Embedder:
@@ -503,8 +491,8 @@ class TrunkFeed(ImageFeed):
         spec, stages = cfg.input_spec, cfg.freeze_stages
         # Activations depend on the trunk's weights, the crops and how views are made; the key covers them, so
         # recipes that share a trunk, and resumed runs, load them instead of recomputing (minutes on a CPU).
-        trunk_state = {k: v for k, v in backbone.state_dict().items()
-                       if k.startswith(("conv_stem.", "bn1.", *(f"blocks.{i}." for i in range(stages))))}
+        trunk_state = {f"{i}.{k}": v for i, module in enumerate(trunk_modules(backbone, stages))
+                       for k, v in module.state_dict().items()}
         base_key = {"trunk": fingerprint_state_dict(trunk_state), "stages": stages, "spec": str(spec),
                     "views": cfg.trunk_cache_views, "rotations": cfg.embed_rotations, "seed": cfg.seed,
                     "augment": str(cfg.augment)}
@@ -641,7 +629,7 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         model.backbone.requires_grad_(not frozen)
         if frozen:
             model.backbone.eval()  # keep the pretrained BN statistics while only the head learns
-        for module in frozen_stem_modules(model.backbone, cfg.freeze_stages):
+        for module in trunk_modules(model.backbone, cfg.freeze_stages):
             module.requires_grad_(False)
             module.eval()
         if cfg.sampler == "m_per_class":

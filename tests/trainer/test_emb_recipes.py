@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from coinvision.sdk.cli import main
 from coinvision.sdk.config_io import resolve_config
 from coinvision.sdk.preprocess import resize_square
@@ -39,6 +40,18 @@ def _separation(emb: torch.Tensor, labels: torch.Tensor) -> float:
     cos, same = unit @ unit.T, labels[:, None] == labels[None, :]
     off_diagonal = ~torch.eye(len(labels), dtype=torch.bool)
     return float(cos[same & off_diagonal].mean() - cos[~same].mean())
+
+
+def _train_tiny(tmp_path: Path, sample_root: Path, **settings) -> None:
+    """Two epochs of a tiny PCA-headed embedder through the CLI on the bundled photos (letterboxed), into
+    ``tmp_path / "run"``; ``settings`` are EmbedderConfig keys on top of the tiny defaults."""
+    config = {"backbone": TINY_BACKBONE, "size_px": 64, "head_hidden_dims": [], "head_init": "pca", "batch_size": 8,
+              "epochs": 2, "background_removal": False, "num_threads": 1,
+              "data_roots": [str(sample_root / "coins211"), str(sample_root / "euro_phone")], **settings}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    rc = main(["train", "embedder", "--config", str(tmp_path / "tiny.yaml"), "--set", f"out_dir={tmp_path / 'run'}",
+               f"crop_cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -132,16 +145,8 @@ def test_metadata_carries_rotations_interpolation_and_backbone_normalisation() -
 
 
 def test_tiny_multi_similarity_run_with_distillation(tmp_path: Path, sample_root: Path) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"backbone: {TINY_BACKBONE}\nsize_px: 64\nhead_hidden_dims: []\nhead_init: pca\nbatch_size: 8\n"
-        f"epochs: 2\nfreeze_backbone_epochs: 1\nsteps_per_epoch: 2\nbackground_removal: false\nnum_threads: 1\n"
-        f"loss: multi_similarity\nsampler: m_per_class\nm_per_class: 4\ndistill_weight: 1.0\nembed_rotations: 4\n"
-        f"data_roots: [{sample_root / 'coins211'}, {sample_root / 'euro_phone'}]\n"
-    )
-    rc = main(["train", "embedder", "--config", str(config), "--set", f"out_dir={tmp_path / 'run'}",
-               f"crop_cache_dir={tmp_path / 'cache'}"])
-    assert rc == 0
+    _train_tiny(tmp_path, sample_root, freeze_backbone_epochs=1, steps_per_epoch=2, loss="multi_similarity",
+                sampler="m_per_class", m_per_class=4, distill_weight=1.0, embed_rotations=4)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) and 0.0 <= h["recall@1"] <= 1.0 for h in history)
@@ -166,16 +171,8 @@ def test_trunk_cache_top_equals_the_whole_backbone() -> None:
 
 
 def test_tiny_trunk_cached_run_keeps_the_trunk_and_trains_the_top(tmp_path: Path, sample_root: Path) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"backbone: {TINY_BACKBONE}\nsize_px: 64\nhead_hidden_dims: []\nhead_init: pca\nbatch_size: 8\n"
-        f"epochs: 2\nfreeze_backbone_epochs: 0\nsteps_per_epoch: 3\nbackground_removal: false\nnum_threads: 1\n"
-        f"freeze_stages: 4\ntrunk_cache_views: 2\nembed_rotations: 2\ndistill_weight: 1.0\n"
-        f"data_roots: [{sample_root / 'coins211'}, {sample_root / 'euro_phone'}]\n"
-    )
-    rc = main(["train", "embedder", "--config", str(config), "--set", f"out_dir={tmp_path / 'run'}",
-               f"crop_cache_dir={tmp_path / 'cache'}"])
-    assert rc == 0
+    _train_tiny(tmp_path, sample_root, freeze_backbone_epochs=0, steps_per_epoch=3, freeze_stages=4,
+                trunk_cache_views=2, embed_rotations=2, distill_weight=1.0)
     from coinvision.trainer.embedder import load_embedder
 
     model, cfg, _ = load_embedder(tmp_path / "run" / "last.pt")
