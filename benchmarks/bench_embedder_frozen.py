@@ -36,7 +36,7 @@ def _metrics(query: np.ndarray, catalog: np.ndarray, distractors: np.ndarray, da
 
 def run(config: Path, extra_backbones: dict[str, str], rotations: tuple[int, ...]) -> list[dict[str, Any]]:
     import torch
-    from coinvision.sdk.config_io import resolve_config
+    from coinvision.trainer.config_io import resolve_config
     from coinvision.trainer.emb_data import load_embedding_data
     from coinvision.trainer.emb_losses import build_loss
     from coinvision.trainer.embedder import EmbedderConfig, build_embedder, embed_samples, init_head_from_pca

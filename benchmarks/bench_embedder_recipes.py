@@ -58,7 +58,7 @@ def _score(feed: Any, model: Any, data: Any, rotations: int) -> dict[str, Any]:
 
 def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     import torch
-    from coinvision.sdk.config_io import resolve_config
+    from coinvision.trainer.config_io import resolve_config
     from coinvision.trainer.emb_data import load_embedding_data
     from coinvision.trainer.emb_losses import build_loss
     from coinvision.trainer.embedder import (
@@ -124,7 +124,7 @@ def _write(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from coinvision.sdk.config_io import parse_overrides
+    from coinvision.trainer.config_io import parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))

@@ -101,7 +101,7 @@ def _rel(path: str | Path) -> str:
 
 def sample_photos(sample_root: Path = SAMPLE_DATA, count: int = 10) -> list[tuple[str, np.ndarray]]:
     """``count`` real photos, alternating between the bundled datasets, one per class, decoded."""
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
 
     per_set = []
     for name in ("euro_phone", "coins211"):

@@ -350,7 +350,7 @@ def load_split(cfg, queries_per_class: int, seed: int) -> _Split:
 
 def _torch_vectors(args: argparse.Namespace, model, cfg, split: _Split) -> tuple[np.ndarray, np.ndarray, dict]:
     import torch
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.trainer.embedder import TorchEmbedPipeline, embed_samples
 
     if args.torch_source == "cache":

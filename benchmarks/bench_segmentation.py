@@ -165,7 +165,7 @@ def _resolve(path: str | None) -> str | None:
 
 def data_config(checkpoint: Path | None, size_px: int):
     """The segmenter config whose validation split to use: the checkpoint's, else the defaults on ../shared."""
-    from coinvision.sdk.config_io import resolve_config
+    from coinvision.trainer.config_io import resolve_config
     from coinvision.trainer.segmenter import SegmenterConfig
 
     if checkpoint is not None:
@@ -203,7 +203,7 @@ def _sample_fallback(sample_root: Path) -> tuple[list[Any], list[np.ndarray], st
     import tempfile
 
     import cv2
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.trainer.data import list_backgrounds, load_dataset
     from coinvision.trainer.seg_data import LabelledImage, auto_label
 
@@ -236,7 +236,7 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
                    handchecked: str | Path | None = None) -> EvalData:
     """Real validation photos at original size and synthetic validation scenes (see the module docstring)."""
     from coinvision.sdk.errors import CoinVisionError
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.trainer.seg_data import SynthConfig, load_mask
     from coinvision.trainer.segmenter import letterbox_pair, val_scene_synthesizer
 

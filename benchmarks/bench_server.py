@@ -224,7 +224,7 @@ def _start(kind: str, cat: _Catalog, cfg: ServerBenchConfig) -> tuple[subprocess
            "OMP_NUM_THREADS": "1"}
     bin_dir = Path(sys.executable).parent
     if kind == "werkzeug":
-        cmd = [sys.executable, "-m", "coinvision.sdk.cli", "serve", "--port", str(port), "--db", cat.db_url,
+        cmd = [sys.executable, "-m", "coinvision.cli.main", "serve", "--port", str(port), "--db", cat.db_url,
                "--data-dir", str(cat.data_dir)]
     else:
         cmd = [str(bin_dir / "gunicorn"), "--workers", str(cfg.gunicorn_workers), "--worker-class", "gthread",

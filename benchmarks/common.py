@@ -86,7 +86,7 @@ def release_checkpoint(kind: str, models_dir: Path = ROOT / "models" / "release"
     """The ``runs/<kind>/*/best.pt`` that ``models_dir`` was exported from (its ONNX metadata records the
     checkpoint's sha256), else the newest one; ``None`` when there is none. The PyTorch reference row of a
     benchmark must be the release model's own source, not whichever experiment ran last."""
-    from coinvision.sdk.fileio import sha256_file
+    from coinvision.sdk.files import sha256_file
 
     found = sorted((runs_dir / kind).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
     meta = models_dir / f"{kind}.onnx.meta.json"

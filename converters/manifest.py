@@ -8,7 +8,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from coinvision.sdk.fileio import write_atomic
+from coinvision.sdk.files import write_atomic
 
 __all__ = ["MANIFEST_NAME", "digest", "read_manifest", "tool_versions", "write_manifest"]
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from coinvision.sdk.errors import ConversionError, ImageError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.files import list_images
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import Segmentation, coin_crop, letterbox, two_pass_segment
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "PhotoSquares",
     "list_photos",
     "model_squares",
@@ -32,7 +32,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 SegmentFn = Callable[[np.ndarray], Segmentation]
 
@@ -52,7 +51,7 @@ def list_photos(root: str | Path, *, what: str = "photo folder") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ConversionError(f"{what} {root} does not exist; pass a folder of real photos (searched recursively)")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return list_images(root, required=False)
 
 
 def pick_evenly(paths: Sequence[Path], count: int) -> list[Path]:

@@ -24,7 +24,7 @@ import numpy as np
 from coinvision.converters.photo_inputs import list_photos, pick_evenly
 from coinvision.converters.tflite_export import signature_input_name
 from coinvision.sdk.errors import CoinVisionError, ConversionError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import letterbox, to_model_input
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coinvision.sdk.errors import ConfigError, ModelLoadError
-from coinvision.sdk.fileio import sha256_file
+from coinvision.sdk.files import sha256_file
 from coinvision.sdk.model_meta import ModelMetadata
 
 __all__ = ["KINDS", "SourceModel", "load_source"]

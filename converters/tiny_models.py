@@ -149,8 +149,8 @@ def write_tiny_checkpoints(out_dir, *, seed: int = 0, kinds: tuple[str, ...] = (
     from pathlib import Path
 
     import torch
-    from coinvision.sdk.config_io import config_to_dict
     from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+    from coinvision.trainer.config_io import config_to_dict
 
     out_dir = Path(out_dir)
     paths = {}

@@ -88,7 +88,7 @@ def _free_port() -> int:
 
 
 def _cli(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "coinvision.sdk.cli", *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "coinvision.cli.main", *args], capture_output=True, text=True,
                          check=False)
     if out.returncode:
         raise RuntimeError(f"coinvision {' '.join(args)} failed:\n{out.stderr}")
@@ -113,7 +113,7 @@ def sync_server(data_dir: Path, models_dir: Path, log_path: Path, start_timeout_
     port = _free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "coinvision.sdk.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "coinvision.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
              "--data-dir", str(data_dir), "--models", str(models_dir)],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -176,7 +176,7 @@ def publish_catalog(server: RunningServer, catalog_id: str, coins: Sequence[Samp
 
 def recognize_queries(models_dir: Path, pack_path: Path, coins: Sequence[SampleCoin], runtime: str,
                       top_k: int) -> tuple[list[QueryOutcome], dict[Path, object]]:
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.sdk.recognizer import Recognizer
     from tqdm import tqdm
 
@@ -243,7 +243,7 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 def write_report(out_html: Path, outcomes: Sequence[QueryOutcome], results: dict[Path, object],
                  coins: Sequence[SampleCoin], summary: dict[str, str]) -> Path:
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
 
     labels = {c.coin_id: c.label for c in coins}
     first_photo = {c.coin_id: _data_uri(load_image(c.catalog[0]), 96) for c in coins}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from coinvision.sdk.errors import ConfigError, ModelLoadError, PackError
-from coinvision.sdk.imageio import ImageSource, load_image
+from coinvision.sdk.images import ImageSource, load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import Segmentation, coin_crop, mean_unit_vector, rotation_views, two_pass_segment
 from coinvision.sdk.runtimes import RUNTIME_SUFFIXES, LoadedModel, check_coreml_platform, load_model

@@ -30,7 +30,7 @@ from typing import Any
 
 from coinvision.sdk import pack as packlib
 from coinvision.sdk.errors import PackError, SyncError
-from coinvision.sdk.fileio import write_atomic
+from coinvision.sdk.files import write_atomic
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -1,4 +1,4 @@
-"""Files on disk are written once, atomically (``coinvision.sdk.fileio.write_atomic``), never modified.
+"""Files on disk are written once, atomically (``coinvision.sdk.files.write_atomic``), never modified.
 
 Before a pack or delta is served its bytes are checked against the signed version record's sha256, once per
 file per process (:func:`file_matches`): files are immutable, so a file whose inode, size and mtime are unchanged
@@ -11,7 +11,7 @@ import os
 import threading
 from pathlib import Path
 
-from coinvision.sdk.fileio import sha256_file, write_atomic
+from coinvision.sdk.files import sha256_file, write_atomic
 
 __all__ = ["file_matches", "image_path", "sha256_file", "write_atomic"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from coinvision.sdk.errors import ImageError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sync_server.api_errors import ApiError
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from coinvision.sdk.config_io import resolve_config
 from coinvision.sdk.errors import ModelLoadError
+from coinvision.trainer.config_io import resolve_config
 
 __all__ = [
     "Checkpoint",

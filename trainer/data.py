@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coinvision.sdk.errors import DatasetError
+from coinvision.sdk.files import IMAGE_SUFFIXES
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "CoinClass", "CoinDataset", "CoinImage", "list_backgrounds", "load_dataset"]
+__all__ = ["CoinClass", "CoinDataset", "CoinImage", "list_backgrounds", "load_dataset"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 REQUIRED_CLASS_COLUMNS = ("class_id", "name")
 # Sets whose images show one known side. euro_phone shows the common (value) side, numbered "reverse"
 # as catalogues (Numista, uCoin) do; the national side is the obverse.

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, coin_crop, resize_square, to_model_input
 

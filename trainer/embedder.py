@@ -39,7 +39,6 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import INTERPOLATIONS, InputSpec, mean_unit_vector, rotation_views, to_model_input
@@ -51,6 +50,7 @@ from coinvision.trainer.checkpoint import (
     restore_schedule,
     save_checkpoint,
 )
+from coinvision.trainer.config_io import config_to_dict, save_config
 from coinvision.trainer.emb_data import (
     AugmentConfig,
     CropSource,

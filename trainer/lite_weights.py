@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from coinvision.sdk.errors import ModelLoadError
-from coinvision.sdk.fileio import sha256_file
+from coinvision.sdk.files import sha256_file
 
 __all__ = ["LITE_VARIANTS", "LitePort", "map_lite_state_dict", "port_lite_weights", "wheel_weights_path"]
 

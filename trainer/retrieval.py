@@ -229,7 +229,7 @@ def plot_recall_at_k(metrics: RetrievalMetrics, out_png: str | Path, title: str 
 
 def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:
     """``root/<class>/<image>`` (images may sit in sub-folders of a class) -> sorted (path, class) pairs."""
-    from coinvision.trainer.data import IMAGE_SUFFIXES
+    from coinvision.sdk.files import IMAGE_SUFFIXES
 
     root = Path(root)
     if not root.is_dir():
@@ -250,7 +250,7 @@ def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Call
     the catalog, as in a deployed catalog that holds every coin. Class folders named ``<dataset>__<class>`` (as
     ``coinvision data split --materialize`` writes them) add Recall@1 per dataset. ``unknown_target``: also
     calibrate the unknown-coin threshold that lets this share of simulated unknown coins through."""
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from tqdm import tqdm
 
     def embed_all(pairs: list[tuple[Path, str]], desc: str) -> np.ndarray:

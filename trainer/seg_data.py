@@ -36,7 +36,7 @@ import albumentations as A
 import cv2
 import numpy as np
 from coinvision.sdk.errors import DatasetError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import letterbox
 
 __all__ = [

@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from coinvision.sdk.config_io import config_to_dict, save_config
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import InputSpec, Segmentation, letterbox, to_model_input, two_pass_segment
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, load_model, restore_schedule, save_checkpoint
+from coinvision.trainer.config_io import config_to_dict, save_config
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.seg_data import (
     LABEL_MODES,
@@ -512,7 +512,7 @@ def segment_folder(image_dir: str | Path, out_dir: str | Path, *, runtime: str =
                    progress: bool = True) -> tuple[int, int]:
     """One 0/255 PNG per image under ``image_dir`` (recursive), same relative path with ``.png``, same size as
     the image. Returns (masks written, images with no coin found - their masks are all 0)."""
-    from coinvision.trainer.data import IMAGE_SUFFIXES
+    from coinvision.sdk.files import IMAGE_SUFFIXES
     from tqdm import tqdm
 
     image_dir, out_dir = Path(image_dir), Path(out_dir)

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from coinvision.sdk.errors import ConversionError, ModelLoadError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.files import list_images
+from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, letterbox, to_model_input
 
 __all__ = [
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 TIMM_ARCH = "mobilenetv2_100"
 INPUT_SIZE_PX = 224
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
@@ -294,7 +294,7 @@ def tflite_logits(tflite_path: str | Path, images_u8: np.ndarray) -> np.ndarray:
 
 def list_check_images(root: str | Path, limit: int, seed: int = 0) -> list[Path]:
     """Up to ``limit`` image files under ``root`` (recursively), a seeded spread over the whole tree."""
-    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(root, required=False)
     if not files:
         raise ConversionError(f"{root}: no images found for the port check; pass a folder with photos")
     if len(files) > limit:

@@ -133,8 +133,8 @@ def _tiny_checkpoint(path: Path, sample_root: Path, cache: Path) -> Path:
     """A random-weight embedder checkpoint whose config names the bundled sample as its data (letterboxed)."""
     import torch
     from coinvision.converters.tiny_models import TINY_EMBEDDER_BACKBONE, TINY_EMBEDDING_DIM, TINY_SIZE_PX
-    from coinvision.sdk.config_io import config_to_dict
     from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+    from coinvision.trainer.config_io import config_to_dict
     from coinvision.trainer.embedder import EmbedderConfig, build_embedder
 
     torch.manual_seed(0)

@@ -77,7 +77,7 @@ def test_mask_iou_edge_cases() -> None:
 
 
 def test_segmentation_evaluate_model_on_sample_photos(tiny_models_dir: Path, sample_root: Path) -> None:
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.trainer.seg_data import auto_label
 
     models = [bench_segmentation.exported_model(p) for p in bench_segmentation.discover_exported(tiny_models_dir)]
@@ -211,7 +211,7 @@ def test_plot_runs_reports_best_epoch_and_refuses_unknown_metric(tmp_path: Path,
 def test_release_checkpoint_prefers_the_release_source_over_the_newest_run(tmp_path: Path) -> None:
     import os
 
-    from coinvision.sdk.fileio import sha256_file
+    from coinvision.sdk.files import sha256_file
 
     from benchmarks.common import release_checkpoint
 

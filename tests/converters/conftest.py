@@ -27,7 +27,7 @@ def cli_export(tiny_checkpoints: dict[str, Path], sample_root: Path, tmp_path_fa
     for package in ("litert_torch", "coremltools"):  # find_spec: importing coremltools here would be too early
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed")
-    from coinvision.sdk.cli import main
+    from coinvision.cli.main import main
 
     out = tmp_path_factory.mktemp("export") / "models"
     argv = [

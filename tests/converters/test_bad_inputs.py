@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from coinvision.cli.main import main
 from coinvision.converters.export_run import ExportOptions, run_export
 from coinvision.converters.sources import load_source
-from coinvision.sdk.cli import main
 from coinvision.sdk.errors import ConversionError, ModelLoadError
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 

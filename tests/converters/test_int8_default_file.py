@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 
 def test_segment_runner_on_an_int8_default_file_matches_the_sdk_runtime(cli_export, sample_root: Path,
                                                                          tmp_path: Path) -> None:
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.sdk.preprocess import letterbox
     from coinvision.sdk.runtimes import tflite_predictor
     from coinvision.trainer.segmenter import load_runner

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
 from coinvision.sdk.errors import ConversionError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import Segmentation, coin_crop, letterbox
 
 

@@ -4,7 +4,7 @@ import numpy as np
 from coinvision.converters.metadata import read_embedded_metadata
 from coinvision.converters.runners import predictor_for, torch_predictor
 from coinvision.converters.tiny_models import TINY_EMBEDDING_DIM, TINY_SIZE_PX, tiny_embedder, tiny_segmenter
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import letterbox
 

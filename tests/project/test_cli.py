@@ -12,7 +12,7 @@ SAMPLE = ROOT / "examples" / "sample_coins"
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coinvision.sdk.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "coinvision.cli.main", *args], capture_output=True, text=True, timeout=300
     )
 
 

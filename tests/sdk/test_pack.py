@@ -539,7 +539,7 @@ def test_golden_delta_and_broken_files() -> None:
 
 
 def test_cli_pack_info_prints_header_counts_and_coins(capsys: pytest.CaptureFixture[str]) -> None:
-    from coinvision.sdk.cli import main
+    from coinvision.cli.main import main
 
     assert main(["pack", "info", str(GOLDEN_DIR / "int8.pack")]) == 0
     out = capsys.readouterr().out
@@ -554,7 +554,7 @@ def test_cli_pack_info_prints_header_counts_and_coins(capsys: pytest.CaptureFixt
 
 
 def test_cli_pack_info_on_a_broken_file_prints_the_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from coinvision.sdk.cli import main
+    from coinvision.cli.main import main
 
     assert main(["pack", "info", str(GOLDEN_DIR / "bad_checksum.pack")]) == 2
     err = capsys.readouterr().err
@@ -562,7 +562,7 @@ def test_cli_pack_info_on_a_broken_file_prints_the_error(capsys: pytest.CaptureF
 
 
 def test_scan_catalog_reads_both_layouts_and_classes_csv(tmp_path: Path, sample_root: Path) -> None:
-    from coinvision.sdk.pack_cli import scan_catalog
+    from coinvision.cli.pack_commands import scan_catalog
 
     coins, warnings = scan_catalog(sample_root / "euro_phone")
     assert len(coins) == 8 and not warnings
@@ -591,8 +591,8 @@ def test_scan_catalog_reads_both_layouts_and_classes_csv(tmp_path: Path, sample_
 def test_cli_pack_build_end_to_end(tmp_path: Path, sample_root: Path, tiny_models_dir: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("coinvision.sdk.recognizer")
-    from coinvision.sdk.cli import main
-    from coinvision.sdk.imageio import load_image
+    from coinvision.cli.main import main
+    from coinvision.sdk.images import load_image
     from coinvision.sdk.model_meta import ModelMetadata
     from coinvision.sdk.recognizer import Recognizer
 

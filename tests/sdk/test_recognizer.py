@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from coinvision.sdk.errors import ConfigError, ImageError, ModelLoadError, PackError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import sidecar_path
 from coinvision.sdk.preprocess import coin_crop, letterbox, to_model_input, two_pass_segment
 from coinvision.sdk.recognizer import DEFAULT_UNKNOWN_THRESHOLD, Recognizer, fuse_pair_scores
@@ -130,7 +130,7 @@ def test_coreml_runtime_off_macos_is_a_clear_error(tiny_models_dir: Path, tmp_pa
 
 def test_sdk_never_imports_torch_or_tensorflow(tiny_models_dir: Path, sample_root: Path) -> None:
     code = (
-        "import sys; from coinvision.sdk.recognizer import Recognizer; import coinvision.sdk.sdk_cli; "
+        "import sys; from coinvision.sdk.recognizer import Recognizer; import coinvision.cli.sdk_commands; "
         f"r = Recognizer.from_dir({str(tiny_models_dir)!r}, num_threads=1); "
         f"r.embed({str(sample_photos(sample_root, 1)[0])!r}); "
         "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from coinvision.sdk.errors import ModelLoadError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
 from coinvision.sdk.preprocess import InputSpec, coin_crop, mean_unit_vector, resize_square, rotation_views
 from coinvision.sdk.recognizer import Recognizer, embed_rotations_of

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from coinvision.sdk.cli import main
+from coinvision.cli.main import main
 from coinvision.sdk.recognizer import Recognizer
 
 JSON_KEYS = {"image", "unknown", "matches", "timings_ms", "coin_found"}
@@ -174,7 +174,7 @@ def test_embed_torch_runtime_equals_the_trainer_pipeline(photo_dir: Path, tmp_pa
     the vectors of the trainer's own ``TorchEmbedPipeline`` (segment -> coin_crop -> embedder)."""
     torch = pytest.importorskip("torch")
     from coinvision.converters.tiny_models import TINY_EMBEDDING_DIM, write_tiny_checkpoints
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.trainer.embedder import TorchEmbedPipeline
 
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from tests.sync_server.helpers import Server, populate, sample_coins
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "coinvision.sdk.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "coinvision.cli.main", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, **(env or {})})
 
 
@@ -56,7 +56,7 @@ def test_token_create_and_serve_accept_that_token(tmp_path: Path, tiny_models_di
 
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coinvision.sdk.cli", "serve", "--port", str(port), "--db", db,
+        [sys.executable, "-m", "coinvision.cli.main", "serve", "--port", str(port), "--db", db,
          "--data-dir", str(tmp_path), "--models", str(tiny_models_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

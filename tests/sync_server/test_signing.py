@@ -34,7 +34,7 @@ def test_sign_payload_verifies_and_detects_changes(tmp_path: Path) -> None:
 
 def _keys_public(data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coinvision.sdk.cli", "keys", "public", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "coinvision.cli.main", "keys", "public", "--data-dir", str(data_dir)],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "COINVISION_DATA_DIR": "", "COINVISION_SIGNING_KEY": ""},
     )

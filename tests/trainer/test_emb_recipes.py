@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from coinvision.sdk.cli import main
-from coinvision.sdk.config_io import resolve_config
+from coinvision.cli.main import main
 from coinvision.sdk.preprocess import resize_square
+from coinvision.trainer.config_io import resolve_config
 from coinvision.trainer.emb_data import CropCache, Sample
 from coinvision.trainer.emb_losses import LOSSES, build_loss, similarity_distillation
 from coinvision.trainer.embedder import (
@@ -191,7 +191,7 @@ def test_tiny_trunk_cached_run_keeps_the_trunk_and_trains_the_top(tmp_path: Path
 def test_trainer_crops_use_the_sdk_area_resampling(sample_root: Path, tmp_path: Path) -> None:
     """The crop cache (training) makes exactly the SDK's ``coin_crop`` with the config's interpolation, and the
     cache key changes with it, so bilinear crops of older runs are never reused for an area-resampled model."""
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.sdk.preprocess import Segmentation, coin_crop
     from coinvision.trainer.emb_data import CropTensorSet, SegmenterCropSource, read_crop
 

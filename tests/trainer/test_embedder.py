@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from coinvision.sdk.cli import main
-from coinvision.sdk.config_io import config_to_dict, resolve_config
+from coinvision.cli.main import main
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import letterbox
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from coinvision.trainer.config_io import config_to_dict, resolve_config
 from coinvision.trainer.emb_data import (
     AugmentConfig,
     CropCache,

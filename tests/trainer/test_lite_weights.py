@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from coinvision.sdk.cli import main
+from coinvision.cli.main import main
 from coinvision.sdk.errors import ModelLoadError
 from coinvision.trainer.embedder import EmbedderConfig, build_embedder
 from coinvision.trainer.lite_weights import port_lite_weights, wheel_weights_path
@@ -37,7 +37,7 @@ def test_every_wheel_tensor_lands_in_timm_unchanged(ported: Path) -> None:
 
 def test_ported_file_loads_through_the_local_file_path_and_classifies(ported: Path, sample_root: Path) -> None:
     """ImageNet logits on a coin photo are confident (a random network's are flat): the weights are real."""
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.sdk.preprocess import letterbox, to_model_input
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=True,

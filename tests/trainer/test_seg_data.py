@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 from coinvision.sdk.errors import DatasetError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from coinvision.trainer.seg_data import (
     SceneSynthesizer,
     SynthConfig,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from coinvision.sdk.cli import main
+from coinvision.cli.main import main
 
 
 def test_segment_defaults_to_the_sdk_runtime(tiny_models_dir: Path, sample_root: Path, tmp_path: Path,

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from coinvision.sdk.errors import ImageError
-from coinvision.sdk.imageio import load_image
+from coinvision.sdk.images import load_image
 from PIL import Image
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_coins"

@@ -91,7 +91,7 @@ def eval_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersActi
 
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
-    from coinvision.sdk.config_io import parse_overrides, resolve_config
+    from coinvision.trainer.config_io import parse_overrides, resolve_config
     from coinvision.trainer.segmenter import SegmenterConfig, train_segmenter
 
     cfg = resolve_config(SegmenterConfig, args.config, parse_overrides(args.set))
@@ -134,7 +134,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_embedder(args: argparse.Namespace) -> int:
-    from coinvision.sdk.config_io import parse_overrides, resolve_config
+    from coinvision.trainer.config_io import parse_overrides, resolve_config
     from coinvision.trainer.embedder import EmbedderConfig, train_embedder
 
     cfg = resolve_config(EmbedderConfig, args.config, parse_overrides(args.set))

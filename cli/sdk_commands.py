@@ -16,22 +16,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from coinvision.sdk.recognizer import Recognizer, Result
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "register", "result_to_json"]
+from coinvision.sdk.files import list_images
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+__all__ = ["register", "result_to_json"]
+
 DEFAULT_MODELS_DIR = Path("models/release")
-
-
-def list_images(image_dir: Path) -> list[Path]:
-    """Every image file under ``image_dir`` (recursive, by suffix), sorted by path."""
-    from coinvision.sdk.errors import DatasetError
-
-    if not image_dir.is_dir():
-        raise DatasetError(f"image folder {image_dir} does not exist; pass a folder of photos")
-    files = sorted(p for p in image_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DatasetError(f"{image_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    return files
 
 
 def result_to_json(image: str, result: Result) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from coinvision.cli.sdk_commands import DEFAULT_MODELS_DIR
 from coinvision.sdk.errors import DatasetError, ImageError
-from coinvision.sdk.fileio import write_atomic
+from coinvision.sdk.files import IMAGE_SUFFIXES, list_images, write_atomic
 from coinvision.sdk.pack import DELTA_MAGIC, FORMAT_VERSION, QUANTS, CoinRecord, Pack, read_delta, read_pack
-from coinvision.sdk.sdk_cli import DEFAULT_MODELS_DIR, IMAGE_SUFFIXES
 
 __all__ = ["CatalogCoin", "register", "scan_catalog"]
 
@@ -64,8 +64,7 @@ def _read_classes_csv(path: Path) -> dict[str, CoinRecord]:
 
 
 def _images_in(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in folder.iterdir()
-                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES))
+    return tuple(list_images(folder, recursive=False, required=False))
 
 
 def scan_catalog(catalog_dir: Path) -> tuple[list[CatalogCoin], list[str]]:
@@ -99,7 +98,7 @@ def scan_catalog(catalog_dir: Path) -> tuple[list[CatalogCoin], list[str]]:
 def _cmd_build(args: argparse.Namespace) -> int:
     import numpy as np
     from coinvision.sdk import pack as packlib
-    from coinvision.sdk.imageio import load_image
+    from coinvision.sdk.images import load_image
     from coinvision.sdk.recognizer import Recognizer
     from tqdm import tqdm
 

@@ -18,11 +18,11 @@ __all__ = ["main"]
 
 # Order = order in --help.
 _COMMAND_MODULES = (
-    "coinvision.trainer.cli",
-    "coinvision.converters.cli",
-    "coinvision.sdk.pack_cli",
-    "coinvision.sdk.sdk_cli",
-    "coinvision.sync_server.cli",
+    "coinvision.cli.train_commands",
+    "coinvision.cli.export_commands",
+    "coinvision.cli.pack_commands",
+    "coinvision.cli.sdk_commands",
+    "coinvision.cli.server_commands",
 )
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from coinvision.sdk.config_io import parse_overrides, resolve_config, save_config
 from coinvision.sdk.errors import ConfigError
+from coinvision.trainer.config_io import parse_overrides, resolve_config, save_config
 
 
 @dataclass(frozen=True)

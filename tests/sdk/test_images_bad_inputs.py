@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from coinvision.sdk.errors import ImageError
-from coinvision.sdk.imageio import MAX_WORKING_SIDE_PX, load_image
+from coinvision.sdk.images import MAX_WORKING_SIDE_PX, load_image
 from PIL import Image
 
 RED, BLUE = (220, 20, 30), (20, 40, 220)
@@ -57,7 +57,7 @@ _WRITE_JPEG = (
     "Image.new('RGB', (int(sys.argv[2]), int(sys.argv[3])), (220, 20, 30)).save(sys.argv[1], quality=80)"
 )
 _PEAK_RSS = (
-    "import resource, sys; from coinvision.sdk.imageio import load_image; a = load_image(sys.argv[1]); "
+    "import resource, sys; from coinvision.sdk.images import load_image; a = load_image(sys.argv[1]); "
     "print(a.shape[0], a.shape[1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
 )
 
