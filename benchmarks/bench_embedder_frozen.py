@@ -24,7 +24,7 @@ OUT = Path(__file__).parent / "results" / "embedder_frozen.json"
 
 
 def _metrics(query: np.ndarray, catalog: np.ndarray, distractors: np.ndarray, data: Any) -> dict[str, float]:
-    from coinvision.trainer.retrieval import evaluate_retrieval
+    from coinvision.sdk.evaluation import evaluate_retrieval
 
     q_labels, c_labels = [s.class_key for s in data.query], [s.class_key for s in data.catalog]
     unseen = evaluate_retrieval(query, q_labels, catalog, c_labels, query_groups=[s.dataset for s in data.query])

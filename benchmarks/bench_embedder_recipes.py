@@ -39,7 +39,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def _score(feed: Any, model: Any, data: Any, rotations: int) -> dict[str, Any]:
-    from coinvision.trainer.retrieval import evaluate_retrieval
+    from coinvision.sdk.evaluation import evaluate_retrieval
 
     emb = {s: feed.embed(model, s, rotations=rotations) for s in ("query", "catalog", "distractors")}
     q_labels, c_labels = [s.class_key for s in data.query], [s.class_key for s in data.catalog]

@@ -185,10 +185,10 @@ def pack_quantization(catalog: np.ndarray, catalog_labels: Sequence[str], querie
     the dequantised vectors, pack size and the Recall@1 cost vs fp32 in points.
 
     Checked first: the fp32 pack must rank like exact cosine search over the same vectors
-    (``trainer.retrieval.evaluate_retrieval``), up to near-tie swaps; RuntimeError otherwise.
+    (``sdk.evaluation.evaluate_retrieval``), up to near-tie swaps; RuntimeError otherwise.
     """
+    from coinvision.sdk.evaluation import RECALL_KS, class_ranks, evaluate_retrieval
     from coinvision.sdk.pack import build_pack, read_pack
-    from coinvision.trainer.retrieval import RECALL_KS, class_ranks, evaluate_retrieval
 
     ks = tuple(ks or RECALL_KS)
     catalog_labels, query_labels = [str(x) for x in catalog_labels], [str(x) for x in query_labels]
@@ -290,7 +290,7 @@ def _cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def _row(source: str, recall_at: dict[int, float] | None, map_at_r: Any, n_queries: Any, n_catalog: Any,
          note: str = "") -> dict[str, Any]:
-    from coinvision.trainer.retrieval import RECALL_KS
+    from coinvision.sdk.evaluation import RECALL_KS
 
     row: dict[str, Any] = {"source": source}
     row.update({f"recall@{k}": (recall_at or {}).get(k, "") for k in RECALL_KS})
@@ -375,7 +375,7 @@ def _torch_vectors(args: argparse.Namespace, model, cfg, split: _Split) -> tuple
 
 
 def _evaluate(name: str, cat: np.ndarray, query: np.ndarray, split: _Split, dim: int | None):
-    from coinvision.trainer.retrieval import evaluate_retrieval
+    from coinvision.sdk.evaluation import evaluate_retrieval
 
     check_vectors(f"{name} catalog", cat, len(split.catalog), dim)
     check_vectors(f"{name} queries", query, len(split.query), dim)
@@ -441,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     import torch
     from coinvision.sdk.errors import CoinVisionError
+    from coinvision.sdk.evaluation import DESIGN_RECALL
     from coinvision.trainer.embedder import load_embedder
-    from coinvision.trainer.retrieval import DESIGN_RECALL
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)  # pre/post-processing single-threaded, as on the phone's caller thread

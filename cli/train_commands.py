@@ -145,7 +145,7 @@ def _cmd_train_embedder(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from coinvision.trainer.retrieval import evaluate_folders, format_table, plot_recall_at_k
+    from coinvision.sdk.evaluation import evaluate_folders, format_table
 
     if args.runtime == "torch":
         from coinvision.trainer.embedder import TorchEmbedPipeline
@@ -165,6 +165,8 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
                                distractors_per_class=args.distractors_per_class, unknown_target=args.calibrate_unknown)
     print(format_table(metrics, title=f"{args.runtime} {args.models}"))
     if args.plot:
+        from coinvision.trainer.plotting import plot_recall_at_k
+
         print(f"plot: {plot_recall_at_k(metrics, args.plot)}")
     return 0
 

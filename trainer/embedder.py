@@ -40,6 +40,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from coinvision.sdk.errors import ConfigError, ModelLoadError
+from coinvision.sdk.evaluation import RetrievalMetrics, calibrate_unknown_threshold, evaluate_retrieval
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import INTERPOLATIONS, InputSpec, mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import (
@@ -71,13 +72,7 @@ from coinvision.trainer.emb_losses import (
     similarity_distillation,
 )
 from coinvision.trainer.emb_trunk import trunk_modules
-from coinvision.trainer.plotting import png_figure
-from coinvision.trainer.retrieval import (
-    RetrievalMetrics,
-    calibrate_unknown_threshold,
-    evaluate_retrieval,
-    plot_recall_at_k,
-)
+from coinvision.trainer.plotting import plot_recall_at_k, png_figure
 from torch import nn
 
 __all__ = [

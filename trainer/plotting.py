@@ -6,9 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["png_figure"]
+import numpy as np
+from coinvision.sdk.evaluation import DESIGN_RECALL
+
+if TYPE_CHECKING:
+    from coinvision.sdk.evaluation import RetrievalMetrics
+
+__all__ = ["plot_recall_at_k", "png_figure"]
 
 
 @contextmanager
@@ -30,3 +36,20 @@ def png_figure(out_png: str | Path, *, figsize: tuple[float, float], ncols: int 
         fig.savefig(out_png, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def plot_recall_at_k(metrics: RetrievalMetrics, out_png: str | Path, title: str = "Recall@k, unseen classes") -> Path:
+    """Bar chart of Recall@k with the design's bar as markers."""
+    ks = list(metrics.recall_at)
+    pos = np.arange(len(ks))
+    with png_figure(out_png, figsize=(6, 4)) as (_, ax):
+        bars = ax.bar(pos, [metrics.recall_at[k] for k in ks], color="tab:blue", label="measured")
+        ax.bar_label(bars, fmt="%.3f")
+        design = [(i, DESIGN_RECALL[k]) for i, k in enumerate(ks) if k in DESIGN_RECALL]
+        if design:
+            ax.scatter(*zip(*design, strict=True), marker="_", s=900, color="tab:red", label="design bar", zorder=3)
+        ax.set_xticks(pos, [str(k) for k in ks])
+        ax.set(title=title, xlabel="k (catalog classes shown)", ylabel="Recall@k", ylim=(0, 1.08))
+        ax.legend(loc="lower right")
+        ax.grid(axis="y", alpha=0.3)
+    return Path(out_png)

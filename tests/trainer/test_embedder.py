@@ -14,6 +14,7 @@ import pytest
 import torch
 from coinvision.cli.main import main
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
+from coinvision.sdk.evaluation import calibrate_unknown_threshold, evaluate_retrieval
 from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import letterbox
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -38,7 +39,6 @@ from coinvision.trainer.embedder import (
     load_embedder,
     split_parameters,
 )
-from coinvision.trainer.retrieval import calibrate_unknown_threshold, evaluate_retrieval
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_BACKBONE = "mobilenetv2_035"

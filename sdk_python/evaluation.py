@@ -1,10 +1,15 @@
-"""Retrieval metrics on embeddings: class-level Recall@k (faiss) and MAP@R (pytorch-metric-learning).
+"""Retrieval metrics on embeddings: class-level Recall@k, MAP@R, the unknown-coin threshold — numpy only.
 
 The product question is "is the right COIN among the top k coins shown?", so Recall@k here counts distinct
-catalog classes, not neighbours: a query's catalog neighbours are ranked by cosine (faiss inner product on
-unit vectors), each class takes the rank of its first (best) vector, and a hit at k means the query's class
+catalog classes, not neighbours: a query's catalog neighbours are ranked by cosine (inner product of unit
+vectors), each class takes the rank of its first (best) vector, and a hit at k means the query's class
 ranks < k. This equals ranking classes by their best cosine, which is how a pack scores a coin.
 PML's ``precision_at_1`` is per neighbour, which agrees with Recall@1 but not with Recall@k for k > 1.
+
+This module is the SDK's, so ``coinvision eval retrieval`` runs on an SDK-only install: exact search is a
+matrix product here (evaluation sets are thousands of photos, not millions); faiss stays the server's.
+MAP@R is pytorch-metric-learning's definition (``AccuracyCalculator``'s ``mean_average_precision_at_r``), written
+in numpy; the tests check both agree.
 
 Queries whose class has no catalog vector cannot be answered; they are counted (``n_unanswerable``) and
 left out of every average, as PML does for MAP@R.
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from coinvision.sdk.errors import DatasetError
+from coinvision.sdk.files import IMAGE_SUFFIXES
 
 __all__ = [
     "DESIGN_RECALL",
@@ -33,7 +39,7 @@ __all__ = [
     "evaluate_retrieval",
     "format_table",
     "list_class_folder",
-    "plot_recall_at_k",
+    "map_at_r",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,11 +88,7 @@ def class_ranks(query_emb: np.ndarray, query_codes: np.ndarray, catalog_emb: np.
                 catalog_codes: np.ndarray) -> np.ndarray:
     """0-based rank of each query's class among the distinct catalog classes (by best cosine); a query whose
     class is not in the catalog gets ``n_classes`` (never a hit)."""
-    import faiss
-
-    index = faiss.IndexFlatIP(catalog_emb.shape[1])
-    index.add(catalog_emb)
-    _, neighbours = index.search(query_emb, len(catalog_emb))  # every catalog vector, best first
+    neighbours = _ranked_neighbours(query_emb, catalog_emb)  # every catalog vector, best first
     n_q, n_c = neighbours.shape
     n_codes = int(max(query_codes.max(), catalog_codes.max())) + 1
     ranked_codes = catalog_codes[neighbours]  # (Q, N) class of each neighbour
@@ -99,19 +101,21 @@ def class_ranks(query_emb: np.ndarray, query_codes: np.ndarray, catalog_emb: np.
     return np.where(own < n_c, rank, len(np.unique(catalog_codes)))
 
 
-def _map_at_r(query_emb: np.ndarray, query_codes: np.ndarray, catalog_emb: np.ndarray,
-              catalog_codes: np.ndarray) -> float:
-    import faiss
-    import torch
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-    from pytorch_metric_learning.utils.inference import FaissKNN
+def _ranked_neighbours(query_emb: np.ndarray, catalog_emb: np.ndarray) -> np.ndarray:
+    """(Q, N) catalog indices of each query, by descending cosine (ties: lower index first)."""
+    return np.argsort(-(query_emb @ catalog_emb.T), axis=1, kind="stable")
 
-    calc = AccuracyCalculator(include=("mean_average_precision_at_r",), k="max_bin_count",
-                              knn_func=FaissKNN(index_init_fn=faiss.IndexFlatIP), device=torch.device("cpu"))
-    out = calc.get_accuracy(torch.from_numpy(query_emb), torch.from_numpy(query_codes),
-                            torch.from_numpy(catalog_emb), torch.from_numpy(catalog_codes),
-                            ref_includes_query=False)
-    return float(out["mean_average_precision_at_r"])
+
+def map_at_r(query_emb: np.ndarray, query_codes: np.ndarray, catalog_emb: np.ndarray,
+             catalog_codes: np.ndarray) -> float:
+    """Mean over queries of AP@R: R = the query class's catalog count, precision summed at the relevant
+    positions among the first R neighbours, divided by R (Musgrave et al. 2020, as PML computes it)."""
+    relevant = catalog_codes[_ranked_neighbours(query_emb, catalog_emb)] == query_codes[:, None]  # (Q, N)
+    r = np.bincount(catalog_codes, minlength=int(query_codes.max()) + 1)[query_codes]  # (Q,)
+    positions = np.arange(1, relevant.shape[1] + 1)
+    within_r = positions[None, :] <= r[:, None]
+    precision = np.cumsum(relevant, axis=1) / positions[None, :]
+    return float(np.mean(np.sum(precision * relevant * within_r, axis=1) / r))
 
 
 def evaluate_retrieval(query_emb: np.ndarray, query_labels: Sequence[Any], catalog_emb: np.ndarray,
@@ -148,7 +152,7 @@ def evaluate_retrieval(query_emb: np.ndarray, query_labels: Sequence[Any], catal
         by_group = {str(g): float(hit1[groups == g].mean()) for g in np.unique(groups)}
     return RetrievalMetrics(
         recall_at=recall,
-        map_at_r=_map_at_r(q[answerable], codes, c, c_codes),
+        map_at_r=map_at_r(q[answerable], codes, c, c_codes),
         class_mean_recall_at_1=float(np.mean(per_class)),
         recall_at_1_by_group=by_group,
         n_query=len(q),
@@ -208,29 +212,8 @@ def format_table(metrics: RetrievalMetrics, title: str = "retrieval") -> str:
     return "\n".join(lines)
 
 
-def plot_recall_at_k(metrics: RetrievalMetrics, out_png: str | Path, title: str = "Recall@k, unseen classes") -> Path:
-    """Bar chart of Recall@k with the design's bar as markers."""
-    from coinvision.trainer.plotting import png_figure
-
-    ks = list(metrics.recall_at)
-    pos = np.arange(len(ks))
-    with png_figure(out_png, figsize=(6, 4)) as (_, ax):
-        bars = ax.bar(pos, [metrics.recall_at[k] for k in ks], color="tab:blue", label="measured")
-        ax.bar_label(bars, fmt="%.3f")
-        design = [(i, DESIGN_RECALL[k]) for i, k in enumerate(ks) if k in DESIGN_RECALL]
-        if design:
-            ax.scatter(*zip(*design, strict=True), marker="_", s=900, color="tab:red", label="design bar", zorder=3)
-        ax.set_xticks(pos, [str(k) for k in ks])
-        ax.set(title=title, xlabel="k (catalog classes shown)", ylabel="Recall@k", ylim=(0, 1.08))
-        ax.legend(loc="lower right")
-        ax.grid(axis="y", alpha=0.3)
-    return Path(out_png)
-
-
 def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:
     """``root/<class>/<image>`` (images may sit in sub-folders of a class) -> sorted (path, class) pairs."""
-    from coinvision.sdk.files import IMAGE_SUFFIXES
-
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; pass a folder laid out <class>/<image>")
