@@ -96,7 +96,8 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
         release["files"][name] = {"from": src.name, "bytes": size, "sha256": sha256}
     (staging / "release.json").write_text(json.dumps(release, indent=2) + "\n")
     shutil.copyfile(export_dir / MANIFEST_NAME, staging / MANIFEST_NAME)
-    for keep in ("README.md", "training"):  # the model card and training records live here, not in the export run
+    # the model card, the training records and the data-package marker live here, not in the export run
+    for keep in ("README.md", "training", "__init__.py"):
         if (release_dir / keep).exists():
             shutil.move(str(release_dir / keep), staging / keep)
     if release_dir.exists():

@@ -6,7 +6,9 @@ Readers never hard-code preprocessing: they read it from here (as timm's ``pretr
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,14 @@ from typing import Any
 from coinvision.sdk.errors import ModelLoadError
 from coinvision.sdk.preprocess import InputSpec
 
-__all__ = ["META_SUFFIX", "ModelMetadata", "sidecar_path"]
+__all__ = ["META_SUFFIX", "MODELS_DIR_ENV", "ModelMetadata", "default_models_dir", "sidecar_path"]
 
 META_SUFFIX = ".meta.json"
+# Environment variable naming the models folder every command and `default_models_dir` use when given none.
+MODELS_DIR_ENV = "COINVISION_MODELS"
+# The release models (models/release of the checkout) install as this data package, so an installed SDK finds
+# them from any working directory (pyproject.toml: package-dir and package-data).
+RELEASE_MODELS_PACKAGE = "coinvision.release_models"
 SCHEMA_VERSION = 1
 
 
@@ -81,3 +88,18 @@ class ModelMetadata:
 def sidecar_path(model_path: str | Path) -> Path:
     p = Path(model_path)
     return p.with_name(p.name + META_SUFFIX)
+
+
+def default_models_dir() -> Path:
+    """The models folder to use when none is given: ``$COINVISION_MODELS`` if set, else the release models
+    installed with coinvision (the ``coinvision.release_models`` package, i.e. ``models/release``)."""
+    configured = os.environ.get(MODELS_DIR_ENV)
+    if configured:
+        return Path(configured)
+    spec = importlib.util.find_spec(RELEASE_MODELS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"no models folder given and the release models ({RELEASE_MODELS_PACKAGE}) are not installed; "
+            f"pass --models DIR or set {MODELS_DIR_ENV}=DIR"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))

@@ -37,10 +37,12 @@ def test_release_ships_default_variant_and_leaves_out_failed_int8(tmp_path: Path
     release = tmp_path / "release"
     release.mkdir()
     (release / "README.md").write_text("model card")
+    (release / "__init__.py").write_text('"""data package"""\n')
     assemble_release(export, release, tflite_default="fp16")
     assert (release / "embedder.tflite").read_bytes() == (export / "embedder.fp16.tflite").read_bytes()
     assert (release / "segmenter.int8.tflite").is_file() and not (release / "embedder.int8.tflite").exists()
     assert (release / "README.md").read_text() == "model card"
+    assert (release / "__init__.py").is_file()  # the installable models package survives a release
     info = json.loads((release / "release.json").read_text())
     assert info["not_shipped"] == {"embedder.int8.tflite": "parity target missed"}
     assert json.loads((release / "embedder.tflite.meta.json").read_text()) == {}
