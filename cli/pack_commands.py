@@ -125,13 +125,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     dropped = [c.record.coin_id for c in coins if c.record.coin_id not in embedded]
     if not vectors:
         raise DatasetError(f"{args.catalog_dir}: none of the {len(jobs)} images could be read; nothing to pack")
-    data = packlib.build_pack(
+    pack = packlib.Pack.from_vectors(
         np.stack(vectors), vector_coins, [c.record for c in coins if c.record.coin_id in embedded],
         catalog_id=args.catalog_id or Path(args.catalog_dir).resolve().name, catalog_version=args.catalog_version,
         model_fingerprint=recognizer.fingerprint, quant=args.quant, created_at=args.created_at,
     )
+    data = pack.to_bytes()
     write_atomic(args.out, data)
-    pack = packlib.read_pack(data)
     print(f"images:   {len(jobs)} found, {len(vectors)} embedded, {len(no_coin)} with no coin found "
           f"(whole photo embedded), {len(unreadable)} unreadable (skipped)")
     for problem in unreadable[:10]:

@@ -314,7 +314,7 @@ def _array_problem(
 
 
 class Pack:
-    """An immutable, validated pack. Make one with :func:`read_pack`, :func:`build_pack` or :func:`apply_delta`.
+    """An immutable, validated pack. Make one with :func:`read_pack`, :meth:`from_vectors` or :func:`apply_delta`.
 
     The constructor checks the canonical form (coins sorted and unique, vectors grouped by coin in coin
     order, finite non-zero vectors) and raises :class:`PackFormatError` otherwise.
@@ -322,8 +322,8 @@ class Pack:
 
     __slots__ = (
         "_bytes", "_catalog_id", "_catalog_version", "_coin_index", "_coin_order", "_created_at", "_data",
-        "_inv_norm", "_model_fingerprint", "_quant", "_records", "_records_map", "_scales", "_starts", "_stops",
-        "_vector_coin_ids",
+        "_inv_norm", "_model_fingerprint", "_quant", "_records", "_records_map", "_scales", "_sha256", "_starts",
+        "_stops", "_vector_coin_ids",
     )
     __hash__ = None  # type: ignore[assignment]
 
@@ -350,6 +350,7 @@ class Pack:
         self._data = data
         self._records = tuple(records)
         self._bytes: bytes | None = None
+        self._sha256: str | None = None
         self._validate()
         for arr in (self._coin_index, self._scales, self._data):
             if arr is not None:
@@ -373,6 +374,81 @@ class Pack:
         problem = _array_problem(self._coin_index, self._scales, self._data, len(self._records), self._quant)
         if problem:
             raise PackFormatError(f"{name}: {problem}; {_FIX_BUILD}")
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        vector_coin_ids: Sequence[str],
+        records: Sequence[CoinRecord],
+        *,
+        catalog_id: str,
+        catalog_version: int,
+        model_fingerprint: str,
+        quant: str = "int8",
+        created_at: int | None = None,
+    ) -> Pack:
+        """A pack of reference vectors ``(N, dim)`` (any scale; L2-normalised here) and their coins; its bytes are
+        :meth:`to_bytes` (made once, kept), its sha256 :attr:`sha256`.
+
+        ``vector_coin_ids[i]`` names the coin of ``vectors[i]``; a coin without a record in ``records`` gets an empty
+        one; a record without any vector is an error. Vectors are stored grouped by coin (coins sorted by id),
+        keeping the given order within a coin. ``created_at`` defaults to now (unix seconds).
+        """
+        if quant not in _QUANT_CODE:
+            raise PackBuildError(f"quant={quant!r} is not supported; use one of {', '.join(QUANTS)}")
+        catalog_id = _check_name(catalog_id, "catalog_id")
+        model_fingerprint = _check_name(model_fingerprint, "model_fingerprint")
+        catalog_version = _check_int(catalog_version, 0, _U32_MAX, "catalog_version")
+        created_at = _check_int(int(time.time()) if created_at is None else created_at, *_I64, "created_at")
+        try:
+            vecs = np.asarray(vectors, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise PackBuildError(f"vectors are not a numeric array ({exc}); pass an (N, dim) float array") from exc
+        if vecs.ndim != 2 or not 1 <= vecs.shape[1] <= MAX_DIM:
+            raise PackBuildError(f"vectors have shape {vecs.shape}; pass an (N, dim) array with 1 <= dim <= {MAX_DIM}")
+        ids = list(vector_coin_ids)
+        if len(ids) != len(vecs):
+            raise PackBuildError(f"{len(vecs)} vectors but {len(ids)} vector_coin_ids; pass one coin id per vector")
+        if len(vecs) > _U32_MAX:
+            raise PackBuildError(f"{len(vecs)} vectors is above the format's {_U32_MAX} limit")
+        if not np.all(np.isfinite(vecs)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(vecs), axis=1))[0])
+            raise PackBuildError(f"vector {bad} (coin {ids[bad]!r}) holds NaN or infinity; re-embed that image")
+        norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
+        if np.any(norms == 0):
+            bad = int(np.flatnonzero(norms == 0)[0])
+            raise PackBuildError(f"vector {bad} (coin {ids[bad]!r}) is all zeros; re-embed that image")
+
+        by_id: dict[str, CoinRecord] = {}
+        for rec in records:
+            if not isinstance(rec, CoinRecord):
+                raise PackBuildError(f"records must be CoinRecord objects, got {type(rec).__name__}")
+            if not isinstance(rec.coin_id, str) or not rec.coin_id:
+                raise PackBuildError(f"a record has coin_id {rec.coin_id!r}; coin ids must be non-empty str")
+            if rec.coin_id in by_id:
+                raise PackBuildError(f"coin {rec.coin_id!r} has two records; pass one record per coin")
+            _record_bytes(rec)  # validates every field now, with the coin named in the message
+            by_id[rec.coin_id] = rec
+        for cid in dict.fromkeys(ids):
+            if cid not in by_id:
+                by_id[_check_name(cid, "vector coin id")] = CoinRecord(coin_id=cid)
+        orphans = sorted(set(by_id) - set(ids))
+        if orphans:
+            raise PackBuildError(
+                f"coins {orphans[:5]} have a record but no vector; add a reference vector or drop them"
+            )
+        coin_order = sorted(by_id)
+        position = {cid: i for i, cid in enumerate(coin_order)}
+        coin_index = np.array([position[c] for c in ids], dtype=np.uint32)
+        order = np.argsort(coin_index, kind="stable")
+        unit = vecs[order] / norms[order][:, None]
+        scales, data = _quantize(unit, quant)
+        return cls(
+            catalog_id=catalog_id, catalog_version=catalog_version, created_at=created_at,
+            model_fingerprint=model_fingerprint, quant=quant, coin_index=coin_index[order], scales=scales, data=data,
+            records=[_normalised_record(by_id[c]) for c in coin_order],
+        )
 
     # ------------------------------------------------------------------------------------------ header
     @property
@@ -447,7 +523,10 @@ class Pack:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.to_bytes()).hexdigest()
+        """Hex sha256 of :meth:`to_bytes` (computed once: a pack never changes)."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.to_bytes()).hexdigest()
+        return self._sha256
 
     # ------------------------------------------------------------------------------------------ search
     def _queries(self, queries: object, batch: bool) -> np.ndarray:
@@ -570,65 +649,12 @@ def build_pack(
     quant: str = "int8",
     created_at: int | None = None,
 ) -> bytes:
-    """Encode reference vectors ``(N, dim)`` (any scale; L2-normalised here) and their coins as pack bytes.
-
-    ``vector_coin_ids[i]`` names the coin of ``vectors[i]``; a coin without a record in ``records`` gets an empty
-    one; a record without any vector is an error. Vectors are stored grouped by coin (coins sorted by id),
-    keeping the given order within a coin. ``created_at`` defaults to now (unix seconds).
-    """
-    if quant not in _QUANT_CODE:
-        raise PackBuildError(f"quant={quant!r} is not supported; use one of {', '.join(QUANTS)}")
-    catalog_id = _check_name(catalog_id, "catalog_id")
-    model_fingerprint = _check_name(model_fingerprint, "model_fingerprint")
-    catalog_version = _check_int(catalog_version, 0, _U32_MAX, "catalog_version")
-    created_at = _check_int(int(time.time()) if created_at is None else created_at, *_I64, "created_at")
-    try:
-        vecs = np.asarray(vectors, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PackBuildError(f"vectors are not a numeric array ({exc}); pass an (N, dim) float array") from exc
-    if vecs.ndim != 2 or not 1 <= vecs.shape[1] <= MAX_DIM:
-        raise PackBuildError(f"vectors have shape {vecs.shape}; pass an (N, dim) array with 1 <= dim <= {MAX_DIM}")
-    ids = list(vector_coin_ids)
-    if len(ids) != len(vecs):
-        raise PackBuildError(f"{len(vecs)} vectors but {len(ids)} vector_coin_ids; pass one coin id per vector")
-    if len(vecs) > _U32_MAX:
-        raise PackBuildError(f"{len(vecs)} vectors is above the format's {_U32_MAX} limit")
-    if not np.all(np.isfinite(vecs)):
-        bad = int(np.flatnonzero(~np.all(np.isfinite(vecs), axis=1))[0])
-        raise PackBuildError(f"vector {bad} (coin {ids[bad]!r}) holds NaN or infinity; re-embed that image")
-    norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
-    if np.any(norms == 0):
-        bad = int(np.flatnonzero(norms == 0)[0])
-        raise PackBuildError(f"vector {bad} (coin {ids[bad]!r}) is all zeros; re-embed that image")
-
-    by_id: dict[str, CoinRecord] = {}
-    for rec in records:
-        if not isinstance(rec, CoinRecord):
-            raise PackBuildError(f"records must be CoinRecord objects, got {type(rec).__name__}")
-        if not isinstance(rec.coin_id, str) or not rec.coin_id:
-            raise PackBuildError(f"a record has coin_id {rec.coin_id!r}; coin ids must be non-empty str")
-        if rec.coin_id in by_id:
-            raise PackBuildError(f"coin {rec.coin_id!r} has two records; pass one record per coin")
-        _record_bytes(rec)  # validates every field now, with the coin named in the message
-        by_id[rec.coin_id] = rec
-    for cid in dict.fromkeys(ids):
-        if cid not in by_id:
-            by_id[_check_name(cid, "vector coin id")] = CoinRecord(coin_id=cid)
-    orphans = sorted(set(by_id) - set(ids))
-    if orphans:
-        raise PackBuildError(f"coins {orphans[:5]} have a record but no vector; add a reference vector or drop them")
-    coin_order = sorted(by_id)
-    position = {cid: i for i, cid in enumerate(coin_order)}
-    coin_index = np.array([position[c] for c in ids], dtype=np.uint32)
-    order = np.argsort(coin_index, kind="stable")
-    unit = vecs[order] / norms[order][:, None]
-    scales, data = _quantize(unit, quant)
-    pack = Pack(
-        catalog_id=catalog_id, catalog_version=catalog_version, created_at=created_at,
-        model_fingerprint=model_fingerprint, quant=quant, coin_index=coin_index[order], scales=scales, data=data,
-        records=[_normalised_record(by_id[c]) for c in coin_order],
-    )
-    return pack.to_bytes()
+    """The bytes of :meth:`Pack.from_vectors` (same arguments). A caller that also needs the parsed pack or its
+    sha256 calls ``Pack.from_vectors`` instead: the pack keeps its bytes, nothing is parsed again."""
+    return Pack.from_vectors(
+        vectors, vector_coin_ids, records, catalog_id=catalog_id, catalog_version=catalog_version,
+        model_fingerprint=model_fingerprint, quant=quant, created_at=created_at,
+    ).to_bytes()
 
 
 def _normalised_record(rec: CoinRecord) -> CoinRecord:

@@ -87,6 +87,17 @@ def test_pack_roundtrip_is_byte_exact_and_keeps_every_field(catalog, quant: str)
         np.testing.assert_allclose(got, want, atol={"int8": 5e-3, "fp16": 1e-3, "fp32": 1e-7}[quant])
 
 
+@pytest.mark.parametrize("quant", packlib.QUANTS)
+def test_pack_from_vectors_is_the_pack_build_pack_writes(catalog, quant: str) -> None:
+    vectors, ids, records = catalog
+    built = packlib.Pack.from_vectors(vectors, ids, records, catalog_id="cat", catalog_version=3,
+                                      model_fingerprint=FP, quant=quant, created_at=1_700_000_000)
+    data = _build(vectors, ids, records, quant, version=3)
+    assert built.to_bytes() == data and built == packlib.read_pack(data)
+    assert built.sha256 == hashlib.sha256(data).hexdigest()
+    assert built.to_bytes() is built.to_bytes()  # kept, not re-encoded: callers write and hash the same bytes
+
+
 def test_pack_keeps_vector_order_within_a_coin() -> None:
     vecs = np.eye(4, dtype=np.float32)
     p = packlib.read_pack(_build(vecs, ["b", "a", "b", "a"], [], "fp32"))
