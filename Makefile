@@ -22,6 +22,7 @@ install: $(STAMP)
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache  # the layer contracts in pyproject.toml [tool.importlinter]
 
 test: install lint
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
