@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coinvision.cli.sdk_commands import DEFAULT_MODELS_DIR
+from coinvision.cli.options import add_model_options, load_recognizer
 from coinvision.sdk.errors import DatasetError, ImageError
 from coinvision.sdk.files import IMAGE_SUFFIXES, list_images, write_atomic
 from coinvision.sdk.pack import DELTA_MAGIC, FORMAT_VERSION, QUANTS, CoinRecord, Pack, read_delta, read_pack
@@ -99,13 +99,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
     import numpy as np
     from coinvision.sdk import pack as packlib
     from coinvision.sdk.images import load_image
-    from coinvision.sdk.recognizer import Recognizer
     from tqdm import tqdm
 
     coins, warnings = scan_catalog(args.catalog_dir)
     for warning in warnings:
         print(f"warning: {warning}")
-    recognizer = Recognizer.from_dir(args.models, runtime=args.runtime, num_threads=args.threads)
+    recognizer = load_recognizer(args)
     vectors: list[np.ndarray] = []
     vector_coins: list[str] = []
     no_coin: list[Path] = []
@@ -208,10 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="<coin_id>/<image> folders (or images/<class_id>/...), optional classes.csv")
     build.add_argument("--out", type=Path, required=True, help="pack file to write")
     build.add_argument("--quant", choices=QUANTS, default="int8", help="vector storage (default int8)")
-    build.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
-                       help=f"segmenter + embedder exports (default {DEFAULT_MODELS_DIR})")
-    build.add_argument("--runtime", choices=("tflite", "onnx"), default="tflite")
-    build.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
+    add_model_options(build)
     build.add_argument("--catalog-id", default=None, help="default: the catalog folder's name")
     build.add_argument("--catalog-version", type=int, default=1)
     build.add_argument("--created-at", type=int, default=None, help="unix seconds (default now; fix it for "

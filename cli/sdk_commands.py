@@ -1,8 +1,9 @@
-"""SDK subcommands: ``recognize`` (photos -> coin names, as a phone does it) and ``embed`` (a folder of photos ->
-an ``.npz`` of embeddings through the full pipeline).
+"""The pipeline's commands, on the SDK alone: ``recognize`` (photos -> coin names, as a phone does it), ``embed``
+(a folder of photos -> an ``.npz`` of embeddings), ``segment`` (photos -> coin masks) and ``eval retrieval``
+(Recall@k of a catalog/query folder pair). All of them run with the SDK extra only (TFLite by default);
+``--runtime torch`` runs the trainer's checkpoints through the same pipeline and needs the train extra.
 
 ``coinvision recognize`` output is a public interface: keep the JSON keys and the table layout stable.
-Heavy imports (torch for ``embed --runtime torch``) happen inside the handlers.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from coinvision.sdk.recognizer import Recognizer, Result
+    from coinvision.sdk.recognizer import Result
 
+from coinvision.cli.options import add_model_options, load_recognizer, load_segmenter, positive_int
 from coinvision.sdk.files import list_images
 
 __all__ = ["register", "result_to_json"]
-
-DEFAULT_MODELS_DIR = Path("models/release")
 
 
 def result_to_json(image: str, result: Result) -> dict[str, Any]:
@@ -49,9 +49,9 @@ def _print_table(image: str, result: Result) -> None:
 
 def _cmd_recognize(args: argparse.Namespace) -> int:
     from coinvision.sdk.errors import ImageError
-    from coinvision.sdk.recognizer import Recognizer
 
-    recognizer = Recognizer.from_dir(args.models, runtime=args.runtime, num_threads=args.threads, pack=args.pack)
+    recognizer = load_recognizer(args)
+    recognizer.load_pack(args.pack)
     failed = 0
     for image in args.images:
         try:
@@ -69,45 +69,13 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _torch_recognizer(models_dir: Path, num_threads: int | None) -> Recognizer:
-    """The trainer's PyTorch checkpoints (``segmenter.pt``, ``embedder.pt``) behind the same pipeline code."""
-    import torch
-    from coinvision.converters.runners import torch_predictor
-    from coinvision.sdk.errors import ModelLoadError
-    from coinvision.sdk.recognizer import Recognizer
-    from coinvision.sdk.runtimes import LoadedModel
-    from coinvision.trainer.segmenter import load_segmenter, segmenter_metadata
-
-    try:
-        from coinvision.trainer.embedder import embedder_metadata, load_embedder
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"--runtime torch needs coinvision.trainer.embedder, which this install lacks ({exc}); "
-            "use --runtime onnx or --runtime tflite with exported models"
-        ) from exc
-    torch.set_num_threads(num_threads or 1)
-    seg_path, emb_path = models_dir / "segmenter.pt", models_dir / "embedder.pt"
-    seg_model, seg_cfg, seg_ckpt = load_segmenter(seg_path)
-    emb_model, emb_cfg, emb_ckpt = load_embedder(emb_path)
-    seg_meta = segmenter_metadata(seg_cfg, seg_ckpt.fingerprint)
-    emb_meta = embedder_metadata(emb_cfg, emb_ckpt.fingerprint)
-    return Recognizer(
-        LoadedModel(seg_path, seg_meta, torch_predictor(seg_model, seg_meta.input)),
-        LoadedModel(emb_path, emb_meta, torch_predictor(emb_model, emb_meta.input)),
-    )
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
     from coinvision.sdk.errors import DatasetError, ImageError
-    from coinvision.sdk.recognizer import Recognizer
     from tqdm import tqdm
 
     files = list_images(args.image_dir)
-    if args.runtime == "torch":
-        recognizer = _torch_recognizer(args.models, args.threads)
-    else:
-        recognizer = Recognizer.from_dir(args.models, runtime=args.runtime, num_threads=args.threads)
+    recognizer = load_recognizer(args)
     paths: list[str] = []
     vectors: list[np.ndarray] = []
     no_coin: list[bool] = []
@@ -143,37 +111,104 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threads(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: need at least 1 thread")
-    return n
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+    from coinvision.sdk.errors import DatasetError, ImageError
+    from coinvision.sdk.images import load_image
+    from tqdm import tqdm
+
+    files = list_images(args.image_dir)
+    segmenter = load_segmenter(args)
+    written = no_coin = skipped = 0
+    for path in tqdm(files, desc="segment", unit="img", disable=args.quiet):
+        try:
+            image = load_image(path)
+        except ImageError as exc:  # one bad photo does not stop the others
+            tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
+            skipped += 1
+            continue
+        seg = segmenter.segment(image, two_pass=not args.one_pass)
+        mask = np.zeros(image.shape[:2], np.uint8) if seg.mask is None else seg.mask.astype(np.uint8) * 255
+        no_coin += seg.mask is None
+        target = args.out / path.relative_to(args.image_dir).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(target), mask):
+            raise DatasetError(f"could not write {target}; check that the output folder is writable")
+        written += 1
+    print(f"wrote {written} mask(s) to {args.out}; no coin found in {no_coin} (their masks are all 0); "
+          f"skipped {skipped} unreadable image(s)")
+    return 1 if skipped else 0
 
 
-def _top_k(value: str) -> int:
-    k = int(value)
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"{k}: top-k must be >= 1")
-    return k
+def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from coinvision.sdk.evaluation import evaluate_folders, format_table
+
+    recognizer = load_recognizer(args, embedder_checkpoint=args.checkpoint)
+
+    def embed(image):
+        return recognizer.embed(image).vector
+
+    metrics = evaluate_folders(args.catalog_dir, args.query_dir, embed, distractor_dir=args.distractors,
+                               distractors_per_class=args.distractors_per_class, unknown_target=args.calibrate_unknown)
+    print(format_table(metrics, title=f"{args.runtime} {args.models or 'release models'}"))
+    if args.plot:
+        from coinvision.trainer.plotting import plot_recall_at_k  # matplotlib: the train extra
+
+        print(f"plot: {plot_recall_at_k(metrics, args.plot)}")
+    return 0
+
+
+def _unknown_share(value: str) -> float:
+    share = float(value)
+    if not 0.0 <= share < 1.0:
+        raise argparse.ArgumentTypeError(f"{share}: a share in [0, 1), e.g. 0.05")
+    return share
+
+
+def eval_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``eval`` group's subparsers, created on first use (other command modules may add evaluations)."""
+    if "eval" not in sub.choices:
+        evaluate = sub.add_parser("eval", help="evaluate models")
+        evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    return sub.choices["eval"]._subparsers._group_actions[0]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recognize", help="name the coin in each photo (offline, with the release models + a pack)")
     rec.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photo file(s)")
     rec.add_argument("--pack", required=True, type=Path, help="catalog embedding pack (coinvision pack build)")
-    rec.add_argument("--top-k", type=_top_k, default=5, help="matches to report per photo (default 5)")
+    rec.add_argument("--top-k", type=positive_int, default=5, help="matches to report per photo (default 5)")
     rec.add_argument("--json", action="store_true", help="one JSON object per photo instead of a table")
-    rec.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR, help="exported models folder")
-    rec.add_argument("--runtime", choices=("tflite", "onnx"), default="tflite", help="model runtime")
-    rec.add_argument("--threads", type=_threads, default=None, help="runtime threads (default: runtime's own)")
+    add_model_options(rec)
     rec.set_defaults(func=_cmd_recognize)
 
     emb = sub.add_parser("embed", help="embed every photo under a folder through the full pipeline -> .npz")
     emb.add_argument("image_dir", type=Path, metavar="IMAGE_DIR")
     emb.add_argument("--out", type=Path, required=True, help="output .npz (paths, embeddings, no_coin)")
-    emb.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="tflite",
-                     help="torch uses segmenter.pt/embedder.pt checkpoints in --models")
-    emb.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR, help="models folder")
-    emb.add_argument("--threads", type=_threads, default=None, help="runtime threads (default: runtime's own)")
+    add_model_options(emb, torch=True)
     emb.add_argument("--quiet", action="store_true", help="no progress bar")
     emb.set_defaults(func=_cmd_embed)
+
+    segment = sub.add_parser("segment", help="write a 0/255 coin mask PNG for every image under a folder")
+    segment.add_argument("image_dir", type=Path, help="folder of images (searched recursively)")
+    segment.add_argument("--out", type=Path, required=True, help="mask folder (same relative paths, .png)")
+    add_model_options(segment, torch=True)
+    segment.add_argument("--one-pass", action="store_true", help="skip the second (refinement) pass")
+    segment.add_argument("--quiet", action="store_true", help="no progress bar")
+    segment.set_defaults(func=_cmd_segment)
+
+    retrieval = eval_subparsers(sub).add_parser("retrieval", help="Recall@k / MAP@R of two <class>/<image> folders")
+    retrieval.add_argument("catalog_dir", type=Path, help="reference photos, <class>/<image>")
+    retrieval.add_argument("query_dir", type=Path, help="photos to search, <class>/<image>")
+    add_model_options(retrieval, torch=True)
+    retrieval.add_argument("--checkpoint", type=Path, default=None,
+                           help="torch: embedder checkpoint to use instead of <models>/embedder.pt")
+    retrieval.add_argument("--plot", type=Path, default=None,
+                           help="also write the Recall@k bar chart (PNG; needs matplotlib)")
+    retrieval.add_argument("--distractors", type=Path, default=None, metavar="DIR",
+                           help="<class>/<image> folder of more coins (e.g. the training classes) added to the catalog")
+    retrieval.add_argument("--distractors-per-class", type=positive_int, default=3)
+    retrieval.add_argument("--calibrate-unknown", type=_unknown_share, default=None, metavar="SHARE",
+                           help="also print the cosine threshold that lets SHARE (e.g. 0.05) of unknown coins through")
+    retrieval.set_defaults(func=_cmd_eval_retrieval)
