@@ -14,6 +14,10 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "DEFAULT_CROP_MARGIN_FRAC",
+    "DEFAULT_MARGIN_FRAC",
+    "DEFAULT_MIN_AREA_FRAC",
+    "DEFAULT_SEGMENT_THRESHOLD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "InputSpec",
@@ -25,6 +29,7 @@ __all__ = [
     "mean_unit_vector",
     "resize_square",
     "rotation_views",
+    "sigmoid",
     "split_touching_coins",
     "square_bbox",
     "to_model_input",
@@ -35,6 +40,13 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "area")
+
+# The spec's defaults (docs/PIPELINE_SPEC.md), for the values a model's metadata may leave out. Defined here
+# once: the SDK's SegmenterParams / CropParams and these functions' keyword defaults all read them.
+DEFAULT_SEGMENT_THRESHOLD = 0.5  # segmenter probability threshold (metadata `threshold`)
+DEFAULT_MARGIN_FRAC = 0.15  # two-pass crop margin per side (segmenter metadata `extra["margin_frac"]`)
+DEFAULT_MIN_AREA_FRAC = 0.002  # smallest coin, share of the image (segmenter `extra["min_area_frac"]`)
+DEFAULT_CROP_MARGIN_FRAC = 0.05  # coin_crop margin per side (embedder metadata `extra["crop_margin_frac"]`)
 
 
 @dataclass(frozen=True)
@@ -101,8 +113,14 @@ def to_model_input(square_rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Mask logits -> probabilities (float32). The tanh form is the exact sigmoid without exp overflow warnings
+    on large negative logits."""
+    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, np.float32)))).astype(np.float32)
+
+
 def largest_component(
-    mask: np.ndarray, min_area_frac: float = 0.002, *, split_touching: bool = False
+    mask: np.ndarray, min_area_frac: float = DEFAULT_MIN_AREA_FRAC, *, split_touching: bool = False
 ) -> np.ndarray | None:
     """Keep only the largest 8-connected foreground component; ``None`` when it is below ``min_area_frac``.
     ``split_touching``: that component is first cut into its coins (:func:`split_touching_coins`) and the
@@ -250,9 +268,9 @@ def two_pass_segment(
     predict: PredictFn,
     *,
     size_px: int,
-    threshold: float = 0.5,
-    margin_frac: float = 0.15,
-    min_area_frac: float = 0.002,
+    threshold: float = DEFAULT_SEGMENT_THRESHOLD,
+    margin_frac: float = DEFAULT_MARGIN_FRAC,
+    min_area_frac: float = DEFAULT_MIN_AREA_FRAC,
     pad_value: int = 0,
     two_pass: bool = True,
     min_second_pass_area_ratio: float = 0.5,
@@ -302,7 +320,7 @@ def coin_crop(
     mask: np.ndarray | None,
     out_size_px: int,
     *,
-    margin_frac: float = 0.05,
+    margin_frac: float = DEFAULT_CROP_MARGIN_FRAC,
     fill_value: int = 0,
     interpolation: str = "bilinear",
 ) -> np.ndarray:

@@ -22,8 +22,23 @@ import numpy as np
 from coinvision.sdk.errors import ConfigError, ModelLoadError, PackError
 from coinvision.sdk.images import ImageSource, load_image
 from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import Segmentation, coin_crop, mean_unit_vector, rotation_views, two_pass_segment
-from coinvision.sdk.runtimes import RUNTIME_SUFFIXES, LoadedModel, check_coreml_platform, load_model
+from coinvision.sdk.preprocess import (
+    DEFAULT_CROP_MARGIN_FRAC,
+    INTERPOLATIONS,
+    Segmentation,
+    coin_crop,
+    mean_unit_vector,
+    rotation_views,
+)
+from coinvision.sdk.runtimes import (
+    RUNTIMES,
+    LoadedModel,
+    check_model_output,
+    check_models_dir,
+    check_pipeline_metadata,
+    load_pipeline_model,
+)
+from coinvision.sdk.segmenter import Segmenter
 
 if TYPE_CHECKING:
     from coinvision.sdk.pack import CoinRecord, Pack
@@ -31,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_UNKNOWN_THRESHOLD",
     "RUNTIMES",
+    "CropParams",
     "Embedding",
     "Match",
     "Recognizer",
@@ -41,19 +57,43 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = tuple(RUNTIME_SUFFIXES)  # "tflite" (default), "onnx", "coreml" (macOS only)
 
 # Used only when neither the caller nor the embedder's metadata gives a threshold. It is NOT calibrated:
 # release embedders carry the threshold calibrated on held-out coins in their metadata (`threshold`).
 DEFAULT_UNKNOWN_THRESHOLD = 0.5
 
-# Spec defaults (docs/PIPELINE_SPEC.md) for values a segmenter's metadata may override in `extra`.
-DEFAULT_MARGIN_FRAC = 0.15
-DEFAULT_MIN_AREA_FRAC = 0.002
-DEFAULT_SEGMENT_THRESHOLD = 0.5
-DEFAULT_CROP_MARGIN_FRAC = 0.05  # embedder metadata `extra["crop_margin_frac"]` overrides
 
-_EXPECTED_OUTPUT = {"segmenter": "mask_logits", "embedder": "embedding"}
+
+@dataclass(frozen=True)
+class CropParams:
+    """How a photo and its mask become the embedder's input (spec steps 3-4); read from the embedder metadata."""
+
+    crop_margin_frac: float = DEFAULT_CROP_MARGIN_FRAC  # coin_crop margin per side
+    background_removal: bool = True  # False: the embedder saw whole letterboxed photos, so it gets those
+    embed_rotations: int = 1  # vectors of this many rotated views are averaged
+    interpolation: str = "bilinear"  # how coin_crop shrinks the crop (metadata input.interpolation)
+
+    def __post_init__(self) -> None:
+        if self.crop_margin_frac < 0.0:
+            raise ConfigError(f"crop_margin_frac={self.crop_margin_frac}: must be >= 0, "
+                              f"e.g. {DEFAULT_CROP_MARGIN_FRAC}")
+        if not isinstance(self.embed_rotations, int) or isinstance(self.embed_rotations, bool) or not (
+                1 <= self.embed_rotations <= 64):
+            raise ConfigError(f"embed_rotations={self.embed_rotations!r}: must be an integer in [1, 64]")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation={self.interpolation!r}: must be one of {INTERPOLATIONS}")
+
+    @classmethod
+    def from_metadata(cls, meta: ModelMetadata) -> CropParams:
+        """``extra`` (``crop_margin_frac``, ``background_removal``, ``embed_rotations``) and
+        ``input.interpolation``; what the metadata leaves out takes the spec default."""
+        extra = meta.extra
+        return cls(
+            crop_margin_frac=float(extra.get("crop_margin_frac", DEFAULT_CROP_MARGIN_FRAC)),
+            background_removal=bool(extra.get("background_removal", True)),
+            embed_rotations=embed_rotations_of(meta),
+            interpolation=meta.input.interpolation,
+        )
 
 
 @dataclass(frozen=True)
@@ -112,11 +152,6 @@ def _ms(start: float, end: float) -> float:
     return (end - start) * 1000.0
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    # tanh form: exact sigmoid without exp overflow warnings on large negative logits
-    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
-
-
 def fuse_pair_scores(
     obverse_hits: Sequence[tuple[str, float]],
     reverse_hits: Sequence[tuple[str, float]],
@@ -158,32 +193,22 @@ class Recognizer:
     """Segmenter + embedder (+ an optional pack). Build with :meth:`from_dir`."""
 
     def __init__(
-        self, segmenter: LoadedModel, embedder: LoadedModel, *, unknown_threshold: float | None = None
+        self, segmenter: LoadedModel | Segmenter, embedder: LoadedModel, *, unknown_threshold: float | None = None
     ) -> None:
-        """Takes loaded models of any runtime (the CLI's torch runtime passes PyTorch predictors)."""
-        _check_metadata(segmenter, "segmenter")
-        _check_metadata(embedder, "embedder")
-        self._segmenter = segmenter
+        """Takes loaded models of any runtime (``coinvision.trainer.torch_runtime`` passes PyTorch predictors);
+        the segmenter may come as a :class:`Segmenter` (its parameters then stay as they are)."""
+        self.segmenter: Segmenter = segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter)
+        check_pipeline_metadata(embedder, "embedder")
         self._embedder = embedder
-        self.segmenter_meta: ModelMetadata = segmenter.meta
+        self.segmenter_meta: ModelMetadata = self.segmenter.meta
         self.embedder_meta: ModelMetadata = embedder.meta
         self.fingerprint: str = embedder.meta.fingerprint
         self.dim: int = int(embedder.meta.embedding_dim or 0)
-        seg_extra = segmenter.meta.extra
-        self._seg_size_px = segmenter.meta.input.size_px
-        self._seg_threshold = float(segmenter.meta.threshold or DEFAULT_SEGMENT_THRESHOLD)
-        self._margin_frac = float(seg_extra.get("margin_frac", DEFAULT_MARGIN_FRAC))
-        self._min_area_frac = float(seg_extra.get("min_area_frac", DEFAULT_MIN_AREA_FRAC))
-        # spec 2.6: cut touching coins apart before keeping the largest (segmenter v2 metadata; absent -> off)
-        self._split_touching = bool(seg_extra.get("split_touching", False))
-        emb_extra = embedder.meta.extra
-        self._crop_margin_frac = float(emb_extra.get("crop_margin_frac", DEFAULT_CROP_MARGIN_FRAC))
-        # An embedder trained without background removal saw whole letterboxed photos, so it gets those.
-        self._background_removal = bool(emb_extra.get("background_removal", True))
-        self.embed_rotations: int = embed_rotations_of(embedder.meta)
+        self.crop_params: CropParams = CropParams.from_metadata(embedder.meta)
+        self.embed_rotations: int = self.crop_params.embed_rotations
         self.unknown_threshold: float = _resolve_threshold(unknown_threshold, embedder.meta)
         self._pack_state: _PackState | None = None
-        self._check_outputs()
+        check_model_output(embedder, self.dim)
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -202,29 +227,9 @@ class Recognizer:
         ``runtime``: "tflite" (default), "onnx", or "coreml" (macOS only). ``num_threads=None`` lets the
         runtime choose. ``pack``: loaded with :meth:`load_pack` when given.
         """
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"runtime {runtime!r} is not supported; use one of {', '.join(RUNTIMES)}")
         models_dir = Path(models_dir)
-        suffix = RUNTIME_SUFFIXES[runtime]
-        if runtime == "coreml":
-            check_coreml_platform(models_dir / f"segmenter{suffix}")
-        if not models_dir.is_dir():
-            raise ModelLoadError(
-                f"models folder {models_dir} does not exist; pass the folder holding segmenter{suffix} and "
-                f"embedder{suffix} (the release exports are in models/release)"
-            )
-        models = []
-        for kind in ("segmenter", "embedder"):
-            path = models_dir / f"{kind}{suffix}"
-            if not path.exists():
-                raise ModelLoadError(_missing_model_message(path, kind, runtime))
-            model = load_model(path, num_threads)
-            if model.meta.runtime_format and model.meta.runtime_format != runtime:
-                raise ModelLoadError(
-                    f"{path}: its metadata describes a {model.meta.runtime_format!r} model, not {runtime!r}; "
-                    "re-export the model so the sidecar .meta.json belongs to this file"
-                )
-            models.append(model)
+        check_models_dir(models_dir, runtime, ("segmenter", "embedder"))
+        models = [load_pipeline_model(models_dir, kind, runtime, num_threads) for kind in ("segmenter", "embedder")]
         recognizer = cls(models[0], models[1], unknown_threshold=unknown_threshold)
         log.info(
             "recognizer loaded from %s (%s): segmenter %s, embedder %s (dim %d), unknown below %.3f",
@@ -234,27 +239,6 @@ class Recognizer:
         if pack is not None:
             recognizer.load_pack(pack)
         return recognizer
-
-    def _check_outputs(self) -> None:
-        """Run each model once on a blank input: a model whose output does not fit its metadata fails here,
-        at load time, with the file named, rather than on the first photo."""
-        for model, expected in (
-            (self._segmenter, self._seg_size_px**2),
-            (self._embedder, self.dim),
-        ):
-            size = model.meta.input.size_px
-            try:
-                out = np.asarray(model.predict(np.zeros((size, size, 3), np.uint8)))
-            except Exception as exc:  # runtimes raise assorted types (ORT's have no common base)
-                raise ModelLoadError(
-                    f"{model.path}: running it on a {size}x{size} input failed ({type(exc).__name__}: {exc}); "
-                    "its metadata (input size/layout) does not fit the model, re-export it"
-                ) from exc
-            if out.size != expected:
-                raise ModelLoadError(
-                    f"{model.path}: output has {out.size} values (shape {out.shape}), its metadata implies "
-                    f"{expected}; re-export the model so file and metadata agree"
-                )
 
     # ------------------------------------------------------------------------------------------- packs
 
@@ -293,49 +277,28 @@ class Recognizer:
 
     # ------------------------------------------------------------------------------------------ pipeline
 
-    def _segment_probability(self, square: np.ndarray) -> np.ndarray:
-        logits = np.asarray(self._segmenter.predict(square), dtype=np.float32)
-        return _sigmoid(logits.reshape(self._seg_size_px, self._seg_size_px))
-
     def embed(self, image: ImageSource) -> Embedding:
         """Decode (arrays are validated and bounded the same way), segment twice, crop, embed."""
         start = time.perf_counter()
         rgb = load_image(image)
         decoded = time.perf_counter()
-        call_starts: list[float] = []
-
-        def predict(square: np.ndarray) -> np.ndarray:
-            call_starts.append(time.perf_counter())
-            return self._segment_probability(square)
-
-        segmentation = two_pass_segment(
-            rgb,
-            predict,
-            size_px=self._seg_size_px,
-            threshold=self._seg_threshold,
-            margin_frac=self._margin_frac,
-            min_area_frac=self._min_area_frac,
-            pad_value=self.segmenter_meta.input.pad_value,
-            split_touching=self._split_touching,
-        )
-        segmented = time.perf_counter()
+        segmentation, segment_ms = self.segmenter.segment_timed(rgb, start=decoded)
+        segmented = decoded + sum(segment_ms.values()) / 1000.0  # where the segmenter's clock stopped
+        crop_params = self.crop_params
         emb_spec = self.embedder_meta.input
         # No coin found: coin_crop letterboxes the whole photo (spec step 3), which still gets embedded.
-        mask = segmentation.mask if self._background_removal else None
-        crop = coin_crop(rgb, mask, emb_spec.size_px, margin_frac=self._crop_margin_frac,
-                         fill_value=emb_spec.pad_value, interpolation=emb_spec.interpolation)
+        mask = segmentation.mask if crop_params.background_removal else None
+        crop = coin_crop(rgb, mask, emb_spec.size_px, margin_frac=crop_params.crop_margin_frac,
+                         fill_value=emb_spec.pad_value, interpolation=crop_params.interpolation)
         cropped = time.perf_counter()
         # Spec step 4: one vector per rotated view, averaged and re-normalised (quantized runtimes drift a
         # little from unit length, so even a single view is normalised again).
-        views = rotation_views(crop, self.embed_rotations, fill_value=emb_spec.pad_value)
+        views = rotation_views(crop, crop_params.embed_rotations, fill_value=emb_spec.pad_value)
         vector = mean_unit_vector(np.stack([
             np.asarray(self._embedder.predict(view), dtype=np.float32).reshape(-1) for view in views]))
         embedded = time.perf_counter()
 
-        second_pass = call_starts[1] if len(call_starts) > 1 else None
-        timings = {"decode": _ms(start, decoded), "segment_pass1": _ms(decoded, second_pass or segmented)}
-        if second_pass is not None:
-            timings["segment_pass2"] = _ms(second_pass, segmented)
+        timings = {"decode": _ms(start, decoded), **segment_ms}
         timings.update(crop=_ms(segmented, cropped), embed=_ms(cropped, embedded), total=_ms(start, embedded))
         return Embedding(vector=vector, segmentation=segmentation, crop=crop, timings_ms=timings)
 
@@ -415,36 +378,3 @@ def _resolve_threshold(explicit: float | None, embedder_meta: ModelMetadata) -> 
     if not -1.0 <= value <= 1.0 or not np.isfinite(value):
         raise ConfigError(f"unknown_threshold={value}: a cosine threshold must be in [-1, 1]")
     return value
-
-
-def _check_metadata(model: LoadedModel, kind: str) -> None:
-    meta = model.meta
-    if meta.name != kind:
-        raise ModelLoadError(
-            f"{model.path}: its metadata says it is the {meta.name!r}, expected the {kind}; "
-            "the segmenter and embedder files may be swapped"
-        )
-    if meta.output != _EXPECTED_OUTPUT[kind]:
-        raise ModelLoadError(
-            f"{model.path}: the {kind} must output {_EXPECTED_OUTPUT[kind]!r}, its metadata says {meta.output!r}; "
-            "re-export it with coinvision export"
-        )
-    if kind == "embedder" and not (isinstance(meta.embedding_dim, int) and meta.embedding_dim > 0):
-        raise ModelLoadError(
-            f"{model.path}: embedder metadata has no embedding_dim ({meta.embedding_dim!r}); re-export it"
-        )
-    if kind == "segmenter" and meta.threshold is not None and not 0.0 < meta.threshold < 1.0:
-        raise ModelLoadError(f"{model.path}: segmenter threshold {meta.threshold} is not a probability in (0, 1)")
-
-
-def _missing_model_message(path: Path, kind: str, runtime: str) -> str:
-    present = sorted(
-        p.name for p in path.parent.iterdir() if p.name.startswith(("segmenter.", "embedder.")) and
-        not p.name.endswith(".json")
-    )
-    others = [rt for rt, suffix in RUNTIME_SUFFIXES.items()
-              if rt != runtime and (path.parent / f"{kind}{suffix}").exists()]
-    hint = f"; this folder has {', '.join(present)}" if present else ""
-    if others:
-        hint += f" (try runtime={others[0]!r})"
-    return f"{path}: the {kind} model for runtime {runtime!r} is missing{hint}; export it with `coinvision export`"

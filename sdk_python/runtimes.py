@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from coinvision.sdk.errors import ModelLoadError
+from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import to_model_input
 
 __all__ = [
+    "RUNTIMES",
     "RUNTIME_SUFFIXES",
     "LoadedModel",
     "Predictor",
     "check_coreml_platform",
+    "check_model_output",
+    "check_models_dir",
+    "check_pipeline_metadata",
     "coreml_predictor",
     "dequantize_tensor",
     "load_model",
+    "load_pipeline_model",
     "onnx_predictor",
     "predictor_for",
     "quantize_tensor",
@@ -39,6 +44,7 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 # runtime name -> file suffix of its model files in a models folder
 RUNTIME_SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx", "coreml": ".mlpackage"}
+RUNTIMES = tuple(RUNTIME_SUFFIXES)  # "tflite" (default), "onnx", "coreml" (macOS only)
 _INSTALL_HINT = "install the SDK extra: pip install 'coinvision[sdk]'"
 
 
@@ -176,3 +182,89 @@ def load_model(path: str | Path, num_threads: int | None = 1) -> LoadedModel:
     predict = _PREDICTORS[suffix](path, num_threads, meta)
     log.debug("loaded %s (%s, %s, fingerprint %s)", path, meta.runtime_format, meta.quantization, meta.fingerprint)
     return LoadedModel(path=path, meta=meta, predict=predict)
+
+
+# ------------------------------------------------------------------------------ the pipeline's two models
+
+_EXPECTED_OUTPUT = {"segmenter": "mask_logits", "embedder": "embedding"}
+
+
+def check_models_dir(models_dir: Path, runtime: str, kinds: Sequence[str]) -> None:
+    """Refuse an unknown runtime, Core ML off macOS and a missing folder before any file is opened."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} is not supported; use one of {', '.join(RUNTIMES)}")
+    suffix = RUNTIME_SUFFIXES[runtime]
+    if runtime == "coreml":
+        check_coreml_platform(models_dir / f"{kinds[0]}{suffix}")
+    if not models_dir.is_dir():
+        files = " and ".join(f"{kind}{suffix}" for kind in kinds)
+        raise ModelLoadError(
+            f"models folder {models_dir} does not exist; pass the folder holding {files} "
+            "(the release exports are in models/release)"
+        )
+
+
+def load_pipeline_model(models_dir: Path, kind: str, runtime: str, num_threads: int | None) -> LoadedModel:
+    """``<kind>.<ext>`` of ``models_dir`` for ``runtime``, its sidecar metadata checked against the file."""
+    path = models_dir / f"{kind}{RUNTIME_SUFFIXES[runtime]}"
+    if not path.exists():
+        raise ModelLoadError(_missing_model_message(path, kind, runtime))
+    model = load_model(path, num_threads)
+    if model.meta.runtime_format and model.meta.runtime_format != runtime:
+        raise ModelLoadError(
+            f"{path}: its metadata describes a {model.meta.runtime_format!r} model, not {runtime!r}; "
+            "re-export the model so the sidecar .meta.json belongs to this file"
+        )
+    return model
+
+
+def check_pipeline_metadata(model: LoadedModel, kind: str) -> None:
+    """The metadata must describe the ``kind`` of the pipeline (``segmenter`` | ``embedder``) with its output."""
+    meta = model.meta
+    if meta.name != kind:
+        raise ModelLoadError(
+            f"{model.path}: its metadata says it is the {meta.name!r}, expected the {kind}; "
+            "the segmenter and embedder files may be swapped"
+        )
+    if meta.output != _EXPECTED_OUTPUT[kind]:
+        raise ModelLoadError(
+            f"{model.path}: the {kind} must output {_EXPECTED_OUTPUT[kind]!r}, its metadata says {meta.output!r}; "
+            "re-export it with coinvision export"
+        )
+    if kind == "embedder" and not (isinstance(meta.embedding_dim, int) and meta.embedding_dim > 0):
+        raise ModelLoadError(
+            f"{model.path}: embedder metadata has no embedding_dim ({meta.embedding_dim!r}); re-export it"
+        )
+    if kind == "segmenter" and meta.threshold is not None and not 0.0 < meta.threshold < 1.0:
+        raise ModelLoadError(f"{model.path}: segmenter threshold {meta.threshold} is not a probability in (0, 1)")
+
+
+def check_model_output(model: LoadedModel, expected_values: int) -> None:
+    """Run the model once on a blank input: a model whose output does not fit its metadata fails here, at load
+    time, with the file named, rather than on the first photo."""
+    size = model.meta.input.size_px
+    try:
+        out = np.asarray(model.predict(np.zeros((size, size, 3), np.uint8)))
+    except Exception as exc:  # runtimes raise assorted types (ORT's have no common base)
+        raise ModelLoadError(
+            f"{model.path}: running it on a {size}x{size} input failed ({type(exc).__name__}: {exc}); "
+            "its metadata (input size/layout) does not fit the model, re-export it"
+        ) from exc
+    if out.size != expected_values:
+        raise ModelLoadError(
+            f"{model.path}: output has {out.size} values (shape {out.shape}), its metadata implies "
+            f"{expected_values}; re-export the model so file and metadata agree"
+        )
+
+
+def _missing_model_message(path: Path, kind: str, runtime: str) -> str:
+    present = sorted(
+        p.name for p in path.parent.iterdir() if p.name.startswith(("segmenter.", "embedder.")) and
+        not p.name.endswith(".json")
+    )
+    others = [rt for rt, suffix in RUNTIME_SUFFIXES.items()
+              if rt != runtime and (path.parent / f"{kind}{suffix}").exists()]
+    hint = f"; this folder has {', '.join(present)}" if present else ""
+    if others:
+        hint += f" (try runtime={others[0]!r})"
+    return f"{path}: the {kind} model for runtime {runtime!r} is missing{hint}; export it with `coinvision export`"
