@@ -34,7 +34,7 @@ from coinvision.converters.manifest import digest, tool_versions, write_manifest
 from coinvision.converters.metadata import FORMAT_LAYOUT, read_embedded_metadata
 from coinvision.converters.onnx_export import export_onnx
 from coinvision.converters.parity import ParitySet, ParityTarget, check_parity
-from coinvision.converters.photo_inputs import PhotoSquares, list_photos, model_squares, pick_evenly, torch_segment_fn
+from coinvision.converters.photo_inputs import PhotoSquares, SegmentFn, list_photos, model_squares, pick_evenly
 from coinvision.converters.sources import SourceModel, load_source
 from coinvision.converters.tflite_export import (
     CALIBRATED_QUANTIZATIONS,
@@ -48,7 +48,9 @@ from coinvision.converters.tflite_export import (
 )
 from coinvision.sdk.errors import ConversionError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
-from coinvision.sdk.preprocess import to_model_input
+from coinvision.sdk.preprocess import DEFAULT_SEGMENT_THRESHOLD, to_model_input
+from coinvision.sdk.recognizer import CropParams
+from coinvision.sdk.segmenter import SegmenterParams
 
 __all__ = ["DEFAULT_QUANTIZATIONS", "FORMATS", "ExportOptions", "embedder_segment_fn", "run_export", "validate_options"]
 
@@ -171,6 +173,14 @@ class _Inputs:
     calibration_info: dict[str, Any] = field(default_factory=dict)
 
 
+def _torch_segment_fn(segmenter: SourceModel) -> SegmentFn:
+    """The SDK's two-pass segmentation (parameters from the metadata) run by the PyTorch segmenter."""
+    from coinvision.sdk.segmenter import Segmenter
+    from coinvision.trainer.torch_runtime import torch_loaded_model
+
+    return Segmenter(torch_loaded_model(segmenter.model, segmenter.meta, segmenter.checkpoint)).segment
+
+
 def embedder_segment_fn(sources: list[SourceModel]):
     """``(segment_fn | None, description)``: how the embedder's crops are made, as close to the device as possible:
     the segmenter of this run, else the segmenter checkpoint the embedder was trained with, else letterbox."""
@@ -179,12 +189,11 @@ def embedder_segment_fn(sources: list[SourceModel]):
         return None, "letterboxed whole photo (the embedder was trained without background removal)"
     segmenter = next((s for s in sources if s.kind == "segmenter"), None)
     if segmenter is not None:
-        return torch_segment_fn(segmenter.model, segmenter.meta), (
-            "coin_crop with two-pass masks of the PyTorch segmenter in this run")
+        return _torch_segment_fn(segmenter), "coin_crop with two-pass masks of the PyTorch segmenter in this run"
     trained_with = embedder.config.get("segmenter_checkpoint") if embedder is not None else None
     if trained_with and Path(trained_with).is_file():
         segmenter = load_source(trained_with)
-        return torch_segment_fn(segmenter.model, segmenter.meta), (
+        return _torch_segment_fn(segmenter), (
             f"coin_crop with two-pass masks of {trained_with} (the embedder's training segmenter)")
     return None, "letterboxed whole photo (no segmenter in this export run or in the embedder's config)"
 
@@ -192,9 +201,9 @@ def embedder_segment_fn(sources: list[SourceModel]):
 def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
     inputs = _Inputs()
     segment, crops = embedder_segment_fn(sources)
-    margins = {s.kind: float(s.meta.extra.get("crop_margin_frac", 0.05)) for s in sources}
-    crop_kwargs = {s.kind: {"crop_margin_frac": margins[s.kind], "interpolation": s.meta.input.interpolation}
-                   for s in sources}
+    crop_params = {s.kind: CropParams.from_metadata(s.meta) for s in sources}
+    crop_kwargs = {kind: {"crop_margin_frac": p.crop_margin_frac, "interpolation": p.interpolation}
+                   for kind, p in crop_params.items()}
     calibration_paths: list[Path] = []
     if o.uses_calibration and o.calibration_dir is not None:  # validate_options demands the folder
         calibration_paths = pick_evenly(list_photos(o.calibration_dir), o.calibration_count)
@@ -284,11 +293,13 @@ class _Run:
         self.report(line)
 
     def _parity(self, source: SourceModel, path: Path, fmt: str, quantization: str) -> dict[str, Any]:
-        from coinvision.converters.runners import predictor_for, torch_predictor
+        from coinvision.sdk.runtimes import predictor_for
+        from coinvision.trainer.torch_runtime import torch_predictor
 
         if fmt == "coreml" and not coreml_can_predict():
             return {"skipped": COREML_SKIP_REASON, "passed": None}
-        threshold = float(source.meta.threshold) if source.kind == "segmenter" and source.meta.threshold else 0.5
+        threshold = (SegmenterParams.from_metadata(source.meta).threshold if source.kind == "segmenter"
+                     else DEFAULT_SEGMENT_THRESHOLD)
         result = check_parity(
             source.kind, quantization, torch_predictor(source.model, source.meta.input),
             predictor_for(path, self.o.num_threads), self.inputs.parity[source.kind],

@@ -1,8 +1,9 @@
 """Does an exported model compute what the PyTorch model computes? Figures, on real photos, never a bare bool.
 
-``measure_parity`` runs a reference predictor (PyTorch) and a candidate (any runtime: ``runners.predictor_for``
-opens ONNX, TFLite and, on macOS, Core ML files) on the same model-input squares (``photo_inputs``) and returns
-the figures; ``check_parity`` adds the targets and the list of misses.
+``measure_parity`` runs a reference predictor (PyTorch: ``trainer.torch_runtime.torch_predictor``) and a candidate
+(any runtime: ``sdk.runtimes.predictor_for`` opens ONNX, TFLite and, on macOS, Core ML files) on the same
+model-input squares (``photo_inputs``) and returns the figures;
+``check_parity`` adds the targets and the list of misses.
 
 - embedder: cosine(reference, candidate) per image (mean, min) over every image; nearest-neighbour search of
   the candidate's query embeddings against a catalog embedded by the reference (as on a phone: the pack comes
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from coinvision.converters.runners import Predictor
 from coinvision.sdk.errors import ConversionError
-from coinvision.sdk.preprocess import mean_unit_vector, rotation_views
+from coinvision.sdk.preprocess import DEFAULT_SEGMENT_THRESHOLD, mean_unit_vector, rotation_views, sigmoid
+from coinvision.sdk.runtimes import Predictor
 
 __all__ = [
     "QUANTIZATION_TIER",
@@ -160,7 +161,7 @@ def measure_parity(
     candidate: Predictor,
     inputs: ParitySet | Sequence[np.ndarray],
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_SEGMENT_THRESHOLD,
 ) -> dict[str, float]:
     """Figures comparing ``candidate`` with ``reference`` on the squares (model-input sized RGB uint8)."""
     parity_set = inputs if isinstance(inputs, ParitySet) else ParitySet(list(inputs))
@@ -217,7 +218,7 @@ def _segmenter_parity(reference, candidate, squares, threshold: float) -> dict[s
     inter = np.sum(m_ref & m_got, axis=1)
     union = np.sum(m_ref | m_got, axis=1)
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)  # both empty: identical masks
-    prob_diff = np.abs(1.0 / (1.0 + np.exp(-ref)) - 1.0 / (1.0 + np.exp(-got)))
+    prob_diff = np.abs(sigmoid(ref) - sigmoid(got))
     return {
         "n_images": float(len(squares)),
         "iou_mean": float(iou.mean()),
@@ -255,7 +256,7 @@ def check_parity(
     candidate: Predictor,
     inputs: ParitySet | Sequence[np.ndarray],
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_SEGMENT_THRESHOLD,
     targets: Mapping[str, Mapping[str, ParityTarget]] | None = None,
 ) -> ParityResult:
     """Measure and hold the figures to the targets of ``quantization``'s tier."""

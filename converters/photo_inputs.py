@@ -2,8 +2,8 @@
 
 - segmenter: the letterboxed whole photo (``preprocess.letterbox``), i.e. the first pass.
 - embedder: the background-removed coin crop (``preprocess.coin_crop``) with the mask of the two-pass
-  segmentation when a segmenter is at hand (the PyTorch one of the same export run), else the letterboxed photo
-  (what ``coin_crop`` does without a mask).
+  segmentation when a segmenter is at hand (the SDK's ``Segmenter`` over the PyTorch segmenter of the same export
+  run, ``trainer.torch_runtime``), else the letterboxed photo (what ``coin_crop`` does without a mask).
 
 ``to_model_input`` then turns a square into each format's tensor with that format's ``InputSpec``.
 """
@@ -19,21 +19,21 @@ import numpy as np
 from coinvision.sdk.errors import ConversionError, ImageError
 from coinvision.sdk.files import list_images
 from coinvision.sdk.images import load_image
-from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import Segmentation, coin_crop, letterbox, two_pass_segment
+from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, Segmentation, coin_crop, letterbox
 
 __all__ = [
     "PhotoSquares",
+    "SegmentFn",
     "list_photos",
     "model_squares",
     "pick_evenly",
-    "torch_segment_fn",
 ]
 
 log = logging.getLogger(__name__)
 
 
 SegmentFn = Callable[[np.ndarray], Segmentation]
+"""A decoded photo -> its two-pass segmentation, e.g. ``coinvision.sdk.segmenter.Segmenter.segment``."""
 
 
 @dataclass(frozen=True)
@@ -62,29 +62,6 @@ def pick_evenly(paths: Sequence[Path], count: int) -> list[Path]:
     return [paths[int(i * step)] for i in range(count)]
 
 
-def torch_segment_fn(model, meta: ModelMetadata) -> SegmentFn:
-    """The two-pass segmentation of the pipeline spec, run by the PyTorch segmenter."""
-    from coinvision.converters.runners import torch_predictor
-
-    logits = torch_predictor(model, meta.input)
-    size = meta.input.size_px
-
-    def prob(square: np.ndarray) -> np.ndarray:
-        x = np.asarray(logits(square), np.float32).reshape(size, size)
-        return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
-
-    threshold = float(meta.threshold if meta.threshold is not None else 0.5)
-    margin = float(meta.extra.get("margin_frac", 0.15))
-    min_area = float(meta.extra.get("min_area_frac", 0.002))
-    split = bool(meta.extra.get("split_touching", False))
-
-    def segment(image: np.ndarray) -> Segmentation:
-        return two_pass_segment(image, prob, size_px=size, threshold=threshold, margin_frac=margin,
-                                min_area_frac=min_area, pad_value=meta.input.pad_value, split_touching=split)
-
-    return segment
-
-
 def model_squares(
     kind: str,
     paths: Sequence[Path],
@@ -92,7 +69,7 @@ def model_squares(
     size_px: int,
     segment: SegmentFn | None = None,
     *,
-    crop_margin_frac: float = 0.05,
+    crop_margin_frac: float = DEFAULT_CROP_MARGIN_FRAC,
     interpolation: str = "bilinear",
 ) -> PhotoSquares:
     """Decode ``paths`` and make the squares ``kind`` sees at runtime. Unreadable photos are skipped, listed.

@@ -81,8 +81,9 @@ def test_validate_refuses_a_mismatched_spec(palettized: dict[str, Path], cli_exp
 def test_core_ml_predictions_match_pytorch(cli_export, tiny_checkpoints, sample_root: Path) -> None:
     from coinvision.converters.parity import ParitySet, check_parity
     from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
-    from coinvision.converters.runners import predictor_for, torch_predictor
     from coinvision.converters.sources import load_source
+    from coinvision.sdk.runtimes import predictor_for
+    from coinvision.trainer.torch_runtime import torch_predictor
 
     root = sample_root / "euro_phone"
     for kind in ("segmenter", "embedder"):

@@ -138,8 +138,9 @@ def test_exported_files_rerun_through_the_parity_helper(cli_export, tiny_checkpo
     """The helper on its own: PyTorch vs each TFLite/ONNX file, real photos, figures returned."""
     from coinvision.converters.parity import ParitySet, check_parity
     from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
-    from coinvision.converters.runners import predictor_for, torch_predictor
     from coinvision.converters.sources import load_source
+    from coinvision.sdk.runtimes import predictor_for
+    from coinvision.trainer.torch_runtime import torch_predictor
 
     out = cli_export[0]
     source = load_source(tiny_checkpoints["embedder"])
