@@ -16,7 +16,7 @@ Data: the segmenter's own validation split (``trainer.segmenter.split_seg_labels
 classes held out from training, ``runs/seg_labels`` + ``../shared/data``) and its synthetic validation scenes
 (``val_scene_synthesizer`` over those photos and unseen backgrounds; the target is the main coin's mask, since
 the pipeline keeps one component). Without the shared data or labels it falls back to the bundled
-``examples/sample_coins`` auto-labelled with ``trainer.seg_data.auto_label`` (photos the segmenter may have
+``examples/sample_coins`` auto-labelled with ``trainer.seg_labels.auto_label`` (photos the segmenter may have
 trained on: recorded in the JSON).
 
 Two more sets (v2): ``distractor`` - validation scenes that all hold 2-5 coins (touching, overlapping or apart;
@@ -205,7 +205,7 @@ def _sample_fallback(sample_root: Path) -> tuple[list[Any], list[np.ndarray], st
     import cv2
     from coinvision.sdk.images import load_image
     from coinvision.trainer.data import list_backgrounds, load_dataset
-    from coinvision.trainer.seg_data import LabelledImage, auto_label
+    from coinvision.trainer.seg_labels import LabelledImage, auto_label
 
     out = Path(tempfile.mkdtemp(prefix="bench_seg_labels_"))
     items = []
@@ -237,7 +237,8 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
     """Real validation photos at original size and synthetic validation scenes (see the module docstring)."""
     from coinvision.sdk.errors import CoinVisionError
     from coinvision.sdk.images import load_image
-    from coinvision.trainer.seg_data import SynthConfig, load_mask
+    from coinvision.trainer.seg_config import SynthConfig
+    from coinvision.trainer.seg_labels import load_mask
     from coinvision.trainer.segmenter import letterbox_pair, val_scene_synthesizer
 
     notes: list[str] = []

@@ -78,7 +78,7 @@ def test_mask_iou_edge_cases() -> None:
 
 def test_segmentation_evaluate_model_on_sample_photos(tiny_models_dir: Path, sample_root: Path) -> None:
     from coinvision.sdk.images import load_image
-    from coinvision.trainer.seg_data import auto_label
+    from coinvision.trainer.seg_labels import auto_label
 
     models = [bench_segmentation.exported_model(p) for p in bench_segmentation.discover_exported(tiny_models_dir)]
     assert {m.runtime for m in models} == {"onnx", "tflite"}

@@ -7,17 +7,14 @@ import numpy as np
 import pytest
 from coinvision.sdk.errors import DatasetError
 from coinvision.sdk.images import load_image
-from coinvision.trainer.seg_data import (
+from coinvision.trainer.seg_config import SynthConfig
+from coinvision.trainer.seg_labels import auto_label, contact_sheet, label_datasets, load_mask, read_label_manifest
+from coinvision.trainer.seg_scenes import (
     SceneSynthesizer,
-    SynthConfig,
-    auto_label,
     coin_square,
-    contact_sheet,
     crop_background,
     jitter_background,
     jitter_coin,
-    label_datasets,
-    load_mask,
     merge_with_mask,
     noise_and_shadows,
     occlude_with_finger,
@@ -26,7 +23,6 @@ from coinvision.trainer.seg_data import (
     punch_hole,
     pyramid_blend,
     random_letterbox,
-    read_label_manifest,
 )
 
 

@@ -6,16 +6,16 @@ import cv2
 import numpy as np
 import pytest
 from coinvision.sdk.preprocess import largest_component, split_touching_coins, two_pass_segment
-from coinvision.trainer.seg_data import (
+from coinvision.trainer.seg_config import SynthConfig
+from coinvision.trainer.seg_labels import refine_label
+from coinvision.trainer.seg_scenes import (
     MAX_OTHER_VISIBLE,
     SceneSynthesizer,
-    SynthConfig,
     _visible_masks,
     add_glare,
     cast_coin_shadow,
     match_background_colour,
     place_coin,
-    refine_label,
     skin_texture,
 )
 
@@ -211,7 +211,8 @@ def test_refine_label_refuses_when_grabcut_disagrees_with_the_circle():
 def test_segmenter_config_label_mode_is_checked_and_largest_label_used():
     import torch
     from coinvision.sdk.preprocess import InputSpec
-    from coinvision.trainer.segmenter import SegmenterConfig, SegTrainSet
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import SegTrainSet
 
     with pytest.raises(ValueError, match="label='coins'"):
         SegmenterConfig(label="coins")

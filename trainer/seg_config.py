@@ -1,0 +1,100 @@
+"""The segmenter's settings: :class:`SegmenterConfig` (model, data, optimisation) with the scene recipe
+:class:`SynthConfig` inside it. Plain frozen dataclasses that import neither torch nor albumentations, so a
+checkpoint's config resolves wherever the model is only built or exported (``seg_model``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coinvision.sdk.preprocess import InputSpec
+
+__all__ = ["LABEL_MODES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
+
+MIN_COVERAGE_RATIO = 1.0  # coin square : output area, at most 1:1 ...
+MAX_COVERAGE_RATIO = 36.0  # ... and at least 1:36
+
+LABEL_MODES = ("all", "largest")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Scene recipe. The v2 hard cases default to off (probability 0), so older configs make the same scenes."""
+
+    size_px: int = 128
+    coverage_ratio: tuple[float, float] = (MIN_COVERAGE_RATIO, MAX_COVERAGE_RATIO)
+    procedural_bg_p: float = 0.3
+    extra_coins_p: float = 0.25  # smaller distractor coins in the scene, never touching the main one
+    hole_p: float = 0.08
+    finger_p: float = 0.15
+    letterbox_p: float = 0.2
+    blend_levels: int = 3
+    # v2 hard cases
+    multi_coin_p: float = 0.0  # 2-5 coins, touching / overlapping / apart, the main one the largest
+    multi_coins: tuple[int, int] = (2, 5)  # coins in a multi-coin scene, main included
+    touch_p: float = 0.7  # a multi-coin scene's extra coin is placed against an earlier coin (else anywhere)
+    on_top_p: float = 0.3  # an extra coin lies over the coins placed before it (else under them)
+    other_area: tuple[float, float] = (0.3, 0.8)  # extra coin area : main coin area
+    skin_bg_p: float = 0.0  # the coin lies on a palm
+    glare_p: float = 0.0
+    coin_shadow_p: float = 0.0
+    bg_match_p: float = 0.0  # background recoloured to the coin's colour
+
+    def __post_init__(self) -> None:
+        lo, hi = self.multi_coins
+        if not 2 <= lo <= hi:
+            raise ValueError(f"multi_coins={self.multi_coins}: need 2 <= min <= max")
+        if not 0.0 < self.other_area[0] <= self.other_area[1] < 1.0:
+            raise ValueError(f"other_area={self.other_area}: need 0 < min <= max < 1 (the main coin is the largest)")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    # model
+    encoder: str = "tu-efficientnet_b0"  # any smp encoder; "tu-<timm name>" goes through timm
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
+    pad_type: str = ""  # timm conv padding; "same" for weights ported from TF/TFLite
+    pretrained_path: str | None = None  # local timm weights file for the encoder (no hub access)
+    size_px: int = 128
+    threshold: float = 0.5  # release probability threshold
+    margin_frac: float = 0.15  # two-pass crop margin per side
+    split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
+    # data
+    data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
+    backgrounds_root: str | None = None
+    labels_dir: str = "runs/seg_labels"  # auto-labels (manifest.csv + mask PNGs), see `coinvision data seg-labels`
+    split_file: str | None = None  # trainer/splits.py CSV; None = make_splits(seed=split_seed)
+    split_seed: int = 0
+    real_train_frac: float = 0.3  # share of training samples that are real auto-labelled photos
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    label: str = "all"  # what a synthetic scene's label marks: "all" coins, or only the "largest" (the kept one)
+    val_synthetic: int = 200
+    val_real: int = 300
+    # optimisation
+    epochs: int = 10
+    steps_per_epoch: int = 200
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_threads: int = 1
+    device: str = "auto"  # "auto" -> cuda when present, else cpu
+    amp: bool = False  # float16 mixed precision, CUDA only (train_loop.Amp); off keeps runs bit-for-bit fp32
+    out_dir: str = "runs/segmenter"
+
+    def __post_init__(self) -> None:
+        if self.size_px % 32:
+            raise ValueError(f"size_px={self.size_px}: the U-Net needs a multiple of 32")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold={self.threshold}: must be in (0, 1)")
+        if self.label not in LABEL_MODES:
+            raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
+        if not 0.0 <= self.real_train_frac <= 1.0:
+            raise ValueError(f"real_train_frac={self.real_train_frac}: must be in [0, 1]")
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("epochs, steps_per_epoch and batch_size must be >= 1")
+        if self.synth.size_px != self.size_px:
+            object.__setattr__(self, "synth", SynthConfig(**{**self.synth.__dict__, "size_px": self.size_px}))
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(size_px=self.size_px)

@@ -1,0 +1,290 @@
+"""Segmenter training: Dice loss on synthesized scenes (``seg_scenes``) mixed with augmented real auto-labelled
+photos (``seg_labels``), validated every epoch on held-out synthetic scenes AND held-out real photos. The loop's
+bookkeeping (device, history, resume, checkpoints, curves) is ``train_loop``'s; the model is ``seg_model``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from coinvision.sdk.errors import ConfigError, DatasetError
+from coinvision.sdk.images import load_image
+from coinvision.sdk.preprocess import InputSpec, letterbox, to_model_input
+from coinvision.trainer.checkpoint import restore_schedule
+from coinvision.trainer.plotting import png_figure
+from coinvision.trainer.seg_config import SegmenterConfig, SynthConfig
+from coinvision.trainer.seg_labels import LabelledImage, load_mask, read_label_manifest
+from coinvision.trainer.seg_model import KIND, build_segmenter
+from coinvision.trainer.seg_scenes import SceneSynthesizer
+from coinvision.trainer.train_loop import TrainingRun
+from torch import nn
+
+__all__ = [
+    "IOU_THRESHOLDS",
+    "SegData",
+    "SegTrainSet",
+    "iou_at",
+    "letterbox_pair",
+    "load_seg_data",
+    "split_backgrounds",
+    "split_seg_labels",
+    "train_segmenter",
+    "val_scene_synthesizer",
+]
+
+log = logging.getLogger(__name__)
+
+IOU_THRESHOLDS = (0.3, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def iou_at(prob: torch.Tensor, target: torch.Tensor, threshold: float) -> float:
+    """Mean per-image IoU of ``prob >= threshold`` against the binary target (smp metrics)."""
+    tp, fp, fn, tn = smp.metrics.get_stats(prob, target.long(), mode="binary", threshold=threshold)
+    return float(smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro-imagewise", zero_division=1.0))
+
+
+def _evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: nn.Module,
+              device: torch.device, batch_size: int) -> dict[str, float]:
+    model.eval()
+    probs, losses = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            logits = model(images[i : i + batch_size].to(device))
+            target = masks[i : i + batch_size].to(device)
+            losses.append(float(loss_fn(logits, target)) * len(target))
+            probs.append(torch.sigmoid(logits).cpu())
+    prob = torch.cat(probs)
+    out = {"dice_loss": sum(losses) / len(images)}
+    for t in IOU_THRESHOLDS:
+        out[f"iou@{t}"] = iou_at(prob, masks, t)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def _to_tensor(image: np.ndarray, mask: np.ndarray, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    if mask.shape != (spec.size_px, spec.size_px):
+        mask = cv2.resize(mask.astype(np.uint8), (spec.size_px, spec.size_px), interpolation=cv2.INTER_NEAREST)
+    x = torch.from_numpy(to_model_input(image, spec)[0])
+    y = torch.from_numpy(mask.astype(np.float32))[None]
+    return x, y
+
+
+def letterbox_pair(image: np.ndarray, mask: np.ndarray, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    img, _ = letterbox(image, size_px)
+    msk, _ = letterbox(mask.astype(np.uint8), size_px)
+    return img, msk > 0
+
+
+_REAL_AUGMENT = A.Compose([
+    A.HorizontalFlip(p=0.5),
+    A.Affine(scale=(0.4, 1.05), rotate=(-180, 180), translate_percent=(-0.2, 0.2), border_mode=cv2.BORDER_CONSTANT,
+             fill=0, fill_mask=0, p=0.7),
+    A.RandomBrightnessContrast(0.3, 0.3, p=0.7),
+    A.HueSaturationValue(15, 25, 20, p=0.5),
+    A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.01, 0.05))], p=0.3),
+])
+
+
+class SegTrainSet(torch.utils.data.Dataset):
+    """Index -> (x, y). A sample is a synthesized scene or (``real_frac``) an augmented real photo; both are
+    pure functions of ``(seed, index)``."""
+
+    def __init__(self, synth: SceneSynthesizer, real: Sequence[tuple[np.ndarray, np.ndarray]], real_frac: float,
+                 spec: InputSpec, seed: int, length: int, label: str = "all") -> None:
+        self.synth, self.real, self.real_frac, self.spec, self.seed, self.length = (
+            synth, list(real), real_frac, spec, seed, length)
+        self.label = label
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, 7, index])
+        if self.real and rng.random() < self.real_frac:
+            image, mask = self.real[int(rng.integers(0, len(self.real)))]
+            _REAL_AUGMENT.set_random_seed(int(rng.integers(0, 2**31 - 1)))
+            out = _REAL_AUGMENT(image=image, mask=mask.astype(np.uint8))
+            image, mask = out["image"], out["mask"] > 0
+        else:
+            image, all_coins, largest = self.synth.scene(index)
+            mask = largest if self.label == "largest" else all_coins
+        return _to_tensor(image, mask, self.spec)
+
+
+@dataclass
+class SegData:
+    train_coins: list[tuple[np.ndarray, np.ndarray]]  # real photos at size_px (letterboxed) + masks
+    val_coins: list[tuple[np.ndarray, np.ndarray]]
+    train_backgrounds: list[np.ndarray]
+    val_backgrounds: list[np.ndarray]
+
+
+def _load_items(items: Sequence[LabelledImage], size_px: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [letterbox_pair(load_image(it.image_path), load_mask(it.mask_path), size_px) for it in items]
+
+
+def split_seg_labels(cfg: SegmenterConfig) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Labelled real photos split by trainer/splits.py: ``(train, val)``. ``train`` and ``val_seen`` classes
+    train; up to ``cfg.val_real`` photos of the held-out classes (``catalog`` + ``query``), a seeded sample kept
+    in path order, validate."""
+    from coinvision.trainer.data import load_dataset
+    from coinvision.trainer.splits import SplitConfig, make_splits, read_splits, resolve_rows
+
+    if not cfg.data_roots:
+        raise ConfigError("data_roots is empty; list the dataset folders (e.g. ../shared/data/coins211)")
+    datasets = [load_dataset(root, verify_images=False) for root in cfg.data_roots]
+    rows = read_splits(cfg.split_file) if cfg.split_file else make_splits(datasets, SplitConfig(seed=cfg.split_seed))
+    by_split = resolve_rows(rows, datasets)
+    split_of = {img.path: s for s, imgs in by_split.items() for img in imgs}
+    labelled = read_label_manifest(cfg.labels_dir, {ds.name: ds.root for ds in datasets})
+    if not labelled:
+        raise DatasetError(f"{cfg.labels_dir}: no auto-labels for {[ds.name for ds in datasets]}; run "
+                           "`coinvision data seg-labels` (then `coinvision data refine-labels`)")
+    train = [it for it in labelled if split_of.get(it.image_path) in ("train", "val_seen")]
+    val = [it for it in labelled if split_of.get(it.image_path) in ("catalog", "query")]
+    rng = random.Random(cfg.seed)
+    rng.shuffle(val)
+    return train, sorted(val[: cfg.val_real], key=lambda it: it.image_path)
+
+
+def split_backgrounds(cfg: SegmenterConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(train, val)`` background photos split 4:1, so validation scenes use unseen ones."""
+    from coinvision.trainer.data import list_backgrounds
+
+    bgs = [load_image(p) for p in list_backgrounds(cfg.backgrounds_root)] if cfg.backgrounds_root else []
+    val_bgs = bgs[::5]
+    return [b for i, b in enumerate(bgs) if i % 5] or val_bgs, val_bgs
+
+
+def val_scene_synthesizer(cfg: SegmenterConfig, coins: Sequence[tuple[np.ndarray, np.ndarray]],
+                          backgrounds: Sequence[np.ndarray], synth: SynthConfig | None = None,
+                          seed_offset: int = 1_000_003) -> SceneSynthesizer:
+    """The synthetic validation scenes: ``scene(i)`` for ``i < cfg.val_synthetic`` are the ones training reports.
+    ``synth`` replaces ``cfg.synth`` (benchmarks: larger scenes, distractor-only scenes)."""
+    return SceneSynthesizer(coins, backgrounds, synth or cfg.synth, seed=cfg.seed + seed_offset)
+
+
+def load_seg_data(cfg: SegmenterConfig) -> SegData:
+    """:func:`split_seg_labels` photos and :func:`split_backgrounds`, loaded."""
+    train, val = split_seg_labels(cfg)
+    train_bgs, val_bgs = split_backgrounds(cfg)
+    log.info("segmenter data: %d train photos, %d real val photos, %d/%d backgrounds", len(train), len(val),
+             len(train_bgs), len(val_bgs))
+    # coins keep up to 2x model resolution so small-scale synthesis stays sharp
+    return SegData(_load_items(train, 2 * cfg.size_px), _load_items(val, 2 * cfg.size_px), train_bgs, val_bgs)
+
+
+def _stack(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(_to_tensor(i, m, spec) for i, m in pairs), strict=True)
+    return torch.stack(xs), torch.stack(ys)
+
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+def _plot_curves(history: list[dict[str, Any]], out_png: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    with png_figure(out_png, figsize=(10, 4), ncols=2) as (_, axes):
+        axes[0].plot(epochs, [h["train_dice_loss"] for h in history], label="train")
+        for split in ("synthetic", "real"):
+            axes[0].plot(epochs, [h[f"{split}_dice_loss"] for h in history], label=f"val {split}")
+            for t in IOU_THRESHOLDS:
+                axes[1].plot(epochs, [h[f"{split}_iou@{t}"] for h in history], label=f"{split} IoU@{t}")
+        axes[0].set(title="Dice loss", xlabel="epoch")
+        axes[1].set(title="validation IoU", xlabel="epoch", ylim=(0, 1))
+        for ax in axes:
+            ax.legend()
+            ax.grid(alpha=0.3)
+
+
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData | None = None,
+                    progress: bool = True) -> Path:
+    """Train; every epoch: validate (synthetic + real), log CSV/JSON/PNG, save ``last.pt`` (resumable) and
+    ``best.pt`` (best mean IoU@0.5 over the two validation sets). Returns the path of ``best.pt``."""
+    run = TrainingRun(KIND, cfg, plot=_plot_curves, initial_best=-1.0)
+    device = run.device
+    data = data or load_seg_data(cfg)
+    spec = cfg.input_spec
+
+    train_synth = SceneSynthesizer(data.train_coins, data.train_backgrounds, cfg.synth, seed=cfg.seed)
+    val_synth = val_scene_synthesizer(cfg, data.val_coins or data.train_coins, data.val_backgrounds)
+    val_scenes = [val_synth.scene(i) for i in range(cfg.val_synthetic)]
+    val_syn_x, val_syn_y = _stack([(img, largest if cfg.label == "largest" else all_coins)
+                                   for img, all_coins, largest in val_scenes], spec)
+    val_real_pairs = [letterbox_pair(i, m, cfg.size_px) for i, m in data.val_coins] or [
+        letterbox_pair(i, m, cfg.size_px) for i, m in data.train_coins[: cfg.val_real]]
+    val_real_x, val_real_y = _stack(val_real_pairs, spec)
+
+    model = build_segmenter(cfg).to(device)
+    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                                    pct_start=0.1)
+    state = run.resume(model) if resume else None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        restore_schedule(scheduler, state["scheduler"])
+        run.best = state["best_score"]
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        x, y = batch[0].to(device), batch[1].to(device)
+        with run.amp.autocast():
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        run.amp.backward_step(loss, [optimizer])
+        scheduler.step()
+        return float(loss.detach())
+
+    samples_per_epoch = cfg.steps_per_epoch * cfg.batch_size
+    for epoch in range(run.start_epoch, cfg.epochs):
+        # epoch e uses sample indices [e*N, (e+1)*N): new scenes each epoch, same ones after a resume
+        train_set = SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, cfg.seed,
+                                length=(epoch + 1) * samples_per_epoch, label=cfg.label)
+        indices = list(range(epoch * samples_per_epoch, (epoch + 1) * samples_per_epoch))
+        random.Random(cfg.seed + epoch).shuffle(indices)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, indices), batch_size=cfg.batch_size,
+                                             shuffle=False, num_workers=0)
+        model.train()
+        started = time.time()
+        train_loss = run.train_epoch(loader, step, steps=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                     progress=progress)
+        syn = _evaluate(model, val_syn_x, val_syn_y, loss_fn, device, cfg.batch_size * 2)
+        real = _evaluate(model, val_real_x, val_real_y, loss_fn, device, cfg.batch_size * 2)
+        row = {"epoch": epoch + 1, "train_dice_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+               "epoch_s": time.time() - started}
+        row.update({f"synthetic_{k}": v for k, v in syn.items()})
+        row.update({f"real_{k}": v for k, v in real.items()})
+        run.record(row)
+        is_best = run.improved((syn["iou@0.5"] + real["iou@0.5"]) / 2.0)
+        training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "history": run.history, "best_score": run.best}
+        run.save(model, epoch, {k: v for k, v in row.items() if k != "lr"}, training_state, is_best=is_best)
+        log.info("epoch %d: train %.4f | synthetic IoU@0.5 %.4f | real IoU@0.5 %.4f", epoch + 1, train_loss,
+                 syn["iou@0.5"], real["iou@0.5"])
+        if progress:
+            print(f"epoch {epoch + 1}: train dice {train_loss:.4f}  synthetic IoU@0.3/0.5 {syn['iou@0.3']:.4f}/"
+                  f"{syn['iou@0.5']:.4f}  real IoU@0.3/0.5 {real['iou@0.3']:.4f}/{real['iou@0.5']:.4f}", flush=True)
+    return run.finish()
