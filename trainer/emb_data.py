@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.images import load_image
-from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import InputSpec, coin_crop, resize_square, to_model_input
+from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, InputSpec, coin_crop, resize_square, to_model_input
 
 __all__ = [
     "AugmentConfig",
@@ -138,10 +137,10 @@ class LetterboxCropSource:
 class SegmenterCropSource:
     """The on-device crop: two-pass segmentation, then ``coin_crop``; no coin -> letterbox fallback."""
 
-    runner: Any  # coinvision.trainer.segmenter.SegmenterRunner (anything with .segment(image))
+    segmenter: Any  # anything with .segment(image) -> Segmentation: coinvision.sdk.segmenter.Segmenter
     segmenter_fingerprint: str
     size_px: int
-    margin_frac: float = 0.05
+    margin_frac: float = DEFAULT_CROP_MARGIN_FRAC
     interpolation: str = "bilinear"  # the embedder's input.interpolation
 
     @property
@@ -150,33 +149,40 @@ class SegmenterCropSource:
         return f"seg-{self.segmenter_fingerprint}_{self.size_px}px_m{self.margin_frac:g}{suffix}"
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
-        seg = self.runner.segment(image)
+        seg = self.segmenter.segment(image)
         crop = coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac, interpolation=self.interpolation)
         return crop, seg.mask is not None
 
 
-def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float,
+def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float = DEFAULT_CROP_MARGIN_FRAC,
+                                interpolation: str = "bilinear", num_threads: int | None = None
+                                ) -> SegmenterCropSource:
+    """Crops by a PyTorch segmenter checkpoint, through the SDK's pipeline (``trainer.torch_runtime``)."""
+    from coinvision.trainer.torch_runtime import torch_segmenter
+
+    segmenter = torch_segmenter(path, num_threads)
+    return SegmenterCropSource(segmenter, segmenter.meta.fingerprint, size_px, margin_frac, interpolation)
+
+
+def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: int,
+                                margin_frac: float = DEFAULT_CROP_MARGIN_FRAC, num_threads: int = 1,
                                 interpolation: str = "bilinear") -> SegmenterCropSource:
-    from coinvision.trainer.segmenter import SegmenterRunner, load_segmenter, torch_predict_fn
-
-    model, scfg, ckpt = load_segmenter(path)
-    runner = SegmenterRunner(torch_predict_fn(model, scfg.input_spec), scfg.size_px, scfg.threshold,
-                             scfg.margin_frac)
-    return SegmenterCropSource(runner, ckpt.fingerprint, size_px, margin_frac, interpolation)
-
-
-def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: int, margin_frac: float,
-                                num_threads: int = 1, interpolation: str = "bilinear") -> SegmenterCropSource:
-    from coinvision.trainer.checkpoint import load_checkpoint
-    from coinvision.trainer.segmenter import load_runner
+    """Crops by the segmenter of a models folder: ``segmenter.pt`` (runtime ``torch``) or an exported
+    ``segmenter.onnx`` / ``segmenter.tflite`` with its metadata."""
+    from coinvision.sdk.segmenter import Segmenter
 
     models_dir = Path(models_dir)
     if runtime == "torch":
-        fingerprint = load_checkpoint(models_dir / "segmenter.pt", expected_kind="segmenter").fingerprint
+        from coinvision.trainer.torch_runtime import torch_segmenter
+
+        path = models_dir / "segmenter.pt"
+        if not path.is_file():
+            raise ModelLoadError(f"{path} does not exist; put the segmenter checkpoint there or pick an exported "
+                                 "runtime (segmenter_runtime: onnx | tflite)")
+        segmenter = torch_segmenter(path, num_threads)
     else:
-        fingerprint = ModelMetadata.read_sidecar(models_dir / f"segmenter.{runtime}").fingerprint
-    return SegmenterCropSource(load_runner(models_dir, runtime, num_threads), fingerprint, size_px, margin_frac,
-                               interpolation)
+        segmenter = Segmenter.from_dir(models_dir, runtime=runtime, num_threads=num_threads)
+    return SegmenterCropSource(segmenter, segmenter.meta.fingerprint, size_px, margin_frac, interpolation)
 
 
 # ---------------------------------------------------------------------------------------------- the cache
