@@ -10,7 +10,7 @@ WEIGHTS ?= ../shared/weights
 PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo bench models release-models clean
+.PHONY: install test test-fast lint sdk-only demo bench models release-models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,21 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache  # the layer contracts in pyproject.toml [tool.importlinter]
 
-test: install lint
+test: install lint sdk-only
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# The fast tier (under a minute): no torch, no export, no training. tests/conftest.py marks those tests slow.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# A fresh venv with nothing but `pip install ".[sdk]"` (a built wheel, not the checkout): the SDK installs and
+# works alone — public imports, the release models found from any folder, segment/embed/pack/recognize/eval.
+SDK_VENV ?= .venv-sdk
+sdk-only:
+	rm -rf $(SDK_VENV)
+	$(PYTHON) -m venv $(SDK_VENV)
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(SDK_VENV)/bin/python -m pip install -q ".[sdk]"
+	$(SDK_VENV)/bin/python tests/sdk_only/check_install.py
 
 demo: install
 	$(BIN)/python examples/demo.py
@@ -74,4 +87,4 @@ release-models: install
 	$(BIN)/python -m coinvision.converters.release runs/export_release models/release --tflite-default $(TFLITE_DEFAULT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .ruff_cache
