@@ -2,24 +2,41 @@
 
 They convert in seconds, yet use the ops that matter for conversion (conv, batch norm, SiLU, squeeze-excite
 style gating, bilinear upsampling, global pooling, linear, L2 normalisation).
+
+The exported pair is committed under ``tests/assets/tiny_models`` (with golden outputs), so SDK, server and CLI
+tests run without torch. Regenerate it after changing a model here::
+
+    python -m coinvision.converters.tiny_models --out tests/assets/tiny_models
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+import numpy as np
+from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
-from coinvision.sdk.preprocess import InputSpec
+from coinvision.sdk.preprocess import InputSpec, letterbox
 
 __all__ = [
+    "GOLDEN_FILE",
     "TINY_EMBEDDING_DIM",
     "TINY_SIZE_PX",
+    "golden_square",
+    "main",
     "tiny_embedder",
     "tiny_segmenter",
+    "write_golden_outputs",
     "write_tiny_checkpoints",
     "write_tiny_models",
 ]
 
 TINY_SIZE_PX = 64
 TINY_EMBEDDING_DIM = 64
+GOLDEN_FILE = "golden.npz"
+# The golden input: one real phone photo of the bundled sample, letterboxed to the tiny input size.
+GOLDEN_PHOTO = Path(__file__).resolve().parents[1] / "examples" / "sample_coins" / "euro_phone" / "images"
 
 
 def _fingerprint(model) -> str:
@@ -123,7 +140,6 @@ def tiny_embedder(seed: int = 0, size_px: int = TINY_SIZE_PX, embedding_dim: int
 
 def write_tiny_models(out_dir, *, formats: tuple[str, ...] = ("onnx", "tflite")):
     """Export both tiny models as ``segmenter.<fmt>`` / ``embedder.<fmt>`` (+ sidecars) into ``out_dir``."""
-    from pathlib import Path
 
     from coinvision.converters.onnx_export import export_onnx
     from coinvision.converters.tflite_export import export_tflite
@@ -146,7 +162,6 @@ def write_tiny_checkpoints(out_dir, *, seed: int = 0, kinds: tuple[str, ...] = (
     """Random-weight TRAINER checkpoints with the release architectures at toy size (smp U-Net on
     ``mobilenetv2_035``, timm ``mobilenetv2_035`` + FC -> 64), 64 px: what ``coinvision export`` reads.
     Returns ``{kind: path}``."""
-    from pathlib import Path
 
     import torch
     from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
@@ -173,3 +188,42 @@ def write_tiny_checkpoints(out_dir, *, seed: int = 0, kinds: tuple[str, ...] = (
             out_dir / "embedder.pt", Checkpoint("embedder", config_to_dict(cfg), model.state_dict(), epoch=1)
         )
     return paths
+
+
+def golden_square(photo_dir: Path = GOLDEN_PHOTO, size_px: int = TINY_SIZE_PX) -> np.ndarray:
+    """The first photo (sorted) under ``photo_dir`` letterboxed to ``size_px``: uint8 ``SxSx3`` RGB."""
+    photos = sorted(photo_dir.rglob("*.jpg"))
+    if not photos:
+        raise FileNotFoundError(f"no .jpg photo under {photo_dir}; pass a folder of photos (examples/sample_coins)")
+    return letterbox(load_image(photos[0]), size_px)[0]
+
+
+def write_golden_outputs(out_dir, square: np.ndarray | None = None) -> Path:
+    """``golden.npz`` in ``out_dir``: the input ``square`` and what PyTorch computes from it (``segmenter``: mask
+    logits SxS, ``embedder``: the unit vector). Exported files must reproduce these within float tolerance."""
+    from coinvision.trainer.torch_runtime import torch_predictor
+
+    square = golden_square() if square is None else square
+    outputs = {meta.name: torch_predictor(model, meta.input)(square).astype(np.float32)
+               for model, meta in (tiny_segmenter(), tiny_embedder())}
+    path = Path(out_dir) / GOLDEN_FILE
+    np.savez_compressed(path, square=square, segmenter=outputs["segmenter"][0], embedder=outputs["embedder"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m coinvision.converters.tiny_models",
+        description="Export the tiny segmenter + embedder (ONNX, TFLite, sidecars) and their golden outputs.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (tests/assets/tiny_models)")
+    args = parser.parse_args(argv)
+    out = write_tiny_models(args.out)
+    write_golden_outputs(out)
+    for path in sorted(out.iterdir()):
+        print(f"{path.stat().st_size:>8}  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
