@@ -37,7 +37,7 @@ SDK_VENV ?= .venv-sdk
 sdk-only:
 	rm -rf $(SDK_VENV)
 	$(PYTHON) -m venv $(SDK_VENV)
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(SDK_VENV)/bin/python -m pip install -q ".[sdk]"
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(SDK_VENV)/bin/python -m pip install -q ".[sdk]" && rm -rf build
 	$(SDK_VENV)/bin/python tests/sdk_only/check_install.py
 
 demo: install

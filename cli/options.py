@@ -1,7 +1,7 @@
 """Options every model-running command shares (``--models``, ``--runtime``, ``--threads``) and the one way
 they turn into the SDK's ``Recognizer`` / ``Segmenter``: the same defaults for every command.
 
-``--models`` defaults to :func:`coinvision.sdk.model_meta.default_models_dir` (``$COINVISION_MODELS``, else the
+``--models`` defaults to :func:`coinvision.sdk.model_meta.default_models_dir` (``$COINVISION_MODELS_DIR``, else the
 release models installed with coinvision), so the commands work from any working directory. ``--runtime
 torch`` runs the trainer's checkpoints (``segmenter.pt`` / ``embedder.pt`` in ``--models``) through the same
 SDK pipeline (``coinvision.trainer.torch_runtime``); it needs the ``train`` extra.
@@ -39,7 +39,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, torch: bool = False) -
     """``--models``, ``--runtime`` (``torch`` too when the command offers it) and ``--threads``."""
     runtimes = (*RUNTIMES, TORCH) if torch else RUNTIMES
     parser.add_argument("--models", type=Path, default=None, metavar="DIR",
-                        help="exported models folder (default: $COINVISION_MODELS, else the installed release "
+                        help="exported models folder (default: $COINVISION_MODELS_DIR, else the installed release "
                              "models)" + ("; torch: the folder of segmenter.pt / embedder.pt" if torch else ""))
     parser.add_argument("--runtime", choices=runtimes, default=DEFAULT_RUNTIME,
                         help=f"model runtime (default {DEFAULT_RUNTIME}; coreml only on macOS)")

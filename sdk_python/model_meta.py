@@ -20,7 +20,7 @@ __all__ = ["META_SUFFIX", "MODELS_DIR_ENV", "ModelMetadata", "default_models_dir
 
 META_SUFFIX = ".meta.json"
 # Environment variable naming the models folder every command and `default_models_dir` use when given none.
-MODELS_DIR_ENV = "COINVISION_MODELS"
+MODELS_DIR_ENV = "COINVISION_MODELS_DIR"
 # The release models (models/release of the checkout) install as this data package, so an installed SDK finds
 # them from any working directory (pyproject.toml: package-dir and package-data).
 RELEASE_MODELS_PACKAGE = "coinvision.release_models"
@@ -91,7 +91,7 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 def default_models_dir() -> Path:
-    """The models folder to use when none is given: ``$COINVISION_MODELS`` if set, else the release models
+    """The models folder to use when none is given: ``$COINVISION_MODELS_DIR`` if set, else the release models
     installed with coinvision (the ``coinvision.release_models`` package, i.e. ``models/release``)."""
     configured = os.environ.get(MODELS_DIR_ENV)
     if configured:
