@@ -30,3 +30,30 @@ def test_sdk_import_pulls_no_torch_or_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_layer_contracts_hold_at_any_depth() -> None:
+    """import-linter reads every import statement (function-level ones too): sdk < trainer | sync_server <
+    converters < cli, and the SDK reaches no torch/tensorflow/faiss/flask through any chain."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("KEPT") >= 2
+
+
+def test_cli_lives_above_the_packages() -> None:
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert cfg["project"]["scripts"]["coinvision"] == "coinvision.cli.main:main"
+    assert not any((ROOT / folder / "cli.py").exists() for folder in ("sdk_python", "trainer", "converters",
+                                                                        "sync_server"))
+    assert not (ROOT / "sdk_python" / "config_io.py").exists()  # training YAML is the trainer's
+    sdk_deps = " ".join(cfg["project"]["dependencies"] + cfg["project"]["optional-dependencies"]["sdk"])
+    assert "yaml" not in sdk_deps
+
+
+def test_public_sdk_names_import_from_the_package() -> None:
+    code = ("from coinvision.sdk import Pack, Recognizer, SyncClient, default_models_dir\n"
+            "import sys; print(default_models_dir()); sys.exit(1 if 'torch' in sys.modules else 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert Path(out.stdout.strip()) == ROOT / "models" / "release"  # found from any working directory
