@@ -133,14 +133,11 @@ class TorchReference:
 
     def recognizer(self, num_threads: int):
         import torch
-        from coinvision.converters.runners import torch_predictor
         from coinvision.sdk.recognizer import Recognizer
-        from coinvision.sdk.runtimes import LoadedModel
+        from coinvision.trainer.torch_runtime import torch_loaded_model
 
         torch.set_num_threads(num_threads)
-        (seg_model, seg_meta, seg_path), (emb_model, emb_meta, emb_path) = self.seg, self.emb
-        return Recognizer(LoadedModel(Path(seg_path), seg_meta, torch_predictor(seg_model, seg_meta.input)),
-                          LoadedModel(Path(emb_path), emb_meta, torch_predictor(emb_model, emb_meta.input)))
+        return Recognizer(torch_loaded_model(*self.seg), torch_loaded_model(*self.emb))
 
     @property
     def fingerprints(self) -> tuple[str, str]:

@@ -11,8 +11,8 @@ catalog and query photos are exactly those of the training's unseen-class valida
 - ``pytorch``: the checkpoint on the crops the training validated on (``--torch-source cache``: the crop
   cache, i.e. the torch segmenter -> ``coin_crop`` output stored losslessly, embedded with
   ``trainer.embedder.embed_samples``), or the full torch pipeline photo by photo (``--torch-source pipeline``:
-  ``TorchEmbedPipeline``). On the full split the cache variant must reproduce the Recall@1 stored in the
-  checkpoint (a check that the split was rebuilt right).
+  the SDK's ``Recognizer`` with the PyTorch embedder, ``trainer.torch_runtime``). On the full split the cache
+  variant must reproduce the Recall@1 stored in the checkpoint (a check that the split was rebuilt right).
 - every ``embedder.onnx`` / ``embedder.tflite`` / ``embedder.<quant>.tflite`` in ``--models``: the SDK pipeline
   (``Recognizer``: two-pass segmentation, crop, embed) from the photo files, with the segmenter of the same
   runtime/quantization from the same folder (``segmenter.<quant>.tflite``, else ``segmenter.tflite``, recorded).
@@ -348,10 +348,10 @@ def load_split(cfg, queries_per_class: int, seed: int) -> _Split:
 # --------------------------------------------------------------------------------------------------- main
 
 
-def _torch_vectors(args: argparse.Namespace, model, cfg, split: _Split) -> tuple[np.ndarray, np.ndarray, dict]:
+def _torch_vectors(args: argparse.Namespace, model, cfg, split: _Split, checkpoint: Path, fingerprint: str
+                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     import torch
-    from coinvision.sdk.images import load_image
-    from coinvision.trainer.embedder import TorchEmbedPipeline, embed_samples
+    from coinvision.trainer.embedder import embed_samples
 
     if args.torch_source == "cache":
         cat = embed_samples(model, split.catalog, cfg, torch.device("cpu"))
@@ -360,17 +360,23 @@ def _torch_vectors(args: argparse.Namespace, model, cfg, split: _Split) -> tuple
                   "how": "the training's cached crops (torch segmenter -> coin_crop, lossless PNG) embedded with "
                          "trainer.embedder.embed_samples: exactly what the trainer validated on"}
         return cat, query, source
-    from coinvision.trainer.emb_data import make_crop_source
+    from coinvision.sdk.recognizer import Recognizer
+    from coinvision.trainer.emb_data import SegmenterCropSource, make_crop_source
+    from coinvision.trainer.embedder import embedder_metadata
+    from coinvision.trainer.torch_runtime import torch_loaded_model
 
-    pipeline = TorchEmbedPipeline(model, cfg, make_crop_source(cfg))
-
-    def embed(samples: Sequence[Any]) -> np.ndarray:
-        return np.stack([pipeline.embed(load_image(s.image_path)) for s in samples]).astype(np.float32)
-
-    cat, query = embed(split.catalog), embed(split.query)
-    source = {"kind": "torch_pipeline", "crop_source": pipeline.crop_source.key,
-              "photos_without_coin": pipeline.no_coin,
-              "how": "trainer.embedder.TorchEmbedPipeline photo by photo: torch segmenter -> coin_crop -> embedder"}
+    crop_source = make_crop_source(cfg)  # the segmenter the embedder's config names, as the training used
+    if not isinstance(crop_source, SegmenterCropSource):
+        raise SystemExit("--torch-source pipeline needs a segmenter; this embedder was trained without background "
+                         "removal, use --torch-source cache")
+    recognizer = Recognizer(crop_source.segmenter,
+                            torch_loaded_model(model, embedder_metadata(cfg, fingerprint), checkpoint))
+    paths = [s.image_path for s in split.catalog] + [s.image_path for s in split.query]
+    vectors, no_coin = embed_with_recognizer(recognizer, paths)
+    cat, query = vectors[: len(split.catalog)], vectors[len(split.catalog):]
+    source = {"kind": "torch_pipeline", "crop_source": crop_source.key, "photos_without_coin": no_coin,
+              "how": "trainer.torch_runtime: the SDK's Recognizer with the PyTorch embedder, photo by photo "
+                     "(the config's segmenter -> coin_crop -> embedder)"}
     return cat, query, source
 
 
@@ -472,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         failed: list[dict[str, str]] = []
 
         started = time.perf_counter()
-        cat, query, torch_source = _torch_vectors(args, model, cfg, split)
+        cat, query, torch_source = _torch_vectors(args, model, cfg, split, checkpoint, ckpt.fingerprint)
         seconds = time.perf_counter() - started
         metrics = _evaluate("pytorch", cat, query, split, cfg.embedding_dim)
         torch_entry = _metrics_entry("pytorch", metrics, seconds, len(cat) + len(query), torch_source=torch_source,

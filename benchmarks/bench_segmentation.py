@@ -7,7 +7,8 @@ and every exported segmenter, exactly as the phone computes it.
     python -m benchmarks.bench_segmentation --quick --checkpoint runs/segmenter/v2/best.pt --exported segmenter.tflite \
         --distractor 100 --split-touching both     # v2 vs the shipped int8 file, 2-5 coin scenes, touching split
 
-Every image goes through ``coinvision.sdk.preprocess.two_pass_segment`` at its ORIGINAL resolution (letterbox,
+Every image goes through the SDK's ``Segmenter`` (``coinvision.sdk.segmenter``; PyTorch checkpoints through
+``trainer.torch_runtime.torch_segmenter``) at its ORIGINAL resolution (letterbox,
 model, unletterbox, largest component, second pass on the square crop) and the final mask is compared with the
 label at that resolution. IoU@t means the probability map thresholded at ``t``; per-image IoU is averaged (an
 image where both masks are empty scores 1, a missed coin 0). One pass is the first pass's largest component.
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from coinvision.sdk.segmenter import Segmenter
 
 from benchmarks.common import ROOT, release_checkpoint, seed_everything, write_result
 
@@ -69,19 +71,31 @@ DISTRACTOR_SEED_OFFSET = 2_000_003
 
 @dataclass(frozen=True)
 class SegModel:
-    """A segmenter under test: square uint8 RGB -> probability map, plus its post-processing values."""
+    """A segmenter under test: the SDK's ``Segmenter`` (model + post-processing values from its metadata) and
+    where it came from."""
 
     name: str
     runtime: str  # "torch" | "onnx" | "tflite"
     path: str
     fingerprint: str
     quantization: str
-    predict: Callable[[np.ndarray], np.ndarray]
-    size_px: int
-    margin_frac: float = 0.15
-    min_area_frac: float = 0.002
-    pad_value: int = 0
-    split_touching: bool = False
+    segmenter: Segmenter
+
+    @property
+    def size_px(self) -> int:
+        return self.segmenter.params.size_px
+
+    @property
+    def margin_frac(self) -> float:
+        return self.segmenter.params.margin_frac
+
+    @property
+    def split_touching(self) -> bool:
+        return self.segmenter.params.split_touching
+
+    def with_split_touching(self, split: bool) -> SegModel:
+        return dataclasses.replace(self, name=f"{self.name} {'+' if split else '-'}split",
+                                   segmenter=self.segmenter.with_params(split_touching=split))
 
 
 @dataclass
@@ -98,37 +112,24 @@ class EvalData:
 # ------------------------------------------------------------------------------------------------- models
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
-
-
 def torch_model(checkpoint: str | Path, num_threads: int = 1) -> SegModel:
-    import torch
-    from coinvision.trainer.segmenter import load_segmenter, torch_predict_fn
+    """A PyTorch checkpoint through the one torch pipeline (``trainer.torch_runtime.torch_segmenter``)."""
+    from coinvision.trainer.torch_runtime import torch_segmenter
 
-    torch.set_num_threads(num_threads)
-    model, cfg, ckpt = load_segmenter(checkpoint)
-    return SegModel(f"torch {_rel(checkpoint)}", "torch", _rel(checkpoint), ckpt.fingerprint, "fp32",
-                    torch_predict_fn(model, cfg.input_spec), cfg.size_px, cfg.margin_frac,
-                    split_touching=cfg.split_touching)
+    segmenter = torch_segmenter(checkpoint, num_threads)
+    return SegModel(f"torch {_rel(checkpoint)}", "torch", _rel(checkpoint), segmenter.meta.fingerprint, "fp32",
+                    segmenter)
 
 
 def exported_model(path: str | Path, num_threads: int = 1) -> SegModel:
     """An exported segmenter run by the SDK's runtime (what the phone runs), metadata from its sidecar."""
     from coinvision.sdk.runtimes import load_model
 
-    loaded = load_model(path, num_threads)
-    size = loaded.meta.input.size_px
-
-    def predict(square: np.ndarray) -> np.ndarray:
-        return _sigmoid(np.asarray(loaded.predict(square), np.float32).reshape(size, size))
-
-    extra = loaded.meta.extra
-    return SegModel(f"{loaded.meta.runtime_format or Path(path).suffix[1:]} {Path(path).name}",
-                    loaded.meta.runtime_format or Path(path).suffix[1:], _rel(path), loaded.meta.fingerprint,
-                    loaded.meta.quantization, predict, size, float(extra.get("margin_frac", 0.15)),
-                    float(extra.get("min_area_frac", 0.002)), loaded.meta.input.pad_value,
-                    bool(extra.get("split_touching", False)))
+    segmenter = Segmenter(load_model(path, num_threads))
+    meta = segmenter.meta
+    runtime = meta.runtime_format or Path(path).suffix[1:]
+    return SegModel(f"{runtime} {Path(path).name}", runtime, _rel(path), meta.fingerprint, meta.quantization,
+                    segmenter)
 
 
 def discover_exported(models_dir: str | Path) -> list[Path]:
@@ -145,8 +146,8 @@ def check_model(model: SegModel, image: np.ndarray) -> None:
     """Correctness before use: the predictor returns a finite probability map of the model's size."""
     from coinvision.sdk.preprocess import letterbox
 
-    square, _ = letterbox(image, model.size_px, model.pad_value)
-    prob = np.asarray(model.predict(square))
+    square, _ = letterbox(image, model.size_px, model.segmenter.params.pad_value)
+    prob = np.asarray(model.segmenter.probability(square))
     if prob.shape != (model.size_px, model.size_px) or not np.all(np.isfinite(prob)) or prob.min() < 0 or \
             prob.max() > 1:
         raise RuntimeError(f"{model.name}: output shape {prob.shape}, range [{prob.min()}, {prob.max()}] is not a "
@@ -306,17 +307,15 @@ def _memoised(predict: Callable[[np.ndarray], np.ndarray]) -> tuple[Callable[[np
 def evaluate_model(model: SegModel, images: Sequence[tuple[np.ndarray, np.ndarray]],
                    thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
     """Mean IoU per (passes, threshold) over ``(image, target mask)`` pairs, both at the image's own size."""
-    from coinvision.sdk.preprocess import two_pass_segment
-
-    predict, clear = _memoised(model.predict)
+    predict, clear = _memoised(model.segmenter.model.predict)
+    memoised = Segmenter(dataclasses.replace(model.segmenter.model, predict=predict), model.segmenter.params)
+    at_threshold = {t: memoised.with_params(threshold=t) for t in thresholds}
     ious = {(p, t): [] for p in (1, 2) for t in thresholds}
     missed = {(p, t): 0 for p in (1, 2) for t in thresholds}
     started = time.perf_counter()
     for image, target in images:
         for t in thresholds:
-            seg = two_pass_segment(image, predict, size_px=model.size_px, threshold=t, margin_frac=model.margin_frac,
-                                   min_area_frac=model.min_area_frac, pad_value=model.pad_value,
-                                   split_touching=model.split_touching)
+            seg = at_threshold[t].segment(image)
             for passes, mask in ((1, seg.first_pass_mask), (2, seg.mask)):
                 ious[(passes, t)].append(mask_iou(mask, target))
                 missed[(passes, t)] += mask is None
@@ -419,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
                           force_sample=args.sample_data, n_distractor=args.distractor, handchecked=args.handchecked)
     if args.split_touching != "off":  # both: each model without the split (whatever its metadata says), then with
-        split = [dataclasses.replace(m, name=f"{m.name} +split", split_touching=True) for m in models]
-        plain = [dataclasses.replace(m, name=f"{m.name} -split", split_touching=False) for m in models]
+        split = [m.with_split_touching(True) for m in models]
+        plain = [m.with_split_touching(False) for m in models]
         models = split if args.split_touching == "on" else [v for pair in zip(plain, split, strict=True) for v in pair]
     for note in data.notes:
         print(f"note: {note}", flush=True)

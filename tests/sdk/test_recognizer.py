@@ -18,7 +18,7 @@ import pytest
 from coinvision.sdk.errors import ConfigError, ImageError, ModelLoadError, PackError
 from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import sidecar_path
-from coinvision.sdk.preprocess import coin_crop, letterbox, to_model_input, two_pass_segment
+from coinvision.sdk.preprocess import letterbox
 from coinvision.sdk.recognizer import DEFAULT_UNKNOWN_THRESHOLD, Recognizer, fuse_pair_scores
 from coinvision.sdk.runtimes import load_model
 
@@ -206,35 +206,85 @@ def test_bad_image_is_an_image_error(tflite_rec: Recognizer, tmp_path: Path) -> 
 
 
 def test_sdk_matches_the_torch_pipeline(tflite_rec: Recognizer, onnx_rec: Recognizer, sample_root: Path) -> None:
-    """The trainer's PyTorch pipeline (same seeded tiny weights, trainer's segmenter predict fn) and the SDK on
-    the same photos: masks IoU >= 0.99 and embeddings cosine >= 0.999 for every photo and both runtimes."""
+    """The torch reference pipeline (``trainer.torch_runtime``: the same seeded tiny weights in PyTorch) and the
+    exported files on the same photos: masks IoU >= 0.99 and embeddings cosine >= 0.999 for every photo and both
+    runtimes."""
     torch = pytest.importorskip("torch")
     from coinvision.converters.tiny_models import tiny_embedder, tiny_segmenter
-    from coinvision.trainer.segmenter import torch_predict_fn
+    from coinvision.trainer.torch_runtime import torch_loaded_model
 
     torch.set_num_threads(1)
-    seg_model, seg_meta = tiny_segmenter()
-    emb_model, emb_meta = tiny_embedder()
-    assert seg_meta.fingerprint == tflite_rec.segmenter_meta.fingerprint  # the very weights that were exported
-    assert emb_meta.fingerprint == tflite_rec.fingerprint
-    predict = torch_predict_fn(seg_model, seg_meta.input)
+    torch_rec = Recognizer(torch_loaded_model(*tiny_segmenter(), "tiny segmenter"),
+                           torch_loaded_model(*tiny_embedder(), "tiny embedder"))
+    assert torch_rec.segmenter_meta.fingerprint == tflite_rec.segmenter_meta.fingerprint  # the exported weights
+    assert torch_rec.fingerprint == tflite_rec.fingerprint
     photos = sample_photos(sample_root)
     compared = 0
     for path in photos:
-        image = load_image(path)
-        seg = two_pass_segment(image, predict, size_px=seg_meta.input.size_px, threshold=seg_meta.threshold)
-        crop = coin_crop(image, seg.mask, emb_meta.input.size_px)
-        with torch.no_grad():
-            ref = emb_model(torch.from_numpy(to_model_input(crop, emb_meta.input)))[0].numpy()
+        ref = torch_rec.embed(path)
         for rec in (tflite_rec, onnx_rec):
             emb = rec.embed(path)
-            assert emb.segmentation.found == seg.found, path
-            if seg.found:
-                inter = np.logical_and(emb.segmentation.mask, seg.mask).sum()
-                assert inter / np.logical_or(emb.segmentation.mask, seg.mask).sum() >= 0.99, path
+            assert emb.segmentation.found == ref.segmentation.found, path
+            if ref.segmentation.found:
+                inter = np.logical_and(emb.segmentation.mask, ref.segmentation.mask).sum()
+                assert inter / np.logical_or(emb.segmentation.mask, ref.segmentation.mask).sum() >= 0.99, path
                 compared += 1
-            assert float(emb.vector @ _unit(ref)) >= 0.999, path
+            assert float(emb.vector @ ref.vector) >= 0.999, path
     assert compared == 2 * len(photos)  # every photo had a mask to compare, in both runtimes
+
+
+# ------------------------------------------------------------------------------------- segmenter, params
+
+RELEASE = Path(__file__).resolve().parents[2] / "models" / "release"
+
+
+def test_params_come_from_the_shipped_metadata_and_the_spec_defaults() -> None:
+    from coinvision.sdk.model_meta import ModelMetadata
+    from coinvision.sdk.recognizer import CropParams
+    from coinvision.sdk.segmenter import SegmenterParams
+
+    seg = SegmenterParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "segmenter.tflite"))
+    assert seg == SegmenterParams(size_px=128, threshold=0.5, margin_frac=0.15, min_area_frac=0.002, pad_value=0,
+                                  split_touching=True)  # v2: touching coins are cut apart
+    crop = CropParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "embedder.tflite"))
+    assert crop.embed_rotations == 4 and crop.background_removal and crop.crop_margin_frac == 0.05
+    with pytest.raises(ConfigError, match=r"threshold=1\.5.*\(0, 1\)"):
+        SegmenterParams(size_px=128, threshold=1.5)
+    with pytest.raises(ConfigError, match=r"embed_rotations=0"):
+        CropParams(embed_rotations=0)
+
+
+def test_segmenter_from_dir_is_the_recognizers_segmentation(tflite_rec: Recognizer, tiny_models_dir: Path,
+                                                            sample_root: Path) -> None:
+    from coinvision.sdk.segmenter import Segmenter
+
+    segmenter = Segmenter.from_dir(tiny_models_dir, num_threads=1)
+    assert segmenter.params == tflite_rec.segmenter.params
+    path = sample_photos(sample_root)[0]
+    seg = segmenter.segment(load_image(path))
+    assert seg.found and seg.passes == 2
+    np.testing.assert_array_equal(seg.mask, tflite_rec.embed(path).segmentation.mask)
+    one_pass = segmenter.segment(load_image(path), two_pass=False)
+    assert one_pass.passes == 1 and one_pass.mask is not None
+    stricter = segmenter.with_params(threshold=0.99)
+    assert stricter.model is segmenter.model and stricter.params.threshold == 0.99
+    assert segmenter.params.threshold != 0.99  # the original is unchanged
+    prob = segmenter.probability(letterbox(load_image(path), segmenter.params.size_px)[0])
+    assert prob.dtype == np.float32 and prob.shape == (segmenter.params.size_px,) * 2
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+
+
+def test_segmenter_from_dir_refuses_an_embedder_file(tiny_models_dir: Path, tmp_path: Path) -> None:
+    from coinvision.sdk.segmenter import Segmenter
+
+    models = tmp_path / "m"
+    models.mkdir()
+    shutil.copyfile(tiny_models_dir / "embedder.onnx", models / "segmenter.onnx")
+    shutil.copyfile(sidecar_path(tiny_models_dir / "embedder.onnx"), sidecar_path(models / "segmenter.onnx"))
+    with pytest.raises(ModelLoadError, match=r"segmenter\.onnx.*'embedder'.*swapped"):
+        Segmenter.from_dir(models, runtime="onnx")
+    with pytest.raises(ModelLoadError, match=r"does not exist"):
+        Segmenter.from_dir(tmp_path / "nowhere")
 
 
 # ------------------------------------------------------------------------------------------------- packs

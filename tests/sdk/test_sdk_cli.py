@@ -169,13 +169,13 @@ def test_embed_errors_are_clear(tiny_models_dir, tmp_path, photo_dir, capsys) ->
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_embed_torch_runtime_equals_the_trainer_pipeline(photo_dir: Path, tmp_path: Path, capsys) -> None:
-    """Random-weight trainer checkpoints (smp U-Net + timm embedder, toy size): ``embed --runtime torch`` gives
-    the vectors of the trainer's own ``TorchEmbedPipeline`` (segment -> coin_crop -> embedder)."""
+def test_embed_torch_runtime_equals_the_torch_recognizer(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    """Random-weight trainer checkpoints (smp U-Net + timm embedder, toy size): ``embed --runtime torch`` writes the
+    vectors of the one torch pipeline, ``trainer.torch_runtime.torch_recognizer`` (segment -> coin_crop ->
+    embedder)."""
     torch = pytest.importorskip("torch")
     from coinvision.converters.tiny_models import TINY_EMBEDDING_DIM, write_tiny_checkpoints
-    from coinvision.sdk.images import load_image
-    from coinvision.trainer.embedder import TorchEmbedPipeline
+    from coinvision.trainer.torch_runtime import torch_recognizer
 
     torch.set_num_threads(1)
     models = tmp_path / "models"
@@ -184,10 +184,12 @@ def test_embed_torch_runtime_equals_the_trainer_pipeline(photo_dir: Path, tmp_pa
     rc, out, _ = _embed(capsys, photo_dir, "--out", out_file, "--runtime", "torch", "--models", models,
                         "--threads", 1)
     assert rc == 0 and "torch" in out
-    reference = TorchEmbedPipeline.from_models_dir(models)
+    reference = torch_recognizer(models / "segmenter.pt", models / "embedder.pt")
+    no_coin = 0
     with np.load(out_file) as data:
         assert data["embeddings"].shape == (4, TINY_EMBEDDING_DIM)
         for rel, vector in zip(data["paths"], data["embeddings"], strict=True):
-            expected = reference.embed(load_image(photo_dir / str(rel)))
-            assert float(vector @ expected) / float(np.linalg.norm(expected)) > 0.9999, rel
-        assert int(data["no_coin"].sum()) == reference.no_coin
+            expected = reference.embed(photo_dir / str(rel))
+            no_coin += not expected.segmentation.found
+            assert float(vector @ expected.vector) > 0.9999, rel
+        assert int(data["no_coin"].sum()) == no_coin
