@@ -59,7 +59,7 @@ def _set_threads(num_threads: int | None) -> None:
 
 def load_torch_segmenter_model(seg_ckpt: str | Path) -> LoadedModel:
     """A segmenter checkpoint with the metadata an export of it would carry (``segmenter_metadata``)."""
-    from coinvision.trainer.segmenter import load_segmenter, segmenter_metadata
+    from coinvision.trainer.seg_model import load_segmenter, segmenter_metadata
 
     model, cfg, ckpt = load_segmenter(seg_ckpt)
     return torch_loaded_model(model, segmenter_metadata(cfg, ckpt.fingerprint), seg_ckpt)
