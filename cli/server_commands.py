@@ -137,10 +137,11 @@ def _keys_public(args: argparse.Namespace) -> int:
 
 def _cleanup(args: argparse.Namespace) -> int:
     from coinvision.sync_server.cleanup import remove_orphans
+    from coinvision.sync_server.storage import LocalFileStore
 
     cfg = _config(args)
     with _session(cfg) as session:
-        report = remove_orphans(session, cfg.images_dir, cfg.packs_dir, cfg.pack_retention_versions,
+        report = remove_orphans(session, LocalFileStore(cfg.images_dir, cfg.packs_dir), cfg.pack_retention_versions,
                                 cfg.orphan_grace_s)
     print(f"removed {report.photos_removed} photo file(s) and {report.pack_files_removed} pack/delta file(s)")
     return 0

@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["SyncClient", "SyncResult", "load_public_key"]
+__all__ = ["SyncClient", "SyncResult", "canonical_json", "load_public_key"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
@@ -60,7 +60,8 @@ def load_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKey:
 
 
 def canonical_json(payload: dict[str, Any]) -> bytes:
-    """The bytes the server signs: sorted keys, no spaces, UTF-8 (same as coinvision.sync_server.signing)."""
+    """The bytes a signature covers: sorted keys, no spaces, UTF-8. The one definition of the signature contract:
+    the server signs with it (``coinvision.sync_server.signing``), devices verify with it."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

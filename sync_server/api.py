@@ -11,30 +11,20 @@ from typing import Any
 
 import numpy as np
 from coinvision.sdk.errors import CoinVisionError
+from coinvision.sync_server import catalog_service as service
 from coinvision.sync_server import schemas as S
 from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.auth import require_scope
-from coinvision.sync_server.cleanup import (
-    prune_old_packs,
-    remove_catalog_packs,
-    remove_unreferenced_photos,
-)
+from coinvision.sync_server.catalog_service import COIN_FIELDS
+from coinvision.sync_server.errors import ContentRejectedError
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
-from coinvision.sync_server.publish import (
-    checked_version,
-    iso_utc,
-    latest_version,
-    publish_catalog,
-    version_by_key,
-)
+from coinvision.sync_server.publish import checked_version, iso_utc, latest_version
 from coinvision.sync_server.schemas import doc
 from coinvision.sync_server.signing import sign_payload
 from coinvision.sync_server.state import state
-from coinvision.sync_server.storage import file_matches, image_path, write_atomic
-from coinvision.sync_server.uploads import decode_uploads, overlay_png, thumbnail_jpeg
+from coinvision.sync_server.uploads import decode_uploads, overlay_png
 from flask import Blueprint, Response, g, jsonify, request, send_file
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, or_, select
 from werkzeug.http import parse_range_header
 
 __all__ = ["bp"]
@@ -44,9 +34,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
 CATALOG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-COIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# Field -> longest value the column holds (PostgreSQL refuses longer ones; SQLite would silently keep them).
-COIN_FIELDS = {"label": 200, "country": 100, "currency": 100, "denomination": 100, "side": 32, "years": 100}
 MAX_EXTRA_ITEMS = 32
 MAX_EXTRA_CHARS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -94,17 +81,7 @@ def _extra(value: object) -> dict[str, str]:
 
 
 def _catalog(catalog_id: str) -> Catalog:
-    cat = g.db.get(Catalog, catalog_id)
-    if cat is None:
-        raise ApiError(404, "catalog_not_found", f"no catalog {catalog_id!r}; list them with GET /v1/catalogs")
-    return cat
-
-
-def _coin(catalog_id: str, coin_id: str) -> Coin:
-    coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
-    if coin is None:
-        raise ApiError(404, "coin_not_found", f"no coin {coin_id!r} in catalog {catalog_id!r}")
-    return coin
+    return service.get_catalog(g.db, catalog_id)
 
 
 _iso = iso_utc
@@ -127,15 +104,6 @@ def _version_json(v: CatalogVersion) -> dict[str, Any]:
             "from_version": v.delta_from, "url": f"{base}/delta", "size": v.delta_size, "sha256": v.delta_sha256,
         },
     }
-
-
-def _bump_generation(cat: Catalog) -> tuple[int, int]:
-    """Atomically increment the catalog's generation (row-locked, so concurrent writers never share a value)."""
-    new = g.db.execute(
-        update(Catalog).where(Catalog.id == cat.id).values(generation=Catalog.generation + 1)
-        .returning(Catalog.generation)
-    ).scalar_one()
-    return new - 1, new
 
 
 # ---------------------------------------------------------------- catalogs
@@ -168,15 +136,7 @@ def create_catalog() -> tuple[Response, int]:
     if not isinstance(cid, str) or not CATALOG_ID.match(cid):
         raise ApiError(400, "bad_catalog_id", "id must be 1-64 chars of a-z, 0-9, '-', '_' (starting alphanumeric)")
     name = _catalog_name(body.get("name", cid))
-    if g.db.get(Catalog, cid) is not None:
-        raise ApiError(409, "catalog_exists", f"catalog {cid!r} already exists")
-    # Generations start at the creation time in ms: a catalog deleted and created again under the same id never
-    # reuses a generation another worker's in-memory index of the old catalog still carries.
-    g.db.add(Catalog(id=cid, name=name, generation=time.time_ns() // 1_000_000))
-    try:
-        g.db.commit()
-    except IntegrityError as exc:
-        raise ApiError(409, "catalog_exists", f"catalog {cid!r} already exists") from exc
+    service.create_catalog(g.db, cid, name)
     return jsonify({"id": cid, "name": name}), 201
 
 
@@ -216,18 +176,11 @@ def rename_catalog(catalog_id: str) -> Response:
 @require_scope("maintainer")
 def delete_catalog(catalog_id: str) -> Response:
     """Remove a catalog, its coins, references, versions, and their files. Devices keep their cached packs."""
-    st = state()
-    cat = _catalog(catalog_id)
+    _catalog(catalog_id)
     if request.args.get("confirm") != catalog_id:
         raise ApiError(400, "confirmation_required", f"deleting catalog {catalog_id!r} removes every coin, photo and "
                        f"published version; repeat the request with ?confirm={catalog_id}")
-    shas = set(g.db.scalars(select(ReferenceImage.sha256).where(ReferenceImage.catalog_id == catalog_id)).all())
-    g.db.execute(ReferenceImage.__table__.delete().where(ReferenceImage.catalog_id == catalog_id))
-    g.db.delete(cat)
-    g.db.commit()
-    st.registry.drop(catalog_id)
-    removed = remove_unreferenced_photos(g.db, st.config.images_dir, shas)
-    remove_catalog_packs(st.config.packs_dir, catalog_id)
+    removed = service.delete_catalog(state(), g.db, catalog_id)
     return jsonify({"deleted": catalog_id, "photos_removed": removed})
 
 
@@ -257,16 +210,6 @@ def list_versions(catalog_id: str) -> Response:
 
 
 # ---------------------------------------------------------------- coins and images
-def _apply_coin_fields(coin: Coin | None, catalog_id: str, coin_id: str, fields: dict[str, Any]) -> Coin:
-    """``coin`` (a new one, added to the session, when None) with ``fields`` set."""
-    if coin is None:
-        coin = Coin(catalog_id=catalog_id, coin_id=coin_id, extra={})
-        g.db.add(coin)
-    for f, value in fields.items():
-        setattr(coin, f, value)
-    return coin
-
-
 def _coin_fields(source: dict[str, Any], *, skip_empty: bool) -> dict[str, str]:
     """Checked metadata fields; with ``skip_empty`` an empty value means "leave as it is" (web forms)."""
     fields = {f: _text(source[f], f, n) for f, n in COIN_FIELDS.items() if f in source}
@@ -285,8 +228,7 @@ def _coin_fields(source: dict[str, Any], *, skip_empty: bool) -> dict[str, str]:
 def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     """Create or update a coin. Fields left out keep their value; a field sent as "" is cleared."""
     _catalog(catalog_id)
-    if not COIN_ID.match(coin_id):
-        raise ApiError(400, "bad_coin_id", "coin id must be 1-128 chars of letters, digits, '.', '-', '_'")
+    service.check_coin_id(coin_id)
     body = _json_body()
     unknown = sorted(set(body) - set(COIN_FIELDS) - {"extra"})
     if unknown:
@@ -294,15 +236,7 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
                        f"{', '.join([*COIN_FIELDS, 'extra'])}")
     fields = _coin_fields(body, skip_empty=False)
     extra = _extra(body["extra"]) if "extra" in body else None
-    coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
-    created = coin is None
-    coin = _apply_coin_fields(coin, catalog_id, coin_id, fields)
-    if extra is not None:
-        coin.extra = extra
-    try:
-        g.db.commit()
-    except IntegrityError as exc:
-        raise ApiError(409, "coin_conflict", f"coin {coin_id!r} was created concurrently; retry") from exc
+    coin, created = service.save_coin(g.db, catalog_id, coin_id, fields, extra)
     return jsonify(_coin_json(coin)), 201 if created else 200
 
 
@@ -310,15 +244,8 @@ def put_coin(catalog_id: str, coin_id: str) -> tuple[Response, int]:
 @doc("Delete a coin, its references and their photo files", S.CoinDeleted)
 @require_scope("maintainer")
 def delete_coin(catalog_id: str, coin_id: str) -> Response:
-    cat = _catalog(catalog_id)
-    coin = _coin(catalog_id, coin_id)
-    refs = [(i.id, i.sha256) for i in coin.images]
-    old_gen, new_gen = _bump_generation(cat)
-    g.db.delete(coin)
-    g.db.commit()
-    _apply_removed(catalog_id, [r[0] for r in refs], old_gen, new_gen)
-    removed = remove_unreferenced_photos(g.db, state().config.images_dir, {r[1] for r in refs})
-    return jsonify({"deleted": coin_id, "images_removed": len(refs), "photos_removed": removed})
+    done = service.delete_coin(state(), g.db, catalog_id, coin_id)
+    return jsonify({"deleted": coin_id, "images_removed": done.images_removed, "photos_removed": done.photos_removed})
 
 
 @bp.get("/catalogs/<catalog_id>/coins")
@@ -357,7 +284,7 @@ def list_coins(catalog_id: str) -> Response:
 @require_scope(*BOTH)
 def get_coin(catalog_id: str, coin_id: str) -> Response:
     _catalog(catalog_id)
-    coin = _coin(catalog_id, coin_id)
+    coin = service.get_coin(g.db, catalog_id, coin_id)
     images = [{"id": i.id, "filename": i.filename, "width_px": i.width_px, "height_px": i.height_px,
                "created_at": _iso(i.created_at), "model_fingerprint": i.model_fingerprint}
               for i in sorted(coin.images, key=lambda i: i.id)]
@@ -373,24 +300,6 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ApiError(400, f"bad_{name}", f"{name}={value} must be in {lo}..{hi}")
     return value
-
-
-def _apply_added(catalog_id: str, rows: list[ReferenceImage], vectors: np.ndarray, coin_id: str,
-                 old_gen: int, new_gen: int) -> None:
-    st = state()
-    current = st.registry.peek(catalog_id)
-    if current is not None and current.generation == old_gen and (not len(current) or current.dim == vectors.shape[1]):
-        st.registry.swap(
-            catalog_id, current.with_added(np.array([r.id for r in rows]), vectors, [coin_id] * len(rows), new_gen)
-        )
-    # Otherwise the next reader sees the generation mismatch and rebuilds from the database.
-
-
-def _apply_removed(catalog_id: str, ref_ids: list[int], old_gen: int, new_gen: int) -> None:
-    st = state()
-    current = st.registry.peek(catalog_id)
-    if current is not None and current.generation == old_gen:
-        st.registry.swap(catalog_id, current.without(ref_ids, new_gen))
 
 
 def _truthy(value: str | None) -> bool:
@@ -411,9 +320,8 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
     """Upload reference photos (multipart ``image``, 1..16). Form fields ``label``, ``country`` ... set the coin's
     metadata where they are not empty; ``create=1`` creates a missing coin, in the same transaction as its photos
     (a refused upload creates nothing)."""
-    st = state()
-    cfg = st.config
-    cat = _catalog(catalog_id)
+    cfg = state().config
+    _catalog(catalog_id)
     if not (request.mimetype or "").startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "upload images as multipart/form-data, field 'image'")
     unknown = sorted(set(request.form) - set(COIN_FIELDS) - {"create"})
@@ -421,56 +329,24 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
         raise ApiError(400, "unknown_field", f"unknown form field(s) {', '.join(unknown)}; allowed: image, create, "
                        f"{', '.join(COIN_FIELDS)}")
     fields = _coin_fields(request.form.to_dict(), skip_empty=True)
-    coin = g.db.scalar(select(Coin).where(Coin.catalog_id == catalog_id, Coin.coin_id == coin_id))
-    if coin is None:
-        if not _truthy(request.form.get("create")):
-            raise ApiError(404, "coin_not_found", f"no coin {coin_id!r} in catalog {catalog_id!r}; create it with "
-                           "PUT first or send the form field create=1")
-        if not COIN_ID.match(coin_id):
-            raise ApiError(400, "bad_coin_id", "coin id must be 1-128 chars of letters, digits, '.', '-', '_'")
+    create = _truthy(request.form.get("create"))
+    service.upload_target(g.db, catalog_id, coin_id, create=create)  # a missing coin fails before decoding
     files = request.files.getlist("image")
     if not files:
         raise ApiError(400, "no_image", "no file in form field 'image'")
     if len(files) > cfg.max_images_per_request:
         raise ApiError(413, "too_many_images", f"at most {cfg.max_images_per_request} images per request")
-    # Decode and embed everything before writing anything: one bad file rejects the whole request.
-    decoded = decode_uploads(files, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels,
-                             max_total_pixels=cfg.max_request_pixels)
-    embedder = st.embedder()
-    embedded = []
-    for up in decoded:
-        try:
-            embedded.append(embedder.embed(up.image))
-        except CoinVisionError as exc:
-            raise ApiError(422, "embedding_failed", f"{up.filename}: {exc}") from exc
-    vectors = np.stack([e.vector for e in embedded]).astype("<f4")
-    created = coin is None
-    coin = _apply_coin_fields(coin, catalog_id, coin_id, fields)
-    g.db.flush()
-    rows = []
-    for up, vec in zip(decoded, vectors, strict=True):
-        write_atomic(image_path(cfg.images_dir, up.sha256), up.data)
-        rows.append(ReferenceImage(
-            coin_pk=coin.id, catalog_id=catalog_id, sha256=up.sha256, filename=up.filename,
-            width_px=up.width, height_px=up.height,
-            embedding=vec.tobytes(), embedding_dim=int(vec.shape[0]), model_fingerprint=embedder.fingerprint,
-            thumbnail_jpeg=thumbnail_jpeg(up.image),
-        ))
-    g.db.add_all(rows)
-    old_gen, new_gen = _bump_generation(cat)
-    try:
-        g.db.commit()
-    except IntegrityError as exc:
-        raise ApiError(409, "coin_conflict", f"coin {coin_id!r} was created concurrently; retry") from exc
-    _apply_added(catalog_id, rows, vectors, coin.coin_id, old_gen, new_gen)
+    photos = decode_uploads(files, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels,
+                            max_total_pixels=cfg.max_request_pixels)
+    added = service.add_references(state(), g.db, catalog_id, coin_id, photos, fields=fields, create=create)
     return jsonify({
         "coin_id": coin_id,
-        "coin_created": created,
-        "coin": _coin_json(coin),
+        "coin_created": added.coin_created,
+        "coin": _coin_json(added.coin),
         "images": [
-            {"id": r.id, "filename": r.filename, "sha256": r.sha256, "coin_found": e.mask is not None,
-             "model_fingerprint": r.model_fingerprint}
-            for r, e in zip(rows, embedded, strict=True)
+            {"id": a.row.id, "filename": a.row.filename, "sha256": a.row.sha256,
+             "coin_found": a.embedding.segmentation.found, "model_fingerprint": a.row.model_fingerprint}
+            for a in added.references
         ],
     }), 201
 
@@ -479,17 +355,8 @@ def upload_images(catalog_id: str, coin_id: str) -> tuple[Response, int]:
 @doc("Delete a reference image (its photo file goes with the last reference to it)", S.ImageDeleted)
 @require_scope("maintainer")
 def delete_image(image_id: int) -> Response:
-    ref = g.db.get(ReferenceImage, image_id)
-    if ref is None:
-        raise ApiError(404, "image_not_found", f"no reference image {image_id}")
-    cat = _catalog(ref.catalog_id)
-    sha = ref.sha256
-    old_gen, new_gen = _bump_generation(cat)
-    g.db.delete(ref)
-    g.db.commit()
-    _apply_removed(cat.id, [image_id], old_gen, new_gen)
-    removed = remove_unreferenced_photos(g.db, state().config.images_dir, {sha})
-    return jsonify({"deleted": image_id, "photo_removed": bool(removed)})
+    photo_removed = service.delete_reference(state(), g.db, image_id)
+    return jsonify({"deleted": image_id, "photo_removed": photo_removed})
 
 
 @bp.get("/images/<int(max=9223372036854775807):image_id>/thumbnail")
@@ -519,11 +386,12 @@ def _query_vectors() -> tuple[np.ndarray, dict[str, Any]]:
         try:
             emb = st.embedder().embed(up.image)
         except CoinVisionError as exc:
-            raise ApiError(422, "embedding_failed", str(exc)) from exc
+            raise ContentRejectedError("embedding_failed", str(exc)) from exc
         extra["embed_ms"] = round((time.perf_counter() - started) * 1e3, 2)
-        extra["segmentation"] = {"found": emb.mask is not None, "bbox": list(emb.bbox) if emb.bbox else None}
+        seg = emb.segmentation
+        extra["segmentation"] = {"found": seg.found, "bbox": list(seg.bbox) if seg.bbox else None}
         if request.args.get("overlay") in ("1", "true"):
-            png = overlay_png(up.image, emb.mask)
+            png = overlay_png(up.image, seg.mask)
             extra["segmentation"]["overlay"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return emb.vector[None], extra
     body = _json_body()
@@ -625,51 +493,7 @@ def duplicates(catalog_id: str) -> Response:
 @require_scope("maintainer")
 def changes(catalog_id: str) -> Response:
     """What publishing now would change since the newest version (read from that version's pack)."""
-    st = state()
-    _catalog(catalog_id)
-    fingerprint = st.fingerprint(g.db, catalog_id)
-    coins = g.db.scalars(select(Coin).where(Coin.catalog_id == catalog_id).order_by(Coin.coin_id)).all()
-    counts = dict(g.db.execute(
-        select(ReferenceImage.coin_pk, func.count()).where(
-            ReferenceImage.catalog_id == catalog_id, ReferenceImage.model_fingerprint == (fingerprint or ""))
-        .group_by(ReferenceImage.coin_pk)
-    ).all())
-    now = {c.coin_id: (c, counts.get(c.id, 0)) for c in coins}
-    publishable = {cid for cid, (_, n) in now.items() if n}
-    latest = latest_version(g.db, catalog_id)
-    base: dict[str, tuple[dict[str, Any], int]] = {}
-    if latest is not None:
-        from coinvision.sdk import pack as packlib
-        from coinvision.sdk.errors import PackError
-
-        checked_version(st.signing_key, latest)
-        try:
-            pack = packlib.read_pack(st.config.packs_dir / catalog_id / latest.pack_file)
-        except PackError as exc:
-            raise ApiError(410, "pack_missing", f"the newest version's pack cannot be read ({exc})") from exc
-        refs: dict[str, int] = {}
-        for cid in pack.coin_ids:
-            refs[cid] = refs.get(cid, 0) + 1
-        base = {cid: ({**{f: getattr(r, f) for f in COIN_FIELDS}, "extra": dict(r.extra)}, refs.get(cid, 0))
-                for cid, r in pack.records.items()}
-    added = sorted(publishable - set(base))
-    removed = sorted(set(base) - publishable)
-    edited, photos = [], []
-    for cid in sorted(publishable & set(base)):
-        coin, n = now[cid]
-        meta, n_before = base[cid]
-        current = {**{f: getattr(coin, f) for f in COIN_FIELDS}, "extra": dict(coin.extra or {})}
-        fields = [f for f in (*COIN_FIELDS, "extra") if current[f] != meta[f]]
-        if fields:
-            edited.append({"coin_id": cid, "fields": fields})
-        if n != n_before:
-            photos.append({"coin_id": cid, "before": n_before, "now": n})
-    return jsonify({
-        "catalog_id": catalog_id, "since_version": latest.version if latest else None,
-        "added": added, "removed": removed, "edited": edited, "photos_changed": photos,
-        "without_photos": sorted(set(now) - publishable),
-        "unchanged": not (added or removed or edited or photos),
-    })
+    return jsonify(service.pending_changes(state(), g.db, catalog_id))
 
 
 def _idempotency_key() -> str | None:
@@ -681,12 +505,6 @@ def _idempotency_key() -> str | None:
         raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1-128 printable ASCII characters "
                        "(a UUID is a good choice)")
     return key
-
-
-def _replayed(v: CatalogVersion) -> tuple[Response, int]:
-    resp = jsonify({**_version_json(checked_version(state().signing_key, v)), "replayed": True})
-    resp.headers["Idempotent-Replayed"] = "true"
-    return resp, 200
 
 
 @bp.post("/catalogs/<catalog_id>/publish")
@@ -702,8 +520,7 @@ def _replayed(v: CatalogVersion) -> tuple[Response, int]:
 def publish(catalog_id: str) -> tuple[Response, int]:
     """Freeze version N+1. With an ``Idempotency-Key`` header a retry (reply lost) returns the version the first
     attempt made (200, ``Idempotent-Replayed: true``) instead of making another."""
-    st = state()
-    cat = _catalog(catalog_id)
+    _catalog(catalog_id)
     body = _json_body() if request.content_length else {}
     unknown = sorted(set(body) - {"strict"})
     if unknown:
@@ -711,28 +528,13 @@ def publish(catalog_id: str) -> tuple[Response, int]:
     strict = body.get("strict", False)
     if not isinstance(strict, bool):
         raise ApiError(400, "bad_field", "strict must be true or false")
-    key = _idempotency_key()
-    if key is not None and (done := version_by_key(g.db, catalog_id, key)) is not None:
-        return _replayed(done)
-    fingerprint = st.fingerprint(g.db, catalog_id)
-    if fingerprint is None:
-        raise ApiError(409, "nothing_to_publish", f"catalog {catalog_id!r} has no embedded reference images")
-    dupes = st.index_for(g.db, cat).near_duplicates(st.config.duplicate_cosine)
-    dupes_json = [p.__dict__ for p in dupes]
-    if strict and dupes:
-        raise ApiError(409, "near_duplicates", f"{len(dupes)} pairs of different coins look alike; "
-                       "fix them or publish without strict", dupes_json)
-    # One publish per catalog at a time in this process; across processes the unique version key decides.
-    with st.publish_lock(catalog_id):
-        if key is not None and (done := version_by_key(g.db, catalog_id, key)) is not None:
-            return _replayed(done)  # the first attempt finished while this one waited for the lock
-        result = publish_catalog(g.db, st.config.packs_dir, cat, fingerprint, st.config.pack_quant,
-                                 st.signing_key, key)
-    if result.replayed:
-        return _replayed(result.version)
-    prune_old_packs(g.db, st.config.packs_dir, catalog_id, st.config.pack_retention_versions, st.config.orphan_grace_s)
-    return jsonify({**_version_json(result.version), "skipped_coins": result.skipped_coins,
-                    "near_duplicates": dupes_json}), 201
+    out = service.publish(state(), g.db, catalog_id, strict=strict, idempotency_key=_idempotency_key())
+    if out.replayed:
+        resp = jsonify({**_version_json(out.version), "replayed": True})
+        resp.headers["Idempotent-Replayed"] = "true"
+        return resp, 200
+    return jsonify({**_version_json(out.version), "skipped_coins": out.skipped_coins,
+                    "near_duplicates": [p.__dict__ for p in out.near_duplicates]}), 201
 
 
 @bp.get("/catalogs/<catalog_id>/manifest")
@@ -759,35 +561,15 @@ def manifest(catalog_id: str) -> Response:
 
 
 def _send_versioned(catalog_id: str, version: int, kind: str) -> Response:
-    st = state()
-    _catalog(catalog_id)
-    row = g.db.scalar(
-        select(CatalogVersion).where(CatalogVersion.catalog_id == catalog_id, CatalogVersion.version == version)
-    )
-    if row is None:
-        raise ApiError(404, "version_not_found", f"catalog {catalog_id!r} has no version {version}")
-    checked_version(st.signing_key, row)
-    if kind == "pack":
-        name, sha, size = row.pack_file, row.pack_sha256, row.pack_size
-    else:
-        name, sha, size = row.delta_file, row.delta_sha256, row.delta_size
-    if name is None or sha is None or size is None:
-        raise ApiError(404, "no_delta", f"version {version} has no delta; download the full pack")
-    path = st.config.packs_dir / catalog_id / name
-    if not path.is_file():
-        raise ApiError(410, "pack_missing", f"the file of version {version} is no longer kept on the server "
-                       "(older than the retention); download the newest version's full pack")
-    if not file_matches(path, size, sha):
-        log.error("%s: bytes on disk do not match the signed record of %s v%d", path, catalog_id, version)
-        raise ApiError(500, "pack_corrupt", f"the stored file of version {version} fails its integrity check; the "
-                       "server refuses to serve it")
+    stored = service.version_file(state(), g.db, catalog_id, version, kind)
+    name, sha = stored.name, stored.sha256
     # RFC 9110 14.2: a Range header that does not parse, or names a unit other than bytes, is ignored (full 200).
     if "HTTP_RANGE" in request.environ:
         parsed = parse_range_header(request.environ["HTTP_RANGE"])
         if parsed is None or parsed.units != "bytes":
             del request.environ["HTTP_RANGE"]
     # Files are immutable per version: strong ETag = sha256, Range + If-None-Match handled by werkzeug.
-    resp = send_file(path, mimetype="application/octet-stream", etag=sha, conditional=True, max_age=31536000,
+    resp = send_file(stored.path, mimetype="application/octet-stream", etag=sha, conditional=True, max_age=31536000,
                      download_name=f"{catalog_id}-{name}")
     resp.headers["X-Content-SHA256"] = sha
     # The route needs a token: only the client may keep it (a shared cache must not hand it to others).

@@ -1,22 +1,40 @@
 """Every error leaves the API as JSON ``{code, message, detail}``, from one handler; a person who opens a page
-in a browser (not under ``/v1/``) gets the same message as a readable HTML page."""
+in a browser (not under ``/v1/``) gets the same message as a readable HTML page.
+
+Domain errors (:mod:`coinvision.sync_server.errors`, raised by the service layer) become HTTP statuses here and
+only here (:data:`STATUS_OF`). :class:`ApiError` is for what only the HTTP layer knows: a request that does not
+parse, a missing token.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from coinvision.sync_server.errors import (
+    ConflictError,
+    ContentRejectedError,
+    GoneError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    StoredDataError,
+    TooLargeError,
+    UnavailableError,
+    UnsupportedFormatError,
+)
 from flask import Flask, jsonify, render_template, request
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-__all__ = ["ApiError", "register_error_handlers"]
+__all__ = ["STATUS_OF", "ApiError", "register_error_handlers", "status_of"]
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An error the client caused or must know about; ``status`` is the HTTP status."""
+    """A request the HTTP layer refuses before any catalog operation runs; ``status`` is the HTTP status."""
 
     def __init__(
         self, status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
@@ -24,6 +42,29 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.detail = status, code, message, detail
         self.headers = headers or {}
+
+
+# The one mapping from domain error kinds to HTTP statuses; a subclass not listed takes its nearest base's.
+STATUS_OF: dict[type[ServerError], int] = {
+    InvalidInputError: 400,
+    NotFoundError: 404,
+    ConflictError: 409,
+    GoneError: 410,
+    TooLargeError: 413,
+    UnsupportedFormatError: 415,
+    ContentRejectedError: 422,
+    RateLimitedError: 429,
+    StoredDataError: 500,
+    UnavailableError: 503,
+}
+
+
+def status_of(exc: ServerError) -> int:
+    """The HTTP status of a domain error: its class's entry in :data:`STATUS_OF`, else its nearest base's."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return 500  # a ServerError kind nobody mapped: a server bug, not the client's fault
 
 
 def _body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -45,6 +86,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return jsonify(_body(exc.code, exc.message, exc.detail)), exc.status, exc.headers
+
+    @app.errorhandler(ServerError)
+    def _domain_error(exc: ServerError):
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitedError) else {}
+        return jsonify(_body(exc.code, exc.message, exc.detail)), status_of(exc), headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

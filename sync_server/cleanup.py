@@ -13,20 +13,16 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from coinvision.sync_server.models import CatalogVersion, ReferenceImage
-from coinvision.sync_server.storage import image_path
+from coinvision.sync_server.storage import LocalFileStore
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-__all__ = [
-    "CleanupReport", "prune_old_packs", "remove_catalog_packs", "remove_orphans", "remove_unreferenced_photos",
-]
+__all__ = ["CleanupReport", "prune_old_packs", "remove_orphans", "remove_unreferenced_photos"]
 
 log = logging.getLogger(__name__)
 
@@ -44,68 +40,47 @@ def _referenced_shas(session: Session, shas: Iterable[str] | None = None) -> set
     return set(session.scalars(q).all())
 
 
-def remove_unreferenced_photos(session: Session, images_dir: Path, shas: Iterable[str]) -> int:
+def remove_unreferenced_photos(session: Session, store: LocalFileStore, shas: Iterable[str]) -> int:
     """Delete the photo files among ``shas`` that no reference row names any more. Returns how many went."""
     shas = set(shas)
     if not shas:
         return 0
     still = _referenced_shas(session, shas)
-    removed = 0
-    for sha in shas - still:
-        path = image_path(images_dir, sha)
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def remove_catalog_packs(packs_dir: Path, catalog_id: str) -> None:
-    shutil.rmtree(packs_dir / catalog_id, ignore_errors=True)
+    return sum(store.remove_photo(sha) for sha in shas - still)
 
 
 def _version_files(v: CatalogVersion) -> set[str]:
     return {n for n in (v.pack_file, v.delta_file) if n}
 
 
-def prune_old_packs(session: Session, packs_dir: Path, catalog_id: str, keep: int, grace_s: float) -> int:
+def prune_old_packs(session: Session, store: LocalFileStore, catalog_id: str, keep: int, grace_s: float) -> int:
     """Keep the files of the newest ``keep`` versions; remove older versions' files and stale unnamed ones."""
     versions = session.scalars(
         select(CatalogVersion).where(CatalogVersion.catalog_id == catalog_id).order_by(CatalogVersion.version.desc())
     ).all()
     kept: set[str] = set().union(*(_version_files(v) for v in versions[:keep])) if versions else set()
     old: set[str] = set().union(*(_version_files(v) for v in versions[keep:])) if versions else set()
-    folder = packs_dir / catalog_id
-    if not folder.is_dir():
-        return 0
     now = time.time()
     removed = 0
-    for path in folder.iterdir():
-        if not path.is_file() or path.name in kept:
+    for f in store.pack_files(catalog_id):
+        if f.name in kept:
             continue
-        stale = now - path.stat().st_mtime > grace_s
-        if path.name in old or stale:
-            path.unlink(missing_ok=True)
+        if f.name in old or now - f.mtime > grace_s:
+            store.remove_pack_file(catalog_id, f.name)
             removed += 1
     if removed:
         log.info("catalog %s: removed %d pack/delta files (keeping %d versions)", catalog_id, removed, keep)
     return removed
 
 
-def remove_orphans(session: Session, images_dir: Path, packs_dir: Path, keep: int, grace_s: float) -> CleanupReport:
+def remove_orphans(session: Session, store: LocalFileStore, keep: int, grace_s: float) -> CleanupReport:
     """Photos no reference names and pack files of no kept version, older than ``grace_s`` (all catalogs)."""
     now = time.time()
     photos = 0
-    if images_dir.is_dir():
-        named = _referenced_shas(session)
-        for path in images_dir.glob("*/*"):
-            if path.is_file() and path.name.split(".")[0] not in named and now - path.stat().st_mtime > grace_s:
-                path.unlink(missing_ok=True)
-                photos += 1
-    packs = 0
-    if packs_dir.is_dir():
-        for folder in packs_dir.iterdir():
-            if folder.is_dir():
-                packs += prune_old_packs(session, packs_dir, folder.name, keep, grace_s)
+    named = _referenced_shas(session)
+    for f in store.photos():
+        if f.name not in named and now - f.mtime > grace_s:
+            store.remove_photo(f.name)
+            photos += 1
+    packs = sum(prune_old_packs(session, store, cid, keep, grace_s) for cid in store.catalogs_with_files())
     return CleanupReport(photos, packs)

@@ -17,15 +17,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from coinvision.sdk.errors import PackError
-from coinvision.sync_server.api_errors import ApiError
+from coinvision.sync_server.errors import ConflictError, ContentRejectedError, StoredDataError
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
 from coinvision.sync_server.signing import sign_record, verify_record
-from coinvision.sync_server.storage import write_atomic
+from coinvision.sync_server.storage import LocalFileStore
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -67,12 +66,13 @@ def version_record(v: CatalogVersion) -> dict[str, Any]:
 
 
 def checked_version(key: Ed25519PrivateKey, v: CatalogVersion) -> CatalogVersion:
-    """``v`` if its record carries the server's signature over exactly these fields; 500 otherwise (logged)."""
+    """``v`` if its record carries the server's signature over exactly these fields; :class:`StoredDataError`
+    otherwise (logged)."""
     if not verify_record(key, version_record(v), v.record_signature):
         log.error("catalog %s version %d: the version record does not match its signature (edited in the "
                   "database, or published with another key); refusing to serve it", v.catalog_id, v.version)
-        raise ApiError(
-            500, "version_record_invalid",
+        raise StoredDataError(
+            "version_record_invalid",
             f"version {v.version} of catalog {v.catalog_id!r} fails its integrity check; the server refuses to "
             "serve it (an operator must investigate the database and publish again)",
         )
@@ -114,20 +114,19 @@ def _records_and_vectors(
     return (np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)), vector_coins, records, skipped
 
 
-def _pack_path(packs_dir: Path, catalog_id: str, name: str) -> Path:
-    return packs_dir / catalog_id / name
-
-
 def publish_catalog(
-    session: Session, packs_dir: Path, catalog: Catalog, fingerprint: str, quant: str,
+    session: Session, files: LocalFileStore, catalog: Catalog, fingerprint: str, quant: str,
     key: Ed25519PrivateKey, idempotency_key: str | None = None,
 ) -> PublishResult:
+    """Write version N+1's pack (and the delta from N), then commit its signed row. Raises
+    :class:`ConflictError` (nothing to publish, another publish took the number) and
+    :class:`ContentRejectedError` (content the pack format refuses)."""
     from coinvision.sdk import pack as packlib
 
     vectors, vector_coins, records, skipped = _records_and_vectors(session, catalog.id, fingerprint)
     if not records:
-        raise ApiError(
-            409, "nothing_to_publish",
+        raise ConflictError(
+            "nothing_to_publish",
             f"catalog {catalog.id!r} has no coin with a reference image embedded by model {fingerprint}; "
             "upload reference images first",
         )
@@ -136,21 +135,21 @@ def publish_catalog(
     )
     version = (previous.version if previous else 0) + 1
     try:
-        pack_bytes = packlib.build_pack(
+        pack = packlib.Pack.from_vectors(
             vectors.astype(np.float32), vector_coins, records,
             catalog_id=catalog.id, catalog_version=version, model_fingerprint=fingerprint, quant=quant,
         )
     except PackError as exc:  # catalog content the pack format refuses: the maintainer must fix it
-        raise ApiError(422, "pack_build_failed", f"catalog {catalog.id!r} cannot be packed: {exc}") from exc
-    pack_sha = hashlib.sha256(pack_bytes).hexdigest()
+        raise ContentRejectedError("pack_build_failed", f"catalog {catalog.id!r} cannot be packed: {exc}") from exc
+    pack_bytes, pack_sha = pack.to_bytes(), pack.sha256
     pack_name = f"v{version}-{pack_sha[:16]}.pack"
     delta_name = delta_sha = None
     delta_size = None
     delta_bytes = None
     if previous is not None and previous.model_fingerprint == fingerprint:
         try:
-            base = packlib.read_pack(_pack_path(packs_dir, catalog.id, previous.pack_file))
-            delta_bytes = packlib.build_delta(base, packlib.read_pack(pack_bytes))
+            base = packlib.read_pack(files.pack_path(catalog.id, previous.pack_file))
+            delta_bytes = packlib.build_delta(base, pack)
         except PackError as exc:
             # No delta is no harm: devices then download the full pack.
             log.warning("no delta v%d -> v%d for %s: previous pack unusable (%s)", previous.version, version,
@@ -159,9 +158,9 @@ def publish_catalog(
             delta_sha = hashlib.sha256(delta_bytes).hexdigest()
             delta_name = f"v{previous.version}-v{version}-{delta_sha[:16]}.delta"
             delta_size = len(delta_bytes)
-    write_atomic(_pack_path(packs_dir, catalog.id, pack_name), pack_bytes)
+    files.put_pack_file(catalog.id, pack_name, pack_bytes)
     if delta_bytes is not None and delta_name is not None:
-        write_atomic(_pack_path(packs_dir, catalog.id, delta_name), delta_bytes)
+        files.put_pack_file(catalog.id, delta_name, delta_bytes)
     row = CatalogVersion(
         catalog_id=catalog.id, version=version, model_fingerprint=fingerprint,
         pack_file=pack_name, pack_size=len(pack_bytes), pack_sha256=pack_sha,
@@ -178,8 +177,8 @@ def publish_catalog(
         session.rollback()
         if idempotency_key is not None and (done := version_by_key(session, catalog.id, idempotency_key)):
             return PublishResult(done, skipped, replayed=True)  # a concurrent retry of this same publish won
-        raise ApiError(
-            409, "publish_conflict", f"another publish of catalog {catalog.id!r} took version {version}; retry"
+        raise ConflictError(
+            "publish_conflict", f"another publish of catalog {catalog.id!r} took version {version}; retry"
         ) from exc
     log.info("published %s v%d: %d coins, %d vectors, %d bytes", catalog.id, version, len(records),
              len(vector_coins), len(pack_bytes))

@@ -1,7 +1,8 @@
 """Ed25519 signing. The key lives in the data dir (created on first start) or at ``COINVISION_SIGNING_KEY``,
 never in the database; devices ship the public key.
 
-Two things are signed, both as canonical JSON (sorted keys, no spaces, UTF-8):
+Two things are signed, both as canonical JSON (sorted keys, no spaces, UTF-8): the SDK's
+:func:`coinvision.sdk.sync_client.canonical_json`, the one definition devices verify against:
 
 - the manifest's ``payload`` (what devices verify), made per request;
 - each published version's record (:func:`sign_record`), made once at publish time over what was published and
@@ -13,24 +14,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from coinvision.sdk.errors import ConfigError
+from coinvision.sdk.sync_client import canonical_json
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
-    "canonical_json", "load_key", "load_or_create_key", "public_key_b64", "sign_payload", "sign_record",
+    "load_key", "load_or_create_key", "public_key_b64", "sign_payload", "sign_record",
     "verify_record",
 ]
-
-
-def canonical_json(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:

@@ -1,4 +1,4 @@
-"""What one server process holds: settings, database, signing key, the embedder, the Faiss indexes."""
+"""What one server process holds: settings, database, signing key, file storage, the embedder, the Faiss indexes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from coinvision.sdk.errors import CoinVisionError
-from coinvision.sync_server.api_errors import ApiError
 from coinvision.sync_server.config import ServerConfig
-from coinvision.sync_server.embedding import Embedder, load_embedder
+from coinvision.sync_server.embedding import ReferenceEmbedder, load_reference_embedder
+from coinvision.sync_server.errors import UnavailableError
 from coinvision.sync_server.index import CatalogIndex, IndexRegistry
 from coinvision.sync_server.models import Catalog, Coin, ReferenceImage
 from coinvision.sync_server.ratelimit import RateLimiter
+from coinvision.sync_server.storage import LocalFileStore
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 from sqlalchemy import Engine, select
@@ -32,12 +33,14 @@ class ServerState:
     signing_key: Ed25519PrivateKey
     registry: IndexRegistry = field(default_factory=IndexRegistry)
     search_limiter: RateLimiter = field(init=False)
-    _embedder: Embedder | None = None
+    files: LocalFileStore = field(init=False)
+    _embedder: ReferenceEmbedder | None = None
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
     _publish_locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.search_limiter = RateLimiter(self.config.search_per_minute, self.config.search_burst)
+        self.files = LocalFileStore(self.config.images_dir, self.config.packs_dir)
 
     def unknown_threshold(self) -> float | None:
         """The cosine below which a search answers "unknown": the embedder's calibrated threshold."""
@@ -49,22 +52,22 @@ class ServerState:
         with self._embedder_lock:
             return self._publish_locks.setdefault(catalog_id, threading.Lock())
 
-    def embedder(self) -> Embedder:
-        """The release embedder, loaded on first use (503 when the server was started without models)."""
+    def embedder(self) -> ReferenceEmbedder:
+        """The release embedder, loaded on first use (:class:`UnavailableError` when the server has no models)."""
         if self._embedder is None:
             with self._embedder_lock:
                 if self._embedder is None:
                     if self.config.models_dir is None:
-                        raise ApiError(
-                            503, "no_models",
+                        raise UnavailableError(
+                            "no_models",
                             "this server has no models; restart it with --models DIR (the release exports)",
                         )
                     try:
-                        self._embedder = load_embedder(
+                        self._embedder = load_reference_embedder(
                             self.config.models_dir, self.config.runtime, self.config.num_threads
                         )
                     except CoinVisionError as exc:
-                        raise ApiError(503, "models_unavailable", str(exc)) from exc
+                        raise UnavailableError("models_unavailable", str(exc)) from exc
         return self._embedder
 
     def fingerprint(self, session: Session, catalog_id: str) -> str | None:

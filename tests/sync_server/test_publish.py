@@ -76,15 +76,15 @@ def test_pack_download_etag_304_and_range_206(sqlite_server: Server) -> None:
 
 _KILL_SCRIPT = """
 import os, signal, sys
-from coinvision.sync_server import publish
+from coinvision.sync_server import storage
 from coinvision.sync_server.app import create_app
 from coinvision.sync_server.config import ServerConfig
 
-real_write = publish.write_atomic
+real_write = storage.write_atomic
 def write_then_die(path, data):
     real_write(path, data)              # the new pack is on disk ...
     os.kill(os.getpid(), signal.SIGKILL)  # ... and the worker dies before the database commit
-publish.write_atomic = write_then_die
+storage.write_atomic = write_then_die
 cfg = ServerConfig.resolve(data_dir=sys.argv[1], db_url=sys.argv[2], models_dir=sys.argv[3])
 app = create_app(cfg)
 app.test_client().post("/v1/catalogs/c/publish", headers={"Authorization": "Bearer " + sys.argv[4]})

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from coinvision.sync_server.signing import canonical_json, load_or_create_key, public_key_b64, sign_payload
+from coinvision.sdk.sync_client import canonical_json
+from coinvision.sync_server.signing import load_or_create_key, public_key_b64, sign_payload
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
