@@ -175,7 +175,8 @@ def test_embed_torch_runtime_equals_the_torch_recognizer(photo_dir: Path, tmp_pa
     embedder)."""
     torch = pytest.importorskip("torch")
     from coinvision.converters.tiny_models import TINY_EMBEDDING_DIM, write_tiny_checkpoints
-    from coinvision.trainer.torch_runtime import torch_recognizer
+    from coinvision.sdk.images import load_image
+    from coinvision.trainer.torch_runtime import torch_recognizer, torch_segmenter
 
     torch.set_num_threads(1)
     models = tmp_path / "models"
@@ -185,11 +186,16 @@ def test_embed_torch_runtime_equals_the_torch_recognizer(photo_dir: Path, tmp_pa
                         "--threads", 1)
     assert rc == 0 and "torch" in out
     reference = torch_recognizer(models / "segmenter.pt", models / "embedder.pt")
+    segmenter = torch_segmenter(models / "segmenter.pt")
     no_coin = 0
     with np.load(out_file) as data:
         assert data["embeddings"].shape == (4, TINY_EMBEDDING_DIM)
         for rel, vector in zip(data["paths"], data["embeddings"], strict=True):
             expected = reference.embed(photo_dir / str(rel))
             no_coin += not expected.segmentation.found
+            alone = segmenter.segment(load_image(photo_dir / str(rel)))
+            assert (alone.mask is None) == (expected.segmentation.mask is None), rel
+            if alone.mask is not None:  # the recognizer's segmentation is torch_segmenter's
+                np.testing.assert_array_equal(alone.mask, expected.segmentation.mask)
             assert float(vector @ expected.vector) > 0.9999, rel
         assert int(data["no_coin"].sum()) == no_coin
