@@ -66,14 +66,14 @@ def run_variants(checkpoint: Path, calibration_dir: Path, check_dir: Path, *, ca
     from coinvision.converters.export_run import embedder_segment_fn
     from coinvision.converters.parity import ParitySet, measure_parity, parity_failures
     from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
-    from coinvision.converters.sources import load_source
     from coinvision.converters.tflite_export import convert_tflite_fp32, export_tflite
     from coinvision.sdk.preprocess import to_model_input
     from coinvision.sdk.recognizer import CropParams
     from coinvision.sdk.runtimes import tflite_predictor
     from coinvision.trainer.torch_runtime import torch_predictor
+    from coinvision.trainer.trained_model import load_trained_model
 
-    source = load_source(checkpoint)
+    source = load_trained_model(checkpoint)
     if source.kind != "embedder":
         raise SystemExit(f"{checkpoint} is a {source.kind} checkpoint; this benchmark studies the embedder")
     segment, crops = embedder_segment_fn([source])

@@ -92,7 +92,8 @@ def eval_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersActi
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides, resolve_config
-    from coinvision.trainer.segmenter import SegmenterConfig, train_segmenter
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import train_segmenter
 
     cfg = resolve_config(SegmenterConfig, args.config, parse_overrides(args.set))
     best = train_segmenter(cfg, resume=args.resume)
@@ -103,7 +104,7 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
 def _cmd_data_seg_labels(args: argparse.Namespace) -> int:
     import random
 
-    from coinvision.trainer.seg_data import contact_sheet, label_datasets
+    from coinvision.trainer.seg_labels import contact_sheet, label_datasets
 
     labelled, rejected = label_datasets(args.roots, args.out)
     methods = Counter(item.method for item in labelled)
@@ -117,7 +118,7 @@ def _cmd_data_seg_labels(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_refine_labels(args: argparse.Namespace) -> int:
-    from coinvision.trainer.seg_data import refine_labels
+    from coinvision.trainer.seg_labels import refine_labels
 
     refined, kept = refine_labels(args.labels, args.out, args.roots)
     print(f"refined {refined} label(s) with GrabCut where they agree with the circle, kept {kept} -> {args.out}")
@@ -135,7 +136,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _cmd_train_embedder(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides, resolve_config
-    from coinvision.trainer.embedder import EmbedderConfig, train_embedder
+    from coinvision.trainer.emb_config import EmbedderConfig
+    from coinvision.trainer.emb_train import train_embedder
 
     cfg = resolve_config(EmbedderConfig, args.config, parse_overrides(args.set))
     best = train_embedder(cfg, resume=args.resume)

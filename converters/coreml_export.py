@@ -6,7 +6,7 @@ Variants (all from one fp16 mlprogram):
 - ``w8``: ``linear_quantize_weights`` 8-bit, per-channel symmetric.
 - ``palette8`` / ``palette6``: k-means weight palettization with 2^8 / 2^6 entries (per tensor).
 
-The input is the normalised NHWC float tensor of the pipeline spec (``MLMultiArray``; ``layout.nhwc_input``
+The input is the normalised NHWC float tensor of the pipeline spec (``MLMultiArray``; ``phone_graph.nhwc_input``
 transposes inside the graph, as for TFLite), stated in the metadata, so the iOS SDK uses the one preprocessing
 spec. Linux cannot run Core ML predictions; ``validate_coreml`` checks
 what can be checked here (spec, inputs/outputs/shapes, op count, metadata) and the parity test runs where
@@ -23,9 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from coinvision.converters.layout import nhwc_input
 from coinvision.converters.metadata import for_runtime, read_coreml_metadata, set_coreml_metadata
-from coinvision.converters.static_padding import freeze_same_padding
+from coinvision.converters.phone_graph import freeze_same_padding, nhwc_input
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import ModelMetadata
 

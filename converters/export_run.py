@@ -35,7 +35,6 @@ from coinvision.converters.metadata import FORMAT_LAYOUT, read_embedded_metadata
 from coinvision.converters.onnx_export import export_onnx
 from coinvision.converters.parity import ParitySet, ParityTarget, check_parity
 from coinvision.converters.photo_inputs import PhotoSquares, SegmentFn, list_photos, model_squares, pick_evenly
-from coinvision.converters.sources import SourceModel, load_source
 from coinvision.converters.tflite_export import (
     CALIBRATED_QUANTIZATIONS,
     INT8_WEIGHT_QUANTIZATIONS,
@@ -51,6 +50,7 @@ from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
 from coinvision.sdk.preprocess import DEFAULT_SEGMENT_THRESHOLD, to_model_input
 from coinvision.sdk.recognizer import CropParams
 from coinvision.sdk.segmenter import SegmenterParams
+from coinvision.trainer.trained_model import TrainedModel, load_trained_model
 
 __all__ = ["DEFAULT_QUANTIZATIONS", "FORMATS", "ExportOptions", "embedder_segment_fn", "run_export", "validate_options"]
 
@@ -153,8 +153,8 @@ def validate_options(o: ExportOptions) -> None:
         raise ConversionError(f"--threads {o.num_threads}: must be >= 1")
 
 
-def _load_sources(o: ExportOptions) -> list[SourceModel]:
-    sources = [load_source(path) for path in o.checkpoints]
+def _load_sources(o: ExportOptions) -> list[TrainedModel]:
+    sources = [load_trained_model(path) for path in o.checkpoints]
     kinds = [s.kind for s in sources]
     duplicated = sorted({k for k in kinds if kinds.count(k) > 1})
     if duplicated:
@@ -173,7 +173,7 @@ class _Inputs:
     calibration_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _torch_segment_fn(segmenter: SourceModel) -> SegmentFn:
+def _torch_segment_fn(segmenter: TrainedModel) -> SegmentFn:
     """The SDK's two-pass segmentation (parameters from the metadata) run by the PyTorch segmenter."""
     from coinvision.sdk.segmenter import Segmenter
     from coinvision.trainer.torch_runtime import torch_loaded_model
@@ -181,7 +181,7 @@ def _torch_segment_fn(segmenter: SourceModel) -> SegmentFn:
     return Segmenter(torch_loaded_model(segmenter.model, segmenter.meta, segmenter.checkpoint)).segment
 
 
-def embedder_segment_fn(sources: list[SourceModel]):
+def embedder_segment_fn(sources: list[TrainedModel]):
     """``(segment_fn | None, description)``: how the embedder's crops are made, as close to the device as possible:
     the segmenter of this run, else the segmenter checkpoint the embedder was trained with, else letterbox."""
     embedder = next((s for s in sources if s.kind == "embedder"), None)
@@ -192,13 +192,13 @@ def embedder_segment_fn(sources: list[SourceModel]):
         return _torch_segment_fn(segmenter), "coin_crop with two-pass masks of the PyTorch segmenter in this run"
     trained_with = embedder.config.get("segmenter_checkpoint") if embedder is not None else None
     if trained_with and Path(trained_with).is_file():
-        segmenter = load_source(trained_with)
+        segmenter = load_trained_model(trained_with)
         return _torch_segment_fn(segmenter), (
             f"coin_crop with two-pass masks of {trained_with} (the embedder's training segmenter)")
     return None, "letterboxed whole photo (no segmenter in this export run or in the embedder's config)"
 
 
-def _prepare_inputs(o: ExportOptions, sources: list[SourceModel]) -> _Inputs:
+def _prepare_inputs(o: ExportOptions, sources: list[TrainedModel]) -> _Inputs:
     inputs = _Inputs()
     segment, crops = embedder_segment_fn(sources)
     crop_params = {s.kind: CropParams.from_metadata(s.meta) for s in sources}
@@ -260,7 +260,7 @@ class _Run:
         self.entries: list[dict[str, Any]] = []
         self.failures: list[str] = []
 
-    def record(self, source: SourceModel, path: Path, fmt: str, quantization: str, convert_s: float,
+    def record(self, source: TrainedModel, path: Path, fmt: str, quantization: str, convert_s: float,
                step_s: float = 0.0) -> None:
         """``convert_s``: the conversion this file shares with its siblings; ``step_s``: its own
         quantization / compression step."""
@@ -292,7 +292,7 @@ class _Run:
             line += f", parity {_summary(entry['parity'])}"
         self.report(line)
 
-    def _parity(self, source: SourceModel, path: Path, fmt: str, quantization: str) -> dict[str, Any]:
+    def _parity(self, source: TrainedModel, path: Path, fmt: str, quantization: str) -> dict[str, Any]:
         from coinvision.sdk.runtimes import predictor_for
         from coinvision.trainer.torch_runtime import torch_predictor
 
@@ -308,7 +308,7 @@ class _Run:
         self.failures.extend(f"{path.name}: {f}" for f in result.failures)
         return result.to_dict()
 
-    def export_source(self, s: SourceModel) -> None:
+    def export_source(self, s: TrainedModel) -> None:
         o = self.o
         if "onnx" in o.formats:
             started = time.perf_counter()

@@ -1,6 +1,6 @@
 """PyTorch -> TFLite with litert-torch, then quantized variants with ai-edge-quantizer.
 
-Layout is handled once (``layout.nhwc_input``): the ``.tflite`` file takes the NHWC float batch that
+Layout is handled once (``phone_graph.nhwc_input``): the ``.tflite`` file takes the NHWC float batch that
 ``to_model_input(..., InputSpec(layout="NHWC"))`` produces (the natural layout of an Android bitmap).
 Normalisation stays outside the model, stated in the metadata, identical for every format.
 
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from coinvision.converters.layout import nhwc_input
 from coinvision.converters.metadata import embed_tflite_metadata, for_runtime
+from coinvision.converters.phone_graph import nhwc_input
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import ModelMetadata
 

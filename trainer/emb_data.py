@@ -29,6 +29,7 @@ import torch
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, InputSpec, coin_crop, resize_square, to_model_input
+from coinvision.trainer.emb_config import AugmentConfig
 
 __all__ = [
     "AugmentConfig",
@@ -57,27 +58,6 @@ NO_COIN_MARK = ".nocoin"  # file name mark of a letterbox fallback (segmenter fo
 
 
 # ------------------------------------------------------------------------------------------- augmentation
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities / strengths of the training augmentation (albumentations)."""
-
-    rotate_p: float = 1.0  # full 360 degrees: a coin has no upright on a table
-    hflip_p: float = 0.5  # a mirrored coin never occurs in a photo; kept as the design asks, 0 disables
-    scale_jitter: float = 0.1  # +- zoom, imitates segmentation boxes that are a little loose or tight
-    perspective_p: float = 0.3
-    blur_p: float = 0.25  # Gaussian / motion / defocus
-    noise_p: float = 0.3  # ISO (sensor) or Gaussian noise
-    brightness_contrast_p: float = 0.7
-    color_p: float = 0.3  # small hue/saturation shifts: metal colour separates copper from brass, keep small
-    shadow_p: float = 0.2
-    jpeg_p: float = 0.2
-
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"augment.{name}={value}: must be in [0, 1]")
 
 
 def build_augment(cfg: AugmentConfig) -> A.Compose:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from coinvision.cli.main import main
 from coinvision.converters.export_run import ExportOptions, run_export
-from coinvision.converters.sources import load_source
 from coinvision.sdk.errors import ConversionError, ModelLoadError
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from coinvision.trainer.trained_model import load_trained_model
 
 
 def _export(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -80,10 +80,10 @@ def test_checkpoint_whose_config_does_not_match_the_weights(tiny_checkpoints, tm
     other_encoder = _rewrite(tiny_checkpoints["segmenter"], tmp_path / "a.pt",
                              config={**ckpt.config, "encoder": "tu-mobilenetv2_050"})
     with pytest.raises(ModelLoadError, match="weights do not fit the configured U-Net"):
-        load_source(other_encoder)
+        load_trained_model(other_encoder)
     unknown_key = _rewrite(tiny_checkpoints["segmenter"], tmp_path / "b.pt", config={**ckpt.config, "depth": 7})
     with pytest.raises(ModelLoadError, match="stored segmenter config does not match this code's architecture"):
-        load_source(unknown_key)
+        load_trained_model(unknown_key)
     code, text = _export(capsys, other_encoder, "--out", tmp_path / "o", "--formats", "onnx")
     assert code == 2 and "a.pt: weights do not fit" in text
     assert not (tmp_path / "o").exists()
@@ -92,7 +92,7 @@ def test_checkpoint_whose_config_does_not_match_the_weights(tiny_checkpoints, tm
 def test_unknown_kind_and_duplicate_kinds(tiny_checkpoints, tmp_path: Path) -> None:
     odd = save_checkpoint(tmp_path / "odd.pt", Checkpoint("classifier", {}, {"w": torch.zeros(2)}))
     with pytest.raises(ModelLoadError, match="kind 'classifier' cannot be exported; valid kinds: segmenter, embedder"):
-        load_source(odd)
+        load_trained_model(odd)
     seg = tiny_checkpoints["segmenter"]
     with pytest.raises(ModelLoadError, match="two segmenter checkpoints"):
         run_export(ExportOptions((seg, seg), tmp_path / "out", formats=("onnx",)))

@@ -81,13 +81,13 @@ def test_validate_refuses_a_mismatched_spec(palettized: dict[str, Path], cli_exp
 def test_core_ml_predictions_match_pytorch(cli_export, tiny_checkpoints, sample_root: Path) -> None:
     from coinvision.converters.parity import ParitySet, check_parity
     from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
-    from coinvision.converters.sources import load_source
     from coinvision.sdk.runtimes import predictor_for
     from coinvision.trainer.torch_runtime import torch_predictor
+    from coinvision.trainer.trained_model import load_trained_model
 
     root = sample_root / "euro_phone"
     for kind in ("segmenter", "embedder"):
-        source = load_source(tiny_checkpoints[kind])
+        source = load_trained_model(tiny_checkpoints[kind])
         squares = model_squares(kind, pick_evenly(list_photos(root), 12), root, TINY_SIZE_PX)
         result = check_parity(kind, "fp16", torch_predictor(source.model, source.meta.input),
                               predictor_for(cli_export[0] / f"{kind}.mlpackage"), ParitySet(squares.squares))

@@ -138,12 +138,12 @@ def test_exported_files_rerun_through_the_parity_helper(cli_export, tiny_checkpo
     """The helper on its own: PyTorch vs each TFLite/ONNX file, real photos, figures returned."""
     from coinvision.converters.parity import ParitySet, check_parity
     from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
-    from coinvision.converters.sources import load_source
     from coinvision.sdk.runtimes import predictor_for
     from coinvision.trainer.torch_runtime import torch_predictor
+    from coinvision.trainer.trained_model import load_trained_model
 
     out = cli_export[0]
-    source = load_source(tiny_checkpoints["embedder"])
+    source = load_trained_model(tiny_checkpoints["embedder"])
     root = sample_root / "euro_phone" / "images"  # 8 classes: 2 photos each = catalog + query
     squares = model_squares("embedder", pick_evenly(list_photos(root), 16), root, TINY_SIZE_PX)
     parity_set = ParitySet(squares.squares, squares.labels)

@@ -16,14 +16,8 @@ from coinvision.sdk.preprocess import resize_square
 from coinvision.trainer.config_io import resolve_config
 from coinvision.trainer.emb_data import CropCache, Sample
 from coinvision.trainer.emb_losses import LOSSES, build_loss, similarity_distillation
-from coinvision.trainer.embedder import (
-    EmbedderConfig,
-    _m_per_class_indices,
-    build_embedder,
-    embed_samples,
-    embedder_metadata,
-    init_head_from_pca,
-)
+from coinvision.trainer.emb_model import EmbedderConfig, build_embedder, embedder_metadata
+from coinvision.trainer.emb_train import _m_per_class_indices, embed_samples, init_head_from_pca
 
 TINY_BACKBONE = "mobilenetv2_035"
 
@@ -173,7 +167,7 @@ def test_trunk_cache_top_equals_the_whole_backbone() -> None:
 def test_tiny_trunk_cached_run_keeps_the_trunk_and_trains_the_top(tmp_path: Path, sample_root: Path) -> None:
     _train_tiny(tmp_path, sample_root, freeze_backbone_epochs=0, steps_per_epoch=3, freeze_stages=4,
                 trunk_cache_views=2, embed_rotations=2, distill_weight=1.0)
-    from coinvision.trainer.embedder import load_embedder
+    from coinvision.trainer.emb_model import load_embedder
 
     model, cfg, _ = load_embedder(tmp_path / "run" / "last.pt")
     torch.manual_seed(cfg.seed)  # the trainer's seeded random start: the trunk must still be bit-identical

@@ -29,16 +29,9 @@ from coinvision.trainer.emb_data import (
     make_crop_source,
     read_crop,
 )
-from coinvision.trainer.embedder import (
-    EmbedderConfig,
-    arcface_margin_deg,
-    build_embedder,
-    build_loss,
-    build_optimizers,
-    embedder_metadata,
-    load_embedder,
-    split_parameters,
-)
+from coinvision.trainer.emb_losses import arcface_margin_deg, build_loss
+from coinvision.trainer.emb_model import EmbedderConfig, build_embedder, embedder_metadata, load_embedder
+from coinvision.trainer.emb_train import build_optimizers, split_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_BACKBONE = "mobilenetv2_035"
@@ -224,7 +217,7 @@ def test_unknown_threshold_calibration_on_2d_example() -> None:
 
 def _tiny_segmenter_checkpoint(path: Path, head_bias: float) -> Path:
     """A real smp U-Net whose head says "coin everywhere" (bias > 0) or "no coin" (bias < 0)."""
-    from coinvision.trainer.segmenter import SegmenterConfig, build_segmenter
+    from coinvision.trainer.seg_model import SegmenterConfig, build_segmenter
 
     cfg = SegmenterConfig(encoder="tu-mobilenetv2_035", size_px=64, decoder_channels=(16, 8, 8, 8, 8))
     model = build_segmenter(cfg)
@@ -360,6 +353,7 @@ def test_eval_retrieval_cli_torch_finds_each_image_itself(tiny_run: Path, tmp_pa
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(tiny_run / "run" / "best.pt", models / "embedder.pt")
+    _tiny_segmenter_checkpoint(models / "segmenter.pt", 8.0)  # --runtime torch runs the whole pipeline in PyTorch
     folder = sample_root / "euro_phone" / "images"
     rc = main(["eval", "retrieval", str(folder), str(folder), "--models", str(models), "--runtime", "torch",
                "--plot", str(tmp_path / "bar.png")])

@@ -11,7 +11,7 @@ import timm
 import torch
 from coinvision.cli.main import main
 from coinvision.sdk.errors import ModelLoadError
-from coinvision.trainer.embedder import EmbedderConfig, build_embedder
+from coinvision.trainer.emb_model import EmbedderConfig, build_embedder
 from coinvision.trainer.lite_weights import port_lite_weights, wheel_weights_path
 
 

@@ -69,8 +69,8 @@ def test_seg_model_builds_without_the_training_stack() -> None:
     """Converters build and load the segmenter from ``seg_model``: importing it pulls in no albumentations."""
     import subprocess
 
-    code = ("import sys; import coinvision.trainer.seg_model; "
-            "bad = [m for m in ('albumentations', 'coinvision.trainer.seg_scenes') "
+    code = ("import sys; import coinvision.trainer.seg_model, coinvision.trainer.emb_model; "
+            "bad = [m for m in ('albumentations', 'coinvision.trainer.seg_scenes', 'coinvision.trainer.emb_data') "
             "if m in sys.modules]; print(bad); raise SystemExit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -236,11 +238,18 @@ def test_bench_reads_handcheck_csv_and_scores_split_variant(tmp_path):
     image = np.zeros((120, 180, 3), np.uint8)
     image[big | small] = 255
 
-    def predict(square: np.ndarray) -> np.ndarray:
-        return (square.max(axis=2) > 127).astype(np.float32)
+    from coinvision.sdk.model_meta import ModelMetadata
+    from coinvision.sdk.preprocess import InputSpec
+    from coinvision.sdk.runtimes import LoadedModel
+    from coinvision.sdk.segmenter import Segmenter
 
-    model = bench.SegModel("fake", "torch", "-", "0", "fp32", predict, 64)
-    plain = bench.evaluate_model(model, [(image, big)])
-    split = bench.evaluate_model(bench.dataclasses.replace(model, split_touching=True), [(image, big)])
+    def predict(square: np.ndarray) -> np.ndarray:  # mask logits of a model that sees every bright pixel as coin
+        return np.where(square.max(axis=2) > 127, 10.0, -10.0).astype(np.float32)[None]
+
+    meta = ModelMetadata(name="segmenter", architecture="fake", fingerprint="0", input=InputSpec(size_px=64),
+                         output="mask_logits", threshold=0.5, runtime_format="torch")
+    model = bench.SegModel("fake", "torch", "-", "0", "fp32", Segmenter(LoadedModel(Path("fake"), meta, predict)))
+    plain = bench.evaluate_model(model.with_split_touching(False), [(image, big)])
+    split = bench.evaluate_model(model.with_split_touching(True), [(image, big)])
     assert split["2_pass"]["iou@0.5"] > 0.9 > plain["2_pass"]["iou@0.5"]
     assert set(split["2_pass_spread"]) == {"median_iou@0.3", "median_iou@0.5", "below_0.9@0.3", "below_0.9@0.5"}

@@ -1,4 +1,12 @@
-"""Freeze timm's TF-style dynamic "same" padding into fixed pads for one input size.
+"""The PyTorch graph the phone formats (TFLite, Core ML) convert: NHWC input and fixed "same" padding.
+
+:func:`nhwc_input` - the one place the input layout changes. PyTorch and ONNX take NCHW. Phones hand over
+interleaved RGB pixels (Android bitmaps, iOS pixel buffers), so the TFLite and Core ML files take NHWC and
+transpose inside the graph. Each exported file's metadata states its layout (``InputSpec.layout``, see
+``metadata.FORMAT_LAYOUT``); ``preprocess.to_model_input`` produces it. Normalisation (``(x/255 - mean) / std``)
+stays outside every model, stated in the metadata.
+
+:func:`freeze_same_padding` - timm's TF-style dynamic "same" padding frozen into fixed pads for one input size.
 
 timm's ``Conv2dSame`` / ``MaxPool2dSame`` (``pad_type="same"``, used for weights ported from TF/TFLite) compute
 their padding from the input shape at run time. Core ML's TorchScript frontend cannot convert that shape
@@ -12,7 +20,7 @@ import copy
 import logging
 import math
 
-__all__ = ["freeze_same_padding"]
+__all__ = ["freeze_same_padding", "nhwc_input"]
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +75,18 @@ def freeze_same_padding(model, size_px: int):
         setattr(model.get_submodule(parent_name) if parent_name else model, child, StaticPad(module, pads, value))
     log.debug("froze %d dynamic same-padding layers for %d px", len(sizes), size_px)
     return model
+
+
+def nhwc_input(model):
+    """``model`` (NCHW float input) wrapped to take NHWC; the output is unchanged."""
+    import torch
+
+    class NHWCInput(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    return NHWCInput(model.eval()).eval()
