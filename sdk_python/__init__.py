@@ -24,20 +24,38 @@ _EXPORTS = {
     "Pack": "pack",
     "Recognizer": "recognizer",
     "Result": "recognizer",
+    "Segmentation": "preprocess",
+    "Segmenter": "segmenter",
     "SyncClient": "sync_client",
     "default_models_dir": "model_meta",
     "load_image": "images",
     "read_pack": "pack",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CoinVisionError",
+    "Embedding",
+    "Match",
+    "ModelMetadata",
+    "Pack",
+    "Recognizer",
+    "Result",
+    "Segmentation",
+    "Segmenter",
+    "SyncClient",
+    "default_models_dir",
+    "load_image",
+    "read_pack",
+]
 
 if TYPE_CHECKING:
     from coinvision.sdk.errors import CoinVisionError
     from coinvision.sdk.images import load_image
     from coinvision.sdk.model_meta import ModelMetadata, default_models_dir
     from coinvision.sdk.pack import Pack, read_pack
+    from coinvision.sdk.preprocess import Segmentation
     from coinvision.sdk.recognizer import Embedding, Match, Recognizer, Result
+    from coinvision.sdk.segmenter import Segmenter
     from coinvision.sdk.sync_client import SyncClient
 
 
