@@ -37,9 +37,11 @@ def _metrics(query: np.ndarray, catalog: np.ndarray, distractors: np.ndarray, da
 def run(config: Path, extra_backbones: dict[str, str], rotations: tuple[int, ...]) -> list[dict[str, Any]]:
     import torch
     from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.emb_config import EmbedderConfig
     from coinvision.trainer.emb_data import load_embedding_data
     from coinvision.trainer.emb_losses import build_loss
-    from coinvision.trainer.embedder import EmbedderConfig, build_embedder, embed_samples, init_head_from_pca
+    from coinvision.trainer.emb_model import build_embedder
+    from coinvision.trainer.emb_train import embed_samples, init_head_from_pca
 
     cfg = resolve_config(EmbedderConfig, config, {})
     torch.set_num_threads(cfg.num_threads)

@@ -59,16 +59,11 @@ def _score(feed: Any, model: Any, data: Any, rotations: int) -> dict[str, Any]:
 def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     import torch
     from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.emb_config import EmbedderConfig
     from coinvision.trainer.emb_data import load_embedding_data
     from coinvision.trainer.emb_losses import build_loss
-    from coinvision.trainer.embedder import (
-        EmbedderConfig,
-        build_embedder,
-        init_head_from_pca,
-        load_embedder,
-        make_feed,
-        train_embedder,
-    )
+    from coinvision.trainer.emb_model import build_embedder, load_embedder
+    from coinvision.trainer.emb_train import init_head_from_pca, make_feed, train_embedder
 
     base = resolve_config(EmbedderConfig, BASE_CONFIG, overrides)
     torch.set_num_threads(base.num_threads)

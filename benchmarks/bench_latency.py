@@ -7,7 +7,7 @@ the PyTorch eager pipeline timed in the same run as the reference (ratios, not o
 
 The SDK side is ``Recognizer`` (``from_dir`` for ``segmenter/embedder.{onnx,tflite}``, the constructor for
 ``<kind>.<quant>.tflite`` pairs) and its own ``timings_ms``; the PyTorch side runs the trainer's checkpoints
-(``trainer.segmenter.load_segmenter`` + ``trainer.embedder.load_embedder``) behind the same ``Recognizer`` code,
+(``trainer.seg_model.load_segmenter`` + ``trainer.emb_model.load_embedder``) behind the same ``Recognizer`` code,
 so both time identical pre/post-processing and differ only in the model runtime. When the exports are the tiny
 test models, the reference is the tiny PyTorch models they were exported from. Whether the reference has the
 same weights as the exports (fingerprints) is recorded: a ratio between different networks is flagged.
@@ -145,8 +145,8 @@ class TorchReference:
 
 
 def _checkpoint_reference(seg_ckpt: Path, emb_ckpt: Path) -> TorchReference:
-    from coinvision.trainer.embedder import embedder_metadata, load_embedder
-    from coinvision.trainer.segmenter import load_segmenter, segmenter_metadata
+    from coinvision.trainer.emb_model import embedder_metadata, load_embedder
+    from coinvision.trainer.seg_model import load_segmenter, segmenter_metadata
 
     seg_model, seg_cfg, seg_c = load_segmenter(seg_ckpt)
     emb_model, emb_cfg, emb_c = load_embedder(emb_ckpt)

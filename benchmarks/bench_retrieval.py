@@ -10,7 +10,7 @@ catalog and query photos are exactly those of the training's unseen-class valida
 
 - ``pytorch``: the checkpoint on the crops the training validated on (``--torch-source cache``: the crop
   cache, i.e. the torch segmenter -> ``coin_crop`` output stored losslessly, embedded with
-  ``trainer.embedder.embed_samples``), or the full torch pipeline photo by photo (``--torch-source pipeline``:
+  ``trainer.emb_train.embed_samples``), or the full torch pipeline photo by photo (``--torch-source pipeline``:
   the SDK's ``Recognizer`` with the PyTorch embedder, ``trainer.torch_runtime``). On the full split the cache
   variant must reproduce the Recall@1 stored in the checkpoint (a check that the split was rebuilt right).
 - every ``embedder.onnx`` / ``embedder.tflite`` / ``embedder.<quant>.tflite`` in ``--models``: the SDK pipeline
@@ -351,18 +351,18 @@ def load_split(cfg, queries_per_class: int, seed: int) -> _Split:
 def _torch_vectors(args: argparse.Namespace, model, cfg, split: _Split, checkpoint: Path, fingerprint: str
                    ) -> tuple[np.ndarray, np.ndarray, dict]:
     import torch
-    from coinvision.trainer.embedder import embed_samples
+    from coinvision.trainer.emb_train import embed_samples
 
     if args.torch_source == "cache":
         cat = embed_samples(model, split.catalog, cfg, torch.device("cpu"))
         query = embed_samples(model, split.query, cfg, torch.device("cpu"))
         source = {"kind": "crop_cache", "folder": split.info["crop_cache"],
                   "how": "the training's cached crops (torch segmenter -> coin_crop, lossless PNG) embedded with "
-                         "trainer.embedder.embed_samples: exactly what the trainer validated on"}
+                         "trainer.emb_train.embed_samples: exactly what the trainer validated on"}
         return cat, query, source
     from coinvision.sdk.recognizer import Recognizer
     from coinvision.trainer.emb_data import SegmenterCropSource, make_crop_source
-    from coinvision.trainer.embedder import embedder_metadata
+    from coinvision.trainer.emb_model import embedder_metadata
     from coinvision.trainer.torch_runtime import torch_loaded_model
 
     crop_source = make_crop_source(cfg)  # the segmenter the embedder's config names, as the training used
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from coinvision.sdk.errors import CoinVisionError
     from coinvision.sdk.evaluation import DESIGN_RECALL
-    from coinvision.trainer.embedder import load_embedder
+    from coinvision.trainer.emb_model import load_embedder
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)  # pre/post-processing single-threaded, as on the phone's caller thread

@@ -35,7 +35,8 @@ ALL_ENCODERS = (*QUICK_ENCODERS, "tu-efficientnet_b1", "tu-efficientnet_b2", "tu
 def encoder_cost(encoder: str, size_px: int, *, timed_runs: int, threads: tuple[int, ...]) -> dict[str, Any]:
     """Parameters, fp32 bytes and median latency (ms) per thread count of an untrained U-Net."""
     import torch
-    from coinvision.trainer.segmenter import SegmenterConfig, build_segmenter, count_parameters
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_model import build_segmenter, count_parameters
 
     model = build_segmenter(SegmenterConfig(encoder=encoder, size_px=size_px)).eval()
     params = count_parameters(model)

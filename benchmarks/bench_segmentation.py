@@ -13,7 +13,7 @@ model, unletterbox, largest component, second pass on the square crop) and the f
 label at that resolution. IoU@t means the probability map thresholded at ``t``; per-image IoU is averaged (an
 image where both masks are empty scores 1, a missed coin 0). One pass is the first pass's largest component.
 
-Data: the segmenter's own validation split (``trainer.segmenter.split_seg_labels``: auto-labelled photos of
+Data: the segmenter's own validation split (``trainer.seg_train.split_seg_labels``: auto-labelled photos of
 classes held out from training, ``runs/seg_labels`` + ``../shared/data``) and its synthetic validation scenes
 (``val_scene_synthesizer`` over those photos and unseen backgrounds; the target is the main coin's mask, since
 the pipeline keeps one component). Without the shared data or labels it falls back to the bundled
@@ -167,7 +167,7 @@ def _resolve(path: str | None) -> str | None:
 def data_config(checkpoint: Path | None, size_px: int):
     """The segmenter config whose validation split to use: the checkpoint's, else the defaults on ../shared."""
     from coinvision.trainer.config_io import resolve_config
-    from coinvision.trainer.segmenter import SegmenterConfig
+    from coinvision.trainer.seg_config import SegmenterConfig
 
     if checkpoint is not None:
         from coinvision.trainer.checkpoint import load_checkpoint
@@ -191,7 +191,7 @@ def _sample(items: Sequence[Any], count: int | None, seed: int) -> list[Any]:
 
 
 def _shared_split(cfg) -> tuple[list[Any], list[np.ndarray], str]:
-    from coinvision.trainer.segmenter import split_backgrounds, split_seg_labels
+    from coinvision.trainer.seg_train import split_backgrounds, split_seg_labels
 
     _, val = split_seg_labels(cfg)
     if not val:
@@ -240,7 +240,7 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
     from coinvision.sdk.images import load_image
     from coinvision.trainer.seg_config import SynthConfig
     from coinvision.trainer.seg_labels import load_mask
-    from coinvision.trainer.segmenter import letterbox_pair, val_scene_synthesizer
+    from coinvision.trainer.seg_train import letterbox_pair, val_scene_synthesizer
 
     notes: list[str] = []
     try:

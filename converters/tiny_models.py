@@ -171,7 +171,8 @@ def write_tiny_checkpoints(out_dir, *, seed: int = 0, kinds: tuple[str, ...] = (
     paths = {}
     torch.manual_seed(seed)
     if "segmenter" in kinds:
-        from coinvision.trainer.segmenter import SegmenterConfig, build_segmenter
+        from coinvision.trainer.seg_config import SegmenterConfig
+        from coinvision.trainer.seg_model import build_segmenter
 
         cfg = SegmenterConfig(encoder=TINY_SEGMENTER_ENCODER, size_px=TINY_SIZE_PX, decoder_channels=(16, 8, 8, 8, 8))
         model = build_segmenter(cfg).eval()
@@ -179,7 +180,8 @@ def write_tiny_checkpoints(out_dir, *, seed: int = 0, kinds: tuple[str, ...] = (
             out_dir / "segmenter.pt", Checkpoint("segmenter", config_to_dict(cfg), model.state_dict(), epoch=1)
         )
     if "embedder" in kinds:
-        from coinvision.trainer.embedder import EmbedderConfig, build_embedder
+        from coinvision.trainer.emb_config import EmbedderConfig
+        from coinvision.trainer.emb_model import build_embedder
 
         cfg = EmbedderConfig(backbone=TINY_EMBEDDER_BACKBONE, size_px=TINY_SIZE_PX, head_hidden_dims=(32,),
                              embedding_dim=TINY_EMBEDDING_DIM)

@@ -67,7 +67,7 @@ def load_torch_segmenter_model(seg_ckpt: str | Path) -> LoadedModel:
 
 def load_torch_embedder_model(emb_ckpt: str | Path) -> LoadedModel:
     """An embedder checkpoint with the metadata an export of it would carry (``embedder_metadata``)."""
-    from coinvision.trainer.embedder import embedder_metadata, load_embedder
+    from coinvision.trainer.emb_model import embedder_metadata, load_embedder
 
     model, cfg, ckpt = load_embedder(emb_ckpt)
     return torch_loaded_model(model, embedder_metadata(cfg, ckpt.fingerprint), emb_ckpt)

@@ -135,7 +135,8 @@ def _tiny_checkpoint(path: Path, sample_root: Path, cache: Path) -> Path:
     from coinvision.converters.tiny_models import TINY_EMBEDDER_BACKBONE, TINY_EMBEDDING_DIM, TINY_SIZE_PX
     from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
     from coinvision.trainer.config_io import config_to_dict
-    from coinvision.trainer.embedder import EmbedderConfig, build_embedder
+    from coinvision.trainer.emb_config import EmbedderConfig
+    from coinvision.trainer.emb_model import build_embedder
 
     torch.manual_seed(0)
     cfg = EmbedderConfig(backbone=TINY_EMBEDDER_BACKBONE, size_px=TINY_SIZE_PX, head_hidden_dims=(32,),
