@@ -1,4 +1,8 @@
-"""Upload checks: everything is refused before anything is written (size, type, name, pixels, decoding)."""
+"""Upload checks: everything is refused before anything is written (size, type, name, pixels, decoding).
+
+Each photo is decoded once (``coinvision.sdk.images.load_image``); the RGB array travels on to the embedder and
+the thumbnail. Refusals are domain errors (:mod:`coinvision.sync_server.errors`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from coinvision.sdk.errors import ImageError
 from coinvision.sdk.images import load_image
-from coinvision.sync_server.api_errors import ApiError
+from coinvision.sync_server.errors import InvalidInputError, TooLargeError, UnsupportedFormatError
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 
@@ -49,8 +53,8 @@ class _Probed:
 def _check_filename(name: str | None) -> str:
     name = name or "upload"
     if "/" in name or "\\" in name or ".." in name or "\x00" in name or not _SAFE_NAME.match(name):
-        raise ApiError(
-            400, "bad_filename", f"file name {name!r} is not allowed; use a plain name without folders or '..'"
+        raise InvalidInputError(
+            "bad_filename", f"file name {name!r} is not allowed; use a plain name without folders or '..'"
         )
     return name
 
@@ -62,18 +66,18 @@ def _open_allowed(data: bytes, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, "too_many_pixels", f"{name}: decompression bomb refused ({exc})") from exc
+        raise TooLargeError("too_many_pixels", f"{name}: decompression bomb refused ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(
-            415, "unsupported_image_format",
+        raise UnsupportedFormatError(
+            "unsupported_image_format",
             f"{name}: not a JPEG, PNG or WebP image (judged by its bytes, not its name or content type); "
             "convert it to JPEG",
         ) from exc
     frames = getattr(img, "n_frames", 1) if img.format != "MPO" else 1
     if frames != 1:
         img.close()
-        raise ApiError(
-            415, "multi_frame_image",
+        raise UnsupportedFormatError(
+            "multi_frame_image",
             f"{name}: an animated {img.format} with {frames} frames; send a single still photo",
         )
     return img
@@ -83,22 +87,22 @@ def _probe(file: FileStorage, *, max_bytes: int, max_pixels: int) -> _Probed:
     name = _check_filename(file.filename)
     mimetype = (file.mimetype or "").lower()
     if mimetype not in ALLOWED_IMAGE_TYPES:
-        raise ApiError(
-            415, "unsupported_media_type",
+        raise UnsupportedFormatError(
+            "unsupported_media_type",
             f"{name}: content type {mimetype or 'missing'!r} is not accepted; send one of "
             + ", ".join(sorted(ALLOWED_IMAGE_TYPES)),
         )
     data = file.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ApiError(413, "image_too_large", f"{name}: more than {max_bytes} bytes; downscale or recompress it")
+        raise TooLargeError("image_too_large", f"{name}: more than {max_bytes} bytes; downscale or recompress it")
     if not data:
-        raise ApiError(400, "empty_image", f"{name}: empty file")
+        raise InvalidInputError("empty_image", f"{name}: empty file")
     # Read only the header first: a small file that claims a huge canvas (decompression bomb) stops here.
     with _open_allowed(data, name) as probe:
         width, height = probe.size
     if width * height > max_pixels:
-        raise ApiError(
-            413, "too_many_pixels",
+        raise TooLargeError(
+            "too_many_pixels",
             f"{name}: {width}x{height} ({width * height / 1e6:.1f} MP) is above the {max_pixels / 1e6:.0f} MP limit "
             "here; downscale it",
         )
@@ -110,7 +114,7 @@ def _decode(p: _Probed) -> DecodedUpload:
         with _open_allowed(p.data, p.filename) as img:
             image = load_image(img)
     except ImageError as exc:
-        raise ApiError(400, "bad_image", f"{p.filename}: {exc}") from exc
+        raise InvalidInputError("bad_image", f"{p.filename}: {exc}") from exc
     return DecodedUpload(p.filename, p.data, hashlib.sha256(p.data).hexdigest(), image, p.width, p.height)
 
 
@@ -121,8 +125,8 @@ def decode_uploads(
     probed = [_probe(f, max_bytes=max_bytes, max_pixels=max_pixels) for f in files]
     total = sum(p.width * p.height for p in probed)
     if total > max_total_pixels:
-        raise ApiError(
-            413, "too_many_pixels",
+        raise TooLargeError(
+            "too_many_pixels",
             f"the {len(probed)} images hold {total / 1e6:.0f} MP together, above the {max_total_pixels / 1e6:.0f} MP "
             "per request; send fewer or smaller images per request",
         )
