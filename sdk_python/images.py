@@ -73,6 +73,10 @@ def load_image(source: ImageSource, *, max_side_px: int = MAX_WORKING_SIDE_PX) -
             )
         if arr.shape[0] == 0 or arr.shape[1] == 0:
             raise ImageError("array image has zero size; pass a non-empty HxWx3 uint8 array")
+        if arr.shape[2] == 3 and max(arr.shape[:2]) <= max_side_px:
+            # Already a decoded photo (the server decodes an upload once, then embeds it): nothing to convert,
+            # orient or shrink, so no round trip through PIL.
+            return np.ascontiguousarray(arr)
         img = Image.fromarray(np.ascontiguousarray(arr[..., :3]))
     else:
         img = source if isinstance(source, Image.Image) else _open(source, name)

@@ -65,3 +65,11 @@ def test_load_image_truncated_jpeg_names_the_fix(tmp_path: Path) -> None:
 def test_load_image_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_a_decoded_photo_passes_through_without_a_copy() -> None:
+    """The server decodes an upload once and embeds the array: load_image must not decode it again."""
+    rgb = np.ascontiguousarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    assert load_image(rgb) is rgb
+    big = np.zeros((3000, 100, 3), np.uint8)  # above the working size: still shrunk
+    assert max(load_image(big).shape[:2]) == 2048
