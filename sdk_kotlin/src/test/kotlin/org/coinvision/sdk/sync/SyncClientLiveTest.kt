@@ -137,8 +137,8 @@ class SyncClientLiveTest {
         val e = assertThrows<SyncException> { client(fp = "0000000000000000").sync() }
         assertTrue(fingerprint in e.message!! && "0000000000000000" in e.message!!, e.message)
         // an impostor's key: the real server's manifest does not verify
-        val other = Ed25519PrivateKeyParameters(java.security.SecureRandom())
-        val impostor = Base64.getEncoder().encodeToString(other.generatePublicKey().encoded)
+        val otherKey = Ed25519PrivateKeyParameters(java.security.SecureRandom())
+        val impostor = Base64.getEncoder().encodeToString(otherKey.generatePublicKey().encoded)
         assertTrue("signature" in assertThrows<SyncException> { client(key = impostor).sync() }.message!!)
         assertThrows<SyncException> { client(key = "not a key") }
         // the cache is untouched by every refusal
