@@ -189,15 +189,14 @@ def build_catalog_pack(recognizer, photos: list[tuple[str, np.ndarray]], catalog
     """An int8 pack of this embedder: the photos' own embeddings (coin id = photo path) plus random unit
     vectors up to ``catalog_size`` (search cost grows with the catalog; random fillers never outrank a photo's
     own vector)."""
-    from coinvision.sdk.pack import build_pack, read_pack
+    from coinvision.sdk.pack import Pack
 
     vectors = [recognizer.embed(image).vector for _, image in photos]
     rng = np.random.default_rng(seed)
     filler = rng.standard_normal((max(0, catalog_size - len(vectors)), recognizer.dim)).astype(np.float32)
     ids = [path for path, _ in photos] + [f"filler/{i:07d}" for i in range(len(filler))]
-    raw = build_pack(np.concatenate([np.stack(vectors), filler]), ids, [], catalog_id="bench-latency",
-                     catalog_version=1, model_fingerprint=recognizer.fingerprint, quant="int8", created_at=0)
-    return read_pack(raw)
+    return Pack.from_vectors(np.concatenate([np.stack(vectors), filler]), ids, [], catalog_id="bench-latency",
+                             catalog_version=1, model_fingerprint=recognizer.fingerprint, quant="int8", created_at=0)
 
 
 def sanity_check(recognizer, photos: list[tuple[str, np.ndarray]], min_found_frac: float) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def pack_quantization(catalog: np.ndarray, catalog_labels: Sequence[str], querie
     (``sdk.evaluation.evaluate_retrieval``), up to near-tie swaps; RuntimeError otherwise.
     """
     from coinvision.sdk.evaluation import RECALL_KS, class_ranks, evaluate_retrieval
-    from coinvision.sdk.pack import build_pack, read_pack
+    from coinvision.sdk.pack import Pack
 
     ks = tuple(ks or RECALL_KS)
     catalog_labels, query_labels = [str(x) for x in catalog_labels], [str(x) for x in query_labels]
@@ -203,16 +203,15 @@ def pack_quantization(catalog: np.ndarray, catalog_labels: Sequence[str], querie
     out: dict[str, Any] = {"n_queries": len(q), "n_unanswerable": int((~answerable).sum()),
                            "n_catalog": len(catalog), "n_catalog_classes": len(codes), "quants": {}}
     for quant in quants:
-        raw = build_pack(catalog, catalog_labels, [], catalog_id="bench-retrieval", catalog_version=1,
-                         model_fingerprint=fingerprint, quant=quant, created_at=0)
-        pack = read_pack(raw)
+        pack = Pack.from_vectors(catalog, catalog_labels, [], catalog_id="bench-retrieval", catalog_version=1,
+                                 model_fingerprint=fingerprint, quant=quant, created_at=0)
         ranks = pack_search_ranks(pack, q, q_labels, k=max(ks))
         metrics = evaluate_retrieval(q, q_labels, pack.vectors_f32(), pack.coin_ids, ks=ks)
         out["quants"][quant] = {
             "recall_at": {int(k): float(np.mean(ranks < k)) for k in ks},
             "map_at_r": metrics.map_at_r,  # on the dequantised vectors (a pack search returns coins, not vectors)
             "recall_at_dequantised_exact": metrics.recall_at,
-            "pack_bytes": len(raw),
+            "pack_bytes": len(pack.to_bytes()),
             "vector_bytes": pack.vector_bytes,
             "bytes_per_vector": pack.vector_bytes / pack.vector_count,
         }

@@ -117,22 +117,22 @@ class _Method:
 
 
 def _pack_method(database: np.ndarray, quant: str) -> _Method:
-    from coinvision.sdk.pack import build_pack, read_pack
+    from coinvision.sdk.pack import Pack
 
     n = len(database)
     ids = [f"c{i:08d}" for i in range(n)]  # zero-padded: pack (sorted id) order == vector order
     started = time.perf_counter()
-    raw = build_pack(database, ids, [], catalog_id="bench", catalog_version=1, model_fingerprint="bench",
-                     quant=quant, created_at=0)
-    pack = read_pack(raw)
+    pack = Pack.from_vectors(database, ids, [], catalog_id="bench", catalog_version=1, model_fingerprint="bench",
+                             quant=quant, created_at=0)
     build_s = time.perf_counter() - started
 
     def batch(queries: np.ndarray) -> np.ndarray:
         hits = pack.search_batch(queries, k=K)
         return np.array([[int(cid[1:]) for cid, _ in row] for row in hits], dtype=np.int64)
 
-    return _Method(f"pack {quant} (numpy)", quant == "fp32", build_s, len(raw) / n, batch,
-                   lambda q: pack.search(q, k=K), notes="build = build_pack + read_pack; bytes = pack file")
+    return _Method(f"pack {quant} (numpy)", quant == "fp32", build_s, len(pack.to_bytes()) / n, batch,
+                   lambda q: pack.search(q, k=K),
+                   notes="build = Pack.from_vectors (what the server publishes); bytes = pack file")
 
 
 def _faiss_method(database: np.ndarray) -> _Method:

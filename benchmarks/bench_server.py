@@ -81,7 +81,7 @@ def _best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
 
 # ------------------------------------------------------------------------------------------ build timings
 def bench_builds(n: int, cfg: ServerBenchConfig) -> list[dict[str, Any]]:
-    from coinvision.sdk.pack import CoinRecord, apply_delta, build_delta, build_pack, read_pack
+    from coinvision.sdk.pack import CoinRecord, Pack, apply_delta, build_delta, build_pack, read_pack
     from coinvision.sync_server.index import CatalogIndex
 
     rng = np.random.default_rng([cfg.seed, n])
@@ -126,8 +126,8 @@ def bench_builds(n: int, cfg: ServerBenchConfig) -> list[dict[str, Any]]:
     for i in range(n):
         if i // cfg.refs_per_coin in changed:
             v2[i] = unit_vectors(1, cfg.dim, rng)[0]
-    new = read_pack(build_pack(v2, coin_ids, records, catalog_id="bench", catalog_version=2,
-                               model_fingerprint=FINGERPRINT, quant="int8", created_at=1))
+    new = Pack.from_vectors(v2, coin_ids, records, catalog_id="bench", catalog_version=2,
+                            model_fingerprint=FINGERPRINT, quant="int8", created_at=1)
     delta = build_delta(parsed, new)
     if apply_delta(parsed, delta).to_bytes() != new.to_bytes():
         raise RuntimeError("delta does not rebuild the new pack; nothing was timed")

@@ -70,11 +70,11 @@ def test_pack_quantization_recall_drops_for_confusable_classes() -> None:
 
 
 def test_pack_search_ranks_counts_misses_as_k() -> None:
-    from coinvision.sdk.pack import build_pack, read_pack
+    from coinvision.sdk.pack import Pack
 
     vectors = np.eye(4, dtype=np.float32)
-    pack = read_pack(build_pack(vectors, ["a", "b", "c", "d"], [], catalog_id="t", catalog_version=1,
-                                model_fingerprint="f", quant="fp32", created_at=0))
+    pack = Pack.from_vectors(vectors, ["a", "b", "c", "d"], [], catalog_id="t", catalog_version=1,
+                             model_fingerprint="f", quant="fp32", created_at=0)
     queries = np.array([[1, 0.5, 0, 0], [1, 0.5, 0, 0], [0, 0, 0, 1]], np.float32)
     ranks = bench_retrieval.pack_search_ranks(pack, queries, ["a", "b", "c"], k=2)
     assert ranks.tolist() == [0, 1, 2]
