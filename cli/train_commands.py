@@ -1,4 +1,4 @@
-"""Trainer subcommands: ``data``, ``pretrained``, ``train``, ``segment``, ``eval retrieval``.
+"""Trainer subcommands: ``data``, ``pretrained``, ``train``.
 
 Heavy imports (torch) happen inside the handlers."""
 
@@ -82,14 +82,6 @@ def train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     return sub.choices["train"]._subparsers._group_actions[0]
 
 
-def eval_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The ``eval`` group's subparsers, created on first use (other parts may add evaluations to it)."""
-    if "eval" not in sub.choices:
-        evaluate = sub.add_parser("eval", help="evaluate models")
-        evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
-    return sub.choices["eval"]._subparsers._group_actions[0]
-
-
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides, resolve_config
     from coinvision.trainer.seg_config import SegmenterConfig
@@ -125,15 +117,6 @@ def _cmd_data_refine_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from coinvision.trainer.segmenter import segment_folder
-
-    written, no_coin = segment_folder(args.image_dir, args.out, runtime=args.runtime, models_dir=args.models,
-                                      two_pass=not args.one_pass)
-    print(f"wrote {written} mask(s) to {args.out}; no coin found in {no_coin} (their masks are all 0)")
-    return 0
-
-
 def _cmd_train_embedder(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides, resolve_config
     from coinvision.trainer.emb_config import EmbedderConfig
@@ -143,33 +126,6 @@ def _cmd_train_embedder(args: argparse.Namespace) -> int:
     best = train_embedder(cfg, resume=args.resume)
     out = Path(cfg.out_dir)
     print(f"best checkpoint: {best}  (log: {out / 'history.csv'}, curves: curves.png, recall_at_k.png)")
-    return 0
-
-
-def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from coinvision.sdk.evaluation import evaluate_folders, format_table
-
-    if args.runtime == "torch":
-        from coinvision.trainer.embedder import TorchEmbedPipeline
-
-        pipeline = TorchEmbedPipeline.from_models_dir(args.models, checkpoint=args.checkpoint,
-                                                      num_threads=args.threads)
-        embed = pipeline.embed
-    else:
-        from coinvision.sdk.recognizer import Recognizer
-
-        recognizer = Recognizer.from_dir(args.models, runtime=args.runtime, num_threads=args.threads)
-
-        def embed(image):
-            return recognizer.embed(image).vector
-
-    metrics = evaluate_folders(args.catalog_dir, args.query_dir, embed, distractor_dir=args.distractors,
-                               distractors_per_class=args.distractors_per_class, unknown_target=args.calibrate_unknown)
-    print(format_table(metrics, title=f"{args.runtime} {args.models}"))
-    if args.plot:
-        from coinvision.trainer.plotting import plot_recall_at_k
-
-        print(f"plot: {plot_recall_at_k(metrics, args.plot)}")
     return 0
 
 
@@ -233,36 +189,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train_seg.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     train_seg.set_defaults(func=_cmd_train_segmenter)
 
-    segment = sub.add_parser("segment", help="write a 0/255 coin mask PNG for every image under a folder")
-    segment.add_argument("image_dir", type=Path, help="folder of images (searched recursively)")
-    segment.add_argument("--out", type=Path, required=True, help="mask folder (same relative paths, .png)")
-    segment.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="tflite",
-                         help="model runtime (default: the SDK's, tflite; torch needs segmenter.pt)")
-    segment.add_argument("--models", type=Path, default=Path("models/release"),
-                         help="folder with segmenter.pt / segmenter.onnx / segmenter.tflite (+ .meta.json)")
-    segment.add_argument("--one-pass", action="store_true", help="skip the second (refinement) pass")
-    segment.set_defaults(func=_cmd_segment)
-
     train_emb = train_subparsers(sub).add_parser("embedder", help="train the coin embedder (ArcFace)")
     train_emb.add_argument("--config", type=Path, default=None, help="YAML config (EmbedderConfig keys)")
     train_emb.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     train_emb.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     train_emb.set_defaults(func=_cmd_train_embedder)
-
-    retrieval = eval_subparsers(sub).add_parser("retrieval", help="Recall@k / MAP@R of two <class>/<image> folders")
-    retrieval.add_argument("catalog_dir", type=Path, help="reference photos, <class>/<image>")
-    retrieval.add_argument("query_dir", type=Path, help="photos to search, <class>/<image>")
-    retrieval.add_argument("--models", type=Path, default=Path("models/release"),
-                           help="torch: embedder.pt (+ segmenter.pt); onnx/tflite: exported models + .meta.json")
-    retrieval.add_argument("--runtime", choices=("torch", "onnx", "tflite"), default="tflite",
-                           help="default: the SDK's (tflite); torch needs embedder.pt")
-    retrieval.add_argument("--checkpoint", type=Path, default=None,
-                           help="torch: embedder checkpoint to use instead of <models>/embedder.pt")
-    retrieval.add_argument("--threads", type=int, default=1)
-    retrieval.add_argument("--plot", type=Path, default=None, help="also write the Recall@k bar chart (PNG)")
-    retrieval.add_argument("--distractors", type=Path, default=None, metavar="DIR",
-                           help="<class>/<image> folder of more coins (e.g. the training classes) added to the catalog")
-    retrieval.add_argument("--distractors-per-class", type=int, default=3)
-    retrieval.add_argument("--calibrate-unknown", type=float, default=None, metavar="SHARE",
-                           help="also print the cosine threshold that lets SHARE (e.g. 0.05) of unknown coins through")
-    retrieval.set_defaults(func=_cmd_eval_retrieval)
