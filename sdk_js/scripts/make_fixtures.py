@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
-
 from coinvision.sdk import preprocess as pp
+from coinvision.sdk.segmenter import split_touching_coins
 from coinvision.sdk.images import load_image
 from coinvision.sdk.pack import CoinRecord, Pack
 from coinvision.sdk.recognizer import Recognizer
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "sdk_js" / "test" / "fixtures"
@@ -97,7 +96,7 @@ def make_ops(rng: np.random.Generator) -> dict:
         m = disc_mask(h, w, discs)
         if len(discs) == 2 and discs[1][2] == 40 and h == 300:
             m &= ~disc_mask(h, w, [(150, 150, 30)])  # a holed coin: one disc, not two
-        out = pp.split_touching_coins(m)
+        out = split_touching_coins(m)
         ops["split"].append({"mask": arr_json(m.astype(np.uint8)), "out": arr_json(out.astype(np.uint8))})
     # rotation views: 4 (rot90 permutations) and 6 (bilinear warpAffine)
     img = cv2.GaussianBlur(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), (0, 0), 1.5)
