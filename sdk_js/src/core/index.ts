@@ -8,3 +8,5 @@ export * from "./runtime.js";
 export * from "./images.js";
 export * from "./recognizer.js";
 export { sha256Hex } from "./bytes.js";
+export * from "./sync.js";
+export { MemoryStorage } from "./memory-storage.js";
