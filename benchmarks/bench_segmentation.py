@@ -24,7 +24,7 @@ Two more sets (v2): ``distractor`` - validation scenes that all hold 2-5 coins (
 ``SynthConfig.multi_coin_p = 1``), the target being the largest coin; ``handchecked`` - the real validation photos
 whose label was accepted by eye on a contact sheet (``--handchecked``, a CSV ``dataset,file,verdict,...``; rows
 with verdict ``accept``). ``--split-touching on|both`` also runs the post-processing that cuts a component into
-touching coins before keeping the largest (``coinvision.sdk.preprocess.split_touching_coins``).
+touching coins before keeping the largest (``coinvision.sdk.segmenter.split_touching_coins``).
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ from coinvision.converters.tflite_export import (
 )
 from coinvision.sdk.errors import ConversionError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
-from coinvision.sdk.preprocess import DEFAULT_SEGMENT_THRESHOLD, to_model_input
+from coinvision.sdk.preprocess import to_model_input
 from coinvision.sdk.recognizer import CropParams
-from coinvision.sdk.segmenter import SegmenterParams
+from coinvision.sdk.segmenter import DEFAULT_SEGMENT_THRESHOLD, SegmenterParams
 from coinvision.trainer.trained_model import TrainedModel, load_trained_model
 
 __all__ = ["DEFAULT_QUANTIZATIONS", "FORMATS", "ExportOptions", "embedder_segment_fn", "run_export", "validate_options"]

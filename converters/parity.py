@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 from coinvision.sdk.errors import ConversionError
-from coinvision.sdk.preprocess import DEFAULT_SEGMENT_THRESHOLD, mean_unit_vector, rotation_views, sigmoid
+from coinvision.sdk.preprocess import mean_unit_vector, rotation_views
 from coinvision.sdk.runtimes import Predictor
+from coinvision.sdk.segmenter import DEFAULT_SEGMENT_THRESHOLD, sigmoid
 
 __all__ = [
     "QUANTIZATION_TIER",

@@ -19,7 +19,8 @@ import numpy as np
 from coinvision.sdk.errors import ConversionError, ImageError
 from coinvision.sdk.files import list_images
 from coinvision.sdk.images import load_image
-from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, Segmentation, coin_crop, letterbox
+from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, coin_crop, letterbox
+from coinvision.sdk.segmenter import Segmentation
 
 __all__ = [
     "PhotoSquares",

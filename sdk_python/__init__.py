@@ -24,7 +24,7 @@ _EXPORTS = {
     "Pack": "pack",
     "Recognizer": "recognizer",
     "Result": "recognizer",
-    "Segmentation": "preprocess",
+    "Segmentation": "segmenter",
     "Segmenter": "segmenter",
     "SyncClient": "sync_client",
     "default_models_dir": "model_meta",
@@ -53,9 +53,8 @@ if TYPE_CHECKING:
     from coinvision.sdk.images import load_image
     from coinvision.sdk.model_meta import ModelMetadata, default_models_dir
     from coinvision.sdk.pack import Pack, read_pack
-    from coinvision.sdk.preprocess import Segmentation
     from coinvision.sdk.recognizer import Embedding, Match, Recognizer, Result
-    from coinvision.sdk.segmenter import Segmenter
+    from coinvision.sdk.segmenter import Segmentation, Segmenter
     from coinvision.sdk.sync_client import SyncClient
 
 

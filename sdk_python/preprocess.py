@@ -7,33 +7,25 @@ step. Only numpy and OpenCV: no torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 __all__ = [
     "DEFAULT_CROP_MARGIN_FRAC",
-    "DEFAULT_MARGIN_FRAC",
-    "DEFAULT_MIN_AREA_FRAC",
-    "DEFAULT_SEGMENT_THRESHOLD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "InputSpec",
     "Letterbox",
-    "Segmentation",
     "coin_crop",
-    "largest_component",
+    "crop_padded",
     "letterbox",
     "mean_unit_vector",
     "resize_square",
     "rotation_views",
-    "sigmoid",
-    "split_touching_coins",
     "square_bbox",
     "to_model_input",
-    "two_pass_segment",
     "unletterbox",
 ]
 
@@ -41,11 +33,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "area")
 
-# The spec's defaults (docs/PIPELINE_SPEC.md), for the values a model's metadata may leave out. Defined here
-# once: the SDK's SegmenterParams / CropParams and these functions' keyword defaults all read them.
-DEFAULT_SEGMENT_THRESHOLD = 0.5  # segmenter probability threshold (metadata `threshold`)
-DEFAULT_MARGIN_FRAC = 0.15  # two-pass crop margin per side (segmenter metadata `extra["margin_frac"]`)
-DEFAULT_MIN_AREA_FRAC = 0.002  # smallest coin, share of the image (segmenter `extra["min_area_frac"]`)
+# The spec's default crop margin (docs/PIPELINE_SPEC.md), when the embedder's metadata leaves it out; the
+# segmentation defaults live with the segmentation (coinvision.sdk.segmenter).
 DEFAULT_CROP_MARGIN_FRAC = 0.05  # coin_crop margin per side (embedder metadata `extra["crop_margin_frac"]`)
 
 
@@ -113,110 +102,6 @@ def to_model_input(square_rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else x)
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Mask logits -> probabilities (float32). The tanh form is the exact sigmoid without exp overflow warnings
-    on large negative logits."""
-    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, np.float32)))).astype(np.float32)
-
-
-def largest_component(
-    mask: np.ndarray, min_area_frac: float = DEFAULT_MIN_AREA_FRAC, *, split_touching: bool = False
-) -> np.ndarray | None:
-    """Keep only the largest 8-connected foreground component; ``None`` when it is below ``min_area_frac``.
-    ``split_touching``: that component is first cut into its coins (:func:`split_touching_coins`) and the
-    largest coin is kept."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return None
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    best = int(np.argmax(areas)) + 1
-    if areas[best - 1] < min_area_frac * mask.size:
-        return None
-    component = labels == best
-    return split_touching_coins(component) if split_touching else component
-
-
-def split_touching_coins(component: np.ndarray, *, min_peak_frac: float = 0.35, max_neck_frac: float = 0.8,
-                         max_solidity: float = 0.97, work_px: int = 96) -> np.ndarray:
-    """The largest coin of one connected mask that may hold several touching or overlapping coins.
-
-    Distance transform of the component (holes filled, so a holed coin stays one disc); its local maxima of at
-    least ``min_peak_frac`` of the highest one are the coins' centres, their distances the radii. Every pixel goes
-    to the centre of least power distance ``|p - c|^2 - r^2`` (for two overlapping discs the cut is exactly the
-    chord through their intersections). A cut is kept only where it is a neck: shorter than ``max_neck_frac`` of
-    the smaller side's diameter (two coins meet in a narrow waist; one coin with a flat edge or a finger notch
-    does not have one). Everything runs on a copy of the component's box at most ``work_px`` wide (area-resampled,
-    >= 0.5); a copy that fills ``max_solidity`` of its convex hull is one coin and the component is returned at
-    once. The cut is that coarse, the outline is not: the kept part is resized back and intersected with the mask.
-    Returns the largest part, or the component unchanged."""
-    comp = component.astype(np.uint8)
-    x, y, w, h = cv2.boundingRect(comp)
-    if w == 0 or h == 0:
-        return component
-    scale = min(1.0, work_px / max(w, h))  # everything below runs on this small copy: a photo-size mask costs little
-    crop = comp[y : y + h, x : x + w]
-    if scale < 1.0:
-        size_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
-        crop = (cv2.resize(crop.astype(np.float32), size_wh, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
-    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return component
-    outline = max(contours, key=cv2.contourArea)
-    if cv2.contourArea(outline) >= max_solidity * max(cv2.contourArea(cv2.convexHull(outline)), 1.0):
-        return component  # convex: one coin
-    small = np.zeros_like(crop)
-    cv2.drawContours(small, [outline], -1, 1, thickness=cv2.FILLED)  # holes filled: a holed coin is one disc
-    dist = cv2.distanceTransform(small, cv2.DIST_L2, 5)
-    peak = float(dist.max())
-    if peak < 3.0:
-        return component
-    size = max(3, int(2 * round(min_peak_frac * peak) + 1))
-    local_max = (dist >= cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))) & (
-        dist >= min_peak_frac * peak)
-    count, peaks = cv2.connectedComponents(local_max.astype(np.uint8), connectivity=8)
-    if count <= 2:  # background label + one peak: one coin
-        return component
-    ys, xs = np.nonzero(small)
-    power = np.empty((count - 1, len(xs)), np.float32)
-    for k in range(1, count):
-        py, px = np.nonzero(peaks == k)
-        cy, cx, r = float(py.mean()), float(px.mean()), float(dist[py, px].max())
-        power[k - 1] = (xs - cx) ** 2 + (ys - cy) ** 2 - r * r
-    owner = np.full(small.shape, -1, np.int32)
-    owner[ys, xs] = np.argmin(power, axis=0)
-    regions = [owner == k for k in range(count - 1)]
-    # merge parts whose shared cut is not a neck (two peaks on one coin)
-    parent = list(range(len(regions)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    kernel = np.ones((3, 3), np.uint8)
-    for i in range(len(regions)):
-        grown = cv2.dilate(regions[i].astype(np.uint8), kernel).astype(bool)
-        for j in range(i + 1, len(regions)):
-            cut = grown & regions[j]
-            if not cut.any():
-                continue
-            cy, cx = np.nonzero(cut)
-            neck = float(np.hypot(cx.max() - cx.min(), cy.max() - cy.min())) + 1.0
-            diameter = 2.0 * np.sqrt(min(regions[i].sum(), regions[j].sum()) / np.pi)
-            if neck >= max_neck_frac * diameter:
-                parent[root(j)] = root(i)
-    groups: dict[int, np.ndarray] = {}
-    for i, region in enumerate(regions):
-        groups[root(i)] = groups.get(root(i), np.zeros_like(region)) | region
-    if len(groups) <= 1:
-        return component
-    kept = max(groups.values(), key=lambda g: int(g.sum())).astype(np.uint8)
-    best = np.zeros(comp.shape, bool)
-    best[y : y + h, x : x + w] = kept.astype(bool) if scale == 1.0 else cv2.resize(
-        kept.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
-    return best & component.astype(bool)
-
-
 def square_bbox(mask: np.ndarray, margin_frac: float) -> tuple[int, int, int, int]:
     """Square ``(x0, y0, x1, y1)`` (exclusive ends) around the mask, grown by ``margin_frac`` per side.
 
@@ -230,7 +115,7 @@ def square_bbox(mask: np.ndarray, margin_frac: float) -> tuple[int, int, int, in
     return round(cx - half), round(cy - half), round(cx + half), round(cy + half)
 
 
-def _crop_padded(image: np.ndarray, box: tuple[int, int, int, int], pad_value: int = 0) -> np.ndarray:
+def crop_padded(image: np.ndarray, box: tuple[int, int, int, int], pad_value: int = 0) -> np.ndarray:
     x0, y0, x1, y1 = box
     h, w = image.shape[:2]
     out = np.full((y1 - y0, x1 - x0, *image.shape[2:]), pad_value, dtype=image.dtype)
@@ -238,68 +123,6 @@ def _crop_padded(image: np.ndarray, box: tuple[int, int, int, int], pad_value: i
     if sx1 > sx0 and sy1 > sy0:
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return out
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    """Result of the two-pass segmentation. ``mask`` is None when no coin was found."""
-
-    mask: np.ndarray | None  # bool HxW, same size as the input image
-    bbox: tuple[int, int, int, int] | None  # square x0, y0, x1, y1 (may exceed the image)
-    passes: int = 0
-    first_pass_mask: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def found(self) -> bool:
-        return self.mask is not None
-
-
-PredictFn = Callable[[np.ndarray], np.ndarray]
-"""Takes a ``size_px`` square RGB uint8 image, returns the coin probability map (float32, same size)."""
-
-
-def _predict_on(image: np.ndarray, predict: PredictFn, size_px: int, pad_value: int) -> np.ndarray:
-    square, box = letterbox(image, size_px, pad_value)
-    return unletterbox(predict(square), box)
-
-
-def two_pass_segment(
-    image: np.ndarray,
-    predict: PredictFn,
-    *,
-    size_px: int,
-    threshold: float = DEFAULT_SEGMENT_THRESHOLD,
-    margin_frac: float = DEFAULT_MARGIN_FRAC,
-    min_area_frac: float = DEFAULT_MIN_AREA_FRAC,
-    pad_value: int = 0,
-    two_pass: bool = True,
-    min_second_pass_area_ratio: float = 0.5,
-    split_touching: bool = False,
-) -> Segmentation:
-    """The design's refinement: segment the whole photo, keep the largest component, crop a square around
-    it with a margin, segment the crop again at full model resolution, paste back, keep the largest
-    component again. Small coins in big photos get the second look they need. ``split_touching`` (segmenter
-    metadata ``extra["split_touching"]``, default off): each largest component is cut into touching coins
-    first (:func:`split_touching_coins`)."""
-    prob = _predict_on(image, predict, size_px, pad_value)
-    first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
-    if first is None:
-        return Segmentation(mask=None, bbox=None, passes=1)
-    if not two_pass:
-        return Segmentation(mask=first, bbox=square_bbox(first, margin_frac), passes=1, first_pass_mask=first)
-    box = square_bbox(first, margin_frac)
-    crop_prob = _predict_on(_crop_padded(image, box, pad_value), predict, size_px, pad_value)
-    full = np.zeros(image.shape[:2], dtype=np.float32)
-    x0, y0, x1, y1 = box
-    h, w = image.shape[:2]
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    full[sy0:sy1, sx0:sx1] = crop_prob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-    # The second pass sees only the crop. When it loses the coin entirely, or keeps only a fragment of what the
-    # first pass found (seen on small coins upscaled into the crop), the first pass is the better answer.
-    second = largest_component(full >= threshold, min_area_frac, split_touching=split_touching) if full.any() else None
-    lost = second is None or second.sum() < min_second_pass_area_ratio * first.sum()
-    mask = first if lost else second
-    return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first)
 
 
 def resize_square(square: np.ndarray, size_px: int, interpolation: str = "area") -> np.ndarray:
@@ -333,7 +156,7 @@ def coin_crop(
         return letterbox(image, out_size_px, fill_value)[0]
     cut = np.where(mask[..., None], image, np.uint8(fill_value))
     box = square_bbox(mask, margin_frac)
-    crop = _crop_padded(cut, box, fill_value)
+    crop = crop_padded(cut, box, fill_value)
     return resize_square(crop, out_size_px, interpolation)
 
 

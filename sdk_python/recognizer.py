@@ -25,7 +25,6 @@ from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import (
     DEFAULT_CROP_MARGIN_FRAC,
     INTERPOLATIONS,
-    Segmentation,
     coin_crop,
     mean_unit_vector,
     rotation_views,
@@ -38,7 +37,7 @@ from coinvision.sdk.runtimes import (
     check_pipeline_metadata,
     load_pipeline_model,
 )
-from coinvision.sdk.segmenter import Segmenter
+from coinvision.sdk.segmenter import Segmentation, Segmenter
 
 if TYPE_CHECKING:
     from coinvision.sdk.pack import CoinRecord, Pack

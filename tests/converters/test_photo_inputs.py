@@ -9,7 +9,8 @@ import pytest
 from coinvision.converters.photo_inputs import list_photos, model_squares, pick_evenly
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.images import load_image
-from coinvision.sdk.preprocess import Segmentation, coin_crop, letterbox
+from coinvision.sdk.preprocess import coin_crop, letterbox
+from coinvision.sdk.segmenter import Segmentation
 
 
 def test_pick_evenly_spreads_over_classes(sample_root: Path) -> None:

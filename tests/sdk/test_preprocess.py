@@ -7,13 +7,12 @@ from coinvision.sdk.preprocess import (
     IMAGENET_MEAN,
     InputSpec,
     coin_crop,
-    largest_component,
     letterbox,
     square_bbox,
     to_model_input,
-    two_pass_segment,
     unletterbox,
 )
+from coinvision.sdk.segmenter import largest_component, two_pass_segment
 
 
 def _disc_image(h: int = 120, w: int = 200, center=(140, 60), radius: int = 30) -> tuple[np.ndarray, np.ndarray]:

@@ -186,7 +186,8 @@ def test_trainer_crops_use_the_sdk_area_resampling(sample_root: Path, tmp_path: 
     """The crop cache (training) makes exactly the SDK's ``coin_crop`` with the config's interpolation, and the
     cache key changes with it, so bilinear crops of older runs are never reused for an area-resampled model."""
     from coinvision.sdk.images import load_image
-    from coinvision.sdk.preprocess import Segmentation, coin_crop
+    from coinvision.sdk.preprocess import coin_crop
+    from coinvision.sdk.segmenter import Segmentation
     from coinvision.trainer.emb_data import CropTensorSet, SegmenterCropSource, read_crop
 
     photo = next((sample_root / "coins211" / "images").rglob("*.jpg"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from coinvision.sdk.preprocess import largest_component, split_touching_coins, two_pass_segment
+from coinvision.sdk.segmenter import largest_component, split_touching_coins, two_pass_segment
 from coinvision.trainer.seg_config import SynthConfig
 from coinvision.trainer.seg_labels import refine_label
 from coinvision.trainer.seg_scenes import (
