@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 import timm
-from coinvision.sdk.preprocess import INTERPOLATIONS, InputSpec
+from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, INTERPOLATIONS, InputSpec
 from coinvision.trainer.emb_losses import LOSSES, PAIR_LOSSES
 
 __all__ = ["HEAD_INITS", "SAMPLERS", "AugmentConfig", "EmbedderConfig"]
@@ -65,7 +65,7 @@ class EmbedderConfig:
     segmenter_checkpoint: str | None = None  # a torch segmenter checkpoint (e.g. runs/segmenter/mnv2/best.pt)
     segmenter_models_dir: str | None = None  # or a models folder: segmenter.pt / .onnx / .tflite
     segmenter_runtime: str = "torch"
-    crop_margin_frac: float = 0.05
+    crop_margin_frac: float = DEFAULT_CROP_MARGIN_FRAC
     crop_cache_dir: str = "runs/crop_cache"
     # data
     data_roots: tuple[str, ...] = ()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coinvision.sdk.preprocess import InputSpec
+from coinvision.sdk.segmenter import DEFAULT_MARGIN_FRAC, DEFAULT_SEGMENT_THRESHOLD
 
 __all__ = ["LABEL_MODES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
 
@@ -55,8 +56,8 @@ class SegmenterConfig:
     pad_type: str = ""  # timm conv padding; "same" for weights ported from TF/TFLite
     pretrained_path: str | None = None  # local timm weights file for the encoder (no hub access)
     size_px: int = 128
-    threshold: float = 0.5  # release probability threshold
-    margin_frac: float = 0.15  # two-pass crop margin per side
+    threshold: float = DEFAULT_SEGMENT_THRESHOLD  # release probability threshold
+    margin_frac: float = DEFAULT_MARGIN_FRAC  # two-pass crop margin per side
     split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
