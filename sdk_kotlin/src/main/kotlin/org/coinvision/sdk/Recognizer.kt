@@ -1,0 +1,221 @@
+package org.coinvision.sdk
+
+import org.coinvision.sdk.image.Components
+import org.coinvision.sdk.image.ImageDecoder
+import org.coinvision.sdk.image.ImageIoDecoder
+import org.coinvision.sdk.image.ImageOps
+import org.coinvision.sdk.image.Letterbox
+import org.coinvision.sdk.image.RgbImage
+import org.coinvision.sdk.model.ModelMetadata
+import org.coinvision.sdk.model.ModelRuntime
+import org.coinvision.sdk.model.OnnxModelRuntime
+import org.coinvision.sdk.pack.CoinRecord
+import org.coinvision.sdk.pack.Pack
+import java.io.File
+
+/** Result of the two-pass segmentation; [mask] (H×W, row-major) is null when no coin was found. */
+class Segmentation(val mask: BooleanArray?, val bbox: IntArray?, val passes: Int, val firstPassMask: BooleanArray?) {
+    val found: Boolean get() = mask != null
+}
+
+/** The segmenter and its post-processing values, all from its metadata (Python `SegmenterParams`). */
+class Segmenter(val model: ModelRuntime) {
+    val meta = model.meta
+    val sizePx = meta.input.sizePx
+    val threshold = meta.threshold ?: 0.5
+    val marginFrac = meta.extraDouble("margin_frac", 0.15)
+    val minAreaFrac = meta.extraDouble("min_area_frac", 0.002)
+    val padValue = meta.input.padValue
+    val splitTouching = meta.extraBool("split_touching", false)
+
+    init {
+        if (meta.output != "mask_logits") throw ModelLoadException("segmenter metadata output=${meta.output}: expected mask_logits")
+        if (!(threshold > 0 && threshold < 1)) throw ConfigException("segmenter threshold=$threshold: must be a probability in (0, 1), e.g. 0.5")
+    }
+
+    /** Mask logits of one `size_px` square (what the conformance kit calls `mask_logits`). */
+    fun logits(square: RgbImage): FloatArray {
+        val x = ImageOps.toModelInput(square, meta.input.mean, meta.input.std, meta.input.layout)
+        val shape = if (meta.input.layout == "NCHW") longArrayOf(1, 3, sizePx.toLong(), sizePx.toLong()) else longArrayOf(1, sizePx.toLong(), sizePx.toLong(), 3)
+        val out = model.run(x, shape)
+        if (out.size != sizePx * sizePx) throw ModelLoadException("segmenter output has ${out.size} values, expected ${sizePx * sizePx}")
+        return out
+    }
+
+    fun probability(square: RgbImage): FloatArray = logits(square).let { l -> FloatArray(l.size) { ImageOps.sigmoid(l[it]) } }
+
+    private fun predictOn(image: RgbImage): FloatArray {
+        val (square, box: Letterbox) = ImageOps.letterbox(image, sizePx, padValue)
+        return ImageOps.unletterbox(probability(square), sizePx, box)
+    }
+
+    /** Spec step 2: whole photo, largest component, square crop segmented again, pasted back, largest component. */
+    fun segment(image: RgbImage, twoPass: Boolean = true): Segmentation {
+        val w = image.width; val h = image.height
+        val prob = predictOn(image)
+        val first = Components.largestComponent(BooleanArray(w * h) { prob[it] >= threshold }, w, h, minAreaFrac, splitTouching)
+            ?: return Segmentation(null, null, 1, null)
+        if (!twoPass) return Segmentation(first, ImageOps.squareBbox(first, w, h, marginFrac), 1, first)
+        val box = ImageOps.squareBbox(first, w, h, marginFrac)
+        val crop = ImageOps.cropPadded(image, box, padValue)
+        val cropProb = predictOn(crop)
+        val full = FloatArray(w * h)
+        val (x0, y0, x1, y1) = box
+        for (y in maxOf(y0, 0) until minOf(y1, h)) for (x in maxOf(x0, 0) until minOf(x1, w)) {
+            full[y * w + x] = cropProb[(y - y0) * crop.width + (x - x0)]
+        }
+        val second = if (full.any { it != 0f }) Components.largestComponent(BooleanArray(w * h) { full[it] >= threshold }, w, h, minAreaFrac, splitTouching) else null
+        val lost = second == null || second.count { it } < 0.5 * first.count { it }
+        val mask = if (lost) first else second!!
+        return Segmentation(mask, ImageOps.squareBbox(mask, w, h, marginFrac), 2, first)
+    }
+}
+
+/** One photo through the pipeline up to the embedder. */
+class Embedding(val vector: FloatArray, val segmentation: Segmentation, val crop: RgbImage, val timingsMs: Map<String, Double>)
+
+data class Match(val coinId: String, val label: String, val score: Double, val record: CoinRecord?)
+
+class RecognitionResult(
+    val matches: List<Match>,
+    val unknown: Boolean,
+    val threshold: Double,
+    val sides: List<Embedding>,
+    val timingsMs: Map<String, Double>,
+) {
+    val best: Match? get() = matches.firstOrNull()
+    val segmentation: Segmentation get() = sides[0].segmentation
+}
+
+/**
+ * The on-device pipeline of docs/PIPELINE_SPEC.md: decode → two-pass segmentation → background-removed crop →
+ * embedding averaged over the metadata's rotations → cosine search of the loaded pack → top-k or "unknown".
+ * Not thread-safe (runtimes are not): one per thread, or serialise calls.
+ */
+class Recognizer(
+    segmenter: ModelRuntime,
+    private val embedder: ModelRuntime,
+    unknownThreshold: Double? = null,
+    private val decoder: ImageDecoder = ImageIoDecoder(),
+) : AutoCloseable {
+    val segmenter = Segmenter(segmenter)
+    val embedderMeta: ModelMetadata = embedder.meta
+    val fingerprint: String = embedderMeta.fingerprint
+    val dim: Int = embedderMeta.embeddingDim ?: throw ModelLoadException("embedder metadata has no embedding_dim; re-export the model")
+    val cropMarginFrac = embedderMeta.extraDouble("crop_margin_frac", 0.05)
+    val backgroundRemoval = embedderMeta.extraBool("background_removal", true)
+    val embedRotations: Int = (embedderMeta.extra["embed_rotations"]?.let {
+        embedderMeta.extraInt("embed_rotations")?.takeIf { n -> n in 1..64 }
+            ?: throw ModelLoadException("embedder metadata embed_rotations=${Json.canonical(it)}: must be an integer in [1, 64]; re-export the model")
+    } ?: 1)
+    val unknownThreshold: Double = (unknownThreshold ?: embedderMeta.threshold ?: 0.5).also {
+        if (!(it >= -1.0 && it <= 1.0)) throw ConfigException("unknown_threshold=$it: a cosine threshold must be in [-1, 1]")
+    }
+    @Volatile private var pack: Pack? = null
+
+    init {
+        if (embedderMeta.output != "embedding") throw ModelLoadException("embedder metadata output=${embedderMeta.output}: expected embedding")
+    }
+
+    companion object {
+        /** `segmenter.onnx` and `embedder.onnx` (+ `.meta.json` sidecars) of [modelsDir], on ONNX Runtime. */
+        fun fromDir(modelsDir: File, numThreads: Int? = 1, unknownThreshold: Double? = null): Recognizer {
+            val seg = OnnxModelRuntime(File(modelsDir, "segmenter.onnx"), numThreads = numThreads)
+            val emb = OnnxModelRuntime(File(modelsDir, "embedder.onnx"), numThreads = numThreads)
+            return Recognizer(seg, emb, unknownThreshold)
+        }
+    }
+
+    /** Use [p] for [recognize]; refuses a pack of another embedder or dim (the previous pack stays in use). */
+    fun loadPack(p: Pack) {
+        p.checkFingerprint(fingerprint)
+        p.checkDim(dim)
+        pack = p
+    }
+
+    private fun requirePack(): Pack = pack ?: throw PackException(
+        "no pack loaded; call loadPack(PACK) (sync one with SyncClient or build one with `coinvision pack build`)"
+    )
+
+    /** The embedder's vector of one crop: the metadata's rotation views, each L2-normalised, averaged, normalised. */
+    fun embedCrop(crop: RgbImage): FloatArray {
+        val spec = embedderMeta.input
+        val s = spec.sizePx.toLong()
+        val shape = if (spec.layout == "NCHW") longArrayOf(1, 3, s, s) else longArrayOf(1, s, s, 3)
+        val vectors = ImageOps.rotationViews(crop, embedRotations, spec.padValue).map { view ->
+            embedder.run(ImageOps.toModelInput(view, spec.mean, spec.std, spec.layout), shape).also {
+                if (it.size != dim) throw ModelLoadException("embedder output has ${it.size} values, expected $dim")
+            }
+        }
+        return ImageOps.meanUnitVector(vectors)
+    }
+
+    fun embed(photo: ByteArray): Embedding = embed(decoder.decode(photo))
+
+    fun embed(image: RgbImage): Embedding {
+        val t0 = System.nanoTime()
+        val seg = segmenter.segment(image)
+        val t1 = System.nanoTime()
+        val spec = embedderMeta.input
+        val crop = ImageOps.coinCrop(image, if (backgroundRemoval) seg.mask else null, spec.sizePx, cropMarginFrac, spec.padValue, spec.interpolation)
+        val t2 = System.nanoTime()
+        val v = embedCrop(crop)
+        val t3 = System.nanoTime()
+        return Embedding(v, seg, crop, mapOf("segment" to (t1 - t0) / 1e6, "crop" to (t2 - t1) / 1e6, "embed" to (t3 - t2) / 1e6))
+    }
+
+    private fun match(p: Pack, coinId: String, score: Double, group: String? = null): Match {
+        val r = p.record(coinId)
+        return Match(group ?: coinId, r?.label ?: "", score, r)
+    }
+
+    fun recognize(photo: ByteArray, topK: Int = 5): RecognitionResult = recognize(decoder.decode(photo), topK)
+
+    /** The [topK] best coins; `unknown` when the best cosine is below [unknownThreshold]. */
+    fun recognize(image: RgbImage, topK: Int = 5): RecognitionResult {
+        if (topK < 1) throw ConfigException("topK=$topK: must be an integer >= 1")
+        val p = requirePack()
+        val e = embed(image)
+        val matches = p.search(e.vector, topK).map { match(p, it.coinId, it.score) }
+        return RecognitionResult(matches, matches.isEmpty() || matches[0].score < unknownThreshold, unknownThreshold, listOf(e), e.timingsMs)
+    }
+
+    fun recognizePair(obverse: ByteArray, reverse: ByteArray, topK: Int = 5): RecognitionResult =
+        recognizePair(decoder.decode(obverse), decoder.decode(reverse), topK)
+
+    /** Both sides of one coin (spec step 6): every coin scored on both photos, fused per coin group by the mean. */
+    fun recognizePair(obverse: RgbImage, reverse: RgbImage, topK: Int = 5): RecognitionResult {
+        if (topK < 1) throw ConfigException("topK=$topK: must be an integer >= 1")
+        val p = requirePack()
+        val sides = listOf(embed(obverse), embed(reverse))
+        val hits = sides.map { s -> p.search(s.vector, p.coinCount).map { it.coinId to it.score } }
+        val fused = fusePairScores(hits[0], hits[1]) { id -> p.record(id)?.extra?.get("coin_group")?.takeIf { it.isNotEmpty() } ?: id }
+        val matches = fused.take(topK).map { (group, score, member) -> match(p, member, score, group) }
+        return RecognitionResult(matches, matches.isEmpty() || matches[0].score < unknownThreshold, unknownThreshold, sides,
+            sides[0].timingsMs.mapKeys { "obverse.${it.key}" } + sides[1].timingsMs.mapKeys { "reverse.${it.key}" })
+    }
+
+    override fun close() {
+        segmenter.model.close(); embedder.close()
+    }
+}
+
+/**
+ * Python `recognizer.fuse_pair_scores`: (group, fused score, best member), best first, ties by group id.
+ * A group's score per photo is its best coin's; fused = mean of both; a group missing from one list gets that
+ * list's lowest score.
+ */
+fun fusePairScores(obverse: List<Pair<String, Double>>, reverse: List<Pair<String, Double>>, groupOf: (String) -> String): List<Triple<String, Double, String>> {
+    val sides = listOf(HashMap<String, Double>(), HashMap<String, Double>())
+    val bestMember = LinkedHashMap<String, Pair<Double, String>>()
+    for ((side, hits) in sides.zip(listOf(obverse, reverse))) {
+        for ((coin, score) in hits) {
+            val g = groupOf(coin)
+            side[g] = maxOf(score, side[g] ?: Double.NEGATIVE_INFINITY)
+            if (score > (bestMember[g]?.first ?: Double.NEGATIVE_INFINITY)) bestMember[g] = score to coin
+        }
+    }
+    val floors = listOf(obverse, reverse).map { h -> h.minOfOrNull { it.second } ?: 0.0 }
+    return bestMember.map { (g, m) -> Triple(g, ((sides[0][g] ?: floors[0]) + (sides[1][g] ?: floors[1])) / 2.0, m.second) }
+        .sortedWith(compareBy<Triple<String, Double, String>>({ -it.second }, { it.first }))
+}
