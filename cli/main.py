@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "coinvision.cli.pack_commands",
     "coinvision.cli.sdk_commands",
     "coinvision.cli.server_commands",
+    "coinvision.cli.catalog_commands",
 )
 
 

@@ -285,7 +285,7 @@ def list_coins(catalog_id: str) -> Response:
 def get_coin(catalog_id: str, coin_id: str) -> Response:
     _catalog(catalog_id)
     coin = service.get_coin(g.db, catalog_id, coin_id)
-    images = [{"id": i.id, "filename": i.filename, "width_px": i.width_px, "height_px": i.height_px,
+    images = [{"id": i.id, "filename": i.filename, "sha256": i.sha256, "width_px": i.width_px, "height_px": i.height_px,
                "created_at": _iso(i.created_at), "model_fingerprint": i.model_fingerprint}
               for i in sorted(coin.images, key=lambda i: i.id)]
     return jsonify({**_coin_json(coin, len(images)), "images": images})

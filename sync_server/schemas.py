@@ -128,6 +128,7 @@ class CoinPage(_Model):
 class ImageInfo(_Model):
     id: int
     filename: str
+    sha256: str  # of the photo's bytes: a resumed bulk import skips what is already here
     width_px: int
     height_px: int
     created_at: str
