@@ -1,11 +1,19 @@
 """Session fixtures shared by every test area (area-specific fixtures live in tests/<area>/conftest.py), and the
-rule that sorts tests into the fast tier and the ``slow`` one.
+rule that sorts tests into the fast tier (``make test-fast``: ``-m "not slow and not gpu"``, under a minute) and
+the ``slow`` one. A test is ``slow`` when
 
-``slow``: a test that needs the training/export stack: its module, its own body or one of its fixtures imports
-torch, the trainer, the converters or a converter toolkit (litert_torch, tensorflow, coremltools), directly or
-through ``pytest.importorskip``. The rule reads source text, so a new test lands in the right tier by itself.
-``make test-fast`` (``-m "not slow and not gpu"``) also skips importing modules that are slow as a whole, since
-importing them (torch, tensorflow) costs more than running every fast test.
+- it needs the training/export stack: its module, its own body or one of its fixtures imports torch, the trainer,
+  the converters or a converter toolkit (litert_torch, tensorflow, coremltools), directly or through
+  ``pytest.importorskip``;
+- it starts other processes (its body or a fixture calls ``subprocess`` / ``sys.executable``: CLI runs, gunicorn,
+  nginx), starts a live sync server (a fixture built on ``make_server``: a loopback HTTP server with its own
+  database and models, 0.3-1.5 s per test, most of the suite's time), drives a browser (``@pytest.mark.browser``)
+  or runs a benchmark (``tests/benchmarks/``);
+- it is in :data:`MEASURED_SLOW` (seconds measured on the 2-core dev machine), or carries ``@pytest.mark.slow``.
+
+The rules read source text, so a new test lands in the right tier by itself. When ``slow`` tests are deselected,
+modules that are slow as a whole are not even imported (importing torch/tensorflow costs more than running every
+fast test).
 """
 
 from __future__ import annotations
@@ -36,13 +44,37 @@ _HEAVY_TOP_LEVEL_IMPORT = re.compile(
 )
 
 
+# Starting another process: a CLI run, a server, a script to kill mid-write.
+_SPAWNS = re.compile(r"\bsubprocess\.|\bsys\.executable\b|\bPopen\(")
+_SLOW_FOLDERS = ("benchmarks",)  # under tests/
+_SLOW_MARKERS = ("browser",)
+_SLOW_FIXTURES = frozenset({"make_server"})  # tests/sync_server/conftest.py: a live server per test
+# Tests whose cost the rules above cannot see (helpers that start processes, whole demo loops): node id -> seconds
+# measured with `pytest --durations` on the 2-core dev machine under load (≥ 2 s there).
+MEASURED_SLOW: dict[str, float] = {
+    "tests/project/test_demo.py::test_demo_runs_the_whole_loop_offline_after_sync": 16.1,
+    "tests/sync_server/test_bench_server.py::test_bench_server_main_loads_a_real_server": 6.2,
+    "tests/sdk/test_pack_fuzz.py::test_random_packs_round_trip_and_deltas_reproduce_them": 2.9,
+    "tests/sdk/test_pack_fuzz.py::test_mutated_packs_give_pack_error_or_a_canonical_pack": 2.6,
+    "tests/sdk/test_pack_fuzz.py::test_mutated_deltas_give_pack_error_or_the_new_pack": 2.4,
+    "tests/sdk/test_images_bad_inputs.py::test_large_jpeg_is_downscaled_with_bounded_memory": 2.5,
+}
+
+
 @cache
 def _source_is_heavy(source: str) -> bool:
-    return _HEAVY_IMPORT.search(source) is not None
+    return _HEAVY_IMPORT.search(source) is not None or _SPAWNS.search(source) is not None
 
 
 @cache
 def _module_is_heavy(path: Path) -> bool:
+    """Every test of this module is slow: it sits in a slow folder or imports the training stack at the top."""
+    try:
+        relative = path.resolve().relative_to(REPO_ROOT / "tests")
+    except ValueError:
+        return False
+    if relative.parts and relative.parts[0] in _SLOW_FOLDERS:
+        return True
     try:
         return _HEAVY_TOP_LEVEL_IMPORT.search(path.read_text(encoding="utf-8")) is not None
     except (OSError, UnicodeDecodeError):
@@ -57,7 +89,9 @@ def _function_is_heavy(func: object) -> bool:
 
 
 def _is_slow(item: pytest.Item) -> bool:
-    if _module_is_heavy(Path(item.path)):
+    if _module_is_heavy(Path(item.path)) or any(item.get_closest_marker(m) for m in _SLOW_MARKERS):
+        return True
+    if item.nodeid.split("[")[0] in MEASURED_SLOW:
         return True
     function = getattr(item, "function", None)
     if function is not None and _function_is_heavy(function):
@@ -65,6 +99,8 @@ def _is_slow(item: pytest.Item) -> bool:
     fixture_info = getattr(item, "_fixtureinfo", None)
     if fixture_info is None:
         return False
+    if _SLOW_FIXTURES.intersection(fixture_info.names_closure):
+        return True
     # every fixture the test pulls in, directly or through other fixtures
     return any(
         _function_is_heavy(fixturedef.func)
