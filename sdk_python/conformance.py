@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from coinvision.sdk.errors import ConfigError, SyncError
+from coinvision.sdk.errors import CoinVisionError, ConfigError, ModelLoadError, SyncError
 from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata, default_models_dir
 from coinvision.sdk.pack import CoinRecord, Pack, read_pack
@@ -38,6 +38,8 @@ from coinvision.sdk.preprocess import letterbox, rotation_views, to_model_input
 from coinvision.sdk.recognizer import Recognizer, Result
 from coinvision.sdk.runtimes import LoadedModel, load_model, quantize_tensor
 from coinvision.sdk.sync_client import SyncClient, canonical_json
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["KIT_FORMAT", "TOLERANCES", "CheckReport", "StageFigure", "check_kit", "generate_kit", "main"]
 
@@ -148,15 +150,11 @@ def _raw_output(dequantized: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return q.astype(np.dtype(params["dtype"]))
 
 
-def _signing_key():  # -> Ed25519PrivateKey (cryptography is an SDK dependency, imported where needed)
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+def _signing_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(_KEY_SEED)
 
 
 def _public_key_b64() -> str:
-    from cryptography.hazmat.primitives import serialization
-
     raw = _signing_key().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode("ascii")
 
@@ -412,6 +410,9 @@ def check_kit(kit_dir: str | Path, models_dir: str | Path | None = None) -> Chec
 
     for rt, kinds in doc["models"].items():
         for kind, info in kinds.items():
+            if not (models / info["file"]).is_file():
+                raise ModelLoadError(f"{models / info['file']} is missing: the kit was written with the release models "
+                                     f"({info['file']}, sha256 {info['sha256'][:12]}…); pass --models models/release")
             add("", rt, f"model:{kind}", "sha256", _file_sha256(models / info["file"]), info["sha256"], "equal")
     pack = _check_pack_and_manifest(kit, doc, add)
     tflite_params = {kind: doc["models"]["tflite"][kind]["tensors"] for kind in ("segmenter", "embedder")}
@@ -499,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kit written to {kit} ({size / 1e6:.2f} MB)")
             return 0
         report = check_kit(args.kit, args.models)
-    except ConfigError as exc:
+    except CoinVisionError as exc:  # a missing kit or model file: the message names it and the fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for f in report.figures:

@@ -83,3 +83,8 @@ def test_cli_check_prints_figures_and_exit_code(one_photo_kit: Path, tmp_path: P
 def test_not_a_kit_is_a_config_error_naming_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="generate"):
         check_kit(tmp_path, RELEASE_MODELS)
+
+
+def test_missing_models_are_named_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(KIT), "--models", str(tmp_path)]) == 2
+    assert "pass --models models/release" in capsys.readouterr().err
