@@ -1,0 +1,96 @@
+"""Writes sdk_kotlin/testdata/pipeline_golden.json: what the reference SDK (ONNX Runtime, models/release) does with
+every bundled sample photo, for the Kotlin pipeline test to reproduce beyond the four photos of the conformance kit.
+
+Per photo: segmentation (found, passes, bbox, mask area, first-pass area, sha256 of the packed mask), whether the
+touching-coin split changed the mask (the segmenter with split_touching off gives another mask), the crop's sha256
+and the top-5 against conformance/pack/golden.pack. Plus synthetic masks of touching and overlapping discs with the
+exact output of ``preprocess.split_touching_coins``. Uses only the public Python SDK.
+
+    OMP_NUM_THREADS=1 .venv/bin/python sdk_kotlin/tools/gen_pipeline_golden.py
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from coinvision.sdk import Recognizer
+from coinvision.sdk.images import load_image
+from coinvision.sdk.pack import read_pack
+try:
+    from coinvision.sdk.segmenter import split_touching_coins
+except ImportError:  # before segmentation moved out of preprocess
+    from coinvision.sdk.preprocess import split_touching_coins
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "sdk_kotlin" / "testdata" / "pipeline_golden.json"
+SAMPLES = ROOT / "examples" / "sample_coins"
+
+
+def _mask_sha(mask: np.ndarray | None) -> str | None:
+    return None if mask is None else hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
+
+
+def _discs(h: int, w: int, discs: list[tuple[float, float, float]]) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = np.zeros((h, w), bool)
+    for cx, cy, r in discs:
+        mask |= (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    return mask
+
+
+def main() -> None:
+    rec = Recognizer.from_dir(ROOT / "models" / "release", runtime="onnx", num_threads=1,
+                              pack=read_pack(ROOT / "conformance" / "pack" / "golden.pack"))
+    plain = rec.segmenter.with_params(split_touching=False)
+    photos = sorted((SAMPLES / "euro_phone" / "images").rglob("*.jpg"))[::2]
+    photos += sorted((SAMPLES / "coins211" / "images").rglob("*.jpg"))[::6]
+    photos += sorted((SAMPLES / "backgrounds" / "images").rglob("*.jpg"))[:2]
+    rows = []
+    for path in photos:
+        rgb = load_image(path)
+        result = rec.recognize(rgb, top_k=5)
+        seg = result.segmentation
+        unsplit = plain.segment(rgb)
+        rows.append({
+            "file": str(path.relative_to(ROOT)),
+            "found": seg.found, "passes": seg.passes,
+            "bbox": None if seg.bbox is None else [int(v) for v in seg.bbox],
+            "mask_area": 0 if seg.mask is None else int(seg.mask.sum()),
+            "first_pass_area": 0 if seg.first_pass_mask is None else int(seg.first_pass_mask.sum()),
+            "mask_sha256": _mask_sha(seg.mask),
+            "split_changed_mask": _mask_sha(seg.mask) != _mask_sha(unsplit.mask),
+            "crop_sha256": hashlib.sha256(np.ascontiguousarray(result.crop).tobytes()).hexdigest(),
+            "top_k": [[m.coin_id, round(m.score, 6)] for m in result.matches],
+            "unknown": result.unknown,
+        })
+    synthetic = []
+    for name, h, w, discs in [
+        ("two touching discs", 120, 200, [(60, 60, 50), (148, 62, 40)]),
+        ("two overlapping discs", 140, 220, [(70, 70, 60), (150, 75, 45)]),
+        ("three in a row", 90, 260, [(45, 45, 40), (125, 45, 40), (205, 48, 38)]),
+        ("one disc with a notch", 150, 150, [(75, 75, 60)]),
+        ("large pair, resampled", 300, 520, [(150, 150, 140), (380, 160, 120)]),
+    ]:
+        mask = _discs(h, w, discs)
+        if name == "one disc with a notch":
+            mask[70:80, 10:40] = False
+        out = split_touching_coins(mask)
+        synthetic.append({
+            "name": name, "height": h, "width": w,
+            "mask": base64.b64encode(np.packbits(mask).tobytes()).decode(),
+            "expected": base64.b64encode(np.packbits(out).tobytes()).decode(),
+            "expected_area": int(out.sum()),
+        })
+    OUT.write_text(json.dumps({"about": __doc__.split("\n\n")[0], "models": "models/release (onnx)",
+                               "pack": "conformance/pack/golden.pack", "photos": rows, "split_touching": synthetic},
+                              indent=1) + "\n")
+    print(f"{len(rows)} photos ({sum(r['split_changed_mask'] for r in rows)} where the split changed the mask), "
+          f"{len(synthetic)} synthetic masks -> {OUT}")
+
+
+if __name__ == "__main__":
+    main()
