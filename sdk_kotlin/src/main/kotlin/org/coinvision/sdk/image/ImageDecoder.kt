@@ -82,15 +82,22 @@ class ImageIoDecoder(private val maxPixels: Long = 64_000_000, private val maxSi
         val stream = ImageIO.createImageInputStream(ByteArrayInputStream(bytes))
         val reader = ImageIO.getImageReaders(stream).asSequence().firstOrNull()
             ?: throw ImageException("image: not a readable image (JPEG, PNG, BMP are supported here)")
+        val warnings = ArrayList<String>()
         val bi: BufferedImage = try {
             reader.input = stream
+            reader.addIIOReadWarningListener { _, w -> warnings.add(w) } // e.g. "Premature end of JPEG file"
             val w = reader.getWidth(0).toLong(); val h = reader.getHeight(0).toLong()
             if (w * h > maxPixels) {
                 throw ImageException("image: ${w}x$h is ${w * h / 1_000_000} MP, above the ${maxPixels / 1_000_000} MP limit; downscale the photo first")
             }
-            reader.read(0)
+            reader.read(0).also {
+                if (warnings.isNotEmpty()) throw ImageException("image: image is truncated or corrupt (${warnings.first()}); re-export the photo")
+            }
         } catch (e: IOException) {
             throw ImageException("image: image is truncated or corrupt (${e.message}); re-export the photo", e)
+        } catch (e: RuntimeException) {
+            if (e is ImageException) throw e
+            throw ImageException("image: cannot decode (${e.javaClass.simpleName}: ${e.message}); re-export the photo", e)
         } finally {
             reader.dispose()
         }

@@ -96,6 +96,14 @@ class SyncClientLiveTest {
         assertArrayEquals(served, c.packFile.readBytes())
         assertTrue(r.downloadedBytes < served.size, "a delta is smaller than the pack")
         assertEquals(3, c.loadPack().coinCount)
+        // the synced pack (embedded by the server with ONNX Runtime) recognizes the new coin's reference photo
+        org.coinvision.sdk.Recognizer.fromDir(TestPaths.models).use { rec ->
+            rec.loadPack(c.loadPack())
+            val r = rec.recognize(photos(classes[2]).first().readBytes(), 3)
+            assertEquals("c-${classes[2]}", r.best!!.coinId)
+            assertEquals(1.0, r.best!!.score, 0.01)
+            assertFalse(r.unknown)
+        }
     }
 
     private fun manifestDoc(): JsonObject {

@@ -1,0 +1,88 @@
+package org.coinvision.sdk
+
+import org.coinvision.sdk.model.ModelMetadata
+import org.coinvision.sdk.model.OnnxModelRuntime
+import org.coinvision.sdk.pack.PackReader
+import org.junit.jupiter.api.AfterAll
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.TestInstance
+import org.junit.jupiter.api.assertThrows
+import org.junit.jupiter.api.io.TempDir
+import java.io.File
+
+/** recognizePair, the unknown verdict and the typed errors of the Recognizer, on the release ONNX models. */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class RecognizerTest {
+    private val rec = Recognizer.fromDir(TestPaths.models)
+    private val pack = PackReader.read(File(TestPaths.conformance, "pack/golden.pack"))
+    private fun photo(cls: String, i: Int) =
+        File(TestPaths.samples, "euro_phone/images/$cls").listFiles()!!.sorted()[i].readBytes()
+
+    @AfterAll
+    fun close() = rec.close()
+
+    @Test
+    fun `parameters come from the model metadata`() {
+        assertEquals(128, rec.segmenter.sizePx)
+        assertTrue(rec.segmenter.splitTouching)
+        assertEquals(0.15, rec.segmenter.marginFrac)
+        assertEquals(4, rec.embedRotations)
+        assertEquals(0.7769, rec.unknownThreshold)
+        assertEquals("99bc632e01f5fc48", rec.fingerprint)
+        assertEquals(64, rec.dim)
+        assertEquals(0.3, Recognizer(OnnxModelRuntime(File(TestPaths.models, "segmenter.onnx")),
+            OnnxModelRuntime(File(TestPaths.models, "embedder.onnx")), unknownThreshold = 0.3).unknownThreshold)
+    }
+
+    @Test
+    fun `recognizePair fuses both photos per coin by the mean of their scores`() {
+        rec.loadPack(pack)
+        val a = photo("2e", 1); val b = photo("2e", 3)
+        val pair = rec.recognizePair(a, b, 3)
+        assertEquals("2e", pair.best!!.coinId)
+        assertFalse(pair.unknown)
+        val sa = rec.recognize(a, pack.coinCount).matches.associate { it.coinId to it.score }
+        val sb = rec.recognize(b, pack.coinCount).matches.associate { it.coinId to it.score }
+        for (m in pair.matches) assertEquals((sa.getValue(m.coinId) + sb.getValue(m.coinId)) / 2, m.score, 1e-9)
+        assertEquals(2, pair.sides.size)
+        assertTrue("obverse.embed" in pair.timingsMs && "reverse.segment" in pair.timingsMs)
+        // a coin of another catalog is "unknown" at the calibrated threshold
+        val other = File(TestPaths.conformance, "photos/107_05c5b8feba90.jpg").readBytes()
+        assertTrue(rec.recognize(other).unknown)
+    }
+
+    @Test
+    fun `fusePairScores groups sides by coin_group and penalises a missing side`() {
+        val fused = fusePairScores(listOf("a-obv" to 0.9, "b" to 0.5), listOf("a-rev" to 0.8, "b" to 0.7)) { if (it.startsWith("a-")) "a" else it }
+        assertEquals(listOf("a", "b"), fused.map { it.first })
+        assertEquals(0.85, fused[0].second, 1e-12)
+        assertEquals("a-obv", fused[0].third)
+        val missing = fusePairScores(listOf("x" to 0.9, "y" to 0.2), listOf("y" to 0.6)) { it }
+        assertEquals(listOf("x" to (0.9 + 0.6) / 2, "y" to 0.4), missing.map { it.first to it.second })
+    }
+
+    @Test
+    fun `typed errors - no pack, other model's pack, bad arguments, bad image, bad metadata`(@TempDir tmp: File) {
+        val fresh = Recognizer.fromDir(TestPaths.models)
+        fresh.use {
+            assertThrows<PackException> { it.recognize(photo("2e", 0)) }
+            val other = PackReader.read(File(TestPaths.goldenPacks, "int8.pack"))
+            val e = assertThrows<PackFingerprintException> { it.loadPack(other) }
+            assertTrue("0123456789abcdef" in e.message!! && "99bc632e01f5fc48" in e.message!!)
+            it.loadPack(pack)
+            assertThrows<ConfigException> { it.recognize(photo("2e", 0), 0) }
+            assertThrows<ImageException> { it.recognize(ByteArray(0)) }
+            assertThrows<ImageException> { it.recognize("not a photo".toByteArray()) }
+            assertThrows<ImageException> { it.recognize(photo("2e", 0).copyOfRange(0, 200)) }
+        }
+        assertThrows<ModelLoadException> { OnnxModelRuntime(File(tmp, "segmenter.onnx")) }
+        assertThrows<ModelLoadException> { ModelMetadata.parse("{\"name\": 1}") }
+        assertThrows<ModelLoadException> { ModelMetadata.parse("not json") }
+        File(tmp, "bad.onnx").writeText("not a model")
+        File(tmp, "bad.onnx.meta.json").writeText(File(TestPaths.models, "embedder.onnx.meta.json").readText())
+        assertThrows<ModelLoadException> { OnnxModelRuntime(File(tmp, "bad.onnx")) }
+    }
+}
