@@ -95,10 +95,12 @@ def create_app(
     from coinvision.sync_server.api import bp as api_bp
     from coinvision.sync_server.openapi import bp as openapi_bp
     from coinvision.sync_server.web import bp as web_bp
+    from coinvision.sync_server.webapp_routes import bp as webapp_bp
 
     app.register_blueprint(api_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(web_bp)
+    app.register_blueprint(webapp_bp)  # the offline phone app, /app/
     register_error_handlers(app)
     log.info("coinvision sync server: data %s, db %s", cfg.data_dir, engine.url.render_as_string(hide_password=True))
     return app
