@@ -1,5 +1,5 @@
-# Sourced by .ci/run: installs and starts PostgreSQL and headless Chromium for the server tests.
-# Exports COINVISION_TEST_PG_URL and COINVISION_CHROMIUM when they are available.
+# Sourced by .ci/run: installs and starts PostgreSQL, headless Chromium and an S3 server (moto) for the server tests.
+# Exports COINVISION_TEST_PG_URL, COINVISION_CHROMIUM and COINVISION_TEST_S3_URL when they are available.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
@@ -20,3 +20,29 @@ fi
 if command -v chromium >/dev/null 2>&1; then
   export COINVISION_CHROMIUM=$(command -v chromium)
 fi
+# S3-compatible object storage for the shared-storage tests (tests/sync_server/test_s3_*.py): moto's standalone
+# server (PyPI `moto[server]`, the S3 HTTP API on loopback, pure Python, no account). It gets its own small venv:
+# this script runs before `make test` creates .venv, and moto's pins stay out of the project's environment.
+# Exports COINVISION_TEST_S3_URL (the endpoint); tests that need it skip with the reason when it is unset.
+_cv_s3_venv="${COINVISION_S3_VENV:-$PWD/.venv-s3}"
+if [ ! -x "$_cv_s3_venv/bin/moto_server" ] && command -v python3 >/dev/null 2>&1; then
+  python3 -m venv "$_cv_s3_venv" >/dev/null 2>&1 && printf '*\n' > "$_cv_s3_venv/.gitignore" \
+    && PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$_cv_s3_venv/bin/python" -m pip install -q "moto[server]==5.*" \
+    >/dev/null 2>&1 || echo "services.sh: could not install moto[server] into $_cv_s3_venv; S3 tests will skip" >&2
+fi
+if [ -x "$_cv_s3_venv/bin/moto_server" ]; then
+  # One server per checkout, reused when this file is sourced again (its port is kept beside the venv).
+  _cv_s3_port=$(cat "$_cv_s3_venv/port" 2>/dev/null || true)
+  if [ -z "$_cv_s3_port" ] || ! "$_cv_s3_venv/bin/python" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$_cv_s3_port" 2>/dev/null; then
+    _cv_s3_port=$("$_cv_s3_venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    nohup "$_cv_s3_venv/bin/moto_server" -H 127.0.0.1 -p "$_cv_s3_port" >"$_cv_s3_venv/moto.log" 2>&1 &
+    echo $! > "$_cv_s3_venv/moto.pid"
+    echo "$_cv_s3_port" > "$_cv_s3_venv/port"
+    for _ in $(seq 1 100); do
+      "$_cv_s3_venv/bin/python" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$_cv_s3_port" 2>/dev/null && break
+      sleep 0.2
+    done
+  fi
+  export COINVISION_TEST_S3_URL="http://127.0.0.1:${_cv_s3_port}"
+fi
+unset _cv_s3_venv _cv_s3_port

@@ -18,6 +18,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="SQLAlchemy URL (default: $COINVISION_DB_URL or sqlite in the data dir)")
     p.add_argument("--data-dir", default=None, help="packs, images, signing key (default: $COINVISION_DATA_DIR "
                    "or ./coinvision-data)")
+    p.add_argument("--storage", default=None,
+                   help="where photos, packs and deltas live: s3://BUCKET/PREFIX, shared by replicas (default: "
+                   "$COINVISION_STORAGE, else the data dir); a non-AWS endpoint via $COINVISION_S3_ENDPOINT_URL, "
+                   "credentials via the usual AWS_* variables")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace) -> ServerConfig:
     from coinvision.sync_server.config import ServerConfig
 
-    return ServerConfig.resolve(data_dir=args.data_dir, db_url=getattr(args, "db_url", None))
+    return ServerConfig.resolve(data_dir=args.data_dir, db_url=getattr(args, "db_url", None),
+                                models_dir=getattr(args, "models_dir", None), storage=getattr(args, "storage", None))
 
 
 def _session(cfg: ServerConfig) -> Session:
@@ -82,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     from coinvision.sync_server.live import QuietRequestHandler
     from werkzeug.serving import run_simple
 
-    app = create_app(data_dir=args.data_dir, db_url=args.db_url, models_dir=args.models_dir)
+    app = create_app(_config(args))
     print(f"serving on http://{args.host}:{args.port}", flush=True)
     run_simple(args.host, args.port, app, threaded=True, use_reloader=False, request_handler=QuietRequestHandler)
     return 0
@@ -137,11 +142,10 @@ def _keys_public(args: argparse.Namespace) -> int:
 
 def _cleanup(args: argparse.Namespace) -> int:
     from coinvision.sync_server.cleanup import remove_orphans
-    from coinvision.sync_server.storage import LocalFileStore
+    from coinvision.sync_server.storage import open_store
 
     cfg = _config(args)
     with _session(cfg) as session:
-        report = remove_orphans(session, LocalFileStore(cfg.images_dir, cfg.packs_dir), cfg.pack_retention_versions,
-                                cfg.orphan_grace_s)
+        report = remove_orphans(session, open_store(cfg), cfg.pack_retention_versions, cfg.orphan_grace_s)
     print(f"removed {report.photos_removed} photo file(s) and {report.pack_files_removed} pack/delta file(s)")
     return 0

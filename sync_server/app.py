@@ -10,7 +10,7 @@ import faiss
 from coinvision.sync_server.api_errors import register_error_handlers
 from coinvision.sync_server.config import ServerConfig
 from coinvision.sync_server.db import make_engine, make_sessionmaker, upgrade_database
-from coinvision.sync_server.signing import load_or_create_key
+from coinvision.sync_server.signing import load_or_create_key, public_key_b64
 from coinvision.sync_server.state import ServerState
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, Response, g
@@ -68,6 +68,8 @@ def create_app(
     st = ServerState(
         config=cfg, engine=engine, sessions=make_sessionmaker(engine), signing_key=key
     )
+    # Replicas on one bucket must sign with one key: refuse to start with another (devices would refuse it).
+    st.files.check_signing_key(public_key_b64(key))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -102,5 +104,6 @@ def create_app(
     app.register_blueprint(web_bp)
     app.register_blueprint(webapp_bp)  # the offline phone app, /app/
     register_error_handlers(app)
-    log.info("coinvision sync server: data %s, db %s", cfg.data_dir, engine.url.render_as_string(hide_password=True))
+    log.info("coinvision sync server: data %s, db %s, files %s", cfg.data_dir,
+             engine.url.render_as_string(hide_password=True), st.files.describe())
     return app

@@ -37,6 +37,7 @@ from coinvision.sync_server.index import DuplicatePair
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
 from coinvision.sync_server.publish import checked_version, latest_version, publish_catalog, version_by_key
 from coinvision.sync_server.state import ServerState
+from coinvision.sync_server.storage import StoredFileCorruptError, StoredFileMissingError
 from coinvision.sync_server.uploads import DecodedUpload, thumbnail_jpeg
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -362,15 +363,16 @@ def version_file(st: ServerState, session: Session, catalog_id: str, version: in
         name, sha, size = row.delta_file, row.delta_sha256, row.delta_size
     if name is None or sha is None or size is None:
         raise NotFoundError("no_delta", f"version {version} has no delta; download the full pack")
-    if not st.files.has_pack_file(catalog_id, name):
+    try:
+        path = st.files.pack_file(catalog_id, name, size, sha)
+    except StoredFileMissingError as exc:
         raise GoneError("pack_missing", f"the file of version {version} is no longer kept on the server "
-                        "(older than the retention); download the newest version's full pack")
-    if not st.files.file_matches(catalog_id, name, size, sha):
-        log.error("%s: bytes on disk do not match the signed record of %s v%d", st.files.pack_path(catalog_id, name),
-                  catalog_id, version)
+                        "(older than the retention); download the newest version's full pack") from exc
+    except StoredFileCorruptError as exc:
+        log.error("%s v%d: the stored bytes do not match the signed record (%s)", catalog_id, version, exc)
         raise StoredDataError("pack_corrupt", f"the stored file of version {version} fails its integrity check; "
-                              "the server refuses to serve it")
-    return VersionFile(st.files.pack_path(catalog_id, name), name, sha)
+                              "the server refuses to serve it") from exc
+    return VersionFile(path, name, sha)
 
 
 def pending_changes(st: ServerState, session: Session, catalog_id: str) -> dict[str, Any]:
@@ -392,8 +394,9 @@ def pending_changes(st: ServerState, session: Session, catalog_id: str) -> dict[
     if latest is not None:
         checked_version(st.signing_key, latest)
         try:
-            pack = packlib.read_pack(st.files.pack_path(catalog_id, latest.pack_file))
-        except PackError as exc:
+            pack = packlib.read_pack(
+                st.files.pack_file(catalog_id, latest.pack_file, latest.pack_size, latest.pack_sha256))
+        except (PackError, StoredFileMissingError, StoredFileCorruptError) as exc:
             raise GoneError("pack_missing", f"the newest version's pack cannot be read ({exc})") from exc
         refs: dict[str, int] = {}
         for cid in pack.coin_ids:

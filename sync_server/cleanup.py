@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coinvision.sync_server.models import CatalogVersion, ReferenceImage
-from coinvision.sync_server.storage import LocalFileStore
+from coinvision.sync_server.storage import FileStore
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -40,7 +40,7 @@ def _referenced_shas(session: Session, shas: Iterable[str] | None = None) -> set
     return set(session.scalars(q).all())
 
 
-def remove_unreferenced_photos(session: Session, store: LocalFileStore, shas: Iterable[str]) -> int:
+def remove_unreferenced_photos(session: Session, store: FileStore, shas: Iterable[str]) -> int:
     """Delete the photo files among ``shas`` that no reference row names any more. Returns how many went."""
     shas = set(shas)
     if not shas:
@@ -53,7 +53,7 @@ def _version_files(v: CatalogVersion) -> set[str]:
     return {n for n in (v.pack_file, v.delta_file) if n}
 
 
-def prune_old_packs(session: Session, store: LocalFileStore, catalog_id: str, keep: int, grace_s: float) -> int:
+def prune_old_packs(session: Session, store: FileStore, catalog_id: str, keep: int, grace_s: float) -> int:
     """Keep the files of the newest ``keep`` versions; remove older versions' files and stale unnamed ones."""
     versions = session.scalars(
         select(CatalogVersion).where(CatalogVersion.catalog_id == catalog_id).order_by(CatalogVersion.version.desc())
@@ -73,7 +73,7 @@ def prune_old_packs(session: Session, store: LocalFileStore, catalog_id: str, ke
     return removed
 
 
-def remove_orphans(session: Session, store: LocalFileStore, keep: int, grace_s: float) -> CleanupReport:
+def remove_orphans(session: Session, store: FileStore, keep: int, grace_s: float) -> CleanupReport:
     """Photos no reference names and pack files of no kept version, older than ``grace_s`` (all catalogs)."""
     now = time.time()
     photos = 0

@@ -45,6 +45,12 @@ class ServerConfig:
     # The Ed25519 signing key; default: signing_key.pem in the data dir. Never in the database: whoever can
     # only write the database cannot sign a version record (see docs/SYNC_SERVER.md).
     signing_key_path: Path | None = None
+    # Where photos, packs and deltas live: None = the data dir's folders (one server); "s3://bucket/prefix" = an
+    # S3-compatible bucket that replicas share (docs/DEPLOYMENT.md). ``s3_endpoint_url`` names a non-AWS service
+    # (MinIO, Ceph, ...); each replica keeps verified pack copies in data_dir/cache, at most storage_cache_bytes.
+    storage: str | None = None
+    s3_endpoint_url: str | None = None
+    storage_cache_bytes: int = 2 << 30
 
     @classmethod
     def resolve(
@@ -53,14 +59,17 @@ class ServerConfig:
         data_dir: str | Path | None = None,
         db_url: str | None = None,
         models_dir: str | Path | None = None,
+        storage: str | None = None,
         **overrides: object,
     ) -> ServerConfig:
         data = Path(data_dir or os.environ.get("COINVISION_DATA_DIR") or "coinvision-data").resolve()
         url = db_url or os.environ.get("COINVISION_DB_URL") or f"sqlite:///{data / 'coinvision.db'}"
         models = models_dir or os.environ.get("COINVISION_MODELS_DIR") or None
         key = os.environ.get("COINVISION_SIGNING_KEY") or None
+        store = storage or os.environ.get("COINVISION_STORAGE") or None
+        endpoint = os.environ.get("COINVISION_S3_ENDPOINT_URL") or None
         cfg = cls(data_dir=data, db_url=url, models_dir=Path(models).resolve() if models else None,
-                  signing_key_path=Path(key).resolve() if key else None)
+                  signing_key_path=Path(key).resolve() if key else None, storage=store, s3_endpoint_url=endpoint)
         for name, kind in _ENV_SETTINGS.items():
             raw = os.environ.get(f"COINVISION_{name.upper()}")
             if raw is not None and name not in overrides:
@@ -84,6 +93,15 @@ class ServerConfig:
             raise ConfigError(f"search_per_minute={self.search_per_minute}: must be above 0")
         if self.trusted_proxies < 0:
             raise ConfigError(f"trusted_proxies={self.trusted_proxies}: must be 0 or more")
+        if self.storage:
+            from coinvision.sync_server.storage import parse_s3_url
+
+            parse_s3_url(self.storage)
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ConfigError(f"COINVISION_S3_ENDPOINT_URL={self.s3_endpoint_url!r}: give the service's http(s):// "
+                              "URL, e.g. http://127.0.0.1:9000")
+        if self.storage_cache_bytes < 0:
+            raise ConfigError(f"storage_cache_bytes={self.storage_cache_bytes}: must be 0 or more")
 
     @property
     def packs_dir(self) -> Path:
@@ -101,5 +119,5 @@ class ServerConfig:
 # Settings an operator may give as COINVISION_<NAME> environment variables (gunicorn starts create_app()).
 _ENV_SETTINGS: dict[str, type] = {
     "max_request_pixels": int, "max_search_pixels": int, "search_per_minute": float, "search_burst": int,
-    "trusted_proxies": int, "pack_retention_versions": int, "orphan_grace_s": int,
+    "trusted_proxies": int, "pack_retention_versions": int, "orphan_grace_s": int, "storage_cache_bytes": int,
 }

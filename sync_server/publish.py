@@ -24,7 +24,7 @@ from coinvision.sdk.errors import PackError
 from coinvision.sync_server.errors import ConflictError, ContentRejectedError, StoredDataError
 from coinvision.sync_server.models import Catalog, CatalogVersion, Coin, ReferenceImage
 from coinvision.sync_server.signing import sign_record, verify_record
-from coinvision.sync_server.storage import LocalFileStore
+from coinvision.sync_server.storage import FileStore, StoredFileCorruptError, StoredFileMissingError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -115,7 +115,7 @@ def _records_and_vectors(
 
 
 def publish_catalog(
-    session: Session, files: LocalFileStore, catalog: Catalog, fingerprint: str, quant: str,
+    session: Session, files: FileStore, catalog: Catalog, fingerprint: str, quant: str,
     key: Ed25519PrivateKey, idempotency_key: str | None = None,
 ) -> PublishResult:
     """Write version N+1's pack (and the delta from N), then commit its signed row. Raises
@@ -148,9 +148,10 @@ def publish_catalog(
     delta_bytes = None
     if previous is not None and previous.model_fingerprint == fingerprint:
         try:
-            base = packlib.read_pack(files.pack_path(catalog.id, previous.pack_file))
+            base = packlib.read_pack(
+                files.pack_file(catalog.id, previous.pack_file, previous.pack_size, previous.pack_sha256))
             delta_bytes = packlib.build_delta(base, pack)
-        except PackError as exc:
+        except (PackError, StoredFileMissingError, StoredFileCorruptError) as exc:
             # No delta is no harm: devices then download the full pack.
             log.warning("no delta v%d -> v%d for %s: previous pack unusable (%s)", previous.version, version,
                         catalog.id, exc)

@@ -14,7 +14,7 @@ from coinvision.sync_server.errors import UnavailableError
 from coinvision.sync_server.index import CatalogIndex, IndexRegistry
 from coinvision.sync_server.models import Catalog, Coin, ReferenceImage
 from coinvision.sync_server.ratelimit import RateLimiter
-from coinvision.sync_server.storage import LocalFileStore
+from coinvision.sync_server.storage import FileStore, open_store
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 from sqlalchemy import Engine, select
@@ -33,14 +33,14 @@ class ServerState:
     signing_key: Ed25519PrivateKey
     registry: IndexRegistry = field(default_factory=IndexRegistry)
     search_limiter: RateLimiter = field(init=False)
-    files: LocalFileStore = field(init=False)
+    files: FileStore = field(init=False)
     _embedder: ReferenceEmbedder | None = None
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
     _publish_locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.search_limiter = RateLimiter(self.config.search_per_minute, self.config.search_burst)
-        self.files = LocalFileStore(self.config.images_dir, self.config.packs_dir)
+        self.files = open_store(self.config)
 
     def unknown_threshold(self) -> float | None:
         """The cosine below which a search answers "unknown": the embedder's calibrated threshold."""
