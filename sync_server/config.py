@@ -37,6 +37,11 @@ class ServerConfig:
     orphan_grace_s: int = 3600
     # Two references of different coins closer than this cosine are flagged before publishing.
     duplicate_cosine: float = 0.97
+    # Catalog search index (sync_server/index.py): "auto" = exact (GPU when there is one), IVF on the CPU from
+    # index_approx_min_vectors references; "flat" = always exact; "ivf" = always approximate. Recall and latency
+    # behind the default: benchmarks/README.md (search).
+    index_kind: str = "auto"
+    index_approx_min_vectors: int = 500_000
     manifest_ttl_s: int = 7 * 24 * 3600
     pack_quant: str = "int8"
     runtime: str = "onnx"
@@ -93,6 +98,10 @@ class ServerConfig:
             raise ConfigError(f"search_per_minute={self.search_per_minute}: must be above 0")
         if self.trusted_proxies < 0:
             raise ConfigError(f"trusted_proxies={self.trusted_proxies}: must be 0 or more")
+        if self.index_kind not in ("auto", "flat", "ivf"):
+            raise ConfigError(f"index_kind={self.index_kind!r}: use 'auto', 'flat' or 'ivf'")
+        if self.index_approx_min_vectors < 1:
+            raise ConfigError(f"index_approx_min_vectors={self.index_approx_min_vectors}: must be at least 1")
         if self.storage:
             from coinvision.sync_server.storage import parse_s3_url
 
@@ -120,4 +129,5 @@ class ServerConfig:
 _ENV_SETTINGS: dict[str, type] = {
     "max_request_pixels": int, "max_search_pixels": int, "search_per_minute": float, "search_burst": int,
     "trusted_proxies": int, "pack_retention_versions": int, "orphan_grace_s": int, "storage_cache_bytes": int,
+    "index_kind": str, "index_approx_min_vectors": int,
 }

@@ -11,7 +11,7 @@ from coinvision.sdk.errors import CoinVisionError
 from coinvision.sync_server.config import ServerConfig
 from coinvision.sync_server.embedding import ReferenceEmbedder, load_reference_embedder
 from coinvision.sync_server.errors import UnavailableError
-from coinvision.sync_server.index import CatalogIndex, IndexRegistry
+from coinvision.sync_server.index import CatalogIndex, IndexOptions, IndexRegistry
 from coinvision.sync_server.models import Catalog, Coin, ReferenceImage
 from coinvision.sync_server.ratelimit import RateLimiter
 from coinvision.sync_server.storage import FileStore, open_store
@@ -82,6 +82,10 @@ class ServerState:
             .limit(1)
         )
 
+    def index_options(self) -> IndexOptions:
+        """How this server indexes catalogs (``index_kind``, ``index_approx_min_vectors``)."""
+        return IndexOptions(kind=self.config.index_kind, approx_min_vectors=self.config.index_approx_min_vectors)
+
     def index_for(self, session: Session, catalog: Catalog) -> CatalogIndex:
         """The catalog's current index; rebuilt from the database when another worker changed the catalog."""
         current = self.registry.peek(catalog.id)
@@ -91,12 +95,14 @@ class ServerState:
             current = self.registry.peek(catalog.id)
             if current is not None and current.generation == catalog.generation:
                 return current
-            index = load_index(session, catalog, self.fingerprint(session, catalog.id))
+            index = load_index(session, catalog, self.fingerprint(session, catalog.id), self.index_options())
             self.registry.swap(catalog.id, index)
             return index
 
 
-def load_index(session: Session, catalog: Catalog, fingerprint: str | None) -> CatalogIndex:
+def load_index(
+    session: Session, catalog: Catalog, fingerprint: str | None, options: IndexOptions | None = None
+) -> CatalogIndex:
     rows = session.execute(
         select(ReferenceImage.id, ReferenceImage.embedding, ReferenceImage.embedding_dim, Coin.coin_id)
         .join(Coin, Coin.id == ReferenceImage.coin_pk)
@@ -109,7 +115,8 @@ def load_index(session: Session, catalog: Catalog, fingerprint: str | None) -> C
     )
     ids = np.array([r.id for r in rows], dtype=np.int64)
     log.info("built index for catalog %s: %d references (generation %d)", catalog.id, len(rows), catalog.generation)
-    return CatalogIndex(dim, ids, vectors, [r.coin_id for r in rows], generation=catalog.generation)
+    return CatalogIndex(dim, ids, vectors, [r.coin_id for r in rows], generation=catalog.generation,
+                        options=options)
 
 
 def state() -> ServerState:
