@@ -257,7 +257,7 @@ async function download(event) {
 
 // ------------------------------------------------------------------------------------------- start
 
-function showSetup() {
+async function showSetup() {
   $("#setup").hidden = false;
   $("#recognize").hidden = true;
   $("#footer").hidden = true;
@@ -267,8 +267,8 @@ function showSetup() {
   $("#catalog").value = params.get("catalog") ?? s?.catalog ?? "";
   $("#token").value = params.get("token") ?? s?.token ?? "";
   if (location.hash) history.replaceState(null, "", location.pathname);
+  await showDownloadSize();
   setState("setup");
-  void showDownloadSize();
 }
 
 function showReady(settings) {
@@ -306,7 +306,7 @@ async function start() {
     recognizer.loadPack(await client.loadPack()); // from IndexedDB, re-hashed against the verified sha256
     showReady(settings);
   } catch (e) {
-    showSetup();
+    await showSetup();
     showError(`The downloaded data cannot be used (${e.message}); download it again.`);
   }
 }
@@ -518,7 +518,7 @@ async function forget() {
   localStorage.removeItem(SETTINGS_KEY);
   recognizer = null;
   $("#result").hidden = true;
-  showSetup();
+  await showSetup();
 }
 
 void start();

@@ -166,6 +166,7 @@ FOREIGN = sorted(next(iter(sorted(COINS211.iterdir()))).iterdir())[0]  # a coin 
 
 
 def _wait_state(page: object, state: str, timeout_ms: int = 120_000) -> None:
+    """Wait for the app's ``body[data-state]`` to become ``state``; fail with the page's error otherwise."""
     # selectors, not wait_for_function: the page's CSP forbids evaluating strings, and the test obeys it too
     page.wait_for_selector(f"body[data-state={state}], body[data-state=error]", state="attached", timeout=timeout_ms)
     got = page.evaluate("() => document.body.dataset.state")
@@ -217,6 +218,21 @@ def test_phone_app_downloads_once_then_recognizes_offline_like_the_python_refere
             assert "#" not in page.url  # the token left the address bar
             assert page.locator("#download-size").inner_text().startswith("Models: ")
             page.screenshot(path=str(shots / "webapp_1_setup.png"))
+
+            # a manifest altered on the way (the network is the boundary faked here) is refused by the SDK's
+            # signature check in the browser, and nothing is kept
+            def tamper(route: object) -> None:
+                doc = route.fetch().json()
+                doc["payload"]["version"] += 1
+                route.fulfill(json=doc)
+
+            page.route("**/v1/catalogs/euro/manifest", tamper)
+            page.get_by_role("button", name="Download").click()
+            _wait_state(page, "error")
+            assert "signature does not verify" in page.inner_text("#error")
+            assert page.evaluate("() => localStorage.length") == 0
+            page.unroute("**/v1/catalogs/euro/manifest")
+
             page.get_by_role("button", name="Download").click()
             _wait_state(page, "ready", timeout_ms=300_000)
             assert "version 1: 8 coins" in page.inner_text("#catalog-info")
