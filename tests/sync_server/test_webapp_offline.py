@@ -296,3 +296,43 @@ def test_app_without_the_sdk_build_names_the_build_command(monkeypatch: pytest.M
     assert resp.status_code == 503
     assert BUILD_COMMAND in html.unescape(resp.get_data(as_text=True))
     assert resp.headers["Content-Type"].startswith("text/html")
+
+
+def test_app_routes_serve_the_build_the_models_and_the_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What the browser test relies on, without a browser: files, types, the app's CSP, config.json's facts."""
+    import hashlib
+
+    from coinvision.sync_server.app import create_app
+    from coinvision.sync_server.signing import load_or_create_key, public_key_b64
+
+    if not (RELEASE / "embedder.onnx").is_file():
+        pytest.skip("models/release has no ONNX embedder")
+    sdk = tmp_path / "sdk"
+    sdk.mkdir()
+    for name in SDK_FILES:
+        (sdk / name).write_bytes(b"// " + name.encode())
+    monkeypatch.setenv("COINVISION_WEBAPP_SDK_DIR", str(sdk))
+    app = create_app(data_dir=tmp_path / "data", models_dir=RELEASE)
+    client = app.test_client()
+
+    assert client.get("/app").status_code == 301
+    page = client.get("/app/")
+    assert page.status_code == 200 and b'src="/app/app.js"' in page.data
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval'" in csp and "unsafe-inline" not in csp and "unsafe-eval'" not in \
+        csp.replace("'wasm-unsafe-eval'", "")
+    assert "frame-ancestors 'none'" in csp and page.headers["X-Frame-Options"] == "DENY"
+
+    cfg = client.get("/app/config.json").get_json()
+    assert cfg["public_key"] == public_key_b64(load_or_create_key(tmp_path / "data" / "signing_key.pem"))
+    embedder = next(m for m in cfg["models"] if m["name"] == "embedder.onnx")
+    data = (RELEASE / "embedder.onnx").read_bytes()
+    assert (embedder["size"], embedder["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert client.get(embedder["url"]).data == data
+
+    sw = client.get("/app/sw.js")
+    assert sw.mimetype == "text/javascript" and cfg["build"].encode() in sw.data and b"__BUILD__" not in sw.data
+    assert client.get("/app/sdk/ort-wasm-simd-threaded.wasm").mimetype == "application/wasm"
+    assert client.get("/app/manifest.webmanifest").mimetype == "application/manifest+json"
+    for bad in ("/app/models/release.json", "/app/models/..%2Fexport.json", "/app/sdk/other.js", "/app/x.py"):
+        assert client.get(bad).status_code == 404, bad
