@@ -47,7 +47,9 @@ __all__ = [
     "crop_source_from_models_dir",
     "image_hash",
     "load_embedding_data",
+    "m_per_class_order",
     "make_crop_source",
+    "rank_batches",
     "read_crop",
 ]
 
@@ -84,6 +86,35 @@ def augment_seeded(augment: A.Compose, image: np.ndarray, *key: int) -> np.ndarr
     and a cached view see the same pixels."""
     augment.set_random_seed(int(np.random.default_rng(list(key)).integers(2**31)))
     return augment(image=image)["image"]
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+
+
+def m_per_class_order(labels: Sequence[int], m: int, batch_size: int, count: int, seed: int) -> list[int]:
+    """``count`` indices into ``labels`` in batches of ``batch_size`` holding ``m`` photos of each of
+    ``batch_size / m`` classes: pytorch-metric-learning's ``MPerClassSampler``, seeded (it shuffles with PML's
+    global numpy state, which this sets)."""
+    from pytorch_metric_learning import samplers
+    from pytorch_metric_learning.utils import common_functions
+
+    common_functions.NUMPY_RANDOM = np.random.RandomState(seed)
+    sampler = samplers.MPerClassSampler(list(labels), m=m, batch_size=batch_size, length_before_new_iter=count)
+    return list(sampler)[:count]
+
+
+def rank_batches(order: Sequence[int], batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The batches of ``order`` that rank ``rank`` of ``world_size`` trains on: batch ``b`` goes to rank
+    ``b % world_size``. Whole batches are dealt, so an m-per-class batch stays one (its classes and their ``m``
+    photos together on one rank); every rank gets different batches and, with ``len(order)`` a multiple of
+    ``batch_size * world_size``, the same number of steps. One process: ``order`` unchanged."""
+    if world_size == 1:
+        return list(order)
+    if len(order) % (batch_size * world_size):
+        raise ValueError(f"{len(order)} indices do not split into whole batches of {batch_size} for {world_size} "
+                         "ranks; draw a multiple of batch_size x world_size")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [i for batch in batches[rank::world_size] for i in batch]
 
 
 # ------------------------------------------------------------------------------------------- crop sources

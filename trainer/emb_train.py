@@ -17,6 +17,7 @@ rotated views at validation exactly as the SDK does on the phone.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import logging
@@ -37,7 +38,15 @@ from coinvision.sdk.evaluation import RetrievalMetrics, calibrate_unknown_thresh
 from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import fingerprint_state_dict, restore_schedule
 from coinvision.trainer.emb_config import EmbedderConfig
-from coinvision.trainer.emb_data import CropTensorSet, EmbeddingData, Sample, build_augment, load_embedding_data
+from coinvision.trainer.emb_data import (
+    CropTensorSet,
+    EmbeddingData,
+    Sample,
+    build_augment,
+    load_embedding_data,
+    m_per_class_order,
+    rank_batches,
+)
 from coinvision.trainer.emb_losses import MetricLoss, build_loss, similarity_distillation
 from coinvision.trainer.emb_model import KIND, Embedder, build_backbone, build_embedder
 from coinvision.trainer.emb_trunk import trunk_modules
@@ -171,27 +180,27 @@ def _plot_curves(history: list[dict[str, Any]], out_png: Path) -> None:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _epoch_indices(n: int, count: int, seed: int, epoch: int) -> list[int]:
-    """``count`` training indices for ``epoch``: whole shuffled passes, the last one cut short."""
+def _epoch_indices(n: int, count: int, seed: int, epoch: int, batch_size: int = 1, rank: int = 0,
+                   world_size: int = 1) -> list[int]:
+    """``count`` training indices for ``epoch`` on ``rank``: whole shuffled passes, the last one cut short, drawn
+    for all ranks at once and dealt out by batch (:func:`emb_data.rank_batches`)."""
     rng = random.Random(seed * 1_000_003 + epoch)
     out: list[int] = []
-    while len(out) < count:
+    while len(out) < count * world_size:
         order = list(range(n))
         rng.shuffle(order)
         out.extend(order)
-    return out[:count]
+    return rank_batches(out[:count * world_size], batch_size, rank, world_size)
 
 
-def _m_per_class_indices(labels: Sequence[int], cfg: EmbedderConfig, count: int, epoch: int) -> list[int]:
-    """pytorch-metric-learning's ``MPerClassSampler`` (``m_per_class`` photos of each class in a batch), seeded
-    per epoch so a resumed run draws the same batches (the sampler shuffles with PML's global numpy state)."""
-    from pytorch_metric_learning import samplers
-    from pytorch_metric_learning.utils import common_functions
-
-    common_functions.NUMPY_RANDOM = np.random.RandomState(cfg.seed * 1_000_003 + epoch)
-    sampler = samplers.MPerClassSampler(list(labels), m=cfg.m_per_class, batch_size=cfg.batch_size,
-                                        length_before_new_iter=count)
-    return list(sampler)[:count]
+def _m_per_class_indices(labels: Sequence[int], cfg: EmbedderConfig, count: int, epoch: int, rank: int = 0,
+                         world_size: int = 1) -> list[int]:
+    """``count`` indices of rank ``rank``: batches of ``m_per_class`` photos per class
+    (:func:`emb_data.m_per_class_order`), seeded per epoch so a resumed run draws the same batches; every rank
+    gets its own batches of one shared draw."""
+    order = m_per_class_order(labels, cfg.m_per_class, cfg.batch_size, count * world_size,
+                              cfg.seed * 1_000_003 + epoch)
+    return rank_batches(order, cfg.batch_size, rank, world_size)
 
 
 @torch.inference_mode()
@@ -219,6 +228,9 @@ def init_head_from_pca(model: Embedder, loss_fn: MetricLoss, features: torch.Ten
 
 class ImageFeed:
     """Training batches and validation embeddings from the crop images (the whole backbone runs)."""
+
+    rank = 0  # a distributed run's process (make_feed sets them)
+    world_size = 1
 
     def __init__(self, cfg: EmbedderConfig, data: EmbeddingData, labels: Sequence[int], augment: Any,
                  device: torch.device) -> None:
@@ -283,7 +295,8 @@ class TrunkFeed(ImageFeed):
 
     def batches(self, order: list[int], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         acts, bs = self.cache["train"], self.cfg.batch_size
-        rng = np.random.default_rng([self.cfg.seed, epoch])
+        # each rank draws its own views (one process: the key it always had)
+        rng = np.random.default_rng([self.cfg.seed, epoch, *([self.rank] if self.world_size > 1 else [])])
         for start in range(0, len(order) - bs + 1, bs):
             idx = order[start:start + bs]
             views = rng.integers(1, acts.views, size=len(idx))  # view 0 is the clean crop (PCA only)
@@ -311,13 +324,42 @@ class TrunkFeed(ImageFeed):
 
 
 def make_feed(cfg: EmbedderConfig, data: EmbeddingData, model: Embedder, device: torch.device, *,
-              progress: bool = True) -> ImageFeed:
+              progress: bool = True, rank: int = 0, world_size: int = 1) -> ImageFeed:
     """Where training batches and validation embeddings come from: the crops, or (``trunk_cache_views``) the
-    frozen trunk's cached activations of them."""
+    frozen trunk's cached activations of them. ``rank`` / ``world_size``: a distributed run's process."""
     labels, augment = [data.label_of(s) for s in data.train], build_augment(cfg.augment)
     if cfg.trunk_cache_views:
-        return TrunkFeed(cfg, data, labels, augment, device, model.backbone, progress)
-    return ImageFeed(cfg, data, labels, augment, device)
+        feed: ImageFeed = TrunkFeed(cfg, data, labels, augment, device, model.backbone, progress)
+    else:
+        feed = ImageFeed(cfg, data, labels, augment, device)
+    feed.rank, feed.world_size = rank, world_size
+    return feed
+
+
+class _TrainForward(nn.Module):
+    """The training step's forward as one module (what DDP wraps): features (the whole backbone, or its top over
+    cached trunk activations), the head, the metric loss (whose class centres are parameters too) and the
+    distillation term. ``frozen``: no gradients into the backbone."""
+
+    def __init__(self, model: Embedder, loss_fn: MetricLoss, feed: ImageFeed, teacher: nn.Module | None,
+                 distill_weight: float) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+        # not submodules: the feed holds no parameters and the teacher is frozen, so DDP has nothing of theirs
+        # to synchronise, and the replica check compares only what trains
+        self._feed, self._teacher, self._distill_weight = feed, [teacher], distill_weight
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, frozen: bool) -> torch.Tensor:
+        with torch.set_grad_enabled(not frozen and torch.is_grad_enabled()):
+            features = self._feed.features(self.model.backbone, x)
+        emb = self.model.embed_features(features)
+        loss = self.loss_fn(emb, y)
+        teacher = self._teacher[0]
+        if teacher is not None:
+            with torch.no_grad():
+                target = self._feed.features(teacher, x)
+            loss = loss + self._distill_weight * similarity_distillation(emb, target)
+        return loss
 
 
 def _score(metrics: dict[str, Any]) -> tuple[float, float]:
@@ -331,7 +373,8 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
     MAP@R breaking ties). Returns the path of ``best.pt``."""
     run = TrainingRun(KIND, cfg, plot=_plot_curves, initial_best=(-1.0, -1.0))
     device = run.device
-    data = data or load_embedding_data(cfg, progress=progress)
+    with run.main_first():  # rank 0 fills the crop cache, the other ranks then read it
+        data = data or load_embedding_data(cfg, progress=progress and run.is_main)
     train_labels = [data.label_of(s) for s in data.train]
     val_labels = [data.label_of(s) for s in data.val_seen]
     steps = cfg.steps_per_epoch or len(data.train) // cfg.batch_size
@@ -361,12 +404,17 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         run.best = tuple(state["best"])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
-    feed = make_feed(cfg, data, model, device, progress=progress)
+    with run.main_first():  # the same for the trunk activations cache
+        feed = make_feed(cfg, data, model, device, progress=progress and run.is_main, rank=run.rank,
+                         world_size=run.world_size)
     if run.start_epoch == 0 and cfg.head_init == "pca":
         init_head_from_pca(model, loss_fn, feed.pca_features(model.backbone), train_labels, cfg)
     # The frozen pretrained backbone, the distillation teacher (a resumed run rebuilds it from the same weights).
     teacher = copy.deepcopy(build_backbone(cfg)).to(device).eval().requires_grad_(False) \
         if cfg.distill_weight > 0 else None
+    forward = _TrainForward(model, loss_fn, feed, teacher, cfg.distill_weight)
+    net: nn.Module | None = None
+    net_frozen: bool | None = None
 
     for epoch in range(run.start_epoch, cfg.epochs):
         frozen = epoch < cfg.freeze_backbone_epochs
@@ -377,22 +425,22 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         for module in trunk_modules(model.backbone, cfg.freeze_stages):
             module.requires_grad_(False)
             module.eval()
+        if net is None or frozen != net_frozen:
+            # DDP syncs the parameters that need gradients when it is built: build it again when that set changes,
+            # after the old wrapper is gone (its hooks on the same parameters go with it)
+            net = None
+            gc.collect()
+            net, net_frozen = run.distribute(forward), frozen
         if cfg.sampler == "m_per_class":
-            order = _m_per_class_indices(train_labels, cfg, steps * cfg.batch_size, epoch)
+            order = _m_per_class_indices(train_labels, cfg, steps * cfg.batch_size, epoch, run.rank, run.world_size)
         else:
-            order = _epoch_indices(len(data.train), steps * cfg.batch_size, cfg.seed, epoch)
+            order = _epoch_indices(len(data.train), steps * cfg.batch_size, cfg.seed, epoch, cfg.batch_size,
+                                   run.rank, run.world_size)
 
         def step(batch: tuple[torch.Tensor, torch.Tensor], frozen: bool = frozen) -> float:
             x, y = batch[0].to(device), batch[1].to(device)
             with run.amp.autocast():
-                with torch.set_grad_enabled(not frozen):
-                    features = feed.features(model.backbone, x)
-                emb = model.embed_features(features)
-                loss = loss_fn(emb, y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = feed.features(teacher, x)
-                    loss = loss + cfg.distill_weight * similarity_distillation(emb, target)
+                loss = net(x, y, frozen)  # noqa: B023 (this epoch's wrapper; a default argument would keep it alive)
             opt_head.zero_grad(set_to_none=True)
             opt_backbone.zero_grad(set_to_none=True)
             # a schedule moves only its own optimizer's rate, so stepping both optimizers first changes nothing
@@ -406,13 +454,16 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
         train_loss = run.train_epoch(feed.batches(order, epoch), step, steps=steps, progress=progress,
                                      desc=f"epoch {epoch + 1}/{cfg.epochs}{' (head only)' if frozen else ''}")
         train_s = time.time() - started
+        run.end_epoch(forward)  # the model and the loss's class centres
+        if not run.is_main:
+            continue  # rank 0 validates and writes; the others go on to the next epoch's steps (DDP waits for it)
         val_loss, val_acc = _val_seen_loss(loss_fn, feed.embed(model, "val_seen", rotations=1), val_labels)
         retrieval, calib = _retrieval(lambda split: feed.embed(model, split), data, cfg)
         row: dict[str, Any] = {
             "epoch": epoch + 1, "backbone_frozen": frozen, "train_loss": train_loss, "val_seen_loss": val_loss,
             "val_seen_acc": val_acc, **retrieval.as_row(), **calib,
             "lr_backbone": 0.0 if frozen else sched_backbone.get_last_lr()[0], "lr_head": sched_head.get_last_lr()[0],
-            "train_images_per_s": steps * cfg.batch_size / max(train_s, 1e-9),
+            "train_images_per_s": steps * cfg.batch_size * run.world_size / max(train_s, 1e-9),
             "epoch_s": time.time() - started,
         }
         run.record(row)

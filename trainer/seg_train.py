@@ -238,6 +238,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     val_real_x, val_real_y = _stack(val_real_pairs, spec)
 
     model = build_segmenter(cfg).to(device)
+    net = run.distribute(model)  # DDP under torchrun: gradients averaged over the ranks; the model itself otherwise
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
@@ -252,25 +253,31 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         x, y = batch[0].to(device), batch[1].to(device)
         with run.amp.autocast():
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         run.amp.backward_step(loss, [optimizer])
         scheduler.step()
         return float(loss.detach())
 
-    samples_per_epoch = cfg.steps_per_epoch * cfg.batch_size
+    # All ranks together draw N samples per step (N = batch_size x ranks), each rank batch_size of them.
+    samples_per_epoch = cfg.steps_per_epoch * cfg.batch_size * run.world_size
     for epoch in range(run.start_epoch, cfg.epochs):
-        # epoch e uses sample indices [e*N, (e+1)*N): new scenes each epoch, same ones after a resume
+        # epoch e uses sample indices [e*N, (e+1)*N): new scenes each epoch, same ones after a resume. A sample is a
+        # pure function of (seed, index), so ranks, which take disjoint indices, synthesize different scenes.
         train_set = SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, cfg.seed,
                                 length=(epoch + 1) * samples_per_epoch, label=cfg.label)
         indices = list(range(epoch * samples_per_epoch, (epoch + 1) * samples_per_epoch))
         random.Random(cfg.seed + epoch).shuffle(indices)
+        indices = indices[run.rank::run.world_size]
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, indices), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=0)
         model.train()
         started = time.time()
         train_loss = run.train_epoch(loader, step, steps=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                      progress=progress)
+        run.end_epoch(model)
+        if not run.is_main:
+            continue  # rank 0 validates and writes; the others go on to the next epoch's steps (DDP waits for it)
         syn = _evaluate(model, val_syn_x, val_syn_y, loss_fn, device, cfg.batch_size * 2)
         real = _evaluate(model, val_real_x, val_real_y, loss_fn, device, cfg.batch_size * 2)
         row = {"epoch": epoch + 1, "train_dice_loss": train_loss, "lr": scheduler.get_last_lr()[0],
