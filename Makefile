@@ -10,7 +10,7 @@ WEIGHTS ?= ../shared/weights
 PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint sdk-only demo bench models release-models clean
+.PHONY: install test test-fast test-js test-kotlin lint sdk-only demo bench models release-models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache  # the layer contracts in pyproject.toml [tool.importlinter]
 
-test: install lint sdk-only
+test: install lint sdk-only test-js test-kotlin
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# The mobile SDKs against the reference: conformance kit, golden packs, a real `coinvision serve` (from .venv).
+# test-js also builds sdk_js/dist/browser, which the offline web app (/app/) serves and its browser test loads.
+test-js: install
+	cd sdk_js && npm ci --no-audit --no-fund && npm test
+
+test-kotlin: install
+	cd sdk_kotlin && mvn -q -B test
 
 # The fast tier (under a minute): no torch, no export, no training. tests/conftest.py marks those tests slow.
 test-fast: install
