@@ -4,6 +4,9 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq postgresql chromium nginx-light >/dev/null
+  # the mobile SDKs' suites (make test-js / test-kotlin) need Node + npm and a JDK 17 + Maven
+  command -v npm >/dev/null 2>&1 || apt-get install -y -qq nodejs npm >/dev/null
+  command -v mvn >/dev/null 2>&1 || apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
 fi
 if command -v pg_lsclusters >/dev/null 2>&1; then
   ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
