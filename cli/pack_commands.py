@@ -23,7 +23,7 @@ from pathlib import Path
 from coinvision.cli.options import add_model_options, load_recognizer
 from coinvision.sdk.errors import DatasetError, ImageError
 from coinvision.sdk.files import IMAGE_SUFFIXES, list_images, write_atomic
-from coinvision.sdk.pack import DELTA_MAGIC, FORMAT_VERSION, QUANTS, CoinRecord, Pack, read_delta, read_pack
+from coinvision.sdk.pack import ALL_QUANTS, DELTA_MAGIC, FORMAT_VERSION, CoinRecord, Pack, read_delta, read_pack
 
 __all__ = ["CatalogCoin", "register", "scan_catalog"]
 
@@ -206,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("catalog_dir", type=Path,
                        help="<coin_id>/<image> folders (or images/<class_id>/...), optional classes.csv")
     build.add_argument("--out", type=Path, required=True, help="pack file to write")
-    build.add_argument("--quant", choices=QUANTS, default="int8", help="vector storage (default int8)")
+    build.add_argument("--quant", choices=ALL_QUANTS, default="int8", help="vector storage (default int8)")
     add_model_options(build)
     build.add_argument("--catalog-id", default=None, help="default: the catalog folder's name")
     build.add_argument("--catalog-version", type=int, default=1)

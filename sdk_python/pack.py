@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-from coinvision.sdk import pack_search
+from coinvision.sdk import pack_ivfpq, pack_search
 from coinvision.sdk.errors import (
     PackBuildError,
     PackChecksumError,
@@ -36,6 +36,7 @@ from coinvision.sdk.errors import (
 )
 
 __all__ = [
+    "ALL_QUANTS",
     "FORMAT_VERSION",
     "QUANTS",
     "CoinRecord",
@@ -59,9 +60,15 @@ MAX_DIM = 4096
 MAX_STRING_BYTES = 0xFFFF
 MAX_EXTRA_ITEMS = 0xFFFF
 MAX_PACK_BYTES = 1 << 31  # 2 GiB: ~29M int8 vectors of dim 64, far beyond any coin catalog
+# The encodings that deltas support; ``ivfpq`` (world-sized catalogs, docs/PACK_FORMAT.md section 8) ships as
+# full packs only: its codebooks are trained per pack, so a delta's codes would not fit another version's.
 QUANTS = ("int8", "fp16", "fp32")
-_QUANT_CODE = {"int8": 1, "fp16": 2, "fp32": 3}
-_QUANT_DTYPE = {"int8": np.dtype("<i1"), "fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
+ALL_QUANTS = (*QUANTS, "ivfpq")
+_QUANT_CODE = {"int8": 1, "fp16": 2, "fp32": 3, "ivfpq": 4}
+_QUANT_DTYPE = {"int8": np.dtype("<i1"), "fp16": np.dtype("<f2"), "fp32": np.dtype("<f4"), "ivfpq": np.dtype("u1")}
+# list_count, nprobe, subspace_count, code_bits, reserved: the 16 bytes that open an ivfpq vector section.
+_IVF_HEADER = struct.Struct("<HHHH8s")
+_IVF_CODE_BITS = 8
 _METRIC_CODE = {"cosine": 1}
 _INT8_MAX = 127
 _U32_MAX = 0xFFFFFFFF
@@ -77,6 +84,7 @@ _PACK_HEADER = struct.Struct("<4sHBBHHIIIqI28s")
 # new_created_at, table_bytes, base_catalog_version, new_catalog_version, reserved
 _DELTA_HEADER = struct.Struct("<4sHBBHHIIIqIII20s")
 assert _PACK_HEADER.size == HEADER_BYTES and _DELTA_HEADER.size == HEADER_BYTES
+assert _IVF_HEADER.size == pack_ivfpq.INDEX_HEADER_BYTES
 
 _FIX_BUILD = "rebuild the pack with `coinvision pack build` or download it again"
 
@@ -257,7 +265,9 @@ def _check_length_and_checksum(buf: memoryview, expected: int, name: str) -> Non
 def _decode_header_codes(quant_code: int, metric_code: int, dim: int, flags: int, reserved: bytes, name: str) -> str:
     quant = {v: k for k, v in _QUANT_CODE.items()}.get(quant_code)
     if quant is None:
-        raise PackFormatError(f"{name}: unknown quantization code {quant_code} (1=int8, 2=fp16, 3=fp32); {_FIX_BUILD}")
+        raise PackFormatError(
+            f"{name}: unknown quantization code {quant_code} (1=int8, 2=fp16, 3=fp32, 4=ivfpq); {_FIX_BUILD}"
+        )
     if metric_code != _METRIC_CODE["cosine"]:
         raise PackFormatError(f"{name}: unknown metric code {metric_code} (1=cosine); {_FIX_BUILD}")
     if not 1 <= dim <= MAX_DIM:
@@ -268,8 +278,74 @@ def _decode_header_codes(quant_code: int, metric_code: int, dim: int, flags: int
 
 
 def _vector_bytes(n: int, dim: int, quant: str) -> int:
-    """Bytes of the vector section: coin index (u32) + scale (f32, int8 only) + the vector itself."""
+    """Bytes of the vector section: coin index (u32) + scale (f32, int8 only) + the vector itself (not ivfpq)."""
     return n * (4 + (4 if quant == "int8" else 0) + dim * _QUANT_DTYPE[quant].itemsize)
+
+
+def _read_ivf_header(buf: memoryview, dim: int, name: str) -> tuple[int, int, int]:
+    """``(lists, nprobe, subspaces)`` of an ivfpq vector section, each checked (docs/PACK_FORMAT.md 8.1)."""
+    if len(buf) < HEADER_BYTES + pack_ivfpq.INDEX_HEADER_BYTES + CHECKSUM_BYTES:
+        raise PackTruncatedError(f"{name} is {len(buf)} bytes, too short for its ivfpq index header: truncated "
+                                 "(interrupted download); download it again")
+    lists, nprobe, subspaces, code_bits, reserved = _IVF_HEADER.unpack_from(buf, HEADER_BYTES)
+    if lists < 1:
+        raise PackFormatError(f"{name}: ivfpq list_count is 0 (must be 1..65535); {_FIX_BUILD}")
+    if not 1 <= nprobe <= lists:
+        raise PackFormatError(f"{name}: ivfpq nprobe {nprobe} is outside 1..list_count ({lists}); {_FIX_BUILD}")
+    if subspaces < 1 or dim % subspaces:
+        raise PackFormatError(
+            f"{name}: ivfpq subspace_count {subspaces} does not divide dim {dim} (must be >= 1); {_FIX_BUILD}"
+        )
+    if code_bits != _IVF_CODE_BITS:
+        raise PackFormatError(f"{name}: ivfpq code_bits {code_bits} is not 8 (the only code size); {_FIX_BUILD}")
+    if any(reserved):
+        raise PackFormatError(f"{name}: ivfpq reserved bytes are not zero (written by an unknown tool); {_FIX_BUILD}")
+    return lists, nprobe, subspaces
+
+
+def _read_ivf_section(
+    buf: memoryview, n: int, dim: int, lists: int, nprobe: int, subspaces: int
+) -> tuple[pack_ivfpq.IvfPqIndex, np.ndarray, np.ndarray]:
+    """Index, coin index and codes of an ivfpq section — copies (the input may be reused)."""
+    pos = HEADER_BYTES + pack_ivfpq.INDEX_HEADER_BYTES
+    offsets = np.frombuffer(buf, dtype="<u4", count=lists + 1, offset=pos).astype(np.int64)
+    pos += 4 * (lists + 1)
+    centroids = np.frombuffer(buf, dtype="<f4", count=lists * dim, offset=pos).astype(np.float32).reshape(lists, dim)
+    pos += 4 * lists * dim
+    book_count = pack_ivfpq.CODEBOOK_SIZE * dim
+    codebooks = np.frombuffer(buf, dtype="<f4", count=book_count, offset=pos).astype(np.float32).reshape(
+        subspaces, pack_ivfpq.CODEBOOK_SIZE, dim // subspaces)
+    pos += 4 * book_count
+    coin_index = np.frombuffer(buf, dtype="<u4", count=n, offset=pos).astype(np.uint32)
+    pos += 4 * n
+    codes = np.frombuffer(buf, dtype=np.uint8, count=n * subspaces, offset=pos).reshape(n, subspaces).copy()
+    return pack_ivfpq.IvfPqIndex(centroids, codebooks, offsets, nprobe), coin_index, codes
+
+
+def _ivf_problem(index: pack_ivfpq.IvfPqIndex, coin_index: np.ndarray, codes: np.ndarray, coins: int) -> str | None:
+    """What is wrong with an ivfpq section (None when canonical): offsets, finiteness, coin index order."""
+    n = len(coin_index)
+    if (n == 0) != (coins == 0):
+        return f"{n} vectors but {coins} coins (every coin needs at least one vector)"
+    offsets = index.offsets
+    if offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
+        return f"ivfpq list offsets do not run from 0 to vector_count ({n}) without decreasing"
+    if not (np.all(np.isfinite(index.centroids)) and np.all(np.isfinite(index.codebooks))):
+        return "an ivfpq centroid or codebook entry holds NaN or infinity"
+    if n:
+        if int(coin_index.max()) >= coins:
+            return f"a coin index is >= coin_count ({coins})"
+        if np.any(np.bincount(coin_index.astype(np.int64), minlength=coins) == 0):
+            return "a coin has no vector"
+        # Canonical order: within a list, vectors ascend by coin (the builder's stable order).
+        steps = np.diff(coin_index.astype(np.int64))
+        list_starts = np.zeros(n, dtype=bool)
+        list_starts[offsets[1:-1][offsets[1:-1] < n]] = True
+        if np.any((steps < 0) & ~list_starts[1:]):
+            return "vectors of an ivfpq list are not in coin order"
+    if codes.shape != (n, index.subspaces):
+        return "ivfpq codes do not match the vector count"
+    return None
 
 
 def _read_vectors(
@@ -321,9 +397,9 @@ class Pack:
     """
 
     __slots__ = (
-        "_bytes", "_catalog_id", "_catalog_version", "_coin_index", "_coin_order", "_created_at", "_data",
-        "_inv_norm", "_model_fingerprint", "_quant", "_records", "_records_map", "_scales", "_sha256", "_starts",
-        "_stops", "_vector_coin_ids",
+        "_bytes", "_catalog_id", "_catalog_version", "_coin_index", "_coin_order", "_created_at", "_data", "_dim",
+        "_inv_norm", "_ivf", "_model_fingerprint", "_quant", "_records", "_records_map", "_scales", "_sha256",
+        "_starts", "_stops", "_vector_coin_ids",
     )
     __hash__ = None  # type: ignore[assignment]
 
@@ -339,7 +415,12 @@ class Pack:
         scales: np.ndarray | None,
         data: np.ndarray,
         records: Sequence[CoinRecord],
+        ivf: pack_ivfpq.IvfPqIndex | None = None,
+        dim: int | None = None,
     ) -> None:
+        # ivfpq: ``data`` holds the (N, M) uint8 codes in list order, ``ivf`` the index, ``dim`` the vector size.
+        self._ivf = ivf
+        self._dim = int(dim if dim is not None else data.shape[1])
         self._catalog_id = catalog_id
         self._catalog_version = int(catalog_version)
         self._created_at = int(created_at)
@@ -352,7 +433,10 @@ class Pack:
         self._bytes: bytes | None = None
         self._sha256: str | None = None
         self._validate()
-        for arr in (self._coin_index, self._scales, self._data):
+        arrays = [self._coin_index, self._scales, self._data]
+        if ivf is not None:
+            arrays += [ivf.centroids, ivf.codebooks, ivf.offsets]
+        for arr in arrays:
             if arr is not None:
                 arr.flags.writeable = False
         self._coin_order = tuple(r.coin_id for r in self._records)
@@ -361,7 +445,14 @@ class Pack:
         changes = np.flatnonzero(np.diff(self._coin_index.astype(np.int64))) + 1
         self._starts = np.concatenate([[0], changes]).astype(np.int64) if n else np.zeros(0, np.int64)
         self._stops = np.concatenate([changes, [n]]).astype(np.int64) if n else np.zeros(0, np.int64)
-        self._inv_norm = (1.0 / pack_search.row_norms(self._data)).astype(np.float32)
+        if ivf is None:
+            self._inv_norm = (1.0 / pack_search.row_norms(self._data)).astype(np.float32)
+        else:
+            norms = pack_ivfpq.decoded_norms(ivf, self._data)
+            if not np.all(norms > 0):
+                raise PackFormatError(f"pack {catalog_id!r}: an ivfpq vector decodes to all zeros (cosine undefined); "
+                                      f"{_FIX_BUILD}")
+            self._inv_norm = (1.0 / norms).astype(np.float32)
         self._vector_coin_ids: tuple[str, ...] | None = None
 
     def _validate(self) -> None:
@@ -371,7 +462,12 @@ class Pack:
         ids = [r.coin_id for r in self._records]
         if any(b <= a for a, b in itertools.pairwise(ids)):
             raise PackFormatError(f"{name}: coin table is not sorted by coin id or has duplicates; {_FIX_BUILD}")
-        problem = _array_problem(self._coin_index, self._scales, self._data, len(self._records), self._quant)
+        if (self._quant == "ivfpq") != (self._ivf is not None):
+            raise PackFormatError(f"{name}: quant {self._quant!r} does not match the presence of an ivfpq index")
+        if self._ivf is not None:
+            problem = _ivf_problem(self._ivf, self._coin_index, self._data, len(self._records))
+        else:
+            problem = _array_problem(self._coin_index, self._scales, self._data, len(self._records), self._quant)
         if problem:
             raise PackFormatError(f"{name}: {problem}; {_FIX_BUILD}")
 
@@ -387,6 +483,7 @@ class Pack:
         model_fingerprint: str,
         quant: str = "int8",
         created_at: int | None = None,
+        ivfpq: pack_ivfpq.IvfPqParams | None = None,
     ) -> Pack:
         """A pack of reference vectors ``(N, dim)`` (any scale; L2-normalised here) and their coins; its bytes are
         :meth:`to_bytes` (made once, kept), its sha256 :attr:`sha256`.
@@ -394,9 +491,13 @@ class Pack:
         ``vector_coin_ids[i]`` names the coin of ``vectors[i]``; a coin without a record in ``records`` gets an empty
         one; a record without any vector is an error. Vectors are stored grouped by coin (coins sorted by id),
         keeping the given order within a coin. ``created_at`` defaults to now (unix seconds).
+
+        ``quant="ivfpq"`` trains the index on these vectors (``ivfpq`` parameters, default
+        :func:`~coinvision.sdk.pack_ivfpq.default_params`) and stores the vectors list by list, by coin within a
+        list (docs/PACK_FORMAT.md section 8).
         """
         if quant not in _QUANT_CODE:
-            raise PackBuildError(f"quant={quant!r} is not supported; use one of {', '.join(QUANTS)}")
+            raise PackBuildError(f"quant={quant!r} is not supported; use one of {', '.join(ALL_QUANTS)}")
         catalog_id = _check_name(catalog_id, "catalog_id")
         model_fingerprint = _check_name(model_fingerprint, "model_fingerprint")
         catalog_version = _check_int(catalog_version, 0, _U32_MAX, "catalog_version")
@@ -443,11 +544,38 @@ class Pack:
         coin_index = np.array([position[c] for c in ids], dtype=np.uint32)
         order = np.argsort(coin_index, kind="stable")
         unit = vecs[order] / norms[order][:, None]
+        if quant == "ivfpq":
+            return cls._from_unit_ivfpq(
+                unit, coin_index[order], [_normalised_record(by_id[c]) for c in coin_order], ivfpq,
+                catalog_id=catalog_id, catalog_version=catalog_version, created_at=created_at,
+                model_fingerprint=model_fingerprint,
+            )
         scales, data = _quantize(unit, quant)
         return cls(
             catalog_id=catalog_id, catalog_version=catalog_version, created_at=created_at,
             model_fingerprint=model_fingerprint, quant=quant, coin_index=coin_index[order], scales=scales, data=data,
             records=[_normalised_record(by_id[c]) for c in coin_order],
+        )
+
+    @classmethod
+    def _from_unit_ivfpq(
+        cls, unit: np.ndarray, coin_index: np.ndarray, records: list[CoinRecord],
+        params: pack_ivfpq.IvfPqParams | None, **header: object,
+    ) -> Pack:
+        n, dim = unit.shape
+        if n == 0:
+            raise PackBuildError("an ivfpq pack needs at least one vector to train its index; use quant='int8'")
+        p = params or pack_ivfpq.default_params(n, dim)
+        if not isinstance(p, pack_ivfpq.IvfPqParams):
+            raise PackBuildError(f"ivfpq={p!r} must be an IvfPqParams")
+        if not 1 <= p.lists <= 0xFFFF or not 1 <= p.nprobe <= p.lists:
+            raise PackBuildError(f"ivfpq lists={p.lists}, nprobe={p.nprobe}: need 1 <= nprobe <= lists <= 65535")
+        if p.subspaces < 1 or dim % p.subspaces:
+            raise PackBuildError(f"ivfpq subspaces={p.subspaces} must divide dim {dim}; e.g. 32 for 64-d vectors")
+        index, order, codes = pack_ivfpq.encode(unit, p)
+        return cls(
+            quant="ivfpq", coin_index=coin_index[order], scales=None, data=codes, records=records, ivf=index, dim=dim,
+            **header,  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------------------------------ header
@@ -470,7 +598,7 @@ class Pack:
 
     @property
     def dim(self) -> int:
-        return int(self._data.shape[1])
+        return self._dim
 
     @property
     def quant(self) -> str:
@@ -504,7 +632,10 @@ class Pack:
 
     @property
     def vector_bytes(self) -> int:
-        """Size of the vector section: vectors + per-vector coin index (+ int8 scale); the coin table excluded."""
+        """Size of the vector section: vectors + per-vector coin index (+ int8 scale; + the ivfpq index); the coin
+        table excluded."""
+        if self._ivf is not None:
+            return pack_ivfpq.section_bytes(self.vector_count, self.dim, self._ivf.lists, self._ivf.subspaces)
         return _vector_bytes(self.vector_count, self.dim, self._quant)
 
     def vectors_of(self, coin_id: str) -> np.ndarray:
@@ -513,10 +644,15 @@ class Pack:
             i = self._coin_order.index(coin_id)
         except ValueError:
             raise PackQueryError(f"coin {coin_id!r} is not in pack {self._catalog_id!r}") from None
+        if self._ivf is not None:
+            return self.vectors_f32()[self._coin_index == i]
         return self.vectors_f32()[self._starts[i] : self._stops[i]]
 
     def vectors_f32(self) -> np.ndarray:
-        """Dequantised ``(N, dim)`` float32: int8 ``code * scale``, fp16 widened, fp32 as stored."""
+        """Dequantised ``(N, dim)`` float32: int8 ``code * scale``, fp16 widened, fp32 as stored, ivfpq
+        ``centroid + residual`` (in the pack's vector order: list by list)."""
+        if self._ivf is not None:
+            return pack_ivfpq.decode(self._ivf, pack_ivfpq.list_of_vectors(self._ivf.offsets), self._data)
         if self._scales is not None:
             return self._data.astype(np.float32) * self._scales[:, None]
         return self._data.astype(np.float32)
@@ -565,6 +701,8 @@ class Pack:
         q64 = self._queries(queries, batch=True)
         if self.vector_count == 0 or k == 0:
             return [[] for _ in range(len(q64))]
+        if self._ivf is not None:
+            return [self._search_ivf(self._ivf, q, int(k), rescore) for q in q64]
         shortlist = int(k) + pack_search.RESCORE_EXTRA if rescore else int(k)
         results: list[list[tuple[str, float]]] = []
         for start in range(0, len(q64), 256):  # bounded (Q, coins) score matrix
@@ -578,6 +716,25 @@ class Pack:
                     best, values = best[order], values[order]
                 results.append([(self._coin_order[i], float(v)) for i, v in zip(best, values, strict=True)])
         return results
+
+    def _search_ivf(
+        self, ivf: pack_ivfpq.IvfPqIndex, q64: np.ndarray, k: int, rescore: bool
+    ) -> list[tuple[str, float]]:
+        """ivfpq search (docs/PACK_FORMAT.md 8.3): only coins with a vector in the probed lists are candidates."""
+        ids, scores = pack_ivfpq.probed_scores(ivf, self._data, self._inv_norm, q64.astype(np.float32))
+        if rescore:
+            # Float64 from the dequantised vectors: the order no longer depends on float32 lookup-table sums.
+            lists = pack_ivfpq.list_of_vectors(ivf.offsets)[ids]
+            rows = pack_ivfpq.decode(ivf, lists, self._data[ids]).astype(np.float64)
+            scores = (rows @ q64) / np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        coins = self._coin_index[ids].astype(np.int64)
+        # Best vector per coin: sort by (coin, -score), keep each coin's first row.
+        order = np.lexsort((-scores, coins))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = coins[order][1:] != coins[order][:-1]
+        cand, best = coins[order][first], scores[order][first]
+        top = np.lexsort((cand, -best))[:k]
+        return [(self._coin_order[c], float(v)) for c, v in zip(cand[top].tolist(), best[top].tolist(), strict=True)]
 
     # ------------------------------------------------------------------------------------------ bytes
     def _table(self) -> bytes:
@@ -593,10 +750,19 @@ class Pack:
                 PACK_MAGIC, FORMAT_VERSION, _QUANT_CODE[self._quant], _METRIC_CODE["cosine"], self.dim, 0,
                 self.vector_count, self.coin_count, self._catalog_version, self._created_at, len(table), bytes(28),
             )
-            arrays = [self._coin_index.astype("<u4").tobytes()]
-            if self._scales is not None:
-                arrays.append(self._scales.astype("<f4").tobytes())
-            arrays.append(self._data.astype(_QUANT_DTYPE[self._quant]).tobytes())
+            if self._ivf is not None:
+                ivf = self._ivf
+                arrays = [
+                    _IVF_HEADER.pack(ivf.lists, ivf.nprobe, ivf.subspaces, _IVF_CODE_BITS, bytes(8)),
+                    ivf.offsets.astype("<u4").tobytes(), ivf.centroids.astype("<f4").tobytes(),
+                    ivf.codebooks.astype("<f4").tobytes(), self._coin_index.astype("<u4").tobytes(),
+                    self._data.astype(np.uint8).tobytes(),
+                ]
+            else:
+                arrays = [self._coin_index.astype("<u4").tobytes()]
+                if self._scales is not None:
+                    arrays.append(self._scales.astype("<f4").tobytes())
+                arrays.append(self._data.astype(_QUANT_DTYPE[self._quant]).tobytes())
             self._bytes = _seal(header + b"".join(arrays) + table)
         return self._bytes
 
@@ -648,12 +814,13 @@ def build_pack(
     model_fingerprint: str,
     quant: str = "int8",
     created_at: int | None = None,
+    ivfpq: pack_ivfpq.IvfPqParams | None = None,
 ) -> bytes:
     """The bytes of :meth:`Pack.from_vectors` (same arguments). A caller that also needs the parsed pack or its
     sha256 calls ``Pack.from_vectors`` instead: the pack keeps its bytes, nothing is parsed again."""
     return Pack.from_vectors(
         vectors, vector_coin_ids, records, catalog_id=catalog_id, catalog_version=catalog_version,
-        model_fingerprint=model_fingerprint, quant=quant, created_at=created_at,
+        model_fingerprint=model_fingerprint, quant=quant, created_at=created_at, ivfpq=ivfpq,
     ).to_bytes()
 
 
@@ -697,21 +864,29 @@ def _parse_pack(buf: memoryview, name: str) -> Pack:
         _PACK_HEADER.unpack_from(buf, 0)
     )
     quant = _decode_header_codes(quant_code, metric_code, dim, flags, reserved, name)
+    ivf_shape = _read_ivf_header(buf, dim, name) if quant == "ivfpq" else None
+    vector_bytes = (pack_ivfpq.section_bytes(n, dim, ivf_shape[0], ivf_shape[2]) if ivf_shape
+                    else _vector_bytes(n, dim, quant))
     # Sizes are checked against the real byte length before anything is allocated from them.
-    expected = HEADER_BYTES + _vector_bytes(n, dim, quant) + table_bytes + CHECKSUM_BYTES
+    expected = HEADER_BYTES + vector_bytes + table_bytes + CHECKSUM_BYTES
     _check_length_and_checksum(buf, expected, name)
     if coins > n or coins * _MIN_RECORD_BYTES > table_bytes:
         raise PackFormatError(f"{name}: header claims {coins} coins for {n} vectors and a {table_bytes}-byte table; "
                               f"{_FIX_BUILD}")
-    coin_index, scales, data = _read_vectors(buf, n, dim, quant)
-    cur = _Cursor(buf, HEADER_BYTES + _vector_bytes(n, dim, quant), expected - CHECKSUM_BYTES, f"{name} table")
+    ivf = None
+    if ivf_shape:
+        ivf, coin_index, data = _read_ivf_section(buf, n, dim, *ivf_shape)
+        scales = None
+    else:
+        coin_index, scales, data = _read_vectors(buf, n, dim, quant)
+    cur = _Cursor(buf, HEADER_BYTES + vector_bytes, expected - CHECKSUM_BYTES, f"{name} table")
     catalog_id = cur.text("catalog id")
     fingerprint = cur.text("model fingerprint")
     records = [cur.record() for _ in range(coins)]
     cur.finish()
     return Pack(
         catalog_id=catalog_id, catalog_version=version, created_at=created_at, model_fingerprint=fingerprint,
-        quant=quant, coin_index=coin_index, scales=scales, data=data, records=records,
+        quant=quant, coin_index=coin_index, scales=scales, data=data, records=records, ivf=ivf, dim=dim,
     )
 
 
@@ -764,6 +939,8 @@ def _coin_slice(pack: Pack, i: int) -> tuple[np.ndarray, np.ndarray | None]:
 def build_delta(base: Pack, new: Pack) -> bytes:
     """The delta that turns ``base`` into ``new`` (same catalog, model, quantization and dim; newer version)."""
     problems = []
+    if "ivfpq" in (base.quant, new.quant):
+        problems.append("ivfpq packs have per-version codebooks, so they ship as full packs only")
     if base.catalog_id != new.catalog_id:
         problems.append(f"catalogs differ ({base.catalog_id!r} vs {new.catalog_id!r})")
     if base.model_fingerprint != new.model_fingerprint:
@@ -825,6 +1002,9 @@ def _parse_delta(buf: memoryview, name: str) -> Delta:
     (_, _, quant_code, metric_code, dim, flags, n, n_upserts, n_removed, created_at, table_bytes, base_version,
      new_version, reserved) = _DELTA_HEADER.unpack_from(buf, 0)
     quant = _decode_header_codes(quant_code, metric_code, dim, flags, reserved, name)
+    if quant == "ivfpq":
+        raise PackFormatError(f"{name}: declares ivfpq vectors, which deltas never carry (ivfpq packs ship whole); "
+                              "download the full pack")
     expected = HEADER_BYTES + _vector_bytes(n, dim, quant) + table_bytes + CHECKSUM_BYTES
     _check_length_and_checksum(buf, expected, name)
     if n_upserts > n or n_upserts * _MIN_RECORD_BYTES + n_removed * 2 + 4 + 2 * CHECKSUM_BYTES > table_bytes:
@@ -864,6 +1044,9 @@ def apply_delta(base: Pack, delta: bytes | bytearray | memoryview | str | Path |
     base version or base content; the result is verified against the new pack's sha256 carried in the delta.
     """
     d = delta if isinstance(delta, Delta) else read_delta(delta)
+    if base.quant == "ivfpq":
+        raise PackDeltaError(f"pack {base.catalog_id!r} is ivfpq: its versions ship as full packs, not deltas; "
+                             "download the full pack")
     if d.catalog_id != base.catalog_id:
         raise PackDeltaError(
             f"delta is for catalog {d.catalog_id!r}, not {base.catalog_id!r}; use that catalog's delta"

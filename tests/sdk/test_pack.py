@@ -30,7 +30,7 @@ from coinvision.sdk.errors import (
 from coinvision.sdk.pack import CoinRecord
 
 from tests.golden.packs.regenerate import HERE as GOLDEN_DIR
-from tests.golden.packs.regenerate import golden, reference_search
+from tests.golden.packs.regenerate import golden, reference_ivfpq_search, reference_search
 
 FP = "fp-test-0001"
 
@@ -501,7 +501,7 @@ def test_golden_files_are_what_the_generator_writes() -> None:
 
 def test_golden_packs_parse_to_the_expected_values() -> None:
     expected = json.loads((GOLDEN_DIR / "expected.json").read_text(encoding="utf-8"))
-    assert set(expected["packs"]) == {"int8.pack", "fp16.pack", "fp32.pack", "int8_v2.pack"}
+    assert set(expected["packs"]) == {"int8.pack", "fp16.pack", "fp32.pack", "ivfpq.pack", "int8_v2.pack"}
     for name, want in expected["packs"].items():
         data = (GOLDEN_DIR / name).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (want["size_bytes"], want["sha256"])
@@ -524,8 +524,9 @@ def test_golden_packs_parse_to_the_expected_values() -> None:
                 if rescore:  # float64 per coin: exact ties stay exact, so the coin-id tie rule decides
                     assert [c for c, _ in got] == [c for c, _ in ranking]
                 else:  # float32 BLAS may split an exact tie by one ulp: within a tied group any order
-                    every = reference_search(p.vectors_f32().astype(np.float64), p.coin_ids, np.array(query, float),
-                                             p.coin_count)
+                    every = (reference_ivfpq_search(p, np.array(query, float), p.coin_count) if p.quant == "ivfpq"
+                             else reference_search(p.vectors_f32().astype(np.float64), p.coin_ids,
+                                                   np.array(query, float), p.coin_count))
                     for (coin, _), (_, want_score) in zip(got, ranking, strict=True):
                         assert coin in {c for c, s in every if s == want_score}
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from coinvision.sdk import pack as packlib
 from coinvision.sdk.pack import CoinRecord
+from coinvision.sdk.pack_ivfpq import IvfPqParams
 
 HERE = Path(__file__).resolve().parent
 DIM = 8
@@ -77,11 +78,15 @@ VECTORS_V2 = [
 ]
 
 
+# ivfpq golden: 2 lists, 1 probed, 4 sub-spaces of 2 components (dim 8).
+IVFPQ_PARAMS = IvfPqParams(lists=2, subspaces=4, nprobe=1, seed=0)
+
+
 def _build(vectors: list[tuple[str, list[int]]], records: list[CoinRecord], quant: str, version: int) -> bytes:
     return packlib.build_pack(
         np.array([v for _, v in vectors], dtype=np.float64), [c for c, _ in vectors], records,
         catalog_id=CATALOG_ID, catalog_version=version, model_fingerprint=FINGERPRINT, quant=quant,
-        created_at=CREATED_AT + (version - 1) * 86_400,
+        created_at=CREATED_AT + (version - 1) * 86_400, ivfpq=IVFPQ_PARAMS if quant == "ivfpq" else None,
     )
 
 
@@ -98,6 +103,25 @@ def reference_search(vectors: np.ndarray, vector_coin_ids: list[str], query: np.
     best: dict[str, float] = {}
     for cid, s in zip(vector_coin_ids, cos.tolist(), strict=True):
         best[cid] = max(best.get(cid, -2.0), s)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0].encode("utf-8")))
+    return [[cid, score] for cid, score in ranked[:k]]
+
+
+def reference_ivfpq_search(p: packlib.Pack, query: np.ndarray, k: int) -> list[list[Any]]:
+    """docs/PACK_FORMAT.md 8.3 in float64: probe the nprobe lists nearest the query (L2 to the centroid, ties by
+    list index), cosine of each probed dequantised vector, max per coin, best first, ties by coin id."""
+    ivf = p._ivf
+    q = query / np.sqrt(np.sum(query * query))
+    cents = ivf.centroids.astype(np.float64)
+    rank = np.sum(cents * q, axis=1) - 0.5 * np.sum(cents * cents, axis=1)
+    probe = sorted(range(ivf.lists), key=lambda lst: (-rank[lst], lst))[: ivf.nprobe]
+    vectors = p.vectors_f32().astype(np.float64)
+    ids = p.coin_ids
+    best: dict[str, float] = {}
+    for lst in probe:
+        for i in range(int(ivf.offsets[lst]), int(ivf.offsets[lst + 1])):
+            s = float(np.sum(vectors[i] * q) / np.sqrt(np.sum(vectors[i] * vectors[i])))
+            best[ids[i]] = max(best.get(ids[i], -2.0), s)
     ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0].encode("utf-8")))
     return [[cid, score] for cid, score in ranked[:k]]
 
@@ -135,9 +159,20 @@ def _describe_with_search(name: str, data: bytes) -> dict[str, Any]:
     p = packlib.read_pack(data)
     entry = _describe(p, data)
     vectors = p.vectors_f32().astype(np.float64)
+    if p.quant == "ivfpq":
+        ivf = p._ivf
+        entry["ivfpq"] = {
+            "list_count": ivf.lists, "nprobe": ivf.nprobe, "subspace_count": ivf.subspaces,
+            "list_offsets": [int(x) for x in ivf.offsets],
+            "centroids": [[float(x) for x in row] for row in ivf.centroids],
+            "codes": [[int(x) for x in row] for row in p._data],
+        }
     entry["search"] = []
     for i, q in enumerate(QUERIES):
-        ranking = reference_search(vectors, p.coin_ids, np.array(q, dtype=np.float64), TOP_K)
+        if p.quant == "ivfpq":
+            ranking = reference_ivfpq_search(p, np.array(q, dtype=np.float64), TOP_K)
+        else:
+            ranking = reference_search(vectors, p.coin_ids, np.array(q, dtype=np.float64), TOP_K)
         _check_margins(ranking, f"{name} query {i}")
         entry["search"].append(ranking)
     return entry
@@ -161,7 +196,7 @@ def golden() -> tuple[dict[str, bytes], dict[str, Any]]:
         "queries": QUERIES,
         "packs": {},
     }
-    for quant in packlib.QUANTS:
+    for quant in packlib.ALL_QUANTS:
         data = _build(VECTORS_V1, RECORDS_V1, quant, 1)
         name = f"{quant}.pack"
         files[name] = data
@@ -204,6 +239,17 @@ def golden() -> tuple[dict[str, bytes], dict[str, Any]]:
     unsorted[64:72] = struct.pack("<II", 1, 0)  # coin index 0,0,1,... -> 1,0,1,...: not grouped by coin
     broken["bad_grouping.pack"] = (_reseal(unsorted), "PackFormatError", "coin index not non-decreasing (resealed)")
     broken["bad_delta_as_pack.pack"] = (files["int8_v1_to_v2.delta"], "PackMagicError", "a delta passed as a pack")
+    ivf_good = files["ivfpq.pack"]
+    ivf_nprobe = bytearray(ivf_good)
+    ivf_nprobe[66:68] = struct.pack("<H", 3)  # nprobe 3 > list_count 2
+    broken["bad_ivfpq_nprobe.pack"] = (_reseal(ivf_nprobe), "PackFormatError", "ivfpq nprobe > list_count (resealed)")
+    ivf_sub = bytearray(ivf_good)
+    ivf_sub[68:70] = struct.pack("<H", 3)  # 3 sub-spaces do not divide dim 8 (the size check never runs)
+    broken["bad_ivfpq_subspaces.pack"] = (_reseal(ivf_sub), "PackFormatError",
+                                          "ivfpq subspace_count 3 does not divide dim 8 (resealed)")
+    ivf_off = bytearray(ivf_good)
+    ivf_off[80:84] = struct.pack("<I", 1)  # list_offsets[0] = 1: lists must start at vector 0
+    broken["bad_ivfpq_offsets.pack"] = (_reseal(ivf_off), "PackFormatError", "ivfpq list_offsets[0] = 1 (resealed)")
     expected["broken"] = {}
     for name, (data, error, how) in broken.items():
         files[name] = data
