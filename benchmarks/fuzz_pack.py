@@ -5,7 +5,8 @@
     python -m benchmarks.fuzz_pack --quick                # 2,000 mutations
 
 Targets: an int8, an fp16 and an fp32 pack (dim 64, 40 coins with Unicode metadata, 100 vectors) and the delta
-of each to a v2. Mutations: bit flips, random byte runs, truncation, insertion, deletion, duplicated ranges and
+of each to a v2, and an ivfpq pack of the same coins (4 lists, 32 sub-spaces; no delta: ivfpq ships whole).
+Mutations: bit flips, random byte runs, truncation, insertion, deletion, duplicated ranges and
 header fields set to extreme values (counts of 2^31 and 2^32-1 among them), each applied as is and "resealed"
 (sha256 recomputed, so hostile structure reaches the field parser). Per mutation the outcome is one of:
 ``PackError`` subclass (by name), ``valid`` (a pack that parses: it must re-serialise to exactly the input, or
@@ -33,6 +34,7 @@ import numpy as np
 from coinvision.sdk import pack as packlib
 from coinvision.sdk.errors import PackError
 from coinvision.sdk.pack import CoinRecord
+from coinvision.sdk.pack_ivfpq import IvfPqParams
 
 __all__ = ["MUTATORS", "main", "make_targets", "run"]
 
@@ -106,6 +108,12 @@ def make_targets(seed: int) -> dict[str, tuple[bytes, bytes, bytes]]:
         v2 = packlib.build_pack(v2_vectors, v2_ids, v2_records, catalog_version=2, created_at=1_700_086_400,
                                 **common)
         out[quant] = (v1, v2, packlib.build_delta(packlib.read_pack(v1), packlib.read_pack(v2)))
+    # ivfpq (world-sized packs): a pack target only, deltas never carry it.
+    v = rng.standard_normal((100, 64)).astype(np.float32)
+    ivf = packlib.build_pack(v, ids, records, catalog_id="fuzz-catalog", model_fingerprint="0123456789abcdef",
+                             quant="ivfpq", catalog_version=1, created_at=1_700_000_000,
+                             ivfpq=IvfPqParams(lists=4, subspaces=32, nprobe=2))
+    out["ivfpq"] = (ivf, b"", b"")
     return out
 
 
@@ -148,8 +156,8 @@ def run(mutations: int, seed: int) -> dict[str, Any]:
     unchanged = 0
     started = time.perf_counter()
     for i in range(mutations):
-        quant = packlib.QUANTS[i % 3]
-        target = "pack" if (i // 3) % 4 else "delta"  # 3/4 packs, 1/4 deltas
+        quant = packlib.ALL_QUANTS[i % 4]
+        target = "pack" if (i // 4) % 4 or quant == "ivfpq" else "delta"  # 3/4 packs, 1/4 deltas; ivfpq packs only
         kind = kinds[int(rng.integers(len(kinds)))]
         resealed = bool(rng.integers(2))
         v1, v2, delta = targets[quant]
@@ -175,7 +183,8 @@ def run(mutations: int, seed: int) -> dict[str, Any]:
     return {
         "mutations": mutations,
         "seed": seed,
-        "target_sizes_bytes": {q: {"pack": len(t[0]), "delta": len(t[2])} for q, t in targets.items()},
+        "target_sizes_bytes": {q: {"pack": len(t[0]), "delta": len(t[2])} for q, t in targets.items() if t[2]}
+        | {q: {"pack": len(t[0])} for q, t in targets.items() if not t[2]},
         "outcomes": dict(outcomes.most_common()),
         "failures": outcomes.get("FAIL", 0),
         "unchanged_inputs": unchanged,
