@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
-BENCHMARKS = ("retrieval", "segmentation", "seg_encoders", "int8", "latency", "search", "server")
+BENCHMARKS = ("retrieval", "segmentation", "seg_encoders", "int8", "latency", "search", "server", "import")
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
