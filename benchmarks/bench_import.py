@@ -189,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="euro_phone's 40 photos instead of coins211's 120")
     parser.add_argument("--workers", default="1,2", help="comma list of gunicorn worker counts")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--models", default=ImportBenchConfig.models_dir, help="the server's models folder")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     cfg = ImportBenchConfig(workers=tuple(int(w) for w in args.workers.split(",")), repeats=args.repeats,
+                            models_dir=args.models,
                             **({"catalog": "euro_phone", "warmup_catalog": "coins211"} if args.quick else {}))
     rows = run(cfg)
     write_result("import", {"config": asdict(cfg), "cpu_count": os.cpu_count(), "rows": rows}, rows, args.out)

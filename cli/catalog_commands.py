@@ -93,12 +93,14 @@ class ImportReport:
     no_coin: int = 0  # embedded, but the segmenter saw no coin (whole photo letterboxed)
     published_version: int | None = None
     publish_replayed: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole import, publish included
+    upload_seconds: float = 0.0  # the photos' uploads (embedding on the server) alone
     warnings: list[str] = field(default_factory=list)
 
     @property
     def photos_per_s(self) -> float:
-        return self.imported / self.seconds if self.seconds > 0 else 0.0
+        """Photos uploaded and embedded per second of the upload phase."""
+        return self.imported / self.upload_seconds if self.upload_seconds > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ journal
@@ -112,6 +114,7 @@ class Journal:
         self.done: dict[tuple[str, str], dict[str, Any]] = {}
         self.published_after = 0  # imported entries the last publish covered
         self.imported_total = 0
+        self.target: dict[str, str] | None = None  # the server and catalog of the first run
         self._lock = threading.Lock()
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -124,7 +127,9 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _note(self, entry: dict[str, Any]) -> None:
-        if entry.get("event") == "published":
+        if entry.get("event") == "start" and self.target is None:
+            self.target = {"server": entry.get("server", ""), "catalog": entry.get("catalog", "")}
+        elif entry.get("event") == "published":
             self.published_after = self.imported_total
         elif "path" in entry and "sha256" in entry:
             key = (entry["path"], entry["sha256"])
@@ -258,6 +263,13 @@ def run_import(opts: ImportOptions, *, sleep: Callable[[float], None] = time.sle
     coins, report.warnings = scan_catalog(opts.catalog_dir)
     root = Path(opts.catalog_dir).resolve()
     journal = Journal(opts.journal_path)
+    target = {"server": opts.server.rstrip("/"), "catalog": opts.catalog_id}
+    if journal.target is not None and journal.target != target:
+        raise ConfigError(f"{journal.path} is the journal of an import into {journal.target['catalog']!r} on "
+                          f"{journal.target['server']}, not {opts.catalog_id!r} on {target['server']}; pass another "
+                          "--journal for this one")
+    if journal.target is None:
+        journal.write({"event": "start", **target, "at": time.time()})
     client = _Client(opts, sleep)
 
     _ensure_catalog(client, opts)
@@ -291,6 +303,7 @@ def run_import(opts: ImportOptions, *, sleep: Callable[[float], None] = time.sle
                 uploads.append(photo)
         bar = tqdm(total=len(uploads), desc=f"importing into {opts.catalog_id}", unit="photo",
                    disable=not opts.progress)
+        upload_started = time.perf_counter()
         futures = [pool.submit(_upload, client, opts, photo) for photo in uploads]
         for future in as_completed(futures):
             entry = future.result()
@@ -303,6 +316,7 @@ def run_import(opts: ImportOptions, *, sleep: Callable[[float], None] = time.sle
             bar.update(1)
             bar.set_postfix(failed=len(report.failed))
         bar.close()
+        report.upload_seconds = time.perf_counter() - upload_started
 
     if opts.publish and journal.unpublished:
         _publish(client, opts, journal, report)
@@ -397,7 +411,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     for path, why in report.failed:
         print(f"failed: {path}: {why}")
-    print(f"imported {report.imported} photo(s) in {report.seconds:.1f} s ({report.photos_per_s:.2f} photos/s); "
+    print(f"imported {report.imported} photo(s) in {report.upload_seconds:.1f} s ({report.photos_per_s:.2f} "
+          f"photos/s; {report.seconds:.1f} s in all); "
           f"{report.already} already imported, {len(report.failed)} failed"
           + (f", {report.skipped_failed} refused earlier (--retry-failed tries them again)"
              if report.skipped_failed else "")

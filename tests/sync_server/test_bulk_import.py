@@ -68,6 +68,10 @@ def test_import_reports_the_corrupt_photo_imports_the_rest_and_publishes_once(
     assert len(sqlite_server.get("/v1/catalogs/euro/versions").json()["versions"]) == 1
     assert sum(_references(sqlite_server, "euro").values()) == total - 1
 
+    # The journal belongs to this catalog on this server: another target is refused, naming the fix.
+    assert main([*argv[:6], "other", *argv[7:]]) == 2
+    assert "pass another --journal" in capsys.readouterr().err
+
 
 def test_interrupted_import_resumes_without_uploading_again(sqlite_server: Server, catalog_dir: Path,
                                                             tmp_path: Path) -> None:
@@ -161,3 +165,14 @@ def test_transient_errors_are_retried_with_backoff(sqlite_server: Server, catalo
     assert report.imported == _photos(catalog_dir) - 1 and len(report.failed) == 1
     assert len(sleeps) >= 2 * report.imported  # two backoffs per photo
     assert report.published_version == 1
+
+
+def test_bench_import_quick_runs_against_gunicorn(tmp_path: Path, tiny_models_dir: Path) -> None:
+    from benchmarks import bench_import
+
+    out = tmp_path / "import.json"
+    assert bench_import.main(["--quick", "--workers", "1", "--models", str(tiny_models_dir), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["table"]
+    imported = next(r for r in rows if r["mode"] == "catalog import")
+    assert imported["photos"] == _photos(SAMPLE / "euro_phone") and imported["photos_per_s"] > 0
+    assert next(r for r in rows if r["mode"] == "embed only (no server)")["embed_only_photos_per_s"] > 0
