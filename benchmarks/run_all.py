@@ -15,7 +15,9 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
-BENCHMARKS = ("retrieval", "segmentation", "seg_encoders", "int8", "latency", "search", "server", "import")
+BENCHMARKS = (
+    "retrieval", "segmentation", "seg_encoders", "int8", "latency", "search", "server", "import", "world_pack",
+)
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
