@@ -43,7 +43,7 @@ from coinvision.sdk.errors import CoinVisionError, ConfigError
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["CatalogImportError", "ImportOptions", "ImportReport", "Journal", "register", "run_import"]
+__all__ = ["CatalogImportError", "ImportOptions", "ImportReport", "Journal", "iter_journal", "register", "run_import"]
 
 log = logging.getLogger(__name__)
 
