@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coinvision.sdk.errors import CoinVisionError, ConfigError
+from coinvision.sdk.files import sha256_file
 
 if TYPE_CHECKING:
     import requests
@@ -238,14 +239,6 @@ class _Photo:
     sha256: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _coin_body(record: Any) -> dict[str, Any]:
     body: dict[str, Any] = {f: getattr(record, f) for f in _METADATA if getattr(record, f)}
     if record.extra:
@@ -273,7 +266,7 @@ def run_import(opts: ImportOptions, *, sleep: Callable[[float], None] = time.sle
     client = _Client(opts, sleep)
 
     _ensure_catalog(client, opts)
-    photos = [_Photo(c.record.coin_id, p, p.resolve().relative_to(root).as_posix(), _sha256(p))
+    photos = [_Photo(c.record.coin_id, p, p.resolve().relative_to(root).as_posix(), sha256_file(p))
               for c in coins for p in c.images]
     todo: list[_Photo] = []
     for photo in photos:

@@ -5,6 +5,7 @@ Heavy imports (torch) happen inside the handlers."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     return sub.choices["train"]._subparsers._group_actions[0]
 
 
+def _print_on_main_rank(message: str) -> None:
+    """Under ``torchrun`` every rank runs the command; the summary is printed once (RANK is torchrun's)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message)
+
+
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides, resolve_config
     from coinvision.trainer.seg_config import SegmenterConfig
@@ -89,7 +96,7 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(SegmenterConfig, args.config, parse_overrides(args.set))
     best = train_segmenter(cfg, resume=args.resume)
-    print(f"best checkpoint: {best}  (log: {Path(cfg.out_dir) / 'history.csv'}, curves: curves.png)")
+    _print_on_main_rank(f"best checkpoint: {best}  (log: {Path(cfg.out_dir) / 'history.csv'}, curves: curves.png)")
     return 0
 
 
@@ -125,7 +132,7 @@ def _cmd_train_embedder(args: argparse.Namespace) -> int:
     cfg = resolve_config(EmbedderConfig, args.config, parse_overrides(args.set))
     best = train_embedder(cfg, resume=args.resume)
     out = Path(cfg.out_dir)
-    print(f"best checkpoint: {best}  (log: {out / 'history.csv'}, curves: curves.png, recall_at_k.png)")
+    _print_on_main_rank(f"best checkpoint: {best}  (log: {out / 'history.csv'}, curves: curves.png, recall_at_k.png)")
     return 0
 
 
