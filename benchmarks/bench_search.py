@@ -535,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k and 100k vectors, fewer queries")
     parser.add_argument("--sizes", type=lambda s: tuple(int(v) for v in s.split(",")),
-                        help="comma-separated catalog sizes (overrides --quick's)")
+                        help="comma-separated catalog sizes (overrides --quick's; no server section unless "
+                        "--server-sizes is given too)")
     parser.add_argument("--threads", type=int, default=1, help="threads for numpy BLAS, faiss and usearch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-sizes", type=lambda s: tuple(int(v) for v in s.split(",") if v),
@@ -552,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SearchConfig(sizes=(10_000, 100_000), batch_queries=256, single_queries=50, threads=args.threads,
                            seed=args.seed, ivf_nprobes=(32,), server_sizes=(100_000,), server_nprobes=(8, 32),
                            server_queries=500, server_single_queries=100)
-    if args.sizes:
-        cfg = SearchConfig(**{**asdict(cfg), "sizes": args.sizes})
+    if args.sizes:  # vector-level sizes only; the server section then runs at --server-sizes alone
+        cfg = SearchConfig(**{**asdict(cfg), "sizes": args.sizes, "server_sizes": ()})
     if args.server_sizes is not None:
         cfg = SearchConfig(**{**asdict(cfg), "server_sizes": args.server_sizes})
     if args.dup_baseline:

@@ -53,7 +53,10 @@ def test_search_run_size_exact_methods_agree_and_quantized_packs_are_smaller() -
     assert rows["pack int8"]["top10_agreement"] > 0.8
     sizes = [rows[f"pack {q}"]["bytes_per_vector"] for q in ("int8", "fp16", "fp32")]
     assert sizes == sorted(sizes) and sizes[0] < sizes[2] / 2
-    assert all(r["batch_queries_per_s"] > 0 and r["single_queries_per_s"] > 0 for r in rows.values())
+    assert rows["faiss IVFFlat fp32"]["top10_agreement"] > 0.9  # approximate: no exactness bar, a sanity floor
+    timed = [r for r in rows.values() if "skipped" not in r]  # GPU rows are skipped, with the reason, without a GPU
+    assert all(r["batch_queries_per_s"] > 0 and r["single_queries_per_s"] > 0 for r in timed)
+    assert all(r["skipped"] for r in rows.values() if "skipped" in r)
 
 
 def test_search_main_writes_json(tmp_path: Path) -> None:
@@ -61,7 +64,8 @@ def test_search_main_writes_json(tmp_path: Path) -> None:
     assert bench_search.main(["--sizes", "1000", "--out", str(out)]) == 0
     data = _read(out)
     assert data["benchmark"] == "search"
-    assert len(data["table"]) == 6 and {r["vectors"] for r in data["table"]} == {1000}
+    # 3 packs, faiss flat, 2 usearch, 2 faiss IVF (nprobe 8, 32), faiss GPU (a skipped row without a GPU)
+    assert len(data["table"]) == 9 and {r["vectors"] for r in data["table"]} == {1000}
 
 
 # ------------------------------------------------------------------------------------------- segmentation
