@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/lint-imports --no-cache  # the layer contracts in pyproject.toml [tool.importlinter]
 
 test: install lint sdk-only test-js test-kotlin
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)  # gpu tests skip with the reason on a machine without one
 
 # The mobile SDKs against the reference: conformance kit, golden packs, a real `coinvision serve` (from .venv).
 # test-js also builds sdk_js/dist/browser, which the offline web app (/app/) serves and its browser test loads.
