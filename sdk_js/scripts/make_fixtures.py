@@ -23,10 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from coinvision.sdk import preprocess as pp
-from coinvision.sdk.segmenter import split_touching_coins
 from coinvision.sdk.images import load_image
 from coinvision.sdk.pack import CoinRecord, Pack
 from coinvision.sdk.recognizer import Recognizer
+from coinvision.sdk.segmenter import split_touching_coins
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,8 +131,9 @@ def main() -> None:
     rec = Recognizer.from_dir(MODELS, runtime="onnx", num_threads=1)
     catalog, queries = photos()
     vectors = np.stack([rec.embed(p).vector for _, _, p in catalog])
+    copper = ("euro_phone-1c", "euro_phone-2c")
     records = {cid: CoinRecord(coin_id=cid, label=label, country="x",
-                               extra={"coin_group": "euro-copper-small"} if cid in ("euro_phone-1c", "euro_phone-2c") else {})
+                               extra={"coin_group": "euro-copper-small"} if cid in copper else {})
                for cid, label, _ in catalog}
     pack = Pack.from_vectors(vectors, [c for c, _, _ in catalog], list(records.values()), catalog_id="samples",
                              catalog_version=1, model_fingerprint=rec.fingerprint, quant="int8", created_at=1764000000)
@@ -191,7 +192,7 @@ def main() -> None:
         print(name, entry["top5"][0] if entry["top5"] else None, "found" if entry["found"] else "no coin")
     # both sides: each coin's two query-class photos (4th and 5th) as a pair, with the fused answer
     pairs = []
-    for (coin_id, _, p4), (qname, p5) in zip(catalog[3::4], queries, strict=True):
+    for (_, _, p4), (_, p5) in zip(catalog[3::4], queries, strict=True):
         res = rec.recognize_pair(p4, p5, top_k=3)
         pairs.append({"obverse": str(p4.relative_to(ROOT)), "reverse": str(p5.relative_to(ROOT)),
                       "top3": [[m.coin_id, m.score] for m in res.matches], "unknown": res.unknown})

@@ -20,10 +20,7 @@ import numpy as np
 from coinvision.sdk import Recognizer
 from coinvision.sdk.images import load_image
 from coinvision.sdk.pack import read_pack
-try:
-    from coinvision.sdk.segmenter import split_touching_coins
-except ImportError:  # before segmentation moved out of preprocess
-    from coinvision.sdk.preprocess import split_touching_coins
+from coinvision.sdk.segmenter import split_touching_coins
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "sdk_kotlin" / "testdata" / "pipeline_golden.json"
