@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,8 @@ def catalog_and_queries(quick: bool, count: int | None) -> tuple[list[tuple[str,
                for photo in (photos[:1] if quick else photos[::2])]
     ordered: list[Path] = []
     for rank in range(max(len(photos) for group in per_set for _, photos in group)):
-        for group in per_set:
-            ordered += [photos[rank] for _, photos in group if rank < len(photos)]
+        at_rank = [[photos[rank] for _, photos in group if rank < len(photos)] for group in per_set]
+        ordered += [p for pair in zip_longest(*at_rank) for p in pair if p is not None]
     queries = [_rel(p) for p in ordered]
     return catalog, queries[:count] if count else queries
 
@@ -119,9 +120,11 @@ def python_worker(runtime: str, pack: str, photos_file: str, warmup: int, passes
                 if pass_ == 0:
                     entry["top5"] = [[m.coin_id, float(m.score)] for m in result.matches]
                     entry["unknown"] = bool(result.unknown)
-    import onnxruntime
+    from importlib.metadata import version
 
-    return {"sdk": "python", "runtime": runtime, "ort": f"onnxruntime {onnxruntime.__version__}",
+    package = "onnxruntime" if runtime == "onnx" else "ai-edge-litert"
+    engine = f"{package} {version(package)}"
+    return {"sdk": "python", "runtime": runtime, "ort": engine,
             "threads": {"runtime": 1, "cv2": cv2.getNumThreads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "decoder": "Pillow", "load_ms": load_ms, "warmup": warmup, "passes": passes, "photos": photos}
 
@@ -265,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[sdk] = f"exit {done.returncode}: {(done.stderr or done.stdout)[-500:]}"
                 print(f"  {sdk}: FAILED {skipped[sdk]}", flush=True)
                 continue
-            run = json.loads(done.stdout.strip().splitlines()[-1])
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith('{"sdk"')]
+            if not lines:
+                skipped[sdk] = f"no JSON result on stdout: {done.stdout[-300:]} {done.stderr[-300:]}"
+                print(f"  {sdk}: FAILED {skipped[sdk]}", flush=True)
+                continue
+            run = json.loads(lines[-1])
             run.update(load_avg_1min={"before": load_before, "after": _load()}, wall_s=wall)
             runs[sdk] = run
             print(f"  {sdk}: {wall:.0f} s, load {load_before} -> {run['load_avg_1min']['after']}", flush=True)

@@ -1,5 +1,6 @@
 package org.coinvision.sdk.tools
 
+import ai.onnxruntime.OrtEnvironment
 import org.coinvision.sdk.Json
 import org.coinvision.sdk.Recognizer
 import org.coinvision.sdk.image.ImageIoDecoder
@@ -60,7 +61,7 @@ object Bench {
                     }
                 }
             }
-            val photos = names.indices.joinToString(",\n", "[", "]") { i ->
+            val photos = names.indices.joinToString(",", "[", "]") { i ->
                 val st = stages[i].joinToString(",", "[", "]") { m ->
                     m.entries.joinToString(",", "{", "}") { (k, v) -> "${quote(k)}:$v" }
                 }
@@ -70,7 +71,7 @@ object Bench {
             }
             val rt = Runtime.getRuntime()
             println(
-                "{\"sdk\":\"kotlin\",\"runtime\":\"onnx\",\"ort_threads\":{\"intra_op\":1,\"inter_op\":1}," +
+                "{\"sdk\":\"kotlin\",\"runtime\":\"onnx\",\"ort\":${quote("onnxruntime-java " + OrtEnvironment.getEnvironment().version)},\"ort_threads\":{\"intra_op\":1,\"inter_op\":1}," +
                     "\"jvm\":${quote(System.getProperty("java.vm.name") + " " + System.getProperty("java.version"))}," +
                     "\"available_processors\":${rt.availableProcessors()},\"decoder\":\"javax.imageio (ImageIoDecoder)\"," +
                     "\"load_ms\":$loadMs,\"warmup\":$warmup,\"passes\":$passes,\"photos\":$photos}"
