@@ -220,10 +220,11 @@ def _load() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 photos, 1 pass, 3 warm-up calls, pack of 1 photo/coin")
+    parser.add_argument("--quick", action="store_true", help="8 photos, 1 pass, 10 warm-up calls, pack of 1 photo/coin")
     parser.add_argument("--photos", type=int, help="query photos (default all 160; quick 8)")
     parser.add_argument("--passes", type=int, help="timed passes over the photos (default 2; quick 1)")
-    parser.add_argument("--warmup", type=int, help="untimed warm-up calls per SDK (default 5; quick 3)")
+    parser.add_argument("--warmup", type=int,
+                        help="untimed warm-up calls per SDK (default 20; quick 10; the JVM JIT needs ~10)")
     parser.add_argument("--sdks", default=",".join(SDKS), help=f"comma-separated subset of {','.join(SDKS)}")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/sdk_latency.json)")
     parser.add_argument("--worker", choices=("onnx", "tflite"), help=argparse.SUPPRESS)
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sdks: {unknown or 'python-onnx (the reference) is required'}")
     count = args.photos or (8 if args.quick else None)
     passes = args.passes or (1 if args.quick else 2)
-    warmup = args.warmup if args.warmup is not None else (3 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (10 if args.quick else 20)
 
     catalog, queries = catalog_and_queries(args.quick, count)
     in_pack = {_rel(p) for _, p in catalog}

@@ -17,6 +17,7 @@ from benchmarks.common import RESULTS_DIR, ROOT
 
 BENCHMARKS = (
     "retrieval", "segmentation", "seg_encoders", "int8", "latency", "search", "server", "import", "world_pack",
+    "sdk_latency",
 )
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
