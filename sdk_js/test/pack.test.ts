@@ -100,6 +100,74 @@ describe("golden delta", () => {
     assert.throws(() => readPack(delta), errors.PackMagicError);
     assert.throws(() => readDelta(bytesOf("int8.pack")), errors.PackMagicError);
   });
+
+  it("ivfpq packs have no deltas: applying one is PackDeltaError, a delta header with quant 4 is PackFormatError", () => {
+    const delta = bytesOf("int8_v1_to_v2.delta");
+    const ivf = readPack(bytesOf("ivfpq.pack"));
+    assert.throws(() => applyDelta(ivf, delta), (e: any) => e.constructor === errors.PackDeltaError && /ivfpq/.test(e.message));
+    assert.throws(() => applyDelta(ivf, readDelta(delta)), errors.PackDeltaError);
+    const quant4 = delta.slice();
+    quant4[6] = 4;
+    quant4.set(Uint8Array.from(Buffer.from(sha256Hex(quant4.subarray(0, quant4.length - 32)), "hex")), quant4.length - 32);
+    for (const read of [() => readDelta(quant4), () => applyDelta(readPack(bytesOf("int8.pack")), quant4)]) {
+      assert.throws(read, (e: any) => e.constructor === errors.PackFormatError && /ivfpq/.test(e.message));
+    }
+  });
+});
+
+describe("ivfpq", () => {
+  const resealed = (b: Uint8Array, edit: (v: DataView) => void) => {
+    const out = b.slice();
+    edit(new DataView(out.buffer));
+    out.set(Uint8Array.from(Buffer.from(sha256Hex(out.subarray(0, out.length - 32)), "hex")), out.length - 32);
+    return out;
+  };
+
+  it("index fields as expected.json; search scans the pack's own nprobe lists", () => {
+    const want = expected.packs["ivfpq.pack"].ivfpq;
+    const raw = bytesOf("ivfpq.pack");
+    const pack = readPack(raw);
+    const ivf = pack.ivf!;
+    assert.deepEqual([ivf.lists, ivf.nprobe, ivf.subspaces], [want.list_count, want.nprobe, want.subspace_count]);
+    assert.deepEqual(Array.from(ivf.offsets), want.list_offsets);
+    assert.deepEqual(Array.from(ivf.centroids), want.centroids.flat().map((x: number) => Math.fround(x)));
+    assert.deepEqual(Array.from(pack.section.data), want.codes.flat());
+    assert.equal(pack.vectorBytes, 16 + 4 * 3 + 4 * 2 * 8 + 4 * 256 * 8 + 8 * (4 + 4));
+    assert.equal(readPack(bytesOf("int8.pack")).ivf, null);
+    // nprobe = list_count: every vector scored, so every coin is a candidate
+    const all = readPack(resealed(raw, (v) => v.setUint16(66, 2, true)));
+    assert.equal(all.ivf!.nprobe, 2);
+    assert.equal(all.search(expected.queries[0], 3).length, 3);
+    assert.equal(pack.search(expected.queries[0], 100).length, 2);
+    // coinScores: candidates only
+    const scores = pack.coinScores(expected.queries[0]);
+    assert.deepEqual(Array.from(scores.map((s) => (s === -Infinity ? 0 : 1))), [1, 1, 0, 0, 0, 0]);
+  });
+
+  it("ivfpq header and section checks are typed errors in the reference order", () => {
+    const raw = bytesOf("ivfpq.pack");
+    const cases: Array<[string, (v: DataView) => void, Function]> = [
+      ["list_count 0", (v) => v.setUint16(64, 0, true), errors.PackFormatError],
+      ["nprobe 0", (v) => v.setUint16(66, 0, true), errors.PackFormatError],
+      ["subspaces 0", (v) => v.setUint16(68, 0, true), errors.PackFormatError],
+      ["code_bits 4", (v) => v.setUint16(70, 4, true), errors.PackFormatError],
+      ["reserved", (v) => v.setUint8(79, 1), errors.PackFormatError],
+      ["list_count 3 (size)", (v) => v.setUint16(64, 3, true), errors.PackTruncatedError],
+      ["offsets decrease", (v) => v.setUint32(84, 9, true), errors.PackFormatError],
+      ["centroid NaN", (v) => v.setFloat32(92, NaN, true), errors.PackFormatError],
+      ["codebook inf", (v) => v.setFloat32(92 + 64, Infinity, true), errors.PackFormatError],
+      ["coin index >= C", (v) => v.setUint32(92 + 64 + 8192, 6, true), errors.PackFormatError],
+      ["coin order in a list", (v) => v.setUint32(92 + 64 + 8192, 1, true), errors.PackFormatError],
+    ];
+    for (const [what, edit, cls] of cases) {
+      assert.throws(() => readPack(resealed(raw, edit)), (e: Error) => e.constructor === cls || assert.fail(`${what}: ${e.constructor.name} ${e.message}`));
+    }
+    assert.throws(() => readPack(raw.slice(0, 100)), errors.PackTruncatedError);
+    // a coin's vectors may sit in several lists: moving list 0's boundary keeps the pack valid if order holds
+    const twoLists = readPack(resealed(raw, (v) => v.setUint32(84, 2, true)));
+    assert.deepEqual(twoLists.coinIds, expected.packs["ivfpq.pack"].vector_coin_ids);
+    assert.deepEqual(twoLists.vectorsOf("de-2eur").length, 8);
+  });
 });
 
 describe("broken packs", () => {
@@ -131,8 +199,10 @@ describe("mutated packs (seeded fuzzing)", () => {
   };
   const require_sha = (b: Uint8Array) => Uint8Array.from(Buffer.from(sha256Hex(b), "hex"));
 
-  for (const name of ["int8.pack", "fp16.pack", "fp32.pack", "int8_v1_to_v2.delta"]) {
-    it(`${name}: 3000 mutations (bit flips, byte sets, truncations, insertions; sealed and resealed) raise only PackError`, () => {
+  // ivfpq.pack is mostly codebooks (8 KiB of floats): a resealed flip there is still a valid, canonical pack
+  const minRefused: Record<string, number> = { "ivfpq.pack": 1500 };
+  for (const name of ["int8.pack", "fp16.pack", "fp32.pack", "ivfpq.pack", "int8_v1_to_v2.delta"]) {
+    it(`${name}: 3000 mutations (bit flips, byte sets, truncations, insertions; sealed and resealed) raise only PackError or read a canonical pack`, () => {
       const orig = bytesOf(name);
       const base = readPack(bytesOf("int8.pack"));
       const read = name.endsWith(".delta") ? (b: Uint8Array) => applyDelta(base, b) : (b: Uint8Array) => readPack(b);
@@ -146,15 +216,20 @@ describe("mutated packs (seeded fuzzing)", () => {
         else if (kind === 3) { const at = rand(b.length); b = Uint8Array.from([...b.slice(0, at), rand(256), ...b.slice(at)]); }
         else { const at = rand(b.length - 1); b = Uint8Array.from([...b.slice(0, at), ...b.slice(at + 1)]); }
         if (rand(2) && b.length > 96) b = reseal(b);
+        let p: Pack;
         try {
-          const p = read(b);
+          p = read(b);
           assert.ok(p instanceof Pack);
         } catch (e) {
           if (!(e instanceof errors.PackError)) throw new Error(`mutation ${t} (kind ${kind}) raised ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
           refused++;
+          continue;
         }
+        // accepted: canonical (re-serialises to the same bytes) and searchable
+        if (!name.endsWith(".delta")) assert.deepEqual(p.toBytes(), b, `mutation ${t} (kind ${kind}) accepted but not canonical`);
+        for (const q of expected.queries) assert.ok(p.search(q, 3, { rescore: t % 2 === 1 }).length <= 3);
       }
-      assert.ok(refused > 2500, `${refused} refused`);
+      assert.ok(refused > (minRefused[name] ?? 2500), `${refused} refused`);
     });
   }
 });

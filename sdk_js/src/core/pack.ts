@@ -22,10 +22,18 @@ export const HEADER_BYTES = 64;
 export const CHECKSUM_BYTES = 32;
 export const MAX_DIM = 4096;
 export const MAX_PACK_BYTES = 2 ** 31;
-export type Quant = "int8" | "fp16" | "fp32";
+/** Vector encodings: `int8`, `fp16`, `fp32`, and `ivfpq` (world-sized packs, docs/PACK_FORMAT.md section 8). */
+export type Quant = "int8" | "fp16" | "fp32" | "ivfpq";
+/** The encodings deltas support; `ivfpq` ships as full packs only (its codebooks are trained per pack). */
 export const QUANTS: readonly Quant[] = ["int8", "fp16", "fp32"];
-const QUANT_CODE: Record<Quant, number> = { int8: 1, fp16: 2, fp32: 3 };
-const QUANT_WIDTH: Record<Quant, number> = { int8: 1, fp16: 2, fp32: 4 };
+export const ALL_QUANTS: readonly Quant[] = [...QUANTS, "ivfpq"];
+const QUANT_CODE: Record<Quant, number> = { int8: 1, fp16: 2, fp32: 3, ivfpq: 4 };
+/** Bytes per stored component (ivfpq: one u8 code per sub-space, see {@link IvfIndex}). */
+const QUANT_WIDTH: Record<Quant, number> = { int8: 1, fp16: 2, fp32: 4, ivfpq: 1 };
+/** ivfpq: entries per sub-space codebook (one-byte codes), size of the index header, the only code size. */
+export const IVF_CODEBOOK_SIZE = 256;
+export const IVF_INDEX_HEADER_BYTES = 16;
+const IVF_CODE_BITS = 8;
 const PACK_MAGIC = "CVPK";
 const DELTA_MAGIC = "CVPD";
 const RECORD_FIELDS = ["coinId", "label", "country", "currency", "denomination", "side", "years"] as const;
@@ -200,8 +208,10 @@ function checkLengthAndChecksum(buf: Uint8Array, expected: number, name: string)
 
 function decodeHeaderCodes(view: DataView, name: string): { quant: Quant; dim: number } {
   const quantCode = view.getUint8(6);
-  const quant = QUANTS.find((q) => QUANT_CODE[q] === quantCode);
-  if (!quant) throw new PackFormatError(`${name}: unknown quantization code ${quantCode} (1=int8, 2=fp16, 3=fp32); ${FIX_BUILD}`);
+  const quant = ALL_QUANTS.find((q) => QUANT_CODE[q] === quantCode);
+  if (!quant) {
+    throw new PackFormatError(`${name}: unknown quantization code ${quantCode} (1=int8, 2=fp16, 3=fp32, 4=ivfpq); ${FIX_BUILD}`);
+  }
   const metric = view.getUint8(7);
   if (metric !== 1) throw new PackFormatError(`${name}: unknown metric code ${metric} (1=cosine); ${FIX_BUILD}`);
   const dim = view.getUint16(8, true);
@@ -215,18 +225,139 @@ function checkReserved(view: DataView, flagsAt: number, from: number, name: stri
   if (bad) throw new PackFormatError(`${name}: reserved header bytes are not zero (written by an unknown tool); ${FIX_BUILD}`);
 }
 
-/** Bytes of the vector section (exact in float64 for any u32 count: < 2^53). */
+/** Bytes of the vector section, int8/fp16/fp32 (exact in float64 for any u32 count: < 2^53). */
 function vectorBytes(n: number, dim: number, quant: Quant): number {
   return n * (4 + (quant === "int8" ? 4 : 0) + dim * QUANT_WIDTH[quant]);
+}
+
+/**
+ * Bytes of an ivfpq vector section (docs/PACK_FORMAT.md 8.1): index header, list offsets, centroids, codebooks,
+ * coin index and codes. Exact in float64: at most ~1.8e13 for hostile u32/u16 header fields (< 2^53).
+ */
+function ivfSectionBytes(n: number, dim: number, lists: number, subspaces: number): number {
+  return IVF_INDEX_HEADER_BYTES + 4 * (lists + 1) + 4 * lists * dim + 4 * IVF_CODEBOOK_SIZE * dim + n * (4 + subspaces);
+}
+
+/** What an ivfpq reader needs besides the codes (docs/PACK_FORMAT.md 8.1). */
+export interface IvfIndex {
+  /** `L`: coarse centroids (lists). */
+  readonly lists: number;
+  /** `P`: lists a search scans (from the pack; 1..L). */
+  readonly nprobe: number;
+  /** `M`: one-byte codes per vector; `dim / M` components per sub-space. */
+  readonly subspaces: number;
+  /** `L + 1` offsets: list `l` holds vectors `offsets[l] .. offsets[l+1] - 1`. */
+  readonly offsets: Uint32Array;
+  /** `L x dim` float32, row-major. */
+  readonly centroids: Float32Array;
+  /** `M x 256 x (dim / M)` float32: `B[j][k]` at `(j * 256 + k) * (dim / M)`. */
+  readonly codebooks: Float32Array;
 }
 
 interface VectorSection {
   coinIndex: Uint32Array;
   scales: Float32Array | null;
-  /** Stored values as numbers: int8 codes, fp16 widened to float32 values, fp32 values. */
-  data: Int8Array | Float32Array;
-  /** The raw bytes of the stored vectors (for byte-exact serialisation and change detection). */
+  /** Stored values as numbers: int8 codes, fp16 widened to float32 values, fp32 values, ivfpq `N x M` codes. */
+  data: Int8Array | Float32Array | Uint8Array;
+  /** The raw bytes of the stored vectors (for byte-exact serialisation and change detection); ivfpq: the codes. */
   raw: Uint8Array;
+  /** ivfpq only: the index (vectors are stored list by list). */
+  ivf?: IvfIndex | null;
+}
+
+/** `(lists, nprobe, subspaces)` of an ivfpq vector section, each checked (docs/PACK_FORMAT.md 8.1). */
+function readIvfHeader(buf: Uint8Array, view: DataView, dim: number, name: string): [number, number, number] {
+  if (buf.length < HEADER_BYTES + IVF_INDEX_HEADER_BYTES + CHECKSUM_BYTES) {
+    throw new PackTruncatedError(
+      `${name} is ${buf.length} bytes, too short for its ivfpq index header: truncated (interrupted download); download it again`,
+    );
+  }
+  const lists = view.getUint16(HEADER_BYTES, true);
+  const nprobe = view.getUint16(HEADER_BYTES + 2, true);
+  const subspaces = view.getUint16(HEADER_BYTES + 4, true);
+  const codeBits = view.getUint16(HEADER_BYTES + 6, true);
+  if (lists < 1) throw new PackFormatError(`${name}: ivfpq list_count is 0 (must be 1..65535); ${FIX_BUILD}`);
+  if (nprobe < 1 || nprobe > lists) {
+    throw new PackFormatError(`${name}: ivfpq nprobe ${nprobe} is outside 1..list_count (${lists}); ${FIX_BUILD}`);
+  }
+  if (subspaces < 1 || dim % subspaces !== 0) {
+    throw new PackFormatError(`${name}: ivfpq subspace_count ${subspaces} does not divide dim ${dim} (must be >= 1); ${FIX_BUILD}`);
+  }
+  if (codeBits !== IVF_CODE_BITS) {
+    throw new PackFormatError(`${name}: ivfpq code_bits ${codeBits} is not 8 (the only code size); ${FIX_BUILD}`);
+  }
+  for (let i = HEADER_BYTES + 8; i < HEADER_BYTES + IVF_INDEX_HEADER_BYTES; i++) {
+    if (buf[i] !== 0) throw new PackFormatError(`${name}: ivfpq reserved bytes are not zero (written by an unknown tool); ${FIX_BUILD}`);
+  }
+  return [lists, nprobe, subspaces];
+}
+
+/** Index, coin index and codes of an ivfpq section: copies (the input may be reused). */
+function readIvfSection(buf: Uint8Array, n: number, dim: number, lists: number, nprobe: number, subspaces: number): VectorSection {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let pos = HEADER_BYTES + IVF_INDEX_HEADER_BYTES;
+  const offsets = new Uint32Array(lists + 1);
+  for (let i = 0; i <= lists; i++, pos += 4) offsets[i] = view.getUint32(pos, true);
+  const centroids = new Float32Array(lists * dim);
+  for (let i = 0; i < centroids.length; i++, pos += 4) centroids[i] = view.getFloat32(pos, true);
+  const codebooks = new Float32Array(IVF_CODEBOOK_SIZE * dim);
+  for (let i = 0; i < codebooks.length; i++, pos += 4) codebooks[i] = view.getFloat32(pos, true);
+  const coinIndex = new Uint32Array(n);
+  for (let i = 0; i < n; i++, pos += 4) coinIndex[i] = view.getUint32(pos, true);
+  const codes = buf.slice(pos, pos + n * subspaces);
+  return { coinIndex, scales: null, data: codes, raw: codes, ivf: { lists, nprobe, subspaces, offsets, centroids, codebooks } };
+}
+
+/** What is wrong with an ivfpq section (null when canonical): offsets, finiteness, coin index order. */
+function ivfProblem(v: VectorSection, ivf: IvfIndex, coins: number, dim: number): string | null {
+  const n = v.coinIndex.length;
+  if ((n === 0) !== (coins === 0)) return `${n} vectors but ${coins} coins (every coin needs at least one vector)`;
+  const off = ivf.offsets;
+  const lists = ivf.lists;
+  let ok = off.length === lists + 1 && off[0] === 0 && off[lists] === n;
+  for (let l = 0; l < lists && ok; l++) ok = off[l + 1]! >= off[l]!;
+  if (!ok) return `ivfpq list offsets do not run from 0 to vector_count (${n}) without decreasing`;
+  if (ivf.centroids.length !== lists * dim || ivf.codebooks.length !== IVF_CODEBOOK_SIZE * dim
+    || !ivf.centroids.every(Number.isFinite) || !ivf.codebooks.every(Number.isFinite)) {
+    return "an ivfpq centroid or codebook entry holds NaN or infinity";
+  }
+  if (n) {
+    const seen = new Uint8Array(coins);
+    for (let i = 0; i < n; i++) {
+      const c = v.coinIndex[i]!;
+      if (c >= coins) return `a coin index is >= coin_count (${coins})`;
+      seen[c] = 1;
+    }
+    if (seen.includes(0)) return "a coin has no vector";
+    // Canonical order: within a list, vectors ascend by coin (the builder's stable order).
+    for (let l = 0; l < lists; l++) {
+      for (let i = off[l]! + 1; i < off[l + 1]!; i++) {
+        if (v.coinIndex[i]! < v.coinIndex[i - 1]!) return "vectors of an ivfpq list are not in coin order";
+      }
+    }
+  }
+  if (v.data.length !== n * ivf.subspaces) return "ivfpq codes do not match the vector count";
+  return null;
+}
+
+/** List index of every vector, from the `L + 1` offsets (validated). */
+function listOfVectors(ivf: IvfIndex, n: number): Uint32Array {
+  const out = new Uint32Array(n);
+  for (let l = 0; l < ivf.lists; l++) out.fill(l, ivf.offsets[l]!, ivf.offsets[l + 1]!);
+  return out;
+}
+
+/** Dequantised vector `i` of list `l` into `out`: `c_l + concat_j B[j][code_ij]`, one float32 addition each. */
+function decodeIvf(ivf: IvfIndex, codes: Uint8Array | Int8Array | Float32Array, dim: number, i: number, l: number, out: Float32Array): void {
+  const m = ivf.subspaces;
+  const dsub = dim / m;
+  for (let j = 0; j < m; j++) {
+    const entry = (j * IVF_CODEBOOK_SIZE + codes[i * m + j]!) * dsub;
+    for (let t = 0; t < dsub; t++) {
+      const x = j * dsub + t;
+      out[x] = ivf.centroids[l * dim + x]! + ivf.codebooks[entry + t]!;
+    }
+  }
 }
 
 function readVectors(buf: Uint8Array, n: number, dim: number, quant: Quant): VectorSection {
@@ -331,7 +462,13 @@ export class Pack {
         throw new PackFormatError(`${name}: coin table is not sorted by coin id or has duplicates; ${FIX_BUILD}`);
       }
     }
-    const problem = arrayProblem(this.v, this.recordList.length, this.dim, this.quant);
+    const ivf = this.v.ivf ?? null;
+    if ((this.quant === "ivfpq") !== (ivf !== null)) {
+      throw new PackFormatError(`${name}: quant ${JSON.stringify(this.quant)} does not match the presence of an ivfpq index`);
+    }
+    const problem = ivf
+      ? ivfProblem(this.v, ivf, this.recordList.length, this.dim)
+      : arrayProblem(this.v, this.recordList.length, this.dim, this.quant);
     if (problem) throw new PackFormatError(`${name}: ${problem}; ${FIX_BUILD}`);
     this.coinOrder = Object.freeze(this.recordList.map((r) => r.coinId));
     this.recordMap = new Map(this.recordList.map((r) => [r.coinId, r]));
@@ -346,10 +483,28 @@ export class Pack {
     }
     this.invNorm = new Float32Array(n);
     const d = this.dim;
-    for (let i = 0; i < n; i++) {
-      let ss = 0;
-      for (let j = i * d; j < (i + 1) * d; j++) ss += this.v.data[j]! * this.v.data[j]!;
-      this.invNorm[i] = 1 / Math.sqrt(ss);
+    if (ivf) {
+      // ‖x_i‖ of the dequantised vectors (float64 of the float32 decode), once per vector, without an N x dim copy.
+      const lists = listOfVectors(ivf, n);
+      const row = new Float32Array(d);
+      for (let i = 0; i < n; i++) {
+        decodeIvf(ivf, this.v.data, d, i, lists[i]!, row);
+        let ss = 0;
+        for (let j = 0; j < d; j++) ss += row[j]! * row[j]!;
+        const norm = Math.sqrt(ss);
+        if (!(norm > 0)) {
+          throw new PackFormatError(
+            `pack ${JSON.stringify(this.catalogId)}: an ivfpq vector decodes to all zeros (cosine undefined); ${FIX_BUILD}`,
+          );
+        }
+        this.invNorm[i] = 1 / norm;
+      }
+    } else {
+      for (let i = 0; i < n; i++) {
+        let ss = 0;
+        for (let j = i * d; j < (i + 1) * d; j++) ss += this.v.data[j]! * this.v.data[j]!;
+        this.invNorm[i] = 1 / Math.sqrt(ss);
+      }
     }
     this.bytesCache = init.bytes;
   }
@@ -362,9 +517,19 @@ export class Pack {
     return this.recordList.length;
   }
 
-  /** Bytes of the vector section: vectors + per-vector coin index (+ int8 scale); the coin table excluded. */
+  /**
+   * Bytes of the vector section: vectors + per-vector coin index (+ int8 scale; + the ivfpq index); the coin table
+   * excluded.
+   */
   get vectorBytes(): number {
+    const ivf = this.v.ivf;
+    if (ivf) return ivfSectionBytes(this.vectorCount, this.dim, ivf.lists, ivf.subspaces);
     return vectorBytes(this.vectorCount, this.dim, this.quant);
+  }
+
+  /** The ivfpq index (lists, nprobe, sub-spaces, offsets, centroids, codebooks); null for other encodings. */
+  get ivf(): IvfIndex | null {
+    return this.v.ivf ?? null;
   }
 
   /** `{coinId: CoinRecord}` in coin id order. */
@@ -382,8 +547,20 @@ export class Pack {
     return this.v.scales ? this.v.scales.slice() : null;
   }
 
-  /** Dequantised `N x dim` float32, row-major: int8 `code * scale`, fp16 widened, fp32 as stored. */
+  /**
+   * Dequantised `N x dim` float32, row-major: int8 `code * scale`, fp16 widened, fp32 as stored, ivfpq
+   * `centroid + residual` (in the pack's vector order: list by list).
+   */
   vectorsF32(): Float32Array {
+    const ivf = this.v.ivf;
+    if (ivf) {
+      const n = this.vectorCount;
+      const d = this.dim;
+      const out = new Float32Array(n * d);
+      const lists = listOfVectors(ivf, n);
+      for (let i = 0; i < n; i++) decodeIvf(ivf, this.v.data, d, i, lists[i]!, out.subarray(i * d, (i + 1) * d));
+      return out;
+    }
     const out = new Float32Array(this.v.data.length);
     const s = this.v.scales;
     for (let i = 0; i < out.length; i++) {
@@ -396,6 +573,16 @@ export class Pack {
   vectorsOf(coinId: string): Float32Array {
     const i = this.coinOrder.indexOf(coinId);
     if (i < 0) throw new PackQueryError(`coin ${JSON.stringify(coinId)} is not in pack ${JSON.stringify(this.catalogId)}`);
+    if (this.v.ivf) {
+      // ivfpq: a coin's vectors may sit in several lists
+      const all = this.vectorsF32();
+      const d = this.dim;
+      const rows: number[] = [];
+      this.v.coinIndex.forEach((c, r) => c === i && rows.push(r));
+      const out = new Float32Array(rows.length * d);
+      rows.forEach((r, k) => out.set(all.subarray(r * d, (r + 1) * d), k * d));
+      return out;
+    }
     return this.vectorsF32().subarray(this.starts[i]! * this.dim, this.stops[i]! * this.dim);
   }
 
@@ -420,9 +607,18 @@ export class Pack {
     return q.map((x) => x / norm);
   }
 
-  /** Max cosine per coin (float32 arithmetic as the reference), in coin order. */
+  /**
+   * Max cosine per coin (float32 arithmetic as the reference), in coin order. ivfpq: only coins with a vector in
+   * the probed lists get a score; the others are `-Infinity`.
+   */
   coinScores(query: ArrayLike<number>): Float32Array {
     const q64 = this.unitQuery(query);
+    if (this.v.ivf) {
+      const scores = new Float32Array(this.coinCount).fill(-Infinity);
+      const { coins, best } = this.ivfCandidates(this.v.ivf, q64, false);
+      coins.forEach((c, i) => { scores[c] = best[i]!; });
+      return scores;
+    }
     const q = Float32Array.from(q64);
     const d = this.dim;
     const scores = new Float32Array(this.coinCount).fill(-Infinity);
@@ -446,6 +642,7 @@ export class Pack {
     if (!Number.isInteger(k) || k < 0) throw new PackQueryError(`k=${k}: pass the number of coins wanted (an integer >= 1)`);
     const q64 = this.unitQuery(query);
     if (this.vectorCount === 0 || k === 0) return [];
+    if (this.v.ivf) return this.searchIvf(this.v.ivf, q64, k, options.rescore === true);
     const scores = this.coinScores(q64);
     const order = Array.from(scores.keys()).sort((a, b) => scores[b]! - scores[a]! || a - b);
     if (!options.rescore) return order.slice(0, k).map((i) => [this.coinOrder[i]!, scores[i]!] as const);
@@ -468,9 +665,101 @@ export class Pack {
     return rescored.slice(0, k).map(([c, s]) => [this.coinOrder[c]!, s] as const);
   }
 
+  /**
+   * The `nprobe` lists (the pack's own `nprobe`, docs/PACK_FORMAT.md 8.3) nearest a unit float32 query, ranked by
+   * `u . c_l - |c_l|^2 / 2` (ties: lower list first), and `u . c_l` of every list (float32).
+   */
+  private probedLists(ivf: IvfIndex, u: Float32Array): { probe: number[]; coarse: Float32Array } {
+    const d = this.dim;
+    const coarse = new Float32Array(ivf.lists);
+    const rank = new Float32Array(ivf.lists);
+    for (let l = 0; l < ivf.lists; l++) {
+      let dot = 0;
+      let sq = 0;
+      for (let t = 0; t < d; t++) {
+        const c = ivf.centroids[l * d + t]!;
+        dot += c * u[t]!;
+        sq += c * c;
+      }
+      coarse[l] = dot;
+      rank[l] = Math.fround(coarse[l]! - Math.fround(0.5 * Math.fround(sq)));
+    }
+    const order = Array.from(rank.keys()).sort((a, b) => {
+      const ra = rank[a]!;
+      const rb = rank[b]!;
+      if (Number.isNaN(ra) || Number.isNaN(rb)) return Number.isNaN(ra) === Number.isNaN(rb) ? a - b : Number.isNaN(ra) ? 1 : -1;
+      return rb - ra || a - b;
+    });
+    return { probe: order.slice(0, ivf.nprobe), coarse };
+  }
+
+  /**
+   * Candidate coins of an ivfpq search and their best score over the vectors of the probed lists (docs/PACK_FORMAT.md
+   * 8.3): float32 lookup tables as the reference, or (`rescore`) float64 cosines of the dequantised vectors.
+   */
+  private ivfCandidates(ivf: IvfIndex, q64: Float64Array, rescore: boolean): { coins: number[]; best: number[] } {
+    const d = this.dim;
+    const m = ivf.subspaces;
+    const dsub = d / m;
+    const u = Float32Array.from(q64);
+    const { probe, coarse } = this.probedLists(ivf, u);
+    // T[j][k] = u_j . B[j][k], float32
+    const table = new Float32Array(m * IVF_CODEBOOK_SIZE);
+    for (let j = 0; j < m; j++) {
+      for (let k = 0; k < IVF_CODEBOOK_SIZE; k++) {
+        const entry = (j * IVF_CODEBOOK_SIZE + k) * dsub;
+        let s = 0;
+        for (let t = 0; t < dsub; t++) s = Math.fround(s + Math.fround(u[j * dsub + t]! * ivf.codebooks[entry + t]!));
+        table[j * IVF_CODEBOOK_SIZE + k] = s;
+      }
+    }
+    const codes = this.v.data;
+    const best = new Map<number, number>();
+    const row = new Float32Array(d);
+    for (const l of probe) {
+      for (let i = ivf.offsets[l]!; i < ivf.offsets[l + 1]!; i++) {
+        let s: number;
+        if (rescore) {
+          decodeIvf(ivf, codes, d, i, l, row);
+          let dot = 0;
+          let ss = 0;
+          for (let t = 0; t < d; t++) {
+            dot += row[t]! * q64[t]!;
+            ss += row[t]! * row[t]!;
+          }
+          s = dot / Math.sqrt(ss);
+        } else {
+          s = coarse[l]!;
+          for (let j = 0; j < m; j++) s = Math.fround(s + table[j * IVF_CODEBOOK_SIZE + codes[i * m + j]!]!);
+          s = Math.fround(s * this.invNorm[i]!);
+        }
+        const c = this.v.coinIndex[i]!;
+        const prev = best.get(c);
+        // the max score per coin; NaN only when all of the coin's scores are NaN (as the reference's sort)
+        if (prev === undefined || s > prev || (Number.isNaN(prev) && !Number.isNaN(s))) best.set(c, s);
+      }
+    }
+    const coins = [...best.keys()].sort((a, b) => a - b);
+    return { coins, best: coins.map((c) => best.get(c)!) };
+  }
+
+  /** ivfpq search (docs/PACK_FORMAT.md 8.3): only coins with a vector in the probed lists are candidates. */
+  private searchIvf(ivf: IvfIndex, q64: Float64Array, k: number, rescore: boolean): SearchHit[] {
+    const { coins, best } = this.ivfCandidates(ivf, q64, rescore);
+    const order = Array.from(coins.keys()).sort((a, b) => {
+      const sa = best[a]!;
+      const sb = best[b]!;
+      if (Number.isNaN(sa) || Number.isNaN(sb)) {
+        return Number.isNaN(sa) === Number.isNaN(sb) ? coins[a]! - coins[b]! : Number.isNaN(sa) ? 1 : -1;
+      }
+      return sb - sa || coins[a]! - coins[b]!;
+    });
+    return order.slice(0, k).map((i) => [this.coinOrder[coins[i]!]!, best[i]!] as const);
+  }
+
   /** @internal the raw stored bytes of vector i (codes or floats). */
   rawVector(i: number): Uint8Array {
-    const w = this.dim * QUANT_WIDTH[this.quant];
+    const w = this.v.ivf ? this.v.ivf.subspaces : this.dim * QUANT_WIDTH[this.quant];
     return this.v.raw.subarray(i * w, (i + 1) * w);
   }
 
@@ -515,6 +804,22 @@ export class Pack {
 
 function sectionBytes(v: VectorSection): Uint8Array {
   const n = v.coinIndex.length;
+  const ivf = v.ivf;
+  if (ivf) {
+    const floats = ivf.centroids.length + ivf.codebooks.length;
+    const head = new Uint8Array(IVF_INDEX_HEADER_BYTES + 4 * (ivf.lists + 1) + 4 * floats + 4 * n);
+    const view = new DataView(head.buffer);
+    view.setUint16(0, ivf.lists, true);
+    view.setUint16(2, ivf.nprobe, true);
+    view.setUint16(4, ivf.subspaces, true);
+    view.setUint16(6, IVF_CODE_BITS, true);
+    let pos = IVF_INDEX_HEADER_BYTES;
+    for (const o of ivf.offsets) { view.setUint32(pos, o, true); pos += 4; }
+    for (const x of ivf.centroids) { view.setFloat32(pos, x, true); pos += 4; }
+    for (const x of ivf.codebooks) { view.setFloat32(pos, x, true); pos += 4; }
+    for (const c of v.coinIndex) { view.setUint32(pos, c, true); pos += 4; }
+    return concatBytes([head, v.raw]);
+  }
   const head = new Uint8Array(n * (v.scales ? 8 : 4));
   const view = new DataView(head.buffer);
   for (let i = 0; i < n; i++) view.setUint32(4 * i, v.coinIndex[i]!, true);
@@ -565,13 +870,16 @@ function parsePack(buf: Uint8Array, name: string): Pack {
   const version = view.getUint32(20, true);
   const createdAt = view.getBigInt64(24, true);
   const tableBytes = view.getUint32(32, true);
-  const vb = vectorBytes(n, dim, quant);
+  const ivfShape = quant === "ivfpq" ? readIvfHeader(buf, view, dim, name) : null;
+  const vb = ivfShape ? ivfSectionBytes(n, dim, ivfShape[0], ivfShape[2]) : vectorBytes(n, dim, quant);
   const expected = HEADER_BYTES + vb + tableBytes + CHECKSUM_BYTES;
   checkLengthAndChecksum(buf, expected, name);
   if (coins > n || coins * MIN_RECORD_BYTES > tableBytes) {
     throw new PackFormatError(`${name}: header claims ${coins} coins for ${n} vectors and a ${tableBytes}-byte table; ${FIX_BUILD}`);
   }
-  const vectors = readVectors(buf, n, dim, quant);
+  const vectors = ivfShape
+    ? readIvfSection(buf, n, dim, ivfShape[0], ivfShape[1], ivfShape[2])
+    : readVectors(buf, n, dim, quant);
   const cur = new Cursor(buf, HEADER_BYTES + vb, expected - CHECKSUM_BYTES, `${name} table`);
   const catalogId = cur.text("catalog id")[0];
   const fingerprint = cur.text("model fingerprint")[0];
@@ -641,6 +949,11 @@ function parseDelta(buf: Uint8Array, name: string): Delta {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const { quant, dim } = decodeHeaderCodes(view, name);
   checkReserved(view, 10, 44, name);
+  if (quant === "ivfpq") {
+    throw new PackFormatError(
+      `${name}: declares ivfpq vectors, which deltas never carry (ivfpq packs ship whole); download the full pack`,
+    );
+  }
   const n = view.getUint32(12, true);
   const nUpserts = view.getUint32(16, true);
   const nRemoved = view.getUint32(20, true);
@@ -696,6 +1009,11 @@ function parseDelta(buf: Uint8Array, name: string): Delta {
  */
 export function applyDelta(base: Pack, delta: Uint8Array | ArrayBuffer | Delta): Pack {
   const d = delta instanceof Uint8Array || delta instanceof ArrayBuffer ? readDelta(delta) : delta;
+  if (base.quant === "ivfpq") {
+    throw new PackDeltaError(
+      `pack ${JSON.stringify(base.catalogId)} is ivfpq: its versions ship as full packs, not deltas; download the full pack`,
+    );
+  }
   if (d.catalogId !== base.catalogId) {
     throw new PackDeltaError(`delta is for catalog ${JSON.stringify(d.catalogId)}, not ${JSON.stringify(base.catalogId)}; use that catalog's delta`);
   }
