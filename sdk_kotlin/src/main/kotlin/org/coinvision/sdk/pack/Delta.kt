@@ -35,6 +35,12 @@ class Delta internal constructor(
         private fun parse(buf: ByteArray, name: String): Delta {
             PackBytes.checkEnvelope(buf, PackBytes.DELTA_MAGIC, "delta", name)
             val quant = PackBytes.decodeHeaderCodes(buf, 44, name)
+            // ivfpq codebooks are trained per pack, so an ivfpq catalog ships whole (spec section 8)
+            if (quant == Quant.IVFPQ) {
+                throw PackFormatException(
+                    "$name: declares ivfpq vectors, which deltas never carry (ivfpq packs ship whole); download the full pack"
+                )
+            }
             val dim = PackBytes.u16(buf, 8)
             val n = PackBytes.u32(buf, 12)
             val nUpserts = PackBytes.u32(buf, 16)
@@ -85,6 +91,12 @@ class Delta internal constructor(
         fun apply(base: Pack, delta: ByteArray): Pack = apply(base, read(delta))
 
         fun apply(base: Pack, d: Delta): Pack {
+            if (base.quant == Quant.IVFPQ) {
+                throw PackDeltaException(
+                    "pack '${base.catalogId}' is ivfpq: its versions ship as full packs, not deltas (its codebooks are " +
+                        "trained per version); download the full pack"
+                )
+            }
             if (d.catalogId != base.catalogId) {
                 throw PackDeltaException("delta is for catalog '${d.catalogId}', not '${base.catalogId}'; use that catalog's delta")
             }

@@ -26,7 +26,13 @@ import java.security.MessageDigest
  * them. A pack that passes is canonical: [Pack.toBytes] gives back the same bytes.
  */
 enum class Quant(val code: Int, val width: Int, val label: String) {
-    INT8(1, 1, "int8"), FP16(2, 2, "fp16"), FP32(3, 4, "fp32");
+    INT8(1, 1, "int8"), FP16(2, 2, "fp16"), FP32(3, 4, "fp32"),
+
+    /**
+     * World-sized packs (spec section 8): IVF lists + one-byte product-quantization codes ([width] = one code; the
+     * section size is [IvfPq.sectionBytes], not [PackBytes.vectorBytes]). Packs only: deltas refuse it.
+     */
+    IVFPQ(4, 1, "ivfpq");
 
     companion object {
         fun ofCode(code: Int): Quant? = entries.firstOrNull { it.code == code }
@@ -165,7 +171,7 @@ internal object PackBytes {
 
     fun decodeHeaderCodes(buf: ByteArray, reservedFrom: Int, name: String): Quant {
         val quant = Quant.ofCode(buf[6].toInt() and 0xff)
-            ?: throw PackFormatException("$name: unknown quantization code ${buf[6].toInt() and 0xff} (1=int8, 2=fp16, 3=fp32); $FIX_BUILD")
+            ?: throw PackFormatException("$name: unknown quantization code ${buf[6].toInt() and 0xff} (1=int8, 2=fp16, 3=fp32, 4=ivfpq); $FIX_BUILD")
         val metric = buf[7].toInt() and 0xff
         if (metric != 1) throw PackFormatException("$name: unknown metric code $metric (1=cosine); $FIX_BUILD")
         val dim = u16(buf, 8)
@@ -254,6 +260,7 @@ internal class VectorSection(val coinIndex: LongArray, val scaleBits: IntArray?,
         Quant.INT8 -> data[i].toDouble()
         Quant.FP16 -> PackBytes.halfToFloat(PackBytes.u16(data, 2 * i)).toDouble()
         Quant.FP32 -> java.lang.Float.intBitsToFloat(PackBytes.u32(data, 4 * i).toInt()).toDouble()
+        Quant.IVFPQ -> throw IllegalStateException("ivfpq codes are not vector components; decode them with the index")
     }
 }
 
@@ -341,7 +348,7 @@ internal object PackWriter {
 
 /**
  * An immutable, validated pack. Make one with [PackReader.read] or [Delta.apply].
- * Vectors are stored as in the file (int8 codes + scales, fp16, fp32).
+ * Vectors are stored as in the file (int8 codes + scales, fp16, fp32, or ivfpq codes + [ivfpq] index).
  */
 class Pack internal constructor(
     val catalogId: String,
@@ -353,15 +360,27 @@ class Pack internal constructor(
     internal val section: VectorSection,
     records: List<CoinRecord>,
     originalBytes: ByteArray? = null,
+    /** The ivfpq index (quant [Quant.IVFPQ] only; then [section] holds the coin index and the N x M codes). */
+    val ivfpq: IvfPqIndex? = null,
 ) {
     val records: List<CoinRecord> = records.toList()
     val metric: String get() = "cosine"
     val vectorCount: Int get() = section.coinIndex.size
     val coinCount: Int get() = records.size
     private val recordsById: Map<String, CoinRecord> = records.associateBy { it.coinId }
+    /** Runs of equal coin index in vector order (int8/fp16/fp32: one run per coin; ivfpq: per list and coin). */
     internal val starts: IntArray
     internal val stops: IntArray
     private val rowNorm: DoubleArray
+
+    /** ivfpq: the list of every vector (null otherwise). */
+    private val listOfVector: IntArray?
+
+    /**
+     * ivfpq: `float32(1 / ‖x_i‖)` of every dequantised vector, the factor the reference's float32 scores use
+     * (null otherwise).
+     */
+    private val invNorm: FloatArray?
     private var bytesCache: ByteArray? = originalBytes
 
     init {
@@ -374,9 +393,12 @@ class Pack internal constructor(
                 throw PackFormatException("$name: coin table is not sorted by coin id or has duplicates; ${PackBytes.FIX_BUILD}")
             }
         }
-        PackBytes.arrayProblem(section, records.size, dim, quant)?.let {
-            throw PackFormatException("$name: $it; ${PackBytes.FIX_BUILD}")
+        if ((quant == Quant.IVFPQ) != (ivfpq != null)) {
+            throw PackFormatException("$name: quant '${quant.label}' does not match the presence of an ivfpq index")
         }
+        val problem = if (ivfpq != null) IvfPq.problem(ivfpq, section, records.size)
+        else PackBytes.arrayProblem(section, records.size, dim, quant)
+        problem?.let { throw PackFormatException("$name: $it; ${PackBytes.FIX_BUILD}") }
         val n = vectorCount
         val s = ArrayList<Int>()
         val e = ArrayList<Int>()
@@ -389,10 +411,31 @@ class Pack internal constructor(
         if (n > 0) e.add(n)
         starts = s.toIntArray()
         stops = e.toIntArray()
-        rowNorm = DoubleArray(n) { r ->
-            var acc = 0.0
-            for (j in 0 until dim) { val x = section.raw(quant, r * dim + j); acc += x * x }
-            Math.sqrt(acc)
+        if (ivfpq == null) {
+            listOfVector = null
+            invNorm = null
+            rowNorm = DoubleArray(n) { r ->
+                var acc = 0.0
+                for (j in 0 until dim) { val x = section.raw(quant, r * dim + j); acc += x * x }
+                Math.sqrt(acc)
+            }
+        } else {
+            // ‖x_i‖ of every dequantised (float32) vector, in float64, once per pack (reference: decoded_norms)
+            val lists = IvfPq.listOfVectors(ivfpq, n)
+            val row = FloatArray(dim)
+            rowNorm = DoubleArray(n) { r ->
+                IvfPq.decode(ivfpq, lists[r], section.data, r, row)
+                var acc = 0.0
+                for (x in row) acc += x.toDouble() * x.toDouble()
+                Math.sqrt(acc)
+            }
+            if (!rowNorm.all { it > 0.0 }) {
+                throw PackFormatException(
+                    "pack '$catalogId': an ivfpq vector decodes to all zeros (cosine undefined); ${PackBytes.FIX_BUILD}"
+                )
+            }
+            listOfVector = lists
+            invNorm = FloatArray(n) { (1.0 / rowNorm[it]).toFloat() }
         }
     }
 
@@ -402,11 +445,18 @@ class Pack internal constructor(
     /** The coin id of every vector, in vector order. */
     val vectorCoinIds: List<String> get() = section.coinIndex.map { records[it.toInt()].coinId }
 
-    /** int8 scales (null for fp16/fp32). */
+    /** int8 scales (null for fp16/fp32/ivfpq). */
     val int8Scales: FloatArray? get() = section.scaleBits?.let { b -> FloatArray(b.size) { java.lang.Float.intBitsToFloat(b[it]) } }
 
-    /** Dequantised vector `i` as float32: int8 `code * scale` (float32 product), fp16 widened, fp32 as stored. */
+    /**
+     * Dequantised vector `i` as float32: int8 `code * scale` (float32 product), fp16 widened, fp32 as stored,
+     * ivfpq `centroid + residual` (vectors in the pack's order: list by list).
+     */
     fun vector(i: Int): FloatArray {
+        if (ivfpq != null) {
+            if (i < 0 || i >= vectorCount) throw IndexOutOfBoundsException("vector $i of $vectorCount")
+            return IvfPq.decode(ivfpq, listOfVector!![i], section.data, i)
+        }
         val out = FloatArray(dim)
         val scale = section.scaleBits?.let { java.lang.Float.intBitsToFloat(it[i]) }
         for (j in 0 until dim) {
@@ -416,9 +466,34 @@ class Pack internal constructor(
         return out
     }
 
+    /**
+     * Bytes of the vector section: vectors + per-vector coin index (+ int8 scale; + the ivfpq index header, list
+     * offsets, centroids and codebooks); the coin table excluded.
+     */
+    val vectorBytes: Long
+        get() = ivfpq?.let { IvfPq.sectionBytes(vectorCount.toLong(), dim, it.listCount, it.subspaceCount) }
+            ?: PackBytes.vectorBytes(vectorCount.toLong(), dim, quant)
+
+    /**
+     * Dequantised vectors of one coin, in vector order. ivfpq: a coin's vectors may sit in several lists, so they
+     * are gathered from all of them (in list order). Throws [PackQueryException] for a coin not in the pack.
+     */
+    fun vectorsOf(coinId: String): List<FloatArray> {
+        val c = records.indexOfFirst { it.coinId == coinId }
+        if (c < 0) throw PackQueryException("coin '$coinId' is not in pack '$catalogId'; check the coin id (see records)")
+        return (0 until vectorCount).filter { section.coinIndex[it] == c.toLong() }.map { vector(it) }
+    }
+
     /** Canonical bytes (for a read pack: the bytes it was read from). */
     fun toBytes(): ByteArray {
         bytesCache?.let { return it.copyOf() }
+        val sealed = serialize()
+        bytesCache = sealed
+        return sealed.copyOf()
+    }
+
+    /** The canonical bytes, always serialised from the parsed fields (never the cached input). */
+    internal fun serialize(): ByteArray {
         val table = java.io.ByteArrayOutputStream()
         PackWriter.text(table, catalogId)
         PackWriter.text(table, modelFingerprint)
@@ -432,14 +507,20 @@ class Pack internal constructor(
         PackWriter.u32(out, catalogVersion); PackWriter.i64(out, createdAt)
         PackWriter.u32(out, table.size().toLong())
         out.write(ByteArray(28))
+        ivfpq?.let { ivf ->
+            PackWriter.u16(out, ivf.listCount); PackWriter.u16(out, ivf.nprobe)
+            PackWriter.u16(out, ivf.subspaceCount); PackWriter.u16(out, IvfPq.CODE_BITS)
+            out.write(ByteArray(8))
+            for (o in ivf.offsets) PackWriter.u32(out, o)
+            for (x in ivf.centroids) PackWriter.u32(out, java.lang.Float.floatToRawIntBits(x).toLong() and 0xffffffffL)
+            for (x in ivf.codebooks) PackWriter.u32(out, java.lang.Float.floatToRawIntBits(x).toLong() and 0xffffffffL)
+        }
         for (c in section.coinIndex) PackWriter.u32(out, c)
         section.scaleBits?.forEach { PackWriter.u32(out, it.toLong() and 0xffffffffL) }
         out.write(section.data)
         table.writeTo(out)
         val body = out.toByteArray()
-        val sealed = body + PackBytes.sha256(body)
-        bytesCache = sealed
-        return sealed.copyOf()
+        return body + PackBytes.sha256(body)
     }
 
     /** Hex sha256 of [toBytes]. */
@@ -448,28 +529,42 @@ class Pack internal constructor(
     /**
      * Top-[k] coins for one query, best first. A coin's score is the max cosine over its vectors, computed in
      * float64 (for int8 the scale cancels: codes are used directly); equal scores keep coin-table order.
+     *
+     * ivfpq (spec 8.3): only the vectors of the pack's own `nprobe` lists nearest the query are scored, with the
+     * reference's float32 lookup tables (scores within 1e-5 of the reference, as the golden tests allow), and only
+     * coins with a vector in a probed list are candidates: fewer than [k] hits when fewer coins are.
      */
     fun search(query: FloatArray, k: Int = 5): List<Hit> = search(DoubleArray(query.size) { query[it].toDouble() }, k)
 
     fun search(query: DoubleArray, k: Int = 5): List<Hit> {
         if (k < 0) throw PackQueryException("k=$k: pass the number of coins wanted (an integer >= 1)")
+        if (ivfpq != null) {
+            val u = unitQuery(query)
+            if (k == 0 || vectorCount == 0) return emptyList()
+            val cand = IvfPq.candidates(ivfpq, section, invNorm!!, coinCount, u)
+            val order = (0 until coinCount).filter { cand.scored[it] }.sortedWith(IvfPq.descendingNaNLast(cand.best))
+            return order.take(k).map { Hit(records[it].coinId, cand.best[it].toDouble()) }
+        }
         val scores = coinScores(query)
         if (k == 0 || scores.isEmpty()) return emptyList()
         val order = scores.indices.sortedWith(compareBy<Int>({ -scores[it] }, { it }))
         return order.take(k).map { Hit(records[it].coinId, scores[it]) }
     }
 
-    /** Max cosine of every coin (coin-table order) for one query. */
+    /**
+     * Max cosine of every coin (coin-table order) for one query. ivfpq: the float32 lookup-table scores of
+     * [search]; coins with no vector in a probed list are not candidates and get `-Infinity`.
+     */
     fun coinScores(query: DoubleArray): DoubleArray {
-        if (query.size != dim) {
-            throw PackDimException(
-                "query has ${query.size} values but pack '$catalogId' holds $dim-d vectors of model $modelFingerprint: " +
-                    "pass a $dim-d embedding from that model"
-            )
+        if (ivfpq != null) {
+            val u = unitQuery(query)
+            val out = DoubleArray(coinCount) { Double.NEGATIVE_INFINITY }
+            if (vectorCount == 0) return out
+            val cand = IvfPq.candidates(ivfpq, section, invNorm!!, coinCount, u)
+            for (c in 0 until coinCount) if (cand.scored[c]) out[c] = cand.best[c].toDouble()
+            return out
         }
-        if (query.any { !it.isFinite() }) throw PackQueryException("query holds NaN or infinity; check the embedder output")
-        val qn = Math.sqrt(query.sumOf { it * it })
-        if (qn == 0.0) throw PackQueryException("query is all zeros: cosine is undefined; check the embedder output")
+        val qn = checkQuery(query)
         val out = DoubleArray(coinCount) { Double.NEGATIVE_INFINITY }
         for (i in 0 until vectorCount) {
             var dot = 0.0
@@ -479,6 +574,26 @@ class Pack internal constructor(
             if (s > out[c]) out[c] = s
         }
         return out
+    }
+
+    /** The query checks of spec section 3 (length, finite, non-zero); returns `‖q‖` (float64). */
+    private fun checkQuery(query: DoubleArray): Double {
+        if (query.size != dim) {
+            throw PackDimException(
+                "query has ${query.size} values but pack '$catalogId' holds $dim-d vectors of model $modelFingerprint: " +
+                    "pass a $dim-d embedding from that model"
+            )
+        }
+        if (query.any { !it.isFinite() }) throw PackQueryException("query holds NaN or infinity; check the embedder output")
+        val qn = Math.sqrt(query.sumOf { it * it })
+        if (qn == 0.0) throw PackQueryException("query is all zeros: cosine is undefined; check the embedder output")
+        return qn
+    }
+
+    /** `float32(q / ‖q‖)` (the division in float64): the unit query the ivfpq reference scores with. */
+    private fun unitQuery(query: DoubleArray): FloatArray {
+        val qn = checkQuery(query)
+        return FloatArray(dim) { (query[it] / qn).toFloat() }
     }
 
     /** Refuse a pack whose vectors were made by another embedder (not comparable with this one's). */
@@ -535,19 +650,23 @@ object PackReader {
         val version = PackBytes.u32(buf, 20)
         val createdAt = PackBytes.i64(buf, 24)
         val tableBytes = PackBytes.u32(buf, 32)
+        // ivfpq: the index header's own checks come before the size check (spec 8.1), since VB depends on it
+        val shape = if (quant == Quant.IVFPQ) IvfPq.readHeader(buf, dim, name) else null
         // 64-bit sizes, checked against the real length before anything is allocated from them
-        val vb = PackBytes.vectorBytes(n, dim, quant)
+        val vb = if (shape != null) IvfPq.sectionBytes(n, dim, shape.lists, shape.subspaces)
+        else PackBytes.vectorBytes(n, dim, quant)
         val expected = PackBytes.HEADER_BYTES + vb + tableBytes + PackBytes.CHECKSUM_BYTES
         PackBytes.checkLengthAndChecksum(buf, expected, name)
         if (coins > n || coins * PackBytes.MIN_RECORD_BYTES > tableBytes) {
             throw PackFormatException("$name: header claims $coins coins for $n vectors and a $tableBytes-byte table; ${PackBytes.FIX_BUILD}")
         }
-        val section = PackBytes.readVectors(buf, n.toInt(), dim, quant)
+        val ivf = shape?.let { IvfPq.readSection(buf, n.toInt(), dim, it) }
+        val section = ivf?.second ?: PackBytes.readVectors(buf, n.toInt(), dim, quant)
         val cur = Cursor(buf, (PackBytes.HEADER_BYTES + vb).toInt(), (expected - PackBytes.CHECKSUM_BYTES).toInt(), "$name table")
         val catalogId = cur.text("catalog id")
         val fingerprint = cur.text("model fingerprint")
         val records = List(coins.toInt()) { cur.record() }
         cur.finish()
-        return Pack(catalogId, version, createdAt, fingerprint, quant, dim, section, records, buf.copyOf())
+        return Pack(catalogId, version, createdAt, fingerprint, quant, dim, section, records, buf.copyOf(), ivf?.first)
     }
 }

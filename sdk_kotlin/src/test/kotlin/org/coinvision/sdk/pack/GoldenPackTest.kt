@@ -33,7 +33,7 @@ class GoldenPackTest {
     @Test
     fun `every golden pack parses to the expected fields, vectors and search results`() {
         val packs = expected["packs"]!!.obj
-        assertEquals(4, packs.size)
+        assertEquals(5, packs.size) // int8, fp16, fp32, int8_v2, ivfpq
         for ((name, want) in packs) {
             val raw = bytes(name)
             val pack = PackReader.read(File(dir, name))
@@ -62,8 +62,10 @@ class GoldenPackTest {
                 assertEquals(null, pack.int8Scales)
             }
             want["records"]!!.list.forEachIndexed { i, r -> assertEquals(record(r), pack.records[i], "$name record $i") }
-            // canonical: re-serialising gives the same bytes
+            // canonical: re-serialising gives the same bytes, also when serialised from the parsed fields
             assertArrayEquals(raw, pack.toBytes(), name)
+            assertArrayEquals(raw, pack.serialize(), name)
+            assertEquals(h["quant"]!!.string == "ivfpq", pack.ivfpq != null, name)
             want["search"]!!.list.forEachIndexed { qi, hits ->
                 val got = pack.search(queries[qi], expected["top_k"]!!.long!!.toInt())
                 assertEquals(hits.list.map { it[0].string }, got.map { it.coinId }, "$name query $qi ids")
@@ -110,7 +112,7 @@ class GoldenPackTest {
             "PackFormatError" to PackFormatException::class.java,
         )
         val broken = expected["broken"]!!.obj
-        assertEquals(8, broken.size)
+        assertEquals(11, broken.size) // 8 + 3 ivfpq index header/section errors
         for ((name, want) in broken) {
             val cls = classes.getValue(want["error"]!!.string!!)
             val e = assertThrows<PackException>(name) { PackReader.read(File(dir, name)) }
@@ -123,6 +125,7 @@ class GoldenPackTest {
     fun `fingerprint, dim, query and io problems are typed errors`(@TempDir tmp: File) {
         val raw = bytes("int8.pack")
         val pack = PackReader.read(raw)
+        assertEquals(2, PackReader.read(bytes("ivfpq.pack")).search(DoubleArray(8) { 1.0 }, 100).size) // only probed coins
         val fp = assertThrows<PackFingerprintException> { PackReader.read(raw, expectedFingerprint = "ffffffffffffffff") }
         assertTrue("0123456789abcdef" in fp.message!! && "ffffffffffffffff" in fp.message!!, fp.message)
         assertThrows<PackDimException> { PackReader.read(raw, expectedDim = 64) }
