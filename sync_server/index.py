@@ -128,6 +128,17 @@ def _n_cells(n: int, opts: IndexOptions) -> int:
     return max(1, min(round(opts.cells_per_sqrt_n * math.sqrt(n)), n // opts.train_points_per_cell))
 
 
+def _ivf_search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` with a per-call ``nprobe`` (no shared state: requests search one snapshot concurrently).
+
+    ``faiss.contrib.torch_utils`` (imported by pytorch-metric-learning, so by any process that also trains or
+    evaluates with it) replaces ``Index.search`` with a wrapper that takes no ``params``; it keeps faiss's own
+    numpy method as ``search_numpy``, which does.
+    """
+    search = getattr(index, "search_numpy", index.search)
+    return search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+
+
 def _build_ivf(vectors: np.ndarray, labels: np.ndarray, opts: IndexOptions) -> faiss.IndexIVFFlat:
     """An IVF index over ``vectors`` labelled ``labels``, k-means trained on a seeded sample."""
     n, dim = vectors.shape
@@ -284,8 +295,7 @@ class CatalogIndex:
     def _search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, row positions) of the ``k`` nearest references; -1 positions where fewer were found."""
         if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=nprobe or self.options.nprobe)
-            scores, labels = self.index.search(queries, k, params=params)
+            scores, labels = _ivf_search(self.index, queries, k, nprobe or self.options.nprobe)
             return scores, self._positions(labels)
         return self.index.search(queries, k)  # a _GpuIndex takes the GPU lock itself
 
@@ -337,8 +347,8 @@ class CatalogIndex:
             if self._scan_ivf is None:
                 self._scan_ivf = _build_ivf(self.vectors, np.arange(n, dtype=np.int64), self.options)
             ivf = self._scan_ivf
-        params = faiss.SearchParametersIVF(nprobe=self.options.scan_nprobe)
-        return (lambda q, k: ivf.search(q, k, params=params)), min(n, _K_MAX_LIMITED), "ivf (scan only)"
+        nprobe = self.options.scan_nprobe
+        return (lambda q, k: _ivf_search(ivf, q, k, nprobe)), min(n, _K_MAX_LIMITED), "ivf (scan only)"
 
     def near_duplicates(self, min_cosine: float) -> list[DuplicatePair]:
         """Pairs of different coins with references at cosine >= ``min_cosine`` (best pair per coin pair).

@@ -257,3 +257,22 @@ def test_gpu_request_without_a_gpu_falls_back_to_cpu_with_a_log_line(caplog: pyt
     assert not index.use_gpu and index.kind == "flat"
     assert "stays on the CPU" in caplog.text
     assert index.search(v[3], 1)[0][0][0] == "c3"
+
+
+@pytest.mark.slow
+def test_ivf_search_survives_faiss_torch_utils() -> None:
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which swaps ``Index.search`` for a wrapper
+    without ``params``: a process that also trains or evaluates must still search and scan its IVF indexes."""
+    import faiss.contrib.torch_utils  # noqa: F401  (the patch is the point)
+
+    rng = np.random.default_rng(21)
+    v, coins = _clustered(rng, 60, 8)
+    every_cell = IndexOptions(kind="ivf", nprobe=10_000, scan_exact_max_vectors=0)
+    ivf = CatalogIndex(64, np.arange(len(v)), v, coins, use_gpu=False, options=every_cell)
+    exact = CatalogIndex(64, np.arange(len(v)), v, coins, use_gpu=False)
+    q = _unit(rng, 10)
+    def coins_of(index: CatalogIndex) -> list[list[str]]:
+        return [[c for c, _, _ in row] for row in index.search(q, 3)]
+
+    assert coins_of(ivf) == coins_of(exact)
+    assert ivf.near_duplicates(0.99) == exact.near_duplicates(0.99)
