@@ -42,7 +42,14 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import ROOT, default_tflite_name, release_checkpoint, seed_everything, write_result
+from benchmarks.common import (
+    MISSING_INPUTS_EXIT,
+    ROOT,
+    default_tflite_name,
+    release_checkpoint,
+    seed_everything,
+    write_result,
+)
 
 __all__ = [
     "PACK_QUANTS",
@@ -454,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     models = _existing(args.models)
     checkpoint = _existing(args.checkpoint) if args.checkpoint else release_checkpoint("embedder", models)
     if checkpoint is None:
-        print("bench_retrieval: no embedder checkpoint under runs/embedder/*/best.pt; pass --checkpoint",
-              file=sys.stderr)
-        return 2
+        print("bench_retrieval: no embedder checkpoint under runs/embedder/*/best.pt (training outputs are not in the "
+              "repository); pass --checkpoint, or train one with `make models`", file=sys.stderr)
+        return MISSING_INPUTS_EXIT
     with threadpool_limits(args.threads):
         try:
             model, cfg, ckpt = load_embedder(checkpoint)
@@ -467,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_retrieval: cannot rebuild the unseen-class split from {checkpoint}: {exc}\n"
                   "  pass --checkpoint with a trained embedder whose data_roots exist (train one with "
                   "`coinvision train embedder`)", file=sys.stderr)
-            return 2
+            return MISSING_INPUTS_EXIT
         print(f"split from {_rel(checkpoint)} (epoch {ckpt.epoch}, fingerprint {ckpt.fingerprint}): "
               f"{len(split.catalog)} catalog + {len(split.query)} query photos of {split.info['unseen_classes']} "
               f"unseen classes ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -11,8 +11,9 @@ timing), after untimed warm-up calls:
   the TFLite int8 default as an extra row; ``OMP_NUM_THREADS=1``, ``cv2.setNumThreads(1)``, numpy/BLAS limited
   to 1 thread (threadpoolctl), runtime ``num_threads=1``; Pillow decode.
 - Kotlin/JVM SDK: ``org.coinvision.sdk.tools.Bench`` run with ``java -cp target/classes:<classpath>`` (the
-  classpath from ``mvn -o dependency:build-classpath``; the class is compiled with ``mvn -o -q -B compile`` when
-  missing or older than the sources); ONNX Runtime Java, intra-op 1 / inter-op 1; javax.imageio decode.
+  classpath from ``mvn dependency:build-classpath``, which fetches the dependency plugin from Maven Central the
+  first time; the class is compiled with ``mvn -q -B compile`` when missing or older than the sources); ONNX
+  Runtime Java, intra-op 1 / inter-op 1; javax.imageio decode.
 - TypeScript SDK: ``node sdk_js/scripts/bench.mjs`` on the built ``dist/node`` entry; onnxruntime-node, intra-op 1 /
   inter-op 1, ``UV_THREADPOOL_SIZE=1``; jpeg-js decode.
 
@@ -138,17 +139,18 @@ def _kotlin_classpath(log: list[str]) -> tuple[list[str] | None, str]:
     bench = classes / Path(*BENCH_CLASS.split(".")).with_suffix(".class")
     newest = max(p.stat().st_mtime for p in (KOTLIN / "src" / "main").rglob("*.kt"))
     if not bench.is_file() or bench.stat().st_mtime < newest:
-        log.append("mvn -o -q -B compile")
-        done = subprocess.run([mvn, "-o", "-q", "-B", "compile"], cwd=KOTLIN, capture_output=True, text=True)
+        log.append("mvn -q -B compile")
+        done = subprocess.run([mvn, "-q", "-B", "compile"], cwd=KOTLIN, capture_output=True, text=True)
         if done.returncode or not bench.is_file():
-            return None, f"mvn -o compile failed (run `cd sdk_kotlin && mvn -q -B test` once): {done.stdout[-300:]}"
+            return None, f"mvn compile failed (run `cd sdk_kotlin && mvn -q -B test` to see why): {done.stdout[-300:]}"
     cp_file = KOTLIN / "target" / "bench-classpath.txt"
     if not cp_file.is_file() or cp_file.stat().st_mtime < (KOTLIN / "pom.xml").stat().st_mtime:
-        log.append("mvn -o -q -B dependency:build-classpath")
-        done = subprocess.run([mvn, "-o", "-q", "-B", "dependency:build-classpath",
+        log.append("mvn -q -B dependency:build-classpath")
+        done = subprocess.run([mvn, "-q", "-B", "dependency:build-classpath",
                                f"-Dmdep.outputFile={cp_file}"], cwd=KOTLIN, capture_output=True, text=True)
         if done.returncode or not cp_file.is_file():
-            return None, f"mvn -o dependency:build-classpath failed (~/.m2 not filled?): {done.stdout[-300:]}"
+            return None, ("mvn dependency:build-classpath failed (it needs Maven Central once, for the plugin): "
+                          f"{done.stdout[-300:]}")
     cp = f"{classes}{os.pathsep}{cp_file.read_text().strip()}"
     return [java, "-XX:+UseSerialGC", "-Xmx1g", "-cp", cp, BENCH_CLASS], ""
 

@@ -4,7 +4,8 @@
     python -m benchmarks.bench_world_pack           # 100k and 800k vectors, real-like and random distractors
 
 Catalog and queries are REAL embeddings (release models, TFLite, one thread) of the held-out split's unseen
-classes: ``runs/split/catalog`` (reference photos) and ``runs/split/query``. Make them once (gitignored)::
+classes: ``runs/split/catalog`` (reference photos) and ``runs/split/query``. When they are missing, the benchmark
+makes them (gitignored, a few minutes, once) from the shared photos (``--data``, default ``../shared/data``)::
 
     coinvision data split ../shared/data/coins211 ../shared/data/euro_phone --out runs/split/splits.csv \\
         --materialize runs/split
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,18 +34,41 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import ROOT, seed_everything, write_result
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, seed_everything, write_result
 
-__all__ = ["Embeddings", "distractors", "load_embeddings", "main"]
+__all__ = ["Embeddings", "distractors", "load_embeddings", "main", "prepare_embeddings"]
 
 K = 5
 PER_COIN = 2
+SPLITS = ("catalog", "query", "train")
+DATASETS = ("coins211", "euro_phone")
 
 
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # (n, dim) float64, unit rows
     labels: np.ndarray  # (n,) class folder names
+
+
+def prepare_embeddings(folder: Path, data: Path, split_dir: Path = ROOT / "runs" / "split") -> bool:
+    """Make the missing ``<split>.npz`` in ``folder`` the documented way (the CLI: split, then embed with the release
+    models); False when the shared photos are not at ``data`` (nothing is made then)."""
+    missing = [s for s in SPLITS if not (folder / f"{s}.npz").is_file()]
+    if not missing:
+        return True
+    if not all((data / d).is_dir() for d in DATASETS):
+        print(f"bench_world_pack: {', '.join(f'{folder}/{s}.npz' for s in missing)} missing and no shared photos at "
+              f"{data} to make them from ({' and '.join(DATASETS)}); pass --data", file=sys.stderr)
+        return False
+    cli = [sys.executable, "-m", "coinvision.cli.main"]
+    if not (split_dir / "splits.csv").is_file():
+        subprocess.run([*cli, "data", "split", *(str(data / d) for d in DATASETS), "--out",
+                        str(split_dir / "splits.csv"), "--materialize", str(split_dir)], check=True)
+    for s in missing:
+        print(f"world pack: embedding {split_dir / s} with the release models (once)", flush=True)
+        subprocess.run([*cli, "embed", str(split_dir / s), "--out", str(folder / f"{s}.npz"), "--threads", "1"],
+                       check=True)
+    return True
 
 
 def load_embeddings(path: Path) -> Embeddings:
@@ -144,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distractors", default=None, help="comma list of real-like,random")
     parser.add_argument("--embeddings", type=Path, default=ROOT / "runs" / "world_pack",
                         help="folder of catalog.npz, query.npz, train.npz")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="the shared photos (coins211, euro_phone) the embeddings are made from when missing")
     parser.add_argument("--timed-queries", type=int, default=200, help="queries timed one by one per pack")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/world_pack.json)")
@@ -154,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     kinds = tuple(args.distractors.split(",")) if args.distractors else (
         ("real-like",) if args.quick else ("real-like", "random"))
     seed_everything(args.seed)
-    catalog, queries, train = (load_embeddings(args.embeddings / f"{s}.npz") for s in ("catalog", "query", "train"))
+    if not prepare_embeddings(args.embeddings, args.data):
+        return MISSING_INPUTS_EXIT
+    catalog, queries, train = (load_embeddings(args.embeddings / f"{s}.npz") for s in SPLITS)
     print(f"world pack: catalog {len(catalog.labels)} real vectors ({len(set(catalog.labels))} coins), "
           f"{len(queries.labels)} real queries, sizes {sizes}, distractors {kinds}", flush=True)
     table: list[dict[str, Any]] = []

@@ -728,6 +728,14 @@ class Pack:
             rows = pack_ivfpq.decode(ivf, lists, self._data[ids]).astype(np.float64)
             scores = (rows @ q64) / np.sqrt(np.einsum("ij,ij->i", rows, rows))
         coins = self._coin_index[ids].astype(np.int64)
+        # The top k coins are among the vectors scoring >= the (8k)-th best score (a coin left out scores below
+        # every kept vector), so a partition avoids sorting the whole scan when those hold k coins.
+        shortlist = 8 * k
+        if len(scores) > 4 * shortlist:
+            threshold = np.partition(scores, len(scores) - shortlist)[len(scores) - shortlist]
+            keep = np.flatnonzero(scores >= threshold)
+            if len(np.unique(coins[keep])) >= k:
+                coins, scores = coins[keep], scores[keep]
         # Best vector per coin: sort by (coin, -score), keep each coin's first row.
         order = np.lexsort((-scores, coins))
         first = np.ones(len(order), dtype=bool)

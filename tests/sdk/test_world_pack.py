@@ -77,6 +77,23 @@ def test_search_matches_the_float64_spec_and_finds_the_right_coin() -> None:
     assert hits >= 40  # of 45 queries
 
 
+def test_large_scans_take_the_partition_shortcut_with_the_same_answers() -> None:
+    """Scans much longer than 8k rank only the vectors at or above the (8k)-th score: the same coins and scores as
+    the spec, also with exact ties at that score (identical vectors of different coins)."""
+    v, ids = _clustered(2000, np.random.default_rng(3))
+    v[1000:1400] = v[0]  # 100 coins share coin c0000's first vector: a 400-way tie
+    data = packlib.build_pack(v, ids, [], catalog_id="world", catalog_version=1, model_fingerprint="fp",
+                              quant="ivfpq", created_at=5, ivfpq=IvfPqParams(lists=4, subspaces=8, nprobe=4, seed=2))
+    p = packlib.read_pack(data)
+    rng = np.random.default_rng(11)
+    for q in [v[0], v[17] + 0.02 * rng.standard_normal(DIM), *rng.standard_normal((3, DIM))]:
+        for k in (1, 5, 30):
+            ref = reference_ivfpq_search(p, q, k)
+            got = p.search(q, k)
+            assert [c for c, _ in got] == [c for c, _ in ref]
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in ref], atol=1e-5)
+
+
 def test_batch_search_equals_single_search_and_edge_cases() -> None:
     p = packlib.read_pack(DATA)
     qs = VECS[:6]
