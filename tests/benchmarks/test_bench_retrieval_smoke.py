@@ -15,6 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("pytorch_metric_learning")
 
 from benchmarks import bench_retrieval
+from benchmarks.common import MISSING_INPUTS_EXIT
 
 
 def _centres(n_classes: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -177,5 +178,5 @@ def test_main_scores_torch_runtimes_and_packs_on_the_split(tiny_models_dir: Path
 
 def test_main_without_checkpoint_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "retrieval.json"
-    assert bench_retrieval.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
+    assert bench_retrieval.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == MISSING_INPUTS_EXIT
     assert "--checkpoint" in capsys.readouterr().err and not out.exists()

@@ -95,9 +95,10 @@ def test_interrupted_import_resumes_without_uploading_again(sqlite_server: Serve
     report = run_import(ImportOptions(catalog_dir=catalog_dir, server=sqlite_server.url, catalog_id="euro",
                                       token=sqlite_server.local.maintainer_token, jobs=2, journal=journal,
                                       progress=False))
-    # what the journal had is skipped, what the server had (a reply lost to the kill) is recognised, the rest uploaded
-    assert report.already >= done
-    assert report.imported == total - 1 - on_server_before
+    # what the journal had is skipped, what the server had (a reply lost to the kill) is recognised, the rest uploaded;
+    # an upload still in the server's hands at the kill may land after on_server_before was read: recognised too
+    assert report.already >= max(done, on_server_before)
+    assert report.imported + report.already == total - 1
     assert [p for p, _ in report.failed] == ["images/1c/zz_corrupt.jpg"]
     refs = _references(sqlite_server, "euro")
     assert sum(refs.values()) == total - 1  # every good photo exactly once
