@@ -65,7 +65,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recover_embedder(args: argparse.Namespace) -> int:
+    from coinvision.converters.onnx_recovery import recover_embedder
+
+    report = recover_embedder(args.onnx, args.config, args.out)
+    print(f"wrote {report.out} (fingerprint {report.fingerprint}) from {args.onnx} (fingerprint "
+          f"{report.source_fingerprint or '?'}): {report.convolutions} folded convolutions unfolded; vs ONNX Runtime "
+          f"max |diff| {report.max_abs_diff:.2e}, min cosine {report.min_cosine:.6f}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    rec = sub.add_parser(
+        "recover-embedder",
+        help="an exported embedder.onnx -> a trainer checkpoint with the same outputs (BatchNorms unfolded)",
+        description="Rebuild the training config's embedder and write the ONNX file's weights into it (its "
+        "backbone BatchNorms were folded into the convolutions at export), checked against ONNX Runtime. For "
+        "re-exporting, ensembling or benchmarking the shipped embedder when its training checkpoint is gone.",
+    )
+    rec.add_argument("onnx", type=Path, metavar="EMBEDDER_ONNX", help="e.g. models/release/embedder.onnx")
+    rec.add_argument("--config", type=Path, default=Path("models/release/training/embedder.train_config.yaml"),
+                     help="the resolved training config it was exported from (default: the release's)")
+    rec.add_argument("--out", type=Path, default=Path("runs/embedder/recovered/best.pt"), help="checkpoint to write")
+    rec.set_defaults(func=_cmd_recover_embedder)
+
     p = sub.add_parser(
         "export",
         help="export trainer checkpoints to ONNX, TFLite and Core ML (+ parity check)",

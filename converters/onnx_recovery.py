@@ -1,0 +1,112 @@
+"""An exported embedder's ONNX file -> a trainer checkpoint that computes the same vectors.
+
+The release embedder's training checkpoint lives under ``runs/`` (not in git), so a fresh clone cannot re-export,
+ensemble, benchmark against or fine-tune the shipped weights. Its ``embedder.onnx`` holds them: ``torch.onnx``
+folded every backbone BatchNorm into the convolution before it (a conv with a bias), and kept the head's names
+(``head.*``). Rebuilding the training config's model and writing each folded conv into the conv + BatchNorm pair
+it came from (weight 1, bias = the folded bias, mean 0, variance 1 - eps: the identity up to that bias) gives a
+model whose eval-mode output equals the ONNX file's. Train-mode BatchNorm would re-normalise those convolutions,
+so fine-tuning from a recovered checkpoint starts from a slightly different function than the shipped one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from coinvision.sdk.errors import ModelLoadError
+from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
+from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+from coinvision.trainer.config_io import config_to_dict, resolve_config
+from coinvision.trainer.emb_config import EmbedderConfig
+from coinvision.trainer.emb_model import KIND, build_embedder
+
+__all__ = ["RecoveredEmbedder", "recover_embedder"]
+
+log = logging.getLogger(__name__)
+_CHECK_BATCH = 4
+
+
+@dataclass(frozen=True)
+class RecoveredEmbedder:
+    out: Path
+    source_fingerprint: str  # the ONNX metadata's (the original checkpoint's weights)
+    fingerprint: str  # the recovered checkpoint's (its weights are stored differently: BN folded)
+    convolutions: int
+    max_abs_diff: float  # recovered PyTorch vs ONNX Runtime on seeded random inputs
+    min_cosine: float
+
+
+def _folded_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, torch.nn.BatchNorm2d]]:
+    """Every backbone conv with the BatchNorm that follows it (timm registers them in forward order)."""
+    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if len(convs) != len(norms):
+        raise ModelLoadError(f"backbone has {len(convs)} convolutions but {len(norms)} BatchNorms: not a conv+BN "
+                             "network, so its folded ONNX export cannot be unfolded")
+    return list(zip(convs, norms, strict=True))
+
+
+def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: str | Path) -> RecoveredEmbedder:
+    """Write ``out_path`` (a ``kind: embedder`` checkpoint of ``config_path``'s model) from ``onnx_path``, and
+    check it: output within 1e-4 of ONNX Runtime. Typed errors name the file that does not fit."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{onnx_path} does not exist; pass the exported embedder.onnx (e.g. models/release)")
+    cfg = resolve_config(EmbedderConfig, config_path, {"pretrained_path": None})
+    model = build_embedder(cfg).eval()
+    graph = onnx.load(str(onnx_path)).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
+    pairs = _folded_pairs(model)
+    if len(conv_nodes) != len(pairs):
+        raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the model of {config_path} "
+                             f"{len(pairs)}: pass the training config the file was exported from")
+    for i, (node, (conv, norm)) in enumerate(zip(conv_nodes, pairs, strict=True)):
+        w = weights[node.input[1]]
+        b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+        if tuple(w.shape) != tuple(conv.weight.shape):
+            raise ModelLoadError(f"{onnx_path}: convolution {i} is {tuple(w.shape)}, the model's "
+                                 f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(np.array(w)))
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(torch.from_numpy(np.array(b)))
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+    head = {name.removeprefix("head."): torch.from_numpy(v.copy()) for name, v in weights.items()
+            if name.startswith("head.")}
+    try:
+        model.head.load_state_dict(head, strict=False)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{onnx_path}: head weights do not fit the model of {config_path} ({exc})") from exc
+    missing = {k for k in model.head.state_dict() if not k.endswith("num_batches_tracked")} - set(head)
+    if missing:
+        raise ModelLoadError(f"{onnx_path} lacks head tensors {sorted(missing)}; was it exported by coinvision?")
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    size = cfg.size_px
+    x = np.random.default_rng(0).standard_normal((_CHECK_BATCH, 3, size, size)).astype(np.float32)
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    max_abs = float(np.abs(got - want).max())
+    min_cos = float(np.min(np.sum(got * want, axis=1)))
+    if max_abs > 1e-4:
+        raise ModelLoadError(f"recovered model differs from {onnx_path} by {max_abs:.2e} (> 1e-4): the config "
+                             f"{config_path} does not describe the exported network (backbone, pad_type, head)")
+    source = ModelMetadata.read_sidecar(onnx_path).fingerprint if sidecar_path(onnx_path).is_file() else ""
+    ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=model.state_dict(),
+                      metrics={"recovered_from": str(onnx_path), "source_fingerprint": source,
+                               "onnx_max_abs_diff": max_abs})
+    save_checkpoint(out_path, ckpt)
+    log.info("recovered %s -> %s (max |diff| %.2e)", onnx_path, out_path, max_abs)
+    return RecoveredEmbedder(out=out_path, source_fingerprint=source, fingerprint=ckpt.fingerprint,
+                             convolutions=len(pairs), max_abs_diff=max_abs, min_cosine=min_cos)

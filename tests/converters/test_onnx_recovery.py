@@ -1,0 +1,53 @@
+"""Recovering the release embedder's PyTorch weights from its ONNX file: the same vectors on a real coin crop, a
+checkpoint the trainer loads, and typed errors for a missing file or a config that does not describe it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from coinvision.converters.onnx_recovery import recover_embedder
+from coinvision.sdk import Recognizer
+from coinvision.sdk.errors import ModelLoadError
+from coinvision.sdk.images import load_image
+from coinvision.sdk.model_meta import ModelMetadata
+from coinvision.sdk.preprocess import to_model_input
+from coinvision.trainer.emb_model import load_embedder
+
+RELEASE = Path(__file__).resolve().parents[2] / "models" / "release"
+CONFIG = RELEASE / "training" / "embedder.train_config.yaml"
+
+
+def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Path, sample_root: Path) -> None:
+    report = recover_embedder(RELEASE / "embedder.onnx", CONFIG, tmp_path / "best.pt")
+    assert report.source_fingerprint == ModelMetadata.read_sidecar(RELEASE / "embedder.onnx").fingerprint
+    assert report.convolutions == 52 and report.max_abs_diff < 1e-5
+    model, cfg, ckpt = load_embedder(tmp_path / "best.pt")
+    assert ckpt.fingerprint == report.fingerprint and cfg.size_px == 160
+    photo = next((sample_root / "euro_phone").rglob("*.jpg"))
+    crop = Recognizer.from_dir(RELEASE, runtime="onnx", num_threads=1).embed(load_image(photo)).crop
+    meta = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx")
+    x = to_model_input(crop, meta.input)
+    want = ort.InferenceSession(str(RELEASE / "embedder.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert float(np.sum(got * want)) > 0.99999
+
+
+def test_missing_file_and_foreign_config_are_model_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        recover_embedder(tmp_path / "nope.onnx", CONFIG, tmp_path / "a.pt")
+    wider = yaml.safe_load(CONFIG.read_text()) | {"head_hidden_dims": [256]}
+    (tmp_path / "wider.yaml").write_text(yaml.safe_dump(wider))
+    with pytest.raises(ModelLoadError, match="head"):
+        recover_embedder(RELEASE / "embedder.onnx", tmp_path / "wider.yaml", tmp_path / "b.pt")
+    lite = yaml.safe_load(CONFIG.read_text()) | {"backbone": "tf_efficientnet_lite0", "pad_type": ""}
+    (tmp_path / "lite.yaml").write_text(yaml.safe_dump(lite))
+    with pytest.raises(ModelLoadError, match="training config"):
+        recover_embedder(RELEASE / "embedder.onnx", tmp_path / "lite.yaml", tmp_path / "c.pt")
+    assert not list(tmp_path.glob("*.pt"))
