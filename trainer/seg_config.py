@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import timm
 from coinvision.sdk.preprocess import InputSpec
 from coinvision.sdk.segmenter import DEFAULT_MARGIN_FRAC, DEFAULT_SEGMENT_THRESHOLD
 
@@ -98,4 +99,9 @@ class SegmenterConfig:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(size_px=self.size_px)
+        """Mean/std are the encoder's (timm pretrained config: (0.5, 0.5) for EfficientNet-Lite, ImageNet's for
+        MobileNetV2), so pretrained weights see the input they were trained on."""
+        pretrained = timm.get_pretrained_cfg(self.encoder.removeprefix("tu-"))
+        if pretrained is None or not pretrained.mean or not pretrained.std:
+            return InputSpec(size_px=self.size_px)
+        return InputSpec(size_px=self.size_px, mean=tuple(pretrained.mean), std=tuple(pretrained.std))

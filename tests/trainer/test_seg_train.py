@@ -74,3 +74,13 @@ def test_seg_model_builds_without_the_training_stack() -> None:
             "if m in sys.modules]; print(bad); raise SystemExit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_segmenter_input_is_normalised_as_its_encoder_was_pretrained() -> None:
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.seg_config import SegmenterConfig
+
+    mnv2 = resolve_config(SegmenterConfig, overrides={"encoder": "tu-mobilenetv2_100"}).input_spec
+    lite = resolve_config(SegmenterConfig, overrides={"encoder": "tu-tf_efficientnet_lite0", "size_px": 160}).input_spec
+    assert (mnv2.mean, mnv2.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the shipped segmenter's
+    assert (lite.mean, lite.std, lite.size_px) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 160)  # (x - 127.5) / 127.5
