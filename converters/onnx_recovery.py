@@ -3,10 +3,11 @@
 The release embedder's training checkpoint lives under ``runs/`` (not in git), so a fresh clone cannot re-export,
 ensemble, benchmark against or fine-tune the shipped weights. Its ``embedder.onnx`` holds them: ``torch.onnx``
 folded every backbone BatchNorm into the convolution before it (a conv with a bias), and kept the head's names
-(``head.*``). Rebuilding the training config's model and writing each folded conv into the conv + BatchNorm pair
-it came from (weight 1, bias = the folded bias, mean 0, variance 1 - eps: the identity up to that bias) gives a
-model whose eval-mode output equals the ONNX file's. Train-mode BatchNorm would re-normalise those convolutions,
-so fine-tuning from a recovered checkpoint starts from a slightly different function than the shipped one.
+(``head.*``). Rebuilding the training config's model and writing each folded conv into the conv + BatchNorm
+pair it came from (``trainer.tflite_port.write_folded_conv``, as the MobileNetV2 port does: the BN becomes the
+identity plus the folded bias) gives a model whose eval-mode output equals the ONNX file's. Train-mode BatchNorm
+would re-normalise those convolutions, so fine-tuning from a recovered checkpoint starts from a slightly different
+function than the shipped one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict, resolve_config
 from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_model import KIND, build_embedder
+from coinvision.trainer.tflite_port import timm_convs, write_folded_conv
 
 __all__ = ["RecoveredEmbedder", "recover_embedder"]
 
@@ -40,16 +42,6 @@ class RecoveredEmbedder:
     min_cosine: float
 
 
-def _folded_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Conv2d, torch.nn.BatchNorm2d]]:
-    """Every backbone conv with the BatchNorm that follows it (timm registers them in forward order)."""
-    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
-    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    if len(convs) != len(norms):
-        raise ModelLoadError(f"backbone has {len(convs)} convolutions but {len(norms)} BatchNorms: not a conv+BN "
-                             "network, so its folded ONNX export cannot be unfolded")
-    return list(zip(convs, norms, strict=True))
-
-
 def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: str | Path) -> RecoveredEmbedder:
     """Write ``out_path`` (a ``kind: embedder`` checkpoint of ``config_path``'s model) from ``onnx_path``, and
     check it: output within 1e-4 of ONNX Runtime. Typed errors name the file that does not fit."""
@@ -65,22 +57,23 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
     graph = onnx.load(str(onnx_path)).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
-    pairs = _folded_pairs(model)
-    if len(conv_nodes) != len(pairs):
+    convs = timm_convs(model.backbone)
+    if len(conv_nodes) != len(convs):
         raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the model of {config_path} "
-                             f"{len(pairs)}: pass the training config the file was exported from")
-    for i, (node, (conv, norm)) in enumerate(zip(conv_nodes, pairs, strict=True)):
+                             f"{len(convs)}: pass the training config the file was exported from")
+    backbone = model.backbone.state_dict()
+    for i, (node, (name, conv)) in enumerate(zip(conv_nodes, convs, strict=True)):
         w = weights[node.input[1]]
         b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
         if tuple(w.shape) != tuple(conv.weight.shape):
             raise ModelLoadError(f"{onnx_path}: convolution {i} is {tuple(w.shape)}, the model's "
                                  f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
-        with torch.no_grad():
-            conv.weight.copy_(torch.from_numpy(np.array(w)))
-            norm.weight.fill_(1.0)
-            norm.bias.copy_(torch.from_numpy(np.array(b)))
-            norm.running_mean.zero_()
-            norm.running_var.fill_(1.0 - norm.eps)
+        try:
+            write_folded_conv(backbone, model.backbone, name, w, b)
+        except (KeyError, AttributeError) as exc:
+            raise ModelLoadError(f"backbone {cfg.backbone!r}: no BatchNorm after {name} in the MobileNetV2 / "
+                                 "EfficientNet layout, so its folded ONNX export cannot be unfolded") from exc
+    model.backbone.load_state_dict(backbone)
     head = {name.removeprefix("head."): torch.from_numpy(v.copy()) for name, v in weights.items()
             if name.startswith("head.")}
     try:
@@ -109,4 +102,4 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
     save_checkpoint(out_path, ckpt)
     log.info("recovered %s -> %s (max |diff| %.2e)", onnx_path, out_path, max_abs)
     return RecoveredEmbedder(out=out_path, source_fingerprint=source, fingerprint=ckpt.fingerprint,
-                             convolutions=len(pairs), max_abs_diff=max_abs, min_cosine=min_cos)
+                             convolutions=len(convs), max_abs_diff=max_abs, min_cosine=min_cos)

@@ -48,6 +48,8 @@ __all__ = [
     "port_mobilenetv2",
     "read_tflite_convs",
     "tflite_logits",
+    "timm_convs",
+    "write_folded_conv",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,8 @@ def read_tflite_convs(tflite_path: str | Path) -> tuple[list[TfliteConv], dict[s
     return convs, {"scale": float(scale), "zero_point": float(zero_point)}
 
 
-def _timm_convs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def timm_convs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Every ``Conv2d`` of a timm MobileNetV2 / EfficientNet with its name, in forward order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
@@ -163,6 +166,19 @@ def _bn_after(conv_name: str) -> str:
         "conv_pw": "bn2" if depthwise_separable else "bn1",
     }[leaf]
     return f"{parent}.{bn_leaf}" if parent else bn_leaf
+
+
+def write_folded_conv(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, conv_name: str,
+                      weight: np.ndarray, bias: np.ndarray) -> None:
+    """Put a conv whose BatchNorm was folded into it (``weight``, ``bias``) into timm's conv + the BN after it:
+    the BN becomes the identity plus ``bias`` (``running_mean=0, running_var=1-eps``), so eval output is exact."""
+    bn = _bn_after(conv_name)
+    eps = model.get_submodule(bn).eps
+    state_dict[f"{conv_name}.weight"] = torch.from_numpy(np.asarray(weight, dtype=np.float32).copy())
+    state_dict[f"{bn}.weight"] = torch.ones_like(state_dict[f"{bn}.weight"])
+    state_dict[f"{bn}.bias"] = torch.from_numpy(np.asarray(bias, dtype=np.float32).copy())
+    state_dict[f"{bn}.running_mean"] = torch.zeros_like(state_dict[f"{bn}.running_mean"])
+    state_dict[f"{bn}.running_var"] = torch.full_like(state_dict[f"{bn}.running_var"], 1.0 - eps)
 
 
 def port_mobilenetv2(
@@ -184,7 +200,7 @@ def port_mobilenetv2(
         raise ConversionError(f"num_classes={num_classes}: must be 1000 (ImageNet-1k) or 1001 (with background)")
     convs, input_q = read_tflite_convs(tflite_path)
     model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=num_classes)
-    targets = _timm_convs(model)
+    targets = timm_convs(model)
     if len(convs) != len(targets) + 1:
         raise ConversionError(
             f"{tflite_path}: {len(convs)} conv ops, expected {len(targets) + 1} for MobileNetV2 1.0 "
@@ -200,13 +216,7 @@ def port_mobilenetv2(
         weight, bias = conv.weight.astype(np.float64), conv.bias.astype(np.float64)
         if name == "conv_stem" and imagenet_input:
             weight, bias = _fold_input_normalisation(weight, bias, input_q)
-        bn = _bn_after(name)
-        eps = model.get_submodule(bn).eps
-        sd[f"{name}.weight"] = torch.from_numpy(weight.astype(np.float32))
-        sd[f"{bn}.weight"] = torch.ones_like(sd[f"{bn}.weight"])
-        sd[f"{bn}.bias"] = torch.from_numpy(bias.astype(np.float32))
-        sd[f"{bn}.running_mean"] = torch.zeros_like(sd[f"{bn}.running_mean"])
-        sd[f"{bn}.running_var"] = torch.full_like(sd[f"{bn}.running_var"], 1.0 - eps)
+        write_folded_conv(sd, model, name, weight, bias)
     head = convs[-1]
     fc_w, fc_b = head.weight.reshape(head.weight.shape[0], -1), head.bias
     if fc_w.shape != (1001, 1280):
@@ -251,7 +261,7 @@ def calibrate_batchnorm(state_dict: dict[str, torch.Tensor], batch: torch.Tensor
     model = create_ported_model(state_dict)
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
-    for name, conv in _timm_convs(model):
+    for name, conv in timm_convs(model):
 
         def hook(_module, _inp, out, name=name):
             y = out.double()

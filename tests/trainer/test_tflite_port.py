@@ -151,7 +151,7 @@ def test_bn_after_follows_timm_block_layout() -> None:
 
     model = timm.create_model(tp.TIMM_ARCH, pretrained=False)
     names = [n for n, _ in model.named_modules()]
-    for conv_name, _ in tp._timm_convs(model):
+    for conv_name, _ in tp.timm_convs(model):
         bn = tp._bn_after(conv_name)
         assert names[names.index(conv_name) + 1] == bn, conv_name
 
