@@ -33,6 +33,7 @@ __all__ = ["concat_rows", "main", "whitened_pca"]
 SPLITS = ("catalog", "query", "train")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
 LITE_WEIGHTS = ROOT / "runs" / "pretrained" / "tf_efficientnet_lite0.pth"
+LITE_CONFIG = ROOT / "trainer" / "configs" / "embedder_lite0.yaml"
 
 
 def whitened_pca(train: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,29 +58,33 @@ def _features(split_dir: Path, cache: Path) -> dict[str, dict[str, np.ndarray]]:
     if cache.is_file():
         data = np.load(cache, allow_pickle=False)
         return {s: {k: data[f"{s}_{k}"] for k in ("shipped", "lite", "labels")} for s in SPLITS}
-    import timm
     import torch
     from coinvision.sdk import Recognizer
     from coinvision.sdk.evaluation import list_class_folder
     from coinvision.sdk.images import load_image
-    from coinvision.sdk.preprocess import mean_unit_vector, rotation_views
+    from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.emb_config import EmbedderConfig
+    from coinvision.trainer.emb_model import build_backbone
     from coinvision.trainer.lite_weights import port_lite_weights
     from tqdm import tqdm
 
-    if not LITE_WEIGHTS.is_file():
-        port_lite_weights(LITE_WEIGHTS, "lite0")
-    lite = timm.create_model("tf_efficientnet_lite0", pretrained=True, num_classes=0,
-                             pretrained_cfg_overlay={"file": str(LITE_WEIGHTS)}).eval()
     recognizer = Recognizer.from_dir(ROOT / "models" / "release", runtime="tflite", num_threads=1)
     views = recognizer.crop_params.embed_rotations
+    if not LITE_WEIGHTS.is_file():
+        port_lite_weights(LITE_WEIGHTS, "lite0")
+    # the v2 embedder's backbone as the trainer builds it, at the shipped crop size (no resize of the crop)
+    cfg = resolve_config(EmbedderConfig, LITE_CONFIG, {"pretrained_path": str(LITE_WEIGHTS),
+                                                       "size_px": recognizer.embedder_meta.input.size_px})
+    lite = build_backbone(cfg).eval()
     out: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
         pairs = list_class_folder(split_dir / split)  # train: the PCA's photos and the distractors
         shipped, feats = [], []
         for path, _ in tqdm(pairs, desc=f"{split}: shipped + lite0", file=sys.stdout):
             emb = recognizer.embed(load_image(path))
-            batch = np.stack(rotation_views(emb.crop, views, fill_value=0)).astype(np.float32)
-            x = torch.from_numpy((batch - 127.5) / 127.5).permute(0, 3, 1, 2)  # Lite0: mean = std = 0.5
+            x = torch.from_numpy(np.concatenate([to_model_input(view, cfg.input_spec)
+                                                 for view in rotation_views(emb.crop, views, fill_value=0)]))
             with torch.no_grad():
                 feats.append(mean_unit_vector(lite(x).numpy()))
             shipped.append(emb.vector)
@@ -136,18 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_embedder_ensemble: {args.split} lacks catalog/, query/ or train/; make the release split with "
               "`coinvision data split ... --materialize runs/split` (this module's docstring)", file=sys.stderr)
         return MISSING_INPUTS_EXIT
+    from coinvision.sdk.evaluation import first_per_class
+
     seed_everything(0)
     feats = _features(args.split, args.cache)
-    taken: dict[str, int] = {}
-    distractors = []
-    for i, label in enumerate(feats["train"]["labels"]):
-        if taken.get(label, 0) < DISTRACTORS_PER_CLASS:
-            taken[label] = taken.get(label, 0) + 1
-            distractors.append(i)
     mean, proj = whitened_pca(feats["train"]["lite"].astype(np.float64), args.pca_dims)
     lite = {s: _unit((feats[s]["lite"] - mean) @ proj) for s in SPLITS}
     shipped = {s: feats[s]["shipped"].astype(np.float64) for s in SPLITS}
-    idx = np.asarray(distractors)
+    idx = np.asarray(first_per_class(list(feats["train"]["labels"]), DISTRACTORS_PER_CLASS))
     table = [_score("shipped (v1, 64-d)", shipped, feats, idx),
              _score(f"frozen Lite0, PCA{args.pca_dims} half-whitened", lite, feats, idx)]
     for w in args.weights:

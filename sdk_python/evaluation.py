@@ -37,6 +37,7 @@ __all__ = [
     "class_ranks",
     "evaluate_folders",
     "evaluate_retrieval",
+    "first_per_class",
     "format_table",
     "list_class_folder",
     "map_at_r",
@@ -224,6 +225,17 @@ def list_class_folder(root: str | Path) -> list[tuple[Path, str]]:
     return pairs
 
 
+def first_per_class(labels: Sequence[Any], per_class: int) -> list[int]:
+    """Indices of the first ``per_class`` items of each label, in order (the distractors a catalog gets)."""
+    taken: dict[Any, int] = {}
+    keep = []
+    for i, label in enumerate(labels):
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            keep.append(i)
+    return keep
+
+
 def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Callable[[np.ndarray], np.ndarray], *,
                      ks: Sequence[int] = RECALL_KS, progress: bool = True, distractor_dir: str | Path | None = None,
                      distractors_per_class: int = 3, unknown_target: float | None = None) -> RetrievalMetrics:
@@ -242,11 +254,8 @@ def evaluate_folders(catalog_dir: str | Path, query_dir: str | Path, embed: Call
 
     catalog, query = list_class_folder(catalog_dir), list_class_folder(query_dir)
     if distractor_dir is not None:
-        taken: dict[str, int] = {}
-        for path, label in list_class_folder(distractor_dir):
-            if taken.get(label, 0) < distractors_per_class:
-                taken[label] = taken.get(label, 0) + 1
-                catalog.append((path, label))
+        extra = list_class_folder(distractor_dir)
+        catalog += [extra[i] for i in first_per_class([label for _, label in extra], distractors_per_class)]
     cat_emb = embed_all(catalog, "embed catalog")
     query_emb = embed_all(query, "embed queries")
     groups = [c.split("__", 1)[0] for _, c in query] if all("__" in c for _, c in query) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from coinvision.sdk.errors import DatasetError
-from coinvision.sdk.evaluation import calibrate_unknown_threshold, evaluate_retrieval
+from coinvision.sdk.evaluation import calibrate_unknown_threshold, evaluate_retrieval, first_per_class
 
 
 def _clustered(seed: int, draw: int = 0, n_classes: int = 12, per_class: int = 5, dim: int = 16, noise: float = 0.9):
@@ -59,3 +59,9 @@ def test_unknown_threshold_lets_through_at_most_the_target_share() -> None:
     calibration = calibrate_unknown_threshold(query, query_labels, catalog, catalog_labels, target_unknown_accept=0.1)
     assert calibration.unknown_accept_rate <= 0.1
     assert calibration.known_accept_rate > calibration.unknown_accept_rate
+
+
+def test_first_per_class_keeps_the_first_items_of_each_label_in_order() -> None:
+    labels = ["a", "b", "a", "a", "c", "b", "b", "a"]
+    assert first_per_class(labels, 2) == [0, 1, 2, 4, 5]
+    assert first_per_class(labels, 0) == []
