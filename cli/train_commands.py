@@ -136,6 +136,20 @@ def _cmd_train_embedder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_embedder_branch(args: argparse.Namespace) -> int:
+    from coinvision.sdk.files import list_images
+    from coinvision.trainer.emb_branch import BranchSpec, fit_branch
+
+    given = {"backbone": args.branch, "pretrained_path": args.branch_weights and str(args.branch_weights),
+             "dims": args.dims, "weight": args.weight}
+    spec = BranchSpec(**{k: v for k, v in given.items() if v is not None})  # unset: BranchSpec's defaults
+    out = fit_branch(args.checkpoint, list_images(args.photos), args.out, spec, segmenter_models_dir=args.models,
+                     segmenter_runtime=args.runtime)
+    print(f"wrote {out}: {args.checkpoint} + frozen {spec.backbone} branch ({spec.dims}-d PCA of {args.photos}, "
+          f"weight {spec.weight}); export it with `coinvision export {out} ...`")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect datasets and write splits")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -201,3 +215,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     train_emb.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     train_emb.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     train_emb.set_defaults(func=_cmd_train_embedder)
+
+    branch = train_subparsers(sub).add_parser(
+        "embedder-branch", help="add a frozen pretrained branch (PCA on training photos) to a trained embedder")
+    branch.add_argument("checkpoint", type=Path, help="trained embedder checkpoint, e.g. runs/embedder/recovered/best.pt")
+    branch.add_argument("--photos", type=Path, required=True,
+                        help="photos of TRAINING classes only (e.g. runs/split/train): the PCA is fitted on them")
+    branch.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    branch.add_argument("--branch", default=None, help="timm backbone of the branch (tf_efficientnet_lite0)")
+    branch.add_argument("--branch-weights", type=Path, default=None,
+                        help="its local pretrained weights (runs/pretrained/tf_efficientnet_lite0.pth, written by "
+                             "`coinvision pretrained port-lite`)")
+    branch.add_argument("--dims", type=int, default=None, help="PCA dimensions of the branch (64)")
+    branch.add_argument("--weight", type=float, default=None, help="share of the branch in the cosine (0.3)")
+    branch.add_argument("--models", type=Path, default=Path("models/release"),
+                        help="models folder whose segmenter cuts the crops (the one the SDK ships)")
+    branch.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")
+    branch.set_defaults(func=_cmd_train_embedder_branch)

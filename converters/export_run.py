@@ -190,11 +190,18 @@ def embedder_segment_fn(sources: list[TrainedModel]):
     segmenter = next((s for s in sources if s.kind == "segmenter"), None)
     if segmenter is not None:
         return _torch_segment_fn(segmenter), "coin_crop with two-pass masks of the PyTorch segmenter in this run"
-    trained_with = embedder.config.get("segmenter_checkpoint") if embedder is not None else None
+    config = embedder.config if embedder is not None else {}
+    trained_with = config.get("segmenter_checkpoint")
     if trained_with and Path(trained_with).is_file():
         segmenter = load_trained_model(trained_with)
         return _torch_segment_fn(segmenter), (
             f"coin_crop with two-pass masks of {trained_with} (the embedder's training segmenter)")
+    models_dir, runtime = config.get("segmenter_models_dir"), config.get("segmenter_runtime", "onnx")
+    if models_dir and runtime != "torch" and Path(models_dir, f"segmenter.{runtime}").is_file():
+        from coinvision.sdk.segmenter import Segmenter
+
+        return Segmenter.from_dir(models_dir, runtime=runtime).segment, (
+            f"coin_crop with two-pass masks of {models_dir}/segmenter.{runtime} (the embedder's segmenter)")
     return None, "letterboxed whole photo (no segmenter in this export run or in the embedder's config)"
 
 

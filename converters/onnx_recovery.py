@@ -42,47 +42,86 @@ class RecoveredEmbedder:
     min_cosine: float
 
 
+def _pipeline_values(shipped: ModelMetadata | None) -> dict[str, object]:
+    """What the shipped file's metadata says about how it is run (crop resampling, rotated views, unknown threshold,
+    a frozen branch), which the training config may predate: the recovered checkpoint re-exports to the same
+    pipeline."""
+    if shipped is None:
+        return {}
+    values: dict[str, object] = {"crop_interpolation": shipped.input.interpolation, "size_px": shipped.input.size_px,
+                                 "unknown_threshold": shipped.threshold}
+    for key in ("embed_rotations", "crop_margin_frac", "branch_backbone", "branch_weight"):
+        if key in shipped.extra:
+            values[key] = shipped.extra[key]
+    return values
+
+
+def _onnx_weights(graph) -> dict[str, np.ndarray]:
+    """Initializers by name; a weight stored as float16 behind a ``Cast`` (``onnx_fp16``) under the Cast's output
+    name, as the float32 graph named it."""
+    from onnx import numpy_helper
+
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]].astype(np.float32)
+    return weights
+
+
 def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: str | Path) -> RecoveredEmbedder:
-    """Write ``out_path`` (a ``kind: embedder`` checkpoint of ``config_path``'s model) from ``onnx_path``, and
-    check it: output within 1e-4 of ONNX Runtime. Typed errors name the file that does not fit."""
+    """Write ``out_path`` (a ``kind: embedder`` checkpoint of ``config_path``'s model, plus the frozen branch the
+    file's metadata names) from ``onnx_path``, and check it: output within 1e-4 of ONNX Runtime. Typed errors name
+    the file that does not fit. A file with float16-stored weights recovers those float16 values exactly."""
     import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path} does not exist; pass the exported embedder.onnx (e.g. models/release)")
-    cfg = resolve_config(EmbedderConfig, config_path, {"pretrained_path": None})
+    shipped = ModelMetadata.read_sidecar(onnx_path) if sidecar_path(onnx_path).is_file() else None
+    values = {"pretrained_path": None, **_pipeline_values(shipped)}
+    base = resolve_config(EmbedderConfig, config_path, {"pretrained_path": None})
+    if values.get("branch_backbone") and shipped is not None:
+        values["branch_dims"] = shipped.embedding_dim - base.embedding_dim
+    cfg = resolve_config(EmbedderConfig, config_path, values)
     model = build_embedder(cfg).eval()
     graph = onnx.load(str(onnx_path)).graph
-    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weights = _onnx_weights(graph)
     conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
-    convs = timm_convs(model.backbone)
+    backbones = [model.backbone] + ([model.branch.backbone] if model.branch is not None else [])
+    convs = [(backbone, name, conv) for backbone in backbones for name, conv in timm_convs(backbone)]
     if len(conv_nodes) != len(convs):
         raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the model of {config_path} "
                              f"{len(convs)}: pass the training config the file was exported from")
-    backbone = model.backbone.state_dict()
-    for i, (node, (name, conv)) in enumerate(zip(conv_nodes, convs, strict=True)):
+    states = {id(b): b.state_dict() for b in backbones}
+    for i, (node, (backbone, name, conv)) in enumerate(zip(conv_nodes, convs, strict=True)):
         w = weights[node.input[1]]
         b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
         if tuple(w.shape) != tuple(conv.weight.shape):
             raise ModelLoadError(f"{onnx_path}: convolution {i} is {tuple(w.shape)}, the model's "
                                  f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
         try:
-            write_folded_conv(backbone, model.backbone, name, w, b)
+            write_folded_conv(states[id(backbone)], backbone, name, w, b)
         except (KeyError, AttributeError) as exc:
-            raise ModelLoadError(f"backbone {cfg.backbone!r}: no BatchNorm after {name} in the MobileNetV2 / "
-                                 "EfficientNet layout, so its folded ONNX export cannot be unfolded") from exc
-    model.backbone.load_state_dict(backbone)
-    head = {name.removeprefix("head."): torch.from_numpy(v.copy()) for name, v in weights.items()
-            if name.startswith("head.")}
-    try:
-        model.head.load_state_dict(head, strict=False)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{onnx_path}: head weights do not fit the model of {config_path} ({exc})") from exc
-    missing = {k for k in model.head.state_dict() if not k.endswith("num_batches_tracked")} - set(head)
-    if missing:
-        raise ModelLoadError(f"{onnx_path} lacks head tensors {sorted(missing)}; was it exported by coinvision?")
+            raise ModelLoadError(f"{name}: no BatchNorm after it in the MobileNetV2 / EfficientNet layout, so its "
+                                 "folded ONNX export cannot be unfolded") from exc
+    for backbone in backbones:
+        backbone.load_state_dict(states[id(backbone)])
+    for prefix, module in (("head.", model.head), ("branch.", model.branch)):
+        if module is None:
+            continue
+        own = {name.removeprefix(prefix): torch.from_numpy(v.copy()) for name, v in weights.items()
+               if name.startswith(prefix)}
+        try:
+            module.load_state_dict(own, strict=False)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{onnx_path}: {prefix[:-1]} weights do not fit the model of {config_path} "
+                                 f"({exc})") from exc
+        missing = {k for k in module.state_dict() if not k.endswith("num_batches_tracked")
+                   and not k.startswith("backbone.")} - set(own)
+        if missing:
+            raise ModelLoadError(f"{onnx_path} lacks {prefix[:-1]} tensors {sorted(missing)}; was it exported by "
+                                 "coinvision?")
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     size = cfg.size_px
@@ -95,7 +134,7 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
     if max_abs > 1e-4:
         raise ModelLoadError(f"recovered model differs from {onnx_path} by {max_abs:.2e} (> 1e-4): the config "
                              f"{config_path} does not describe the exported network (backbone, pad_type, head)")
-    source = ModelMetadata.read_sidecar(onnx_path).fingerprint if sidecar_path(onnx_path).is_file() else ""
+    source = shipped.fingerprint if shipped is not None else ""
     ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=model.state_dict(),
                       metrics={"recovered_from": str(onnx_path), "source_fingerprint": source,
                                "onnx_max_abs_diff": max_abs})

@@ -47,11 +47,19 @@ class EmbedderConfig:
     pretrained_path: str | None = None  # local timm weights file for the backbone (no hub access)
     head_hidden_dims: tuple[int, ...] = (512,)  # Linear-BN-ReLU-Dropout blocks before the embedding layer
     head_dropout: float = 0.1
-    embedding_dim: int = 64
+    embedding_dim: int = 64  # the trained head's output; the model's output adds branch_dims when a branch is set
     size_px: int = 224
     head_init: str = "random"  # "pca": a linear head (head_hidden_dims: []) starts at the frozen features' PCA
     embed_rotations: int = 1  # embed N rotated views and average (validation here, the SDK on the phone)
     crop_interpolation: str = "area"  # how the crop is shrunk to size_px (InputSpec.interpolation)
+    # frozen branch (emb_model.FrozenBranch): a second, untrained pretrained backbone of the same crop whose pooled
+    # features are PCA-projected and concatenated, so the search cosine is (1 - w) * trained + w * branch.
+    # Not trained: fitted on a trained checkpoint by `coinvision train embedder-branch` (emb_branch.py).
+    branch_backbone: str | None = None  # timm name, e.g. tf_efficientnet_lite0; None = no branch
+    branch_pad_type: str = ""
+    branch_pretrained_path: str | None = None
+    branch_dims: int = 64  # PCA dimensions of the branch's pooled features
+    branch_weight: float = 0.3  # w: share of the branch in the cosine
     # loss (emb_losses.LOSSES)
     loss: str = "arcface"
     margin_rad: float = 0.2  # additive angular margin, RADIANS (pytorch-metric-learning wants degrees)
@@ -135,8 +143,16 @@ class EmbedderConfig:
             raise ValueError(f"freeze_backbone_epochs={self.freeze_backbone_epochs}: must be in [0, epochs)")
         if self.segmenter_runtime not in ("torch", "onnx", "tflite"):
             raise ValueError(f"segmenter_runtime={self.segmenter_runtime!r}: must be torch, onnx or tflite")
+        if self.branch_backbone is not None and not (0.0 < self.branch_weight < 1.0 and self.branch_dims >= 2):
+            raise ValueError(f"branch_weight={self.branch_weight}, branch_dims={self.branch_dims}: the weight must "
+                             "be in (0, 1) and the dims >= 2")
         if not 0.0 < self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac={self.warmup_frac}: must be in (0, 1)")
+
+    @property
+    def output_dim(self) -> int:
+        """Length of the vector the model returns (and packs store): the head's plus the branch's."""
+        return self.embedding_dim + (self.branch_dims if self.branch_backbone else 0)
 
     @property
     def input_spec(self) -> InputSpec:

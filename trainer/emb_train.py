@@ -371,6 +371,9 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
     """Train; every epoch: validation loss on seen classes, retrieval on unseen classes (Recall@k, MAP@R),
     unknown-coin threshold; log CSV/JSON/PNG; save ``last.pt`` (resumable) and ``best.pt`` (best Recall@1,
     MAP@R breaking ties). Returns the path of ``best.pt``."""
+    if cfg.branch_backbone:
+        raise ConfigError(f"branch_backbone={cfg.branch_backbone!r}: a frozen branch is not trained; train without it, "
+                          "then add it with `coinvision train embedder-branch`")
     run = TrainingRun(KIND, cfg, plot=_plot_curves, initial_best=(-1.0, -1.0))
     device = run.device
     with run.main_first():  # rank 0 fills the crop cache, the other ranks then read it

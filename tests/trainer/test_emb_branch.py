@@ -1,0 +1,98 @@
+"""The frozen branch beside a trained embedder: one model whose cosine is ``(1 - w) cos_trained + w cos_branch``,
+the branch seeing the input its weights expect, a PCA fitted on real photos cut by the shipped segmenter, the
+base weights untouched, and typed errors (a second branch, training a model with a branch)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from coinvision.sdk.errors import ConfigError, DatasetError
+from coinvision.sdk.files import list_images
+from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+from coinvision.trainer.config_io import config_to_dict
+from coinvision.trainer.emb_branch import BranchSpec, fit_branch, whitened_pca
+from coinvision.trainer.emb_model import EmbedderConfig, build_embedder, embedder_metadata, load_embedder
+from coinvision.trainer.emb_train import train_embedder
+
+RELEASE = Path(__file__).resolve().parents[2] / "models" / "release"
+BRANCH = {"branch_backbone": "tf_efficientnet_lite0", "branch_dims": 8, "branch_weight": 0.3}
+
+
+def _cfg(**overrides) -> EmbedderConfig:
+    values = {"backbone": "mobilenetv2_035", "size_px": 64, "head_hidden_dims": (32,), "embedding_dim": 16,
+              "crop_interpolation": "bilinear"}
+    return EmbedderConfig(**{**values, **overrides})
+
+
+def test_cosine_of_the_concatenation_is_the_weighted_sum_of_both_cosines() -> None:
+    torch.manual_seed(0)
+    model = build_embedder(_cfg(**BRANCH)).eval()
+    with torch.no_grad():
+        model.branch.pca_projection.normal_()
+        x = torch.randn(5, 3, 64, 64)
+        out = model(x)
+        trained, branch = model.embed_features(model.backbone(x)), model.branch(x)
+    assert out.shape == (5, 24)
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
+    want = 0.7 * (trained @ trained.T) + 0.3 * (branch @ branch.T)
+    assert torch.allclose(out @ out.T, want, atol=1e-5)
+    meta = embedder_metadata(_cfg(**BRANCH), "f" * 16)
+    assert meta.embedding_dim == 24 and meta.extra["branch_weight"] == 0.3
+    assert meta.architecture.endswith("|tf_efficientnet_lite0+pca8")
+
+
+def test_branch_sees_its_own_normalisation_of_the_same_pixels() -> None:
+    """The model's input is normalised for the trained backbone (ImageNet mean/std); the branch re-normalises it to
+    EfficientNet-Lite's (x - 0.5) / 0.5 inside the graph."""
+    model = build_embedder(_cfg(**BRANCH)).eval()
+    pixels = torch.rand(2, 3, 64, 64)
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        got = model.branch.pooled((pixels - mean) / std)
+        want = torch.nn.functional.normalize(model.branch.backbone((pixels - 0.5) / 0.5), dim=1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_whitened_pca_decorrelates_and_refuses_too_few_rows() -> None:
+    rows = np.random.default_rng(0).standard_normal((200, 12)) @ np.random.default_rng(1).standard_normal((12, 12))
+    mean, projection = whitened_pca(rows, 4)
+    projected = (rows - mean) @ projection
+    cov = np.cov(projected.T)
+    assert np.allclose(projected.mean(axis=0), 0, atol=1e-9)
+    assert np.allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-9)
+    assert np.all(np.diff(np.diag(cov)) <= 1e-12)  # leading directions first
+    with pytest.raises(DatasetError, match="cannot fit a 4-d PCA"):
+        whitened_pca(rows[:4], 4)
+
+
+def test_fit_branch_on_real_photos_keeps_the_base_and_loads_back(tmp_path: Path, sample_root: Path) -> None:
+    torch.manual_seed(0)
+    base_cfg = _cfg(crop_cache_dir=str(tmp_path / "crops"), embed_rotations=2)
+    base = build_embedder(base_cfg).eval()
+    save_checkpoint(tmp_path / "base.pt", Checkpoint(kind="embedder", config=config_to_dict(base_cfg),
+                                                     state_dict=base.state_dict(), epoch=3))
+    photos = list_images(sample_root / "coins211")[:12]
+    spec = BranchSpec(pretrained_path=None, dims=8, weight=0.3)  # random Lite0: the fitting path is what is tested
+    out = fit_branch(tmp_path / "base.pt", photos, tmp_path / "branch.pt", spec, segmenter_models_dir=RELEASE,
+                     progress=False)
+    model, cfg, ckpt = load_embedder(out)
+    assert cfg.branch_backbone == "tf_efficientnet_lite0" and cfg.output_dim == 24
+    assert ckpt.metrics["branch_fit_photos"] == 12 and ckpt.metrics["branch_fit_rows"] == 24  # 2 views each
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert float(model.branch.pca_projection.abs().sum()) > 0
+    with torch.no_grad():
+        y = model(torch.randn(3, 3, 64, 64))
+    assert torch.allclose(y[:, :16].norm(dim=1), torch.full((3,), math.sqrt(0.7)), atol=1e-5)
+    with pytest.raises(ConfigError, match="already has"):
+        fit_branch(out, photos, tmp_path / "twice.pt", spec, segmenter_models_dir=RELEASE, progress=False)
+
+
+def test_training_a_model_with_a_branch_is_refused() -> None:
+    with pytest.raises(ConfigError, match="embedder-branch"):
+        train_embedder(_cfg(**BRANCH))
