@@ -218,7 +218,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     branch = train_subparsers(sub).add_parser(
         "embedder-branch", help="add a frozen pretrained branch (PCA on training photos) to a trained embedder")
-    branch.add_argument("checkpoint", type=Path, help="trained embedder checkpoint, e.g. runs/embedder/recovered/best.pt")
+    branch.add_argument("checkpoint", type=Path,
+                        help="trained embedder checkpoint, e.g. runs/embedder/recovered/best.pt")
     branch.add_argument("--photos", type=Path, required=True,
                         help="photos of TRAINING classes only (e.g. runs/split/train): the PCA is fitted on them")
     branch.add_argument("--out", type=Path, required=True, help="checkpoint to write")

@@ -30,7 +30,6 @@ from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.sdk.preprocess import rotation_views, to_model_input
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
-from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_data import CropCache, make_crop_source, read_crop
 from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
 

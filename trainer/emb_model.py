@@ -31,8 +31,9 @@ KIND = "embedder"
 
 class FrozenBranch(nn.Module):
     """A second pretrained backbone that is never trained: its pooled features of the same crop, L2-normalised,
-    minus their mean, through a fixed half-whitened PCA (``emb_branch.fit_branch``), L2-normalised. It re-normalises the embedder's input
-    to its own mean/std inside the graph, so the model keeps ONE input tensor and one preprocessing."""
+    minus their mean, through a fixed half-whitened PCA (``emb_branch.fit_branch``), L2-normalised. It
+    re-normalises the embedder's input to its own mean/std inside the graph, so the model keeps ONE input tensor
+    and one preprocessing."""
 
     def __init__(self, backbone: nn.Module, input_scale: torch.Tensor, input_shift: torch.Tensor, dims: int) -> None:
         super().__init__()
@@ -54,8 +55,9 @@ class FrozenBranch(nn.Module):
 
 
 class Embedder(nn.Module):
-    """``backbone`` (timm, global pool, no classifier) -> ``head`` (FC) -> L2 normalisation; with a ``branch``, the
-    unit vector ``[sqrt(1 - w) * trained, sqrt(w) * branch]``, whose cosine is ``(1 - w) cos_trained + w cos_branch``."""
+    """``backbone`` (timm, global pool, no classifier) -> ``head`` (FC) -> L2 normalisation; with a ``branch``,
+    the unit vector ``[sqrt(1 - w) * trained, sqrt(w) * branch]``, whose cosine is
+    ``(1 - w) cos_trained + w cos_branch``."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, branch: FrozenBranch | None = None,
                  branch_weight: float = 0.0) -> None:

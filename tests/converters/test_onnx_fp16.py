@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from coinvision.converters.onnx_fp16 import QUANTIZATION, check_fp16_weights, store_weights_fp16
 from coinvision.converters.metadata import read_embedded_metadata
+from coinvision.converters.onnx_fp16 import QUANTIZATION, check_fp16_weights, store_weights_fp16
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import ModelMetadata
 
