@@ -1,15 +1,22 @@
 """Assemble ``models/release`` (what ships in git and what the SDK, the server and the demo load by default)
 from one ``coinvision export --check`` run.
 
-    python -m coinvision.converters.release runs/export_release models/release [--tflite-default fp16]
+    python -m coinvision.converters.release runs/export_release models/release [--tflite-default fp16] \
+        [--onnx-variant fp16_weights] [--kinds embedder]
 
-The release set stays under the repository's 40 MB budget: ONNX fp32 for the server, ONE TFLite variant per
+The release set stays under the repository's 40 MB budget: ONNX for the server and the ONNX Runtime SDKs (fp32, or
+``fp16_weights``: float32 compute, weights stored as float16 by ``converters.onnx_fp16``, each with a passing parity
+record ``<file>.parity.json`` against its fp32 source, found in the export run's folder), ONE TFLite variant per
 model under the SDK's default name (``<kind>.tflite``; its embedded metadata says which quantization it is),
 the full-int8 / fp16 TFLite files that are not the default (while they fit), and the smallest Core ML variant.
 The export run's ``export.json`` is copied alongside, so every shipped file keeps its sha256 and parity figures.
 Nothing unproven ships: a run that was not parity-checked is refused, a required file (ONNX, default TFLite) that
 missed its target is refused, and an optional file that missed is left out and listed under ``not_shipped`` in
 ``release.json``.
+
+``--kinds``: the model kinds this export run replaces; the others are carried over from the current release with
+their files, ``release.json`` entries and export record (``export_<kind>.json``), e.g. a new embedder beside the
+segmenter already shipped.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ __all__ = ["assemble_release"]
 KINDS = ("segmenter", "embedder")
 TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_dynamic": "{kind}.int8_dynamic.tflite",
                    "int8": "{kind}.int8.tflite"}
+ONNX_VARIANTS = {"fp32": "{kind}.onnx", "fp16_weights": "{kind}.fp16w.onnx"}
 OPTIONAL_TFLITE = ("int8", "fp16")  # shipped beside the default when they passed parity and fit, in this order
 MAX_RELEASE_BYTES = 40_000_000  # the repository's budget for shipped models (decimal MB)
 
@@ -41,9 +49,44 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copyfile(sidecar_path(src), sidecar_path(dst))
 
 
+def _onnx_parity(path: Path) -> bool | None:
+    """The ``onnx_fp16`` parity verdict recorded beside a float16-weight ONNX file (None: no record)."""
+    record = path.with_name(path.name + ".parity.json")
+    return bool(json.loads(record.read_text()).get("passed")) if record.is_file() else None
+
+
+def _quantization(path: Path) -> str:
+    return json.loads(sidecar_path(path).read_text()).get("quantization", "fp32")
+
+
+def _carried(release_dir: Path, kind: str) -> tuple[dict[str, Path], dict[str, dict], Path | None]:
+    """The current release's files of ``kind`` (checked against their recorded sha256), their entries and record."""
+    info_path = release_dir / "release.json"
+    if not info_path.is_file():
+        raise ConversionError(f"{release_dir} has no release.json: there is no {kind} to carry over; export it too")
+    info = json.loads(info_path.read_text())
+    entries = {name: e for name, e in info.get("files", {}).items() if name.startswith(f"{kind}.")}
+    if not entries:
+        raise ConversionError(f"{info_path} lists no {kind} files to carry over; export the {kind} too")
+    files = {}
+    for name, entry in entries.items():
+        if digest(release_dir / name)[1] != entry["sha256"]:
+            raise ConversionError(f"{release_dir / name} differs from its sha256 in {info_path}; restore it "
+                                  "(git checkout) before carrying it over")
+        files[name] = release_dir / name
+    source = info.get(f"{kind}_source", MANIFEST_NAME)
+    return files, entries, (release_dir / source) if (release_dir / source).is_file() else None
+
+
 def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str = "fp16",
-                     coreml_variant: str = "palette6") -> dict[str, int]:
-    """Copy the chosen files of a checked export run into ``release_dir`` (replaced atomically)."""
+                     coreml_variant: str = "palette6", onnx_variant: str = "fp32",
+                     kinds: tuple[str, ...] = KINDS) -> dict[str, int]:
+    """Copy the chosen files of a checked export run into ``release_dir`` (replaced atomically); kinds not in
+    ``kinds`` keep the current release's files."""
+    if onnx_variant not in ONNX_VARIANTS:
+        raise ConversionError(f"unknown ONNX variant {onnx_variant!r}; valid: {', '.join(ONNX_VARIANTS)}")
+    if not kinds or set(kinds) - set(KINDS):
+        raise ConversionError(f"kinds {kinds!r}: pick from {', '.join(KINDS)}")
     manifest = read_manifest(export_dir)
     if not manifest.get("check") or not manifest.get("parity_checked"):
         raise ConversionError(f"{export_dir / MANIFEST_NAME}: the export run was not parity-checked; re-run "
@@ -53,8 +96,28 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
         raise ConversionError(f"unknown TFLite variant {tflite_default!r}; valid: {', '.join(TFLITE_VARIANTS)}")
     required: dict[str, Path] = {}
     optional: dict[str, Path] = {}
+    carried: dict[str, Path] = {}
+    carried_entries: dict[str, dict] = {}
+    carried_records: dict[str, Path | None] = {}
     for kind in KINDS:
-        required[f"{kind}.onnx"] = export_dir / f"{kind}.onnx"
+        onnx = export_dir / ONNX_VARIANTS[onnx_variant].format(kind=kind)
+        if kind not in kinds:
+            files, entries, carried_records[kind] = _carried(release_dir, kind)
+            carried.update(files)
+            carried_entries.update(entries)
+            released = _quantization(files[f"{kind}.onnx"])
+            if released == onnx_variant:
+                continue  # already the requested form: carried as is (with its parity record)
+            del carried[f"{kind}.onnx"]
+            if onnx_variant == "fp32":
+                raise ConversionError(f"the released {kind}.onnx is {released}, not fp32; carry it with "
+                                      f"--onnx-variant {released}")
+        if onnx_variant != "fp32" and _onnx_parity(onnx) is not True:
+            raise ConversionError(f"{onnx}: no passing parity record ({onnx.name}.parity.json); write it with "
+                                  f"python -m coinvision.converters.onnx_fp16 <{kind}.onnx> {onnx} --check-images ...")
+        required[f"{kind}.onnx"] = onnx
+        if kind not in kinds:
+            continue
         required[f"{kind}.tflite"] = export_dir / TFLITE_VARIANTS[tflite_default].format(kind=kind)
         for variant in OPTIONAL_TFLITE:
             if variant != tflite_default:
@@ -70,7 +133,7 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
                               f"{MANIFEST_NAME}); fix them or release another --tflite-default")
     not_shipped = {name: "parity target missed" if passed.get(src.name) is False else "not exported"
                    for name, src in optional.items() if passed.get(src.name) is not True}
-    plan = dict(required)
+    plan = {**required, **carried}
     total = sum(digest(p)[0] for p in plan.values())
     if total > MAX_RELEASE_BYTES:
         raise ConversionError(f"release set would be {total / 1e6:.1f} MB, over the {MAX_RELEASE_BYTES / 1e6:.0f} MB "
@@ -89,11 +152,27 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
     staging.mkdir(parents=True)
     for name, src in plan.items():
         _copy(src, staging / name)
-    release = {"source_export": str(export_dir), "tflite_default": tflite_default, "not_shipped": not_shipped,
-               "files": {}}
+    release: dict = {"source_export": str(export_dir), "tflite_default": tflite_default, "onnx_variant": onnx_variant,
+                     "not_shipped": not_shipped, "files": {}}
     for name, src in plan.items():
         size, sha256 = digest(staging / name)
-        release["files"][name] = {"from": src.name, "bytes": size, "sha256": sha256}
+        origin = src.name
+        if name in carried:
+            origin = f"carried over from the previous release ({carried_entries[name]['from']})"
+        elif onnx_variant != "fp32" and name.endswith(".onnx") and src.parent == export_dir:
+            origin = f"{src.name} (float16-stored weights; parity: {src.name}.parity.json)"
+            shutil.copyfile(src.with_name(src.name + ".parity.json"), staging / f"{src.name}.parity.json")
+        release["files"][name] = {"from": origin, "bytes": size, "sha256": sha256}
+    for kind in KINDS:
+        record = carried_records.get(kind)
+        if kind not in kinds:
+            for parity in release_dir.glob(f"{kind}.*.parity.json"):
+                shutil.copyfile(parity, staging / parity.name)
+        if kind not in kinds and record is not None:
+            shutil.copyfile(record, staging / f"export_{kind}.json")
+            release[f"{kind}_source"] = f"export_{kind}.json"
+        elif kind in kinds:
+            release[f"{kind}_source"] = MANIFEST_NAME
     (staging / "release.json").write_text(json.dumps(release, indent=2) + "\n")
     shutil.copyfile(export_dir / MANIFEST_NAME, staging / MANIFEST_NAME)
     # the model card, the training records and the data-package marker live here, not in the export run
@@ -112,10 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("release_dir", type=Path)
     parser.add_argument("--tflite-default", default="fp16", choices=tuple(TFLITE_VARIANTS))
     parser.add_argument("--coreml-variant", default="palette6")
+    parser.add_argument("--onnx-variant", default="fp32", choices=tuple(ONNX_VARIANTS))
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="comma list: the kinds this run replaces; the others stay as released")
     args = parser.parse_args(argv)
     try:
         sizes = assemble_release(args.export_dir, args.release_dir, tflite_default=args.tflite_default,
-                                 coreml_variant=args.coreml_variant)
+                                 coreml_variant=args.coreml_variant, onnx_variant=args.onnx_variant,
+                                 kinds=tuple(k for k in args.kinds.split(",") if k))
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from coinvision.converters.manifest import write_manifest
+from coinvision.converters.manifest import digest, write_manifest
 from coinvision.converters.release import assemble_release
 from coinvision.sdk.errors import ConversionError
 
@@ -65,3 +66,60 @@ def test_release_with_int8_default_offers_fp16_as_the_optional_variant(tmp_path:
     assert (release / "segmenter.tflite").read_bytes() == (export / "segmenter.int8.tflite").read_bytes()
     assert (release / "segmenter.fp16.tflite").is_file() and not (release / "segmenter.int8.tflite").exists()
     assert json.loads((release / "release.json").read_text())["tflite_default"] == "int8"
+
+
+def _fp16_onnx(export: Path, kind: str, passed: bool = True) -> None:
+    name = f"{kind}.fp16w.onnx"
+    (export / name).write_bytes(b"half" * 5)
+    (export / f"{name}.meta.json").write_text("{}")
+    (export / f"{name}.parity.json").write_text(json.dumps({"passed": passed}))
+
+
+def test_release_replaces_one_kind_and_carries_the_other_with_its_record(tmp_path: Path) -> None:
+    first = _export_run(tmp_path / "first")
+    release = tmp_path / "release"
+    assemble_release(first, release, tflite_default="int8")
+    segmenter_files = {n: (release / n).read_bytes() for n in ("segmenter.onnx", "segmenter.tflite")}
+    second = tmp_path / "second"
+    second.mkdir()
+    for name in ("embedder.onnx", "embedder.int8.tflite", "embedder.fp16.tflite"):
+        (second / name).write_bytes(b"new " + name.encode())
+        (second / f"{name}.meta.json").write_text("{}")
+    shutil.copytree(first / "embedder.palette6.mlpackage", second / "embedder.palette6.mlpackage")
+    (second / "embedder.palette6.mlpackage.meta.json").write_text("{}")
+    write_manifest(second, {"check": True, "parity_checked": ["embedder.onnx"],
+                            "files": [{"file": "embedder.int8.tflite", "parity": {"passed": True}}]})
+    for kind in ("segmenter", "embedder"):
+        _fp16_onnx(second, kind)
+    assemble_release(second, release, tflite_default="int8", onnx_variant="fp16_weights", kinds=("embedder",))
+    info = json.loads((release / "release.json").read_text())
+    assert (release / "segmenter.tflite").read_bytes() == segmenter_files["segmenter.tflite"]
+    assert (release / "segmenter.onnx").read_bytes() == (release / "embedder.onnx").read_bytes() == b"half" * 5
+    assert (release / "embedder.tflite").read_bytes() == b"new embedder.int8.tflite"
+    assert info["files"]["segmenter.tflite"]["from"].startswith("carried over from the previous release")
+    assert info["segmenter_source"] == "export_segmenter.json" and (release / "export_segmenter.json").is_file()
+    assert info["embedder_source"] == "export.json" and info["onnx_variant"] == "fp16_weights"
+    assert (release / "embedder.fp16w.onnx.parity.json").is_file()
+    # a later embedder-only release carries the float16-weight segmenter as it is, with its record
+    (release / "segmenter.onnx.meta.json").write_text(json.dumps({"quantization": "fp16_weights"}))
+    info["files"]["segmenter.onnx"]["sha256"] = digest(release / "segmenter.onnx")[1]
+    (release / "release.json").write_text(json.dumps(info))
+    (second / "segmenter.fp16w.onnx").unlink()
+    assemble_release(second, release, tflite_default="int8", onnx_variant="fp16_weights", kinds=("embedder",))
+    assert (release / "segmenter.onnx").read_bytes() == b"half" * 5
+    assert (release / "segmenter.fp16w.onnx.parity.json").is_file() and (release / "export_segmenter.json").is_file()
+
+
+def test_release_refuses_fp16_weight_onnx_without_a_passing_record_and_a_changed_carried_file(
+        tmp_path: Path) -> None:
+    export = _export_run(tmp_path / "export")
+    release = tmp_path / "release"
+    assemble_release(export, release, tflite_default="int8")
+    _fp16_onnx(export, "segmenter")
+    _fp16_onnx(export, "embedder", passed=False)
+    with pytest.raises(ConversionError, match=r"embedder\.fp16w\.onnx: no passing parity record"):
+        assemble_release(export, release, onnx_variant="fp16_weights", kinds=("embedder",))
+    _fp16_onnx(export, "embedder")
+    (release / "segmenter.tflite").write_bytes(b"edited")
+    with pytest.raises(ConversionError, match="differs from its sha256"):
+        assemble_release(export, release, onnx_variant="fp16_weights", kinds=("embedder",))
