@@ -144,7 +144,7 @@ def _cmd_train_embedder_branch(args: argparse.Namespace) -> int:
              "dims": args.dims, "weight": args.weight}
     spec = BranchSpec(**{k: v for k, v in given.items() if v is not None})  # unset: BranchSpec's defaults
     out = fit_branch(args.checkpoint, list_images(args.photos), args.out, spec, segmenter_models_dir=args.models,
-                     segmenter_runtime=args.runtime)
+                     segmenter_runtime=args.runtime, calibration=tuple(args.calibrate) if args.calibrate else None)
     print(f"wrote {out}: {args.checkpoint} + frozen {spec.backbone} branch ({spec.dims}-d PCA of {args.photos}, "
           f"weight {spec.weight}); export it with `coinvision export {out} ...`")
     return 0
@@ -223,6 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     branch.add_argument("--photos", type=Path, required=True,
                         help="photos of TRAINING classes only (e.g. runs/split/train): the PCA is fitted on them")
     branch.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    branch.add_argument("--calibrate", type=Path, nargs=2, metavar=("CATALOG_DIR", "QUERY_DIR"), default=None,
+                        help="held-out classes (<dir>/<class>/<photo>) to recalibrate the unknown-coin threshold on "
+                             "(without it the checkpoint has none)")
     branch.add_argument("--branch", default=None, help="timm backbone of the branch (tf_efficientnet_lite0)")
     branch.add_argument("--branch-weights", type=Path, default=None,
                         help="its local pretrained weights (runs/pretrained/tf_efficientnet_lite0.pth, written by "

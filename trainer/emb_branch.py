@@ -10,34 +10,36 @@ that as ONE model (``emb_model.Embedder`` with a ``FrozenBranch``), exported and
 3. its unit pooled features of the training photos' crops (the same segmenter, crop and rotated views the SDK
    uses), one row per view, reduced by a half-whitened PCA (``whitened_pca``) stored as buffers.
 
-Only training-split photos are used, so held-out figures stay held out.
+The PCA sees training-split photos only, so held-out figures stay held out. The unknown-coin threshold of the
+trained embedder does not hold for the new vectors: with ``calibration`` (a catalog and a query folder of held-out
+classes, as the trainer validates on) it is recalibrated as the trainer does (``calibrate_unknown_threshold``,
+``unknown_target_accept`` of the config), else the checkpoint has none.
 
     coinvision train embedder-branch runs/embedder/recovered/best.pt --photos runs/split/train \\
-        --branch-weights runs/pretrained/tf_efficientnet_lite0.pth --out runs/embedder/branch/best.pt
+        --calibrate runs/split/catalog runs/split/query --out runs/embedder/branch/best.pt
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError
-from coinvision.sdk.preprocess import rotation_views, to_model_input
+from coinvision.sdk.evaluation import calibrate_unknown_threshold, list_class_folder
+from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
-from coinvision.trainer.emb_data import CropCache, make_crop_source, read_crop
+from coinvision.trainer.emb_data import CachedCrop, CropCache, make_crop_source, read_crop
 from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
 
 __all__ = ["BranchSpec", "fit_branch", "whitened_pca"]
 
 log = logging.getLogger(__name__)
-
-_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -60,49 +62,64 @@ def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:dims].T / np.sqrt(sigma[:dims])
 
 
-def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | Path, spec: BranchSpec, *,
-               segmenter_models_dir: str | Path, segmenter_runtime: str = "tflite", progress: bool = True) -> Path:
-    """Write ``out``: ``base_checkpoint``'s embedder plus ``spec``'s frozen branch, its PCA fitted on ``photos``
-    (training-class photos only), cropped by the segmenter of ``segmenter_models_dir`` (the one the SDK ships)."""
+def _views(crops: Sequence[CachedCrop], cfg: EmbedderConfig, forward: Callable[[torch.Tensor], torch.Tensor],
+           desc: str, progress: bool) -> np.ndarray:
+    """``forward`` of every rotated view of every crop, ``(crops, views, d)``."""
     from tqdm import tqdm
 
+    out = []
+    for crop in tqdm(crops, desc=desc, disable=not progress):
+        x = np.concatenate([to_model_input(v, cfg.input_spec) for v in rotation_views(read_crop(crop.path),
+                                                                                      cfg.embed_rotations)])
+        with torch.no_grad():
+            out.append(forward(torch.from_numpy(x)).numpy())
+    return np.stack(out)
+
+
+def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | Path, spec: BranchSpec, *,
+               segmenter_models_dir: str | Path, segmenter_runtime: str = "tflite",
+               calibration: tuple[Path, Path] | None = None, progress: bool = True) -> Path:
+    """Write ``out``: ``base_checkpoint``'s embedder plus ``spec``'s frozen branch (a branch it has already is
+    replaced), its PCA fitted on ``photos`` (training-class photos only), cropped by the segmenter of
+    ``segmenter_models_dir`` (the one the SDK ships); ``calibration``: ``(catalog_dir, query_dir)`` of held-out
+    classes (``<dir>/<class>/<photo>``) for the unknown-coin threshold."""
     model, cfg, base = load_embedder(base_checkpoint)
     if cfg.branch_backbone:
-        raise ConfigError(f"{base_checkpoint} already has a {cfg.branch_backbone} branch; start from the trained "
-                          "embedder without one")
+        log.info("%s has a %s branch already: it is replaced", base_checkpoint, cfg.branch_backbone)
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith("branch.")}
     cfg = dataclasses.replace(cfg, branch_backbone=spec.backbone, branch_pad_type=spec.pad_type,
                               branch_pretrained_path=spec.pretrained_path, branch_dims=spec.dims,
                               branch_weight=spec.weight, segmenter_checkpoint=None,
                               segmenter_models_dir=str(segmenter_models_dir), segmenter_runtime=segmenter_runtime,
-                              pretrained_path=None)
+                              pretrained_path=None, unknown_threshold=None)
     combined = build_embedder(cfg).eval()
-    missing = combined.load_state_dict(model.state_dict(), strict=False).missing_keys
+    missing = combined.load_state_dict(trained, strict=False).missing_keys
     if any(not k.startswith("branch.") for k in missing):
         raise ConfigError(f"{base_checkpoint}: weights {missing[:3]} are missing from the trained embedder")
-    crops = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg)).build(list(photos), progress=progress)
+    cache = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg))
+    crops = cache.build(list(photos), progress=progress)
     if not crops:
         raise DatasetError("no photos to fit the branch's PCA on; pass a folder of training-class photos")
-    batches: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        with torch.no_grad():
-            batches.append(combined.branch.pooled(torch.from_numpy(np.concatenate(pending))).numpy())
-        pending.clear()
-
-    for crop in tqdm(crops, desc="branch features", disable=not progress):
-        for view in rotation_views(read_crop(crop.path), cfg.embed_rotations):
-            pending.append(to_model_input(view, cfg.input_spec))
-        if len(pending) >= _BATCH:
-            flush()
-    if pending:
-        flush()
-    mean, projection = whitened_pca(np.concatenate(batches), spec.dims)
+    rows = _views(crops, cfg, combined.branch.pooled, "branch features", progress)
+    mean, projection = whitened_pca(rows.reshape(-1, rows.shape[-1]), spec.dims)
     combined.branch.pca_mean.copy_(torch.from_numpy(mean).float())
     combined.branch.pca_projection.copy_(torch.from_numpy(projection).float())
+    metrics = {**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(crops),
+               "branch_fit_rows": int(rows.shape[0] * rows.shape[1])}
+    if calibration is not None:
+        vectors, labels = [], []
+        for folder in calibration:
+            pairs = list_class_folder(folder)
+            vectors.append(mean_unit_vector(_views(cache.build([p for p, _ in pairs], progress=False), cfg,
+                                                   combined, f"calibration: {folder}", progress)))
+            labels.append([label for _, label in pairs])
+        calib = calibrate_unknown_threshold(vectors[1], labels[1], vectors[0], labels[0],
+                                            target_unknown_accept=cfg.unknown_target_accept)
+        cfg = dataclasses.replace(cfg, unknown_threshold=calib.threshold)
+        metrics.update(unknown_threshold=calib.threshold, unknown_accept_rate=calib.unknown_accept_rate,
+                       known_accept_rate=calib.known_accept_rate)
     ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=combined.state_dict(), epoch=base.epoch,
-                      metrics={**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(crops),
-                               "branch_fit_rows": int(sum(len(b) for b in batches))})
+                      metrics=metrics)
     path = save_checkpoint(out, ckpt)
     log.info("fitted a %s branch (%d-d, weight %.2f) on %d photos onto %s -> %s (fingerprint %s)", spec.backbone,
              spec.dims, spec.weight, len(crops), base_checkpoint, path, ckpt.fingerprint)

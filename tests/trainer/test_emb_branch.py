@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.sdk.files import list_images
@@ -77,11 +78,14 @@ def test_fit_branch_on_real_photos_keeps_the_base_and_loads_back(tmp_path: Path,
     save_checkpoint(tmp_path / "base.pt", Checkpoint(kind="embedder", config=config_to_dict(base_cfg),
                                                      state_dict=base.state_dict(), epoch=3))
     photos = list_images(sample_root / "coins211")[:12]
-    spec = BranchSpec(pretrained_path=None, dims=8, weight=0.3)  # random Lite0: the fitting path is what is tested
+    weights = tmp_path / "lite0.pth"  # random Lite0 weights through the real local-file path
+    torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), weights)
+    spec = BranchSpec(pretrained_path=str(weights), dims=8, weight=0.3)
     out = fit_branch(tmp_path / "base.pt", photos, tmp_path / "branch.pt", spec, segmenter_models_dir=RELEASE,
-                     progress=False)
+                     calibration=(sample_root / "euro_phone" / "images",) * 2, progress=False)
     model, cfg, ckpt = load_embedder(out)
     assert cfg.branch_backbone == "tf_efficientnet_lite0" and cfg.output_dim == 24
+    assert cfg.unknown_threshold == ckpt.metrics["unknown_threshold"] and -1.0 < cfg.unknown_threshold <= 1.0
     assert ckpt.metrics["branch_fit_photos"] == 12 and ckpt.metrics["branch_fit_rows"] == 24  # 2 views each
     for name, tensor in base.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
@@ -89,8 +93,10 @@ def test_fit_branch_on_real_photos_keeps_the_base_and_loads_back(tmp_path: Path,
     with torch.no_grad():
         y = model(torch.randn(3, 3, 64, 64))
     assert torch.allclose(y[:, :16].norm(dim=1), torch.full((3,), math.sqrt(0.7)), atol=1e-5)
-    with pytest.raises(ConfigError, match="already has"):
-        fit_branch(out, photos, tmp_path / "twice.pt", spec, segmenter_models_dir=RELEASE, progress=False)
+    again = fit_branch(out, photos, tmp_path / "again.pt", spec, segmenter_models_dir=RELEASE, progress=False)
+    refit, refit_cfg, _ = load_embedder(again)  # the branch is replaced: same photos, same PCA
+    assert torch.equal(refit.branch.pca_projection, model.branch.pca_projection)
+    assert refit_cfg.unknown_threshold is None  # not recalibrated: none rather than a stale one
 
 
 def test_training_a_model_with_a_branch_is_refused() -> None:
