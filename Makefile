@@ -10,7 +10,8 @@ WEIGHTS ?= ../shared/weights
 PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast test-js test-kotlin lint sdk-only demo bench models release-models clean
+.PHONY: install test test-fast test-js test-kotlin lint sdk-only demo bench models release-models \
+	release-embedder-branch clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,8 +59,9 @@ bench: install
 # from its last.pt; the crop cache and labels are reused): ImageNet weights from the packages, segmentation labels,
 # segmenter, embedder (its crop cache comes from that segmenter), export + parity + assembly (release-models).
 # The GPU is used when present (device: auto). Override the configs to change the recipe. Note: this release
-# ships the v1 embedder (its checkpoint predates this chain); EMB_CONFIG is the v2 recipe, which measured below
-# it (models/release/README.md): compare before replacing models/release with what this target builds.
+# ships the v1 embedder (its checkpoint predates this chain) with a frozen Lite0 branch (release-embedder-branch);
+# EMB_CONFIG is the v2 recipe, which measured below v1 (models/release/README.md): compare before replacing
+# models/release with what this target builds.
 SEG_CONFIG ?= trainer/configs/segmenter_v2.yaml
 EMB_CONFIG ?= trainer/configs/embedder_lite0.yaml
 SEG_OUT ?= runs/segmenter/models
@@ -93,6 +95,31 @@ release-models: install
 		--calibration $(SPLIT)/train --calibration-count 200 --check --check-images $(SPLIT)/query --check-count $(CHECK_COUNT) \
 		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
 	$(BIN)/python -m coinvision.converters.release runs/export_release models/release --tflite-default $(TFLITE_DEFAULT)
+
+# The shipped embedder (models/release/README.md): a trained embedder (BASE_CKPT; the shipped one's weights come
+# back from its ONNX file with `coinvision recover-embedder`) + a frozen EfficientNet-Lite0 branch whose PCA is
+# fitted on the training split's photos, its unknown threshold recalibrated on the held-out classes; exported and
+# parity-checked, ONNX weights stored as float16 (each file checked against its fp32 source), assembled beside the
+# released segmenter (carried over as it is).
+BASE_CKPT ?= runs/embedder/recovered/best.pt
+BRANCH_OUT ?= runs/embedder/branch
+release-embedder-branch: install
+	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
+	test -f runs/pretrained/tf_efficientnet_lite0.pth || $(BIN)/coinvision pretrained port-lite --variant lite0 \
+		--out runs/pretrained/tf_efficientnet_lite0.pth
+	test -f $(BASE_CKPT) || $(BIN)/coinvision recover-embedder models/release/embedder.onnx --out $(BASE_CKPT)
+	$(BIN)/coinvision train embedder-branch $(BASE_CKPT) --photos $(SPLIT)/train --calibrate $(SPLIT)/catalog \
+		$(SPLIT)/query --out $(BRANCH_OUT)/best.pt
+	$(BIN)/coinvision export $(BRANCH_OUT)/best.pt --out runs/export_branch --quant fp32,int8_full \
+		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
+		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
+	$(BIN)/python -m coinvision.converters.onnx_fp16 runs/export_branch/embedder.onnx \
+		runs/export_branch/embedder.fp16w.onnx --check-images $(SPLIT)/query --models models/release
+	grep -q '"quantization": "fp16_weights"' models/release/segmenter.onnx.meta.json || \
+		$(BIN)/python -m coinvision.converters.onnx_fp16 models/release/segmenter.onnx \
+		runs/export_branch/segmenter.fp16w.onnx --check-images $(SPLIT)/query
+	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
+		--onnx-variant fp16_weights --kinds embedder
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .ruff_cache

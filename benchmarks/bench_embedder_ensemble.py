@@ -13,8 +13,8 @@ same folders, the training classes' first 3 photos as distractors, the SDK's ``e
         --materialize runs/split                    # the release split (model card), once
     python -m benchmarks.bench_embedder_ensemble    # ~5 min on 2 cores; features cached in runs/ensemble/
 
-Measured only: shipping it needs one graph (both backbones, the PCA and the concatenation) exported and parity-
-checked, 128-d packs (136 B/vector int8 instead of 72) and about 4 more Lite0 passes per photo.
+This is the measurement that chose the shipped embedder; ``trainer/emb_branch.py`` builds it as one graph (the
+PCA there is fitted per rotated view, the weight is the branch's share: w_branch = 1 - w_shipped here).
 """
 
 from __future__ import annotations
@@ -28,20 +28,12 @@ import numpy as np
 
 from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, seed_everything, write_result
 
-__all__ = ["concat_rows", "main", "whitened_pca"]
+__all__ = ["concat_rows", "main"]
 
 SPLITS = ("catalog", "query", "train")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
 LITE_WEIGHTS = ROOT / "runs" / "pretrained" / "tf_efficientnet_lite0.pth"
 LITE_CONFIG = ROOT / "trainer" / "configs" / "embedder_lite0.yaml"
-
-
-def whitened_pca(train: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean, projection)``: ``(x - mean) @ projection`` is the PCA to ``dims`` scaled by ``1 / sqrt(sigma)``
-    (half whitening: full whitening lets low-variance noise directions weigh as much as the design)."""
-    mean = train.mean(axis=0)
-    _, sigma, vt = np.linalg.svd(train - mean, full_matrices=False)
-    return mean, vt[:dims].T / np.sqrt(sigma[:dims])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -53,7 +45,7 @@ def concat_rows(shipped: np.ndarray, lite: np.ndarray, weight: float) -> np.ndar
     return np.concatenate([np.sqrt(weight) * _unit(shipped), np.sqrt(1.0 - weight) * _unit(lite)], axis=1)
 
 
-def _features(split_dir: Path, cache: Path) -> dict[str, dict[str, np.ndarray]]:
+def _features(split_dir: Path, cache: Path, models: Path) -> dict[str, dict[str, np.ndarray]]:
     """Per split: the shipped vectors, the Lite0 features of the same crops, labels (cached)."""
     if cache.is_file():
         data = np.load(cache, allow_pickle=False)
@@ -69,7 +61,7 @@ def _features(split_dir: Path, cache: Path) -> dict[str, dict[str, np.ndarray]]:
     from coinvision.trainer.lite_weights import port_lite_weights
     from tqdm import tqdm
 
-    recognizer = Recognizer.from_dir(ROOT / "models" / "release", runtime="tflite", num_threads=1)
+    recognizer = Recognizer.from_dir(models, runtime="tflite", num_threads=1)
     views = recognizer.crop_params.embed_rotations
     if not LITE_WEIGHTS.is_file():
         port_lite_weights(LITE_WEIGHTS, "lite0")
@@ -132,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", type=Path, default=ROOT / "runs" / "split", help="catalog/ query/ train/ folders")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "ensemble" / "features.npz")
+    parser.add_argument("--models", type=Path, default=ROOT / "models" / "release",
+                        help="the 'shipped' pipeline; results/embedder_ensemble.json used the v1 release, "
+                             "`git worktree add /tmp/v1 e54b6ff` then --models /tmp/v1/models/release")
     parser.add_argument("--pca-dims", type=int, default=64)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8],
                         help="weight of the shipped embedding's cosine")
@@ -142,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
               "`coinvision data split ... --materialize runs/split` (this module's docstring)", file=sys.stderr)
         return MISSING_INPUTS_EXIT
     from coinvision.sdk.evaluation import first_per_class
+    from coinvision.trainer.emb_branch import whitened_pca
 
     seed_everything(0)
-    feats = _features(args.split, args.cache)
+    feats = _features(args.split, args.cache, args.models)
     mean, proj = whitened_pca(feats["train"]["lite"].astype(np.float64), args.pca_dims)
     lite = {s: _unit((feats[s]["lite"] - mean) @ proj) for s in SPLITS}
     shipped = {s: feats[s]["shipped"].astype(np.float64) for s in SPLITS}

@@ -23,14 +23,20 @@ CONFIG = RELEASE / "training" / "embedder.train_config.yaml"
 
 
 def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Path, sample_root: Path) -> None:
+    """The release file: the v1 embedder with its frozen EfficientNet-Lite0 branch, weights stored as float16."""
+    meta = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx")
     report = recover_embedder(RELEASE / "embedder.onnx", CONFIG, tmp_path / "best.pt")
-    assert report.source_fingerprint == ModelMetadata.read_sidecar(RELEASE / "embedder.onnx").fingerprint
-    assert report.convolutions == 52 and report.max_abs_diff < 1e-5
+    assert report.source_fingerprint == meta.fingerprint
+    assert report.convolutions == 52 + 49 and report.max_abs_diff < 1e-5  # MobileNetV2 + Lite0
     model, cfg, ckpt = load_embedder(tmp_path / "best.pt")
     assert ckpt.fingerprint == report.fingerprint and cfg.size_px == 160
+    # what the file's metadata says about running it, and its branch, come back in the config
+    assert (cfg.crop_interpolation, cfg.embed_rotations, cfg.unknown_threshold) == (
+        meta.input.interpolation, meta.extra["embed_rotations"], meta.threshold)
+    assert (cfg.branch_backbone, cfg.branch_weight, cfg.output_dim) == (
+        meta.extra["branch_backbone"], meta.extra["branch_weight"], meta.embedding_dim)
     photo = next((sample_root / "euro_phone").rglob("*.jpg"))
     crop = Recognizer.from_dir(RELEASE, runtime="onnx", num_threads=1).embed(load_image(photo)).crop
-    meta = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx")
     x = to_model_input(crop, meta.input)
     want = ort.InferenceSession(str(RELEASE / "embedder.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": x})[0]
