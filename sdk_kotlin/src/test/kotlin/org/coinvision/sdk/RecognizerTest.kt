@@ -30,9 +30,11 @@ class RecognizerTest {
         assertTrue(rec.segmenter.splitTouching)
         assertEquals(0.15, rec.segmenter.marginFrac)
         assertEquals(4, rec.embedRotations)
-        assertEquals(0.7769, rec.unknownThreshold)
-        assertEquals("99bc632e01f5fc48", rec.fingerprint)
-        assertEquals(64, rec.dim)
+        val meta = TestPaths.embedderMeta
+        assertEquals(meta["threshold"]!!.double, rec.unknownThreshold)
+        assertEquals(meta["fingerprint"]!!.string, rec.fingerprint)
+        assertEquals(meta["embedding_dim"]!!.double.toInt(), rec.dim)
+        assertEquals(128, rec.dim) // the release: 64-d trained embedder + 64-d frozen Lite0 branch
         assertEquals(0.3, Recognizer(OnnxModelRuntime(File(TestPaths.models, "segmenter.onnx")),
             OnnxModelRuntime(File(TestPaths.models, "embedder.onnx")), unknownThreshold = 0.3).unknownThreshold)
     }
@@ -71,7 +73,7 @@ class RecognizerTest {
             assertThrows<PackException> { it.recognize(photo("2e", 0)) }
             val other = PackReader.read(File(TestPaths.goldenPacks, "int8.pack"))
             val e = assertThrows<PackFingerprintException> { it.loadPack(other) }
-            assertTrue("0123456789abcdef" in e.message!! && "99bc632e01f5fc48" in e.message!!)
+            assertTrue("0123456789abcdef" in e.message!! && rec.fingerprint in e.message!!)
             it.loadPack(pack)
             assertThrows<ConfigException> { it.recognize(photo("2e", 0), 0) }
             assertThrows<ImageException> { it.recognize(ByteArray(0)) }

@@ -17,4 +17,7 @@ object TestPaths {
     val kotlinGolden = File(root, "sdk_kotlin/testdata")
 
     fun json(file: File): JsonValue = Json.parse(file.readText())
+
+    /** The release embedder's sidecar metadata (what a test expects the Recognizer to have read). */
+    val embedderMeta: JsonValue by lazy { json(File(models, "embedder.onnx.meta.json")) }
 }

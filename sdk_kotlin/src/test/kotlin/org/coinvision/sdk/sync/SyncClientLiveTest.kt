@@ -39,7 +39,7 @@ class SyncClientLiveTest {
     private val tmp: File = Files.createTempDirectory("cv-sync").toFile()
     private lateinit var server: LiveServer
     private val catalog = "kt-euro"
-    private val fingerprint = "99bc632e01f5fc48" // models/release/embedder.onnx.meta.json
+    private val fingerprint = TestPaths.embedderMeta["fingerprint"]!!.string!!
     private val cache = File(tmp, "cache")
     private lateinit var v1: JsonValue
     private lateinit var v2: JsonValue
