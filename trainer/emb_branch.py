@@ -34,6 +34,7 @@ from coinvision.sdk.evaluation import calibrate_unknown_threshold, list_class_fo
 from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
+from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_data import CachedCrop, CropCache, make_crop_source, read_crop
 from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
 

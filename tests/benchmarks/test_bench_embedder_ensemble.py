@@ -1,11 +1,13 @@
 """The ensemble benchmark's two pieces of arithmetic: concatenated rows score the weighted sum of the two cosines,
-and the half-whitened PCA scales each principal direction by 1 / sqrt(its singular value)."""
+and the half-whitened PCA (the shipped branch's, ``trainer.emb_branch``) scales each principal direction by
+1 / sqrt(its singular value)."""
 
 from __future__ import annotations
 
 import numpy as np
+from coinvision.trainer.emb_branch import whitened_pca
 
-from benchmarks.bench_embedder_ensemble import concat_rows, whitened_pca
+from benchmarks.bench_embedder_ensemble import concat_rows
 
 
 def test_concatenated_cosine_is_the_weighted_sum_of_cosines() -> None:
