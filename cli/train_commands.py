@@ -141,7 +141,7 @@ def _cmd_train_embedder_branch(args: argparse.Namespace) -> int:
     from coinvision.trainer.emb_branch import BranchSpec, fit_branch
 
     given = {"backbone": args.branch, "pretrained_path": args.branch_weights and str(args.branch_weights),
-             "dims": args.dims, "weight": args.weight}
+             "dims": args.dims, "weight": args.weight, "embed_rotations": args.embed_rotations}
     spec = BranchSpec(**{k: v for k, v in given.items() if v is not None})  # unset: BranchSpec's defaults
     out = fit_branch(args.checkpoint, list_images(args.photos), args.out, spec, segmenter_models_dir=args.models,
                      segmenter_runtime=args.runtime, calibration=tuple(args.calibrate) if args.calibrate else None)
@@ -232,6 +232,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "`coinvision pretrained port-lite`)")
     branch.add_argument("--dims", type=int, default=None, help="PCA dimensions of the branch (64)")
     branch.add_argument("--weight", type=float, default=None, help="share of the branch in the cosine (0.3)")
+    branch.add_argument("--embed-rotations", type=int, default=None,
+                        help="rotated views the SDK averages (metadata; default: the trained embedder's)")
     branch.add_argument("--models", type=Path, default=Path("models/release"),
                         help="models folder whose segmenter cuts the crops (the one the SDK ships)")
     branch.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")

@@ -38,9 +38,13 @@ from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_data import CachedCrop, CropCache, make_crop_source, read_crop
 from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
 
-__all__ = ["BranchSpec", "fit_branch", "whitened_pca"]
+__all__ = ["PCA_VIEWS", "BranchSpec", "fit_branch", "whitened_pca"]
 
 log = logging.getLogger(__name__)
+
+# The PCA sees every photo at these many rotations whatever the SDK later averages (``embed_rotations``), so the
+# branch's weights do not depend on that run-time choice.
+PCA_VIEWS = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class BranchSpec:
     pad_type: str = ""  # tf_ models pad "same" by themselves
     dims: int = 64
     weight: float = 0.3  # share of the branch in the cosine (0.3 measured best of 0.2-0.5 on held-out classes)
+    embed_rotations: int | None = None  # views the SDK averages (metadata); None keeps the trained embedder's
 
 
 def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,14 +69,13 @@ def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _views(crops: Sequence[CachedCrop], cfg: EmbedderConfig, forward: Callable[[torch.Tensor], torch.Tensor],
-           desc: str, progress: bool) -> np.ndarray:
-    """``forward`` of every rotated view of every crop, ``(crops, views, d)``."""
+           views: int, desc: str, progress: bool) -> np.ndarray:
+    """``forward`` of ``views`` rotated views of every crop, ``(crops, views, d)``."""
     from tqdm import tqdm
 
     out = []
     for crop in tqdm(crops, desc=desc, disable=not progress):
-        x = np.concatenate([to_model_input(v, cfg.input_spec) for v in rotation_views(read_crop(crop.path),
-                                                                                      cfg.embed_rotations)])
+        x = np.concatenate([to_model_input(v, cfg.input_spec) for v in rotation_views(read_crop(crop.path), views)])
         with torch.no_grad():
             out.append(forward(torch.from_numpy(x)).numpy())
     return np.stack(out)
@@ -92,7 +96,8 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
                               branch_pretrained_path=spec.pretrained_path, branch_dims=spec.dims,
                               branch_weight=spec.weight, segmenter_checkpoint=None,
                               segmenter_models_dir=str(segmenter_models_dir), segmenter_runtime=segmenter_runtime,
-                              pretrained_path=None, unknown_threshold=None)
+                              pretrained_path=None, unknown_threshold=None,
+                              embed_rotations=spec.embed_rotations or cfg.embed_rotations)
     combined = build_embedder(cfg).eval()
     missing = combined.load_state_dict(trained, strict=False).missing_keys
     if any(not k.startswith("branch.") for k in missing):
@@ -101,7 +106,7 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     crops = cache.build(list(photos), progress=progress)
     if not crops:
         raise DatasetError("no photos to fit the branch's PCA on; pass a folder of training-class photos")
-    rows = _views(crops, cfg, combined.branch.pooled, "branch features", progress)
+    rows = _views(crops, cfg, combined.branch.pooled, PCA_VIEWS, "branch features", progress)
     mean, projection = whitened_pca(rows.reshape(-1, rows.shape[-1]), spec.dims)
     combined.branch.pca_mean.copy_(torch.from_numpy(mean).float())
     combined.branch.pca_projection.copy_(torch.from_numpy(projection).float())
@@ -112,7 +117,8 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
         for folder in calibration:
             pairs = list_class_folder(folder)
             vectors.append(mean_unit_vector(_views(cache.build([p for p, _ in pairs], progress=False), cfg,
-                                                   combined, f"calibration: {folder}", progress)))
+                                                   combined, cfg.embed_rotations, f"calibration: {folder}",
+                                                   progress)))
             labels.append([label for _, label in pairs])
         calib = calibrate_unknown_threshold(vectors[1], labels[1], vectors[0], labels[0],
                                             target_unknown_accept=cfg.unknown_target_accept)

@@ -23,7 +23,7 @@ from coinvision.trainer.checkpoint import Checkpoint, load_model
 from coinvision.trainer.emb_config import EmbedderConfig
 from torch import nn
 
-__all__ = ["KIND", "Embedder", "EmbedderConfig", "FrozenBranch", "branch_input_spec", "build_backbone", "build_branch",
+__all__ = ["KIND", "Embedder", "EmbedderConfig", "FrozenBranch", "build_backbone", "build_branch",
            "build_embedder", "embedder_metadata", "load_embedder"]
 
 KIND = "embedder"
@@ -105,14 +105,14 @@ def build_branch(cfg: EmbedderConfig) -> FrozenBranch:
         raise ConfigError(f"branch_backbone {cfg.branch_backbone!r} is not a timm model; e.g. tf_efficientnet_lite0")
     backbone = _timm_backbone(cfg.branch_backbone, cfg.branch_pad_type, cfg.branch_pretrained_path,
                               "branch_pretrained_path")
-    ours, theirs = cfg.input_spec, branch_input_spec(cfg)
+    ours, theirs = cfg.input_spec, _branch_input_spec(cfg)
     ours_mean, ours_std = torch.tensor(ours.mean), torch.tensor(ours.std)
     theirs_mean, theirs_std = torch.tensor(theirs.mean), torch.tensor(theirs.std)
     # x = (p - ours_mean) / ours_std  ->  (p - theirs_mean) / theirs_std = x * scale + shift
     return FrozenBranch(backbone, ours_std / theirs_std, (ours_mean - theirs_mean) / theirs_std, cfg.branch_dims)
 
 
-def branch_input_spec(cfg: EmbedderConfig) -> InputSpec:
+def _branch_input_spec(cfg: EmbedderConfig) -> InputSpec:
     """The input the branch's pretrained weights expect (its timm pretrained config's mean/std)."""
     return cfg.input_spec if cfg.branch_backbone is None else dataclasses.replace(
         cfg, backbone=cfg.branch_backbone).input_spec

@@ -15,7 +15,7 @@ from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.sdk.files import list_images
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
-from coinvision.trainer.emb_branch import BranchSpec, fit_branch, whitened_pca
+from coinvision.trainer.emb_branch import PCA_VIEWS, BranchSpec, fit_branch, whitened_pca
 from coinvision.trainer.emb_model import EmbedderConfig, build_embedder, embedder_metadata, load_embedder
 from coinvision.trainer.emb_train import train_embedder
 
@@ -80,13 +80,14 @@ def test_fit_branch_on_real_photos_keeps_the_base_and_loads_back(tmp_path: Path,
     photos = list_images(sample_root / "coins211")[:12]
     weights = tmp_path / "lite0.pth"  # random Lite0 weights through the real local-file path
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), weights)
-    spec = BranchSpec(pretrained_path=str(weights), dims=8, weight=0.3)
+    spec = BranchSpec(pretrained_path=str(weights), dims=8, weight=0.3, embed_rotations=1)
     out = fit_branch(tmp_path / "base.pt", photos, tmp_path / "branch.pt", spec, segmenter_models_dir=RELEASE,
                      calibration=(sample_root / "euro_phone" / "images",) * 2, progress=False)
     model, cfg, ckpt = load_embedder(out)
     assert cfg.branch_backbone == "tf_efficientnet_lite0" and cfg.output_dim == 24
     assert cfg.unknown_threshold == ckpt.metrics["unknown_threshold"] and -1.0 < cfg.unknown_threshold <= 1.0
-    assert ckpt.metrics["branch_fit_photos"] == 12 and ckpt.metrics["branch_fit_rows"] == 24  # 2 views each
+    assert ckpt.metrics["branch_fit_photos"] == 12 and ckpt.metrics["branch_fit_rows"] == 12 * PCA_VIEWS
+    assert cfg.embed_rotations == 1  # the SDK's views: set by the spec, independent of the PCA's
     for name, tensor in base.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     assert float(model.branch.pca_projection.abs().sum()) > 0
