@@ -80,8 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recover-embedder",
         help="an exported embedder.onnx -> a trainer checkpoint with the same outputs (BatchNorms unfolded)",
         description="Rebuild the training config's embedder and write the ONNX file's weights into it (its "
-        "backbone BatchNorms were folded into the convolutions at export), checked against ONNX Runtime. For "
-        "re-exporting, ensembling or benchmarking the shipped embedder when its training checkpoint is gone.",
+        "backbone BatchNorms were folded into the convolutions at export), checked against ONNX Runtime. A frozen "
+        "branch the file's metadata names (branch_backbone) is rebuilt too, and float16-stored weights are read as "
+        "they are. For re-exporting, refitting or benchmarking the shipped embedder when its training checkpoint "
+        "is gone.",
     )
     rec.add_argument("onnx", type=Path, metavar="EMBEDDER_ONNX", help="e.g. models/release/embedder.onnx")
     rec.add_argument("--config", type=Path, default=Path("models/release/training/embedder.train_config.yaml"),

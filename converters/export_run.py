@@ -341,8 +341,9 @@ class _Run:
             convert_s = time.perf_counter() - started
             for v in o.coreml_variants:
                 started = time.perf_counter()
-                path = export_coreml(s.model, s.meta, self.stage / coreml_filename(s.kind, v), variant=v, base=base,
-                                     kmeans_workers=o.num_threads)
+                # one k-means worker whatever --threads says: coremltools forks its worker pool, and a fork after
+                # TensorFlow / JAX started their threads hung the export here (palettize at 0/213 for 15 min)
+                path = export_coreml(s.model, s.meta, self.stage / coreml_filename(s.kind, v), variant=v, base=base)
                 self.record(s, path, "coreml", v, convert_s, time.perf_counter() - started)
 
     def publish(self) -> None:

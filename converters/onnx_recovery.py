@@ -7,7 +7,9 @@ folded every backbone BatchNorm into the convolution before it (a conv with a bi
 pair it came from (``trainer.tflite_port.write_folded_conv``, as the MobileNetV2 port does: the BN becomes the
 identity plus the folded bias) gives a model whose eval-mode output equals the ONNX file's. Train-mode BatchNorm
 would re-normalise those convolutions, so fine-tuning from a recovered checkpoint starts from a slightly different
-function than the shipped one.
+function than the shipped one. A frozen branch (``emb_model.FrozenBranch``, named by the file's metadata) is
+unfolded the same way, its input scaling and PCA read by name; weights stored as float16 (``onnx_fp16``) come back
+as those float16 values, so the recovered model computes what the shipped file computes, not the float32 original.
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ PCA_VIEWS = 4
 
 @dataclass(frozen=True)
 class BranchSpec:
+    """The frozen branch to fit: a timm backbone and its local pretrained weights, PCA size, cosine share."""
+
     backbone: str = "tf_efficientnet_lite0"
     pretrained_path: str = "runs/pretrained/tf_efficientnet_lite0.pth"
     pad_type: str = ""  # tf_ models pad "same" by themselves
