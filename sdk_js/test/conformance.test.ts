@@ -26,8 +26,8 @@ const kit = present ? readJson(join(CONFORMANCE, "kit.json")) : null;
 const tol = kit?.tolerances;
 // End to end from the JPEG bytes, decoded by jpeg-js (Pillow's libjpeg-turbo differs by up to ~26 levels, mean ~1
 // level on the sample photos): the decoder difference propagates, so these stated limits replace the kit's there.
-// With the Lite0 branch in the embedder (128-d) a decoder difference moves the scores by up to ~0.02.
-const E2E = { crop_mean_abs_levels: 6, embedding_min_cosine: 0.995, score_max_abs: 2.5e-2 };
+// With the Lite0 branch in the embedder (128-d, 2 views) a decoder difference moves the scores by up to 0.024.
+const E2E = { crop_mean_abs_levels: 6, embedding_min_cosine: 0.995, score_max_abs: 3e-2 };
 const figures: Record<string, Record<string, number | string | boolean>> = {};
 
 describe("conformance kit (ONNX)", { skip: !present && "conformance/ not present" }, () => {

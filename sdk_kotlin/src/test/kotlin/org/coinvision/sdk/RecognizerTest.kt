@@ -29,8 +29,8 @@ class RecognizerTest {
         assertEquals(128, rec.segmenter.sizePx)
         assertTrue(rec.segmenter.splitTouching)
         assertEquals(0.15, rec.segmenter.marginFrac)
-        assertEquals(4, rec.embedRotations)
         val meta = TestPaths.embedderMeta
+        assertEquals(meta["extra"]!!["embed_rotations"]!!.double.toInt(), rec.embedRotations)
         assertEquals(meta["threshold"]!!.double, rec.unknownThreshold)
         assertEquals(meta["fingerprint"]!!.string, rec.fingerprint)
         assertEquals(meta["embedding_dim"]!!.double.toInt(), rec.dim)
