@@ -98,7 +98,7 @@ release-models: install
 
 # The shipped embedder (models/release/README.md): a trained embedder (BASE_CKPT; the shipped one's weights come
 # back from its ONNX file with `coinvision recover-embedder`) + a frozen EfficientNet-Lite0 branch whose PCA is
-# fitted on the training split's photos, 2 rotated views averaged (4 cost 14 ms more for no measurable gain), its
+# fitted on the training split's photos, 2 rotated views averaged (4 cost 10 ms more for no measurable gain), its
 # unknown threshold recalibrated on the held-out classes; exported and
 # parity-checked, ONNX weights stored as float16 (each file checked against its fp32 source), assembled beside the
 # released segmenter (carried over as it is).
