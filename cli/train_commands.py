@@ -231,7 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="its local pretrained weights (runs/pretrained/tf_efficientnet_lite0.pth, written by "
                              "`coinvision pretrained port-lite`)")
     branch.add_argument("--dims", type=int, default=None, help="PCA dimensions of the branch (64)")
-    branch.add_argument("--weight", type=float, default=None, help="share of the branch in the cosine (0.3)")
+    branch.add_argument("--weight", type=float, default=None, help="share of the branch in the cosine (0.2)")
     branch.add_argument("--embed-rotations", type=int, default=None,
                         help="rotated views the SDK averages (metadata; default: the trained embedder's)")
     branch.add_argument("--models", type=Path, default=Path("models/release"),

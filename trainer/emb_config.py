@@ -59,7 +59,7 @@ class EmbedderConfig:
     branch_pad_type: str = ""
     branch_pretrained_path: str | None = None
     branch_dims: int = 64  # PCA dimensions of the branch's pooled features
-    branch_weight: float = 0.3  # w: share of the branch in the cosine
+    branch_weight: float = 0.2  # w: share of the branch in the cosine
     # loss (emb_losses.LOSSES)
     loss: str = "arcface"
     margin_rad: float = 0.2  # additive angular margin, RADIANS (pytorch-metric-learning wants degrees)

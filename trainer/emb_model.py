@@ -65,7 +65,9 @@ class Embedder(nn.Module):
         self.backbone = backbone
         self.head = head
         self.branch = branch
-        self.branch_weight = branch_weight
+        if branch is not None:
+            # a buffer, not a float attribute: the weights' fingerprint must change with the mix (packs carry it)
+            self.register_buffer("branch_mix", torch.tensor([math.sqrt(1.0 - branch_weight), math.sqrt(branch_weight)]))
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(features), dim=1)
@@ -74,8 +76,7 @@ class Embedder(nn.Module):
         trained = self.embed_features(self.backbone(x))
         if self.branch is None:
             return trained
-        w = self.branch_weight
-        return torch.cat([trained * math.sqrt(1.0 - w), self.branch(x) * math.sqrt(w)], dim=1)
+        return torch.cat([trained * self.branch_mix[0], self.branch(x) * self.branch_mix[1]], dim=1)
 
 
 def build_backbone(cfg: EmbedderConfig) -> nn.Module:

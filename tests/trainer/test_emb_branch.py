@@ -13,7 +13,7 @@ import timm
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.sdk.files import list_images
-from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+from coinvision.trainer.checkpoint import Checkpoint, fingerprint_state_dict, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
 from coinvision.trainer.emb_branch import PCA_VIEWS, BranchSpec, fit_branch, whitened_pca
 from coinvision.trainer.emb_model import EmbedderConfig, build_embedder, embedder_metadata, load_embedder
@@ -41,6 +41,10 @@ def test_cosine_of_the_concatenation_is_the_weighted_sum_of_both_cosines() -> No
     assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
     want = 0.7 * (trained @ trained.T) + 0.3 * (branch @ branch.T)
     assert torch.allclose(out @ out.T, want, atol=1e-5)
+    # the mix is part of the weights: a pack of the 0.3 model must not pass as one of a 0.2 model
+    other = build_embedder(_cfg(**{**BRANCH, "branch_weight": 0.2}))
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if k != "branch_mix"}, strict=False)
+    assert fingerprint_state_dict(other.state_dict()) != fingerprint_state_dict(model.state_dict())
     meta = embedder_metadata(_cfg(**BRANCH), "f" * 16)
     assert meta.embedding_dim == 24 and meta.extra["branch_weight"] == 0.3
     assert meta.architecture.endswith("|tf_efficientnet_lite0+pca8")
