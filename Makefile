@@ -110,7 +110,7 @@ release-embedder-branch: install
 		--out runs/pretrained/tf_efficientnet_lite0.pth
 	test -f $(BASE_CKPT) || $(BIN)/coinvision recover-embedder models/release/embedder.onnx --out $(BASE_CKPT)
 	$(BIN)/coinvision train embedder-branch $(BASE_CKPT) --photos $(SPLIT)/train --calibrate $(SPLIT)/catalog \
-		$(SPLIT)/query --embed-rotations 2 --out $(BRANCH_OUT)/best.pt
+		$(SPLIT)/query --embed-rotations 2 --weight 0.2 --out $(BRANCH_OUT)/best.pt
 	$(BIN)/coinvision export $(BRANCH_OUT)/best.pt --out runs/export_branch --quant fp32,int8_full \
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
 		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1

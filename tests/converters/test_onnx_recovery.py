@@ -27,7 +27,9 @@ def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Pa
     meta = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx")
     report = recover_embedder(RELEASE / "embedder.onnx", CONFIG, tmp_path / "best.pt")
     assert report.source_fingerprint == meta.fingerprint
-    assert report.convolutions == 52 + 49 and report.max_abs_diff < 1e-5  # MobileNetV2 + Lite0
+    # MobileNetV2 + Lite0; the ONNX file stores its constants as float16 too, the branch mix included (folded into
+    # unnamed constants, so the recovered model takes the exact mix from the metadata): 3.5e-5 apart at most
+    assert report.convolutions == 52 + 49 and report.max_abs_diff < 1e-4
     model, cfg, ckpt = load_embedder(tmp_path / "best.pt")
     assert ckpt.fingerprint == report.fingerprint and cfg.size_px == 160
     # what the file's metadata says about running it, and its branch, come back in the config
