@@ -39,6 +39,7 @@ TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_
 ONNX_VARIANTS = {"fp32": "{kind}.onnx", "fp16_weights": "{kind}.fp16w.onnx"}
 OPTIONAL_TFLITE = ("int8", "fp16")  # shipped beside the default when they passed parity and fit, in this order
 MAX_RELEASE_BYTES = 40_000_000  # the repository's budget for shipped models (decimal MB)
+CARRIED = "carried over from an earlier release"
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -158,7 +159,9 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
         size, sha256 = digest(staging / name)
         origin = src.name
         if name in carried:
-            origin = f"carried over from the previous release ({carried_entries[name]['from']})"
+            origin = carried_entries[name]["from"]
+            if not origin.startswith(CARRIED):
+                origin = f"{CARRIED} ({origin})"
         elif onnx_variant != "fp32" and name.endswith(".onnx") and src.parent == export_dir:
             origin = f"{src.name} (float16-stored weights; parity: {src.name}.parity.json)"
             shutil.copyfile(src.with_name(src.name + ".parity.json"), staging / f"{src.name}.parity.json")

@@ -96,7 +96,7 @@ def test_release_replaces_one_kind_and_carries_the_other_with_its_record(tmp_pat
     assert (release / "segmenter.tflite").read_bytes() == segmenter_files["segmenter.tflite"]
     assert (release / "segmenter.onnx").read_bytes() == (release / "embedder.onnx").read_bytes() == b"half" * 5
     assert (release / "embedder.tflite").read_bytes() == b"new embedder.int8.tflite"
-    assert info["files"]["segmenter.tflite"]["from"].startswith("carried over from the previous release")
+    assert info["files"]["segmenter.tflite"]["from"] == "carried over from an earlier release (segmenter.int8.tflite)"
     assert info["segmenter_source"] == "export_segmenter.json" and (release / "export_segmenter.json").is_file()
     assert info["embedder_source"] == "export.json" and info["onnx_variant"] == "fp16_weights"
     assert (release / "embedder.fp16w.onnx.parity.json").is_file()
@@ -108,6 +108,8 @@ def test_release_replaces_one_kind_and_carries_the_other_with_its_record(tmp_pat
     assemble_release(second, release, tflite_default="int8", onnx_variant="fp16_weights", kinds=("embedder",))
     assert (release / "segmenter.onnx").read_bytes() == b"half" * 5
     assert (release / "segmenter.fp16w.onnx.parity.json").is_file() and (release / "export_segmenter.json").is_file()
+    again = json.loads((release / "release.json").read_text())["files"]["segmenter.tflite"]["from"]
+    assert again == "carried over from an earlier release (segmenter.int8.tflite)"  # not nested per release
 
 
 def test_release_refuses_fp16_weight_onnx_without_a_passing_record_and_a_changed_carried_file(
