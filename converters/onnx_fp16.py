@@ -103,7 +103,7 @@ def check_fp16_weights(src: str | Path, dst: str | Path, photos_dir: str | Path,
     paths = pick_evenly(list_photos(photos_dir), count)
     squares = model_squares(kind, paths, photos_dir, meta.input.size_px, segment,
                             crop_margin_frac=crop.crop_margin_frac, interpolation=crop.interpolation)
-    rotations = int(meta.extra.get("embed_rotations", 1)) if kind == "embedder" else 1
+    rotations = crop.embed_rotations if kind == "embedder" else 1
     result = check_parity(kind, "fp16", reference.predict, candidate.predict,
                           ParitySet(squares.squares, squares.labels, squares.sources, rotations))
     record = {"file": dst.name, "reference": str(src), "photos": str(photos_dir), "quantization": QUANTIZATION,

@@ -14,6 +14,7 @@ as those float16 values, so the recovered model computes what the shipped file c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +82,11 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path} does not exist; pass the exported embedder.onnx (e.g. models/release)")
     shipped = ModelMetadata.read_sidecar(onnx_path) if sidecar_path(onnx_path).is_file() else None
-    values = {"pretrained_path": None, **_pipeline_values(shipped)}
-    base = resolve_config(EmbedderConfig, config_path, {"pretrained_path": None})
+    cfg = resolve_config(EmbedderConfig, config_path, {"pretrained_path": None})
+    values = _pipeline_values(shipped)
     if values.get("branch_backbone") and shipped is not None:
-        values["branch_dims"] = shipped.embedding_dim - base.embedding_dim
-    cfg = resolve_config(EmbedderConfig, config_path, values)
+        values["branch_dims"] = shipped.embedding_dim - cfg.embedding_dim
+    cfg = dataclasses.replace(cfg, **values)
     model = build_embedder(cfg).eval()
     graph = onnx.load(str(onnx_path)).graph
     weights = _onnx_weights(graph)

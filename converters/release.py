@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from coinvision.converters.manifest import MANIFEST_NAME, digest, read_manifest
+from coinvision.converters.onnx_fp16 import QUANTIZATION
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import sidecar_path
 
@@ -36,7 +37,8 @@ __all__ = ["assemble_release"]
 KINDS = ("segmenter", "embedder")
 TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_dynamic": "{kind}.int8_dynamic.tflite",
                    "int8": "{kind}.int8.tflite"}
-ONNX_VARIANTS = {"fp32": "{kind}.onnx", "fp16_weights": "{kind}.fp16w.onnx"}
+# keys: the metadata's ``quantization`` of each form (``onnx_fp16.QUANTIZATION``), so a released file names its own
+ONNX_VARIANTS = {"fp32": "{kind}.onnx", QUANTIZATION: "{kind}.fp16w.onnx"}
 OPTIONAL_TFLITE = ("int8", "fp16")  # shipped beside the default when they passed parity and fit, in this order
 MAX_RELEASE_BYTES = 40_000_000  # the repository's budget for shipped models (decimal MB)
 CARRIED = "carried over from an earlier release"

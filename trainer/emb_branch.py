@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +31,11 @@ import numpy as np
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.sdk.evaluation import calibrate_unknown_threshold, list_class_folder
-from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
-from coinvision.trainer.emb_config import EmbedderConfig
-from coinvision.trainer.emb_data import CachedCrop, CropCache, make_crop_source, read_crop
+from coinvision.trainer.emb_data import CropCache, Sample, make_crop_source
 from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
+from coinvision.trainer.emb_train import embed_samples, embed_views
 
 __all__ = ["PCA_VIEWS", "BranchSpec", "fit_branch", "whitened_pca"]
 
@@ -70,19 +69,6 @@ def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:dims].T / np.sqrt(sigma[:dims])
 
 
-def _views(crops: Sequence[CachedCrop], cfg: EmbedderConfig, forward: Callable[[torch.Tensor], torch.Tensor],
-           views: int, desc: str, progress: bool) -> np.ndarray:
-    """``forward`` of ``views`` rotated views of every crop, ``(crops, views, d)``."""
-    from tqdm import tqdm
-
-    out = []
-    for crop in tqdm(crops, desc=desc, disable=not progress):
-        x = np.concatenate([to_model_input(v, cfg.input_spec) for v in rotation_views(read_crop(crop.path), views)])
-        with torch.no_grad():
-            out.append(forward(torch.from_numpy(x)).numpy())
-    return np.stack(out)
-
-
 def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | Path, spec: BranchSpec, *,
                segmenter_models_dir: str | Path, segmenter_runtime: str = "tflite",
                calibration: tuple[Path, Path] | None = None, progress: bool = True) -> Path:
@@ -105,23 +91,29 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     if any(not k.startswith(("branch.", "branch_mix")) for k in missing):
         raise ConfigError(f"{base_checkpoint}: weights {missing[:3]} are missing from the trained embedder")
     cache = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg))
-    crops = cache.build(list(photos), progress=progress)
-    if not crops:
+
+    def samples(paths: Sequence[Path], labels: Sequence[str] | None = None) -> list[Sample]:
+        crops = cache.build(list(paths), progress=progress)
+        return [Sample(c.path, label, Path(p), c.found) for c, p, label in
+                zip(crops, paths, labels or [""] * len(crops), strict=True)]
+
+    fit = samples(photos)
+    if not fit:
         raise DatasetError("no photos to fit the branch's PCA on; pass a folder of training-class photos")
-    rows = _views(crops, cfg, combined.branch.pooled, PCA_VIEWS, "branch features", progress)
+    cpu = torch.device("cpu")
+    rows = embed_views(combined.branch.pooled, fit, cfg.input_spec, PCA_VIEWS, cpu,
+                       desc="branch features" if progress else None)
     mean, projection = whitened_pca(rows.reshape(-1, rows.shape[-1]), spec.dims)
     combined.branch.pca_mean.copy_(torch.from_numpy(mean).float())
     combined.branch.pca_projection.copy_(torch.from_numpy(projection).float())
-    metrics = {**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(crops),
+    metrics = {**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(fit),
                "branch_fit_rows": int(rows.shape[0] * rows.shape[1])}
     if calibration is not None:
         vectors, labels = [], []
         for folder in calibration:
             pairs = list_class_folder(folder)
-            vectors.append(mean_unit_vector(_views(cache.build([p for p, _ in pairs], progress=False), cfg,
-                                                   combined, cfg.embed_rotations, f"calibration: {folder}",
-                                                   progress)))
             labels.append([label for _, label in pairs])
+            vectors.append(embed_samples(combined, samples([p for p, _ in pairs], labels[-1]), cfg, cpu))
         calib = calibrate_unknown_threshold(vectors[1], labels[1], vectors[0], labels[0],
                                             target_unknown_accept=cfg.unknown_target_accept)
         cfg = dataclasses.replace(cfg, unknown_threshold=calib.threshold)
@@ -131,5 +123,5 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
                       metrics=metrics)
     path = save_checkpoint(out, ckpt)
     log.info("fitted a %s branch (%d-d, weight %.2f) on %d photos onto %s -> %s (fingerprint %s)", spec.backbone,
-             spec.dims, spec.weight, len(crops), base_checkpoint, path, ckpt.fingerprint)
+             spec.dims, spec.weight, len(fit), base_checkpoint, path, ckpt.fingerprint)
     return path

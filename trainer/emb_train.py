@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from coinvision.sdk.errors import ConfigError
 from coinvision.sdk.evaluation import RetrievalMetrics, calibrate_unknown_threshold, evaluate_retrieval
-from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
+from coinvision.sdk.preprocess import InputSpec, mean_unit_vector, rotation_views, to_model_input
 from coinvision.trainer.checkpoint import fingerprint_state_dict, restore_schedule
 from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_data import (
@@ -59,6 +59,7 @@ __all__ = [
     "TrunkFeed",
     "build_optimizers",
     "embed_samples",
+    "embed_views",
     "init_head_from_pca",
     "make_feed",
     "measure_throughput",
@@ -100,6 +101,24 @@ def _loader(dataset: torch.utils.data.Dataset, cfg: EmbedderConfig, *, batch_siz
 
 
 @torch.inference_mode()
+def embed_views(forward: Callable[[torch.Tensor], torch.Tensor], samples: Sequence[Sample], spec: InputSpec,
+                views: int, device: torch.device, *, chunk: int = 64, desc: str | None = None) -> np.ndarray:
+    """``forward`` of the SDK's ``rotation_views`` of every cached crop, no augmentation: ``(N, views, D)``.
+    ``desc``: show a progress bar with that label."""
+    from tqdm import tqdm
+
+    per_chunk = max(1, chunk // views)
+    out: list[np.ndarray] = []
+    with tqdm(total=len(samples), desc=desc, unit="crop", disable=desc is None) as bar:
+        for start in range(0, len(samples), per_chunk):
+            crops = CropTensorSet(samples[start:start + per_chunk], [0] * len(samples[start:start + per_chunk]), spec)
+            squares = [v for i in range(len(crops)) for v in rotation_views(crops.square(i), views, spec.pad_value)]
+            x = torch.from_numpy(np.concatenate([to_model_input(v, spec) for v in squares])).to(device)
+            out.append(forward(x).float().cpu().numpy().reshape(len(crops), views, -1))
+            bar.update(len(crops))
+    return np.concatenate(out) if out else np.zeros((0, views, 0), np.float32)
+
+
 def embed_samples(model: nn.Module, samples: Sequence[Sample], cfg: EmbedderConfig, device: torch.device,
                   *, rotations: int | None = None, unit: bool = True) -> np.ndarray:
     """Unit embeddings ``(N, D)`` of cached crops, no augmentation, averaged over ``rotations`` views (default
@@ -108,17 +127,10 @@ def embed_samples(model: nn.Module, samples: Sequence[Sample], cfg: EmbedderConf
     plain mean of the views' outputs, not normalised (what a linear head sees)."""
     model.eval()
     n_views = cfg.embed_rotations if rotations is None else rotations
-    spec = cfg.input_spec
-    chunk = max(1, (2 * cfg.batch_size) // n_views)
-    out: list[np.ndarray] = []
-    for start in range(0, len(samples), chunk):
-        crops = CropTensorSet(samples[start:start + chunk], [0] * len(samples[start:start + chunk]), spec)
-        views = [view for i in range(len(crops)) for view in rotation_views(crops.square(i), n_views, spec.pad_value)]
-        x = torch.from_numpy(np.concatenate([to_model_input(v, spec) for v in views])).to(device)
-        vectors = model(x).float().cpu().numpy()
-        per_view = vectors.reshape(len(crops), n_views, -1)
-        out.append(mean_unit_vector(per_view) if unit else per_view.mean(axis=1))
-    return np.concatenate(out) if out else np.zeros((0, cfg.embedding_dim), np.float32)
+    if not samples:
+        return np.zeros((0, cfg.embedding_dim), np.float32)
+    per_view = embed_views(model, samples, cfg.input_spec, n_views, device, chunk=2 * cfg.batch_size)
+    return mean_unit_vector(per_view) if unit else per_view.mean(axis=1)
 
 
 @torch.inference_mode()
