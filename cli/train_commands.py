@@ -100,6 +100,16 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_segmenter_postprocess(args: argparse.Namespace) -> int:
+    from coinvision.trainer.config_io import parse_overrides
+    from coinvision.trainer.seg_model import set_postprocess
+
+    ckpt = set_postprocess(args.checkpoint, args.out, parse_overrides(args.set))
+    print(f"wrote {args.out} (fingerprint {ckpt.fingerprint}, unchanged): "
+          + ", ".join(f"{k}={ckpt.config[k]}" for k in parse_overrides(args.set)))
+    return 0
+
+
 def _cmd_data_seg_labels(args: argparse.Namespace) -> int:
     import random
 
@@ -209,6 +219,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     train_seg.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     train_seg.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     train_seg.set_defaults(func=_cmd_train_segmenter)
+
+    post = train_subparsers(sub).add_parser(
+        "segmenter-postprocess", help="set a trained segmenter's post-processing values (no retraining)")
+    post.add_argument("checkpoint", type=Path, help="trained segmenter checkpoint (left unchanged)")
+    post.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE",
+                      help="threshold, margin_frac, split_touching or single_pass_box_frac, e.g. "
+                           "single_pass_box_frac=0.8")
+    post.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    post.set_defaults(func=_cmd_train_segmenter_postprocess)
 
     train_emb = train_subparsers(sub).add_parser("embedder", help="train the coin embedder (ArcFace)")
     train_emb.add_argument("--config", type=Path, default=None, help="YAML config (EmbedderConfig keys)")

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MARGIN_FRAC",
     "DEFAULT_MIN_AREA_FRAC",
     "DEFAULT_SEGMENT_THRESHOLD",
+    "DEFAULT_SINGLE_PASS_BOX_FRAC",
     "PredictFn",
     "Segmentation",
     "Segmenter",
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SEGMENT_THRESHOLD = 0.5  # segmenter probability threshold (metadata `threshold`)
 DEFAULT_MARGIN_FRAC = 0.15  # two-pass crop margin per side (segmenter metadata `extra["margin_frac"]`)
 DEFAULT_MIN_AREA_FRAC = 0.002  # smallest coin, share of the image (segmenter `extra["min_area_frac"]`)
+# No default skip: without segmenter `extra["single_pass_box_frac"]` the second pass always runs.
+DEFAULT_SINGLE_PASS_BOX_FRAC: float | None = None
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -190,12 +193,16 @@ def two_pass_segment(
     two_pass: bool = True,
     min_second_pass_area_ratio: float = 0.5,
     split_touching: bool = False,
+    single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC,
 ) -> Segmentation:
     """The design's refinement: segment the whole photo, keep the largest component, crop a square around
     it with a margin, segment the crop again at full model resolution, paste back, keep the largest
     component again. Small coins in big photos get the second look they need. ``split_touching`` (segmenter
     metadata ``extra["split_touching"]``, default off): each largest component is cut into touching coins
-    first (:func:`split_touching_coins`)."""
+    first (:func:`split_touching_coins`). ``single_pass_box_frac`` (metadata ``extra["single_pass_box_frac"]``,
+    default None: always two passes): when the crop's longer side is at least this share of the photo's longer
+    side the first pass is the answer, since the second would see the coin at barely more pixels than the first
+    (a coin that fills the frame, as most photos of one coin do)."""
     prob = _predict_on(image, predict, size_px, pad_value)
     first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
     if first is None:
@@ -203,6 +210,9 @@ def two_pass_segment(
     if not two_pass:
         return Segmentation(mask=first, bbox=square_bbox(first, margin_frac), passes=1, first_pass_mask=first)
     box = square_bbox(first, margin_frac)
+    if single_pass_box_frac is not None and \
+            max(box[2] - box[0], box[3] - box[1]) >= single_pass_box_frac * max(image.shape[:2]):
+        return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first)
     crop_prob = _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value)
     full = np.zeros(image.shape[:2], dtype=np.float32)
     x0, y0, x1, y1 = box
@@ -228,6 +238,7 @@ class SegmenterParams:
     min_area_frac: float = DEFAULT_MIN_AREA_FRAC  # smaller components are no coin
     pad_value: int = 0  # letterbox padding (metadata input.pad_value)
     split_touching: bool = False  # spec 2.6: cut touching coins apart before keeping the largest (v2 models)
+    single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # spec 2.4: no second pass for a box this big
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -237,12 +248,17 @@ class SegmenterParams:
         if not 0.0 <= self.min_area_frac < 1.0:
             raise ConfigError(f"segmenter min_area_frac={self.min_area_frac}: must be in [0, 1), "
                               f"e.g. {DEFAULT_MIN_AREA_FRAC}")
+        if self.single_pass_box_frac is not None and not self.single_pass_box_frac > 0.0:
+            raise ConfigError(f"segmenter single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), "
+                              "or absent to always run the second pass")
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> SegmenterParams:
         """``threshold``, ``input.size_px`` / ``input.pad_value`` and ``extra`` (``margin_frac``,
-        ``min_area_frac``, ``split_touching``); what the metadata leaves out takes the spec default."""
+        ``min_area_frac``, ``split_touching``, ``single_pass_box_frac``); what the metadata leaves out takes the spec
+        default."""
         extra = meta.extra
+        single_pass = extra.get("single_pass_box_frac", DEFAULT_SINGLE_PASS_BOX_FRAC)
         return cls(
             size_px=meta.input.size_px,
             threshold=float(meta.threshold or DEFAULT_SEGMENT_THRESHOLD),
@@ -250,6 +266,7 @@ class SegmenterParams:
             min_area_frac=float(extra.get("min_area_frac", DEFAULT_MIN_AREA_FRAC)),
             pad_value=meta.input.pad_value,
             split_touching=bool(extra.get("split_touching", False)),
+            single_pass_box_frac=None if single_pass is None else float(single_pass),
         )
 
 
@@ -316,4 +333,4 @@ class Segmenter:
         p = self.params
         return two_pass_segment(image, predict, size_px=p.size_px, threshold=p.threshold, margin_frac=p.margin_frac,
                                 min_area_frac=p.min_area_frac, pad_value=p.pad_value, two_pass=two_pass,
-                                split_touching=p.split_touching)
+                                split_touching=p.split_touching, single_pass_box_frac=p.single_pass_box_frac)

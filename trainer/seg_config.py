@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import timm
 from coinvision.sdk.preprocess import InputSpec
-from coinvision.sdk.segmenter import DEFAULT_MARGIN_FRAC, DEFAULT_SEGMENT_THRESHOLD
+from coinvision.sdk.segmenter import DEFAULT_MARGIN_FRAC, DEFAULT_SEGMENT_THRESHOLD, DEFAULT_SINGLE_PASS_BOX_FRAC
 
 __all__ = ["LABEL_MODES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
 
@@ -60,6 +60,7 @@ class SegmenterConfig:
     threshold: float = DEFAULT_SEGMENT_THRESHOLD  # release probability threshold
     margin_frac: float = DEFAULT_MARGIN_FRAC  # two-pass crop margin per side
     split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
+    single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # post-processing: one pass for big coins
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
     backgrounds_root: str | None = None
@@ -88,6 +89,8 @@ class SegmenterConfig:
             raise ValueError(f"size_px={self.size_px}: the U-Net needs a multiple of 32")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold}: must be in (0, 1)")
+        if self.single_pass_box_frac is not None and not self.single_pass_box_frac > 0.0:
+            raise ValueError(f"single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), or null")
         if self.label not in LABEL_MODES:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
         if not 0.0 <= self.real_train_frac <= 1.0:

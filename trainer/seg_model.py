@@ -18,9 +18,13 @@ from coinvision.trainer.checkpoint import Checkpoint, load_model
 from coinvision.trainer.seg_config import SegmenterConfig
 from torch import nn
 
-__all__ = ["KIND", "SegmenterConfig", "build_segmenter", "count_parameters", "load_segmenter", "segmenter_metadata"]
+__all__ = ["KIND", "POSTPROCESS_KEYS", "SegmenterConfig", "build_segmenter", "count_parameters", "load_segmenter",
+           "segmenter_metadata", "set_postprocess"]
 
 KIND = "segmenter"
+# Config keys that only change how the probability map becomes the mask (spec step 2), never the weights: they
+# may be set on a trained checkpoint after measuring them (the fingerprint, a hash of the weights, stays).
+POSTPROCESS_KEYS = ("threshold", "margin_frac", "split_touching", "single_pass_box_frac")
 
 
 def build_segmenter(cfg: SegmenterConfig) -> nn.Module:
@@ -59,8 +63,29 @@ def segmenter_metadata(cfg: SegmenterConfig, fingerprint: str) -> ModelMetadata:
         threshold=cfg.threshold,
         runtime_format="torch",
         extra={"margin_frac": cfg.margin_frac, "decoder_channels": list(cfg.decoder_channels),
-               **({"split_touching": True} if cfg.split_touching else {})},
+               **({"split_touching": True} if cfg.split_touching else {}),
+               **({"single_pass_box_frac": cfg.single_pass_box_frac} if cfg.single_pass_box_frac is not None else {})},
     )
+
+
+def set_postprocess(src: str | Path, out: str | Path, changes: dict[str, Any]) -> Checkpoint:
+    """Write ``src`` to ``out`` with post-processing config values replaced (``POSTPROCESS_KEYS`` only; the
+    weights, fingerprint, metrics and history stay). ``src`` is left as it is."""
+    from coinvision.trainer.checkpoint import load_checkpoint, save_checkpoint
+    from coinvision.trainer.config_io import resolve_config
+
+    unknown = sorted(set(changes) - set(POSTPROCESS_KEYS))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not post-processing settings; only {', '.join(POSTPROCESS_KEYS)} "
+                          "can change without retraining (train again for the others)")
+    ckpt = load_checkpoint(src, expected_kind=KIND)
+    try:
+        cfg = resolve_config(SegmenterConfig, overrides={**ckpt.config, **changes, "pretrained_path": None})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"segmenter post-processing {changes}: {exc}") from exc
+    ckpt.config = {**ckpt.config, **{k: getattr(cfg, k) for k in changes}}
+    save_checkpoint(out, ckpt)
+    return ckpt
 
 
 def count_parameters(model: nn.Module) -> int:

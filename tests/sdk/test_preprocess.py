@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
+from coinvision.sdk.errors import ConfigError
+from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import (
     IMAGENET_MEAN,
     InputSpec,
@@ -12,7 +16,7 @@ from coinvision.sdk.preprocess import (
     to_model_input,
     unletterbox,
 )
-from coinvision.sdk.segmenter import largest_component, two_pass_segment
+from coinvision.sdk.segmenter import SegmenterParams, largest_component, two_pass_segment
 
 
 def _disc_image(h: int = 120, w: int = 200, center=(140, 60), radius: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +96,34 @@ def test_two_pass_segment_keeps_first_pass_when_second_keeps_a_fragment() -> Non
     assert len(calls) == 2 and seg.passes == 2
     assert np.array_equal(seg.mask, seg.first_pass_mask)
     assert (seg.mask & truth).sum() / (seg.mask | truth).sum() > 0.9
+
+
+def test_single_pass_box_frac_skips_the_second_pass_only_for_a_coin_that_fills_the_photo() -> None:
+    # disc of radius 30 in a 200-px-wide photo: its square box with 15 % margins is about 60 * 1.3 = 78 px, 0.4 of 200
+    image, truth = _disc_image()
+    calls: list[np.ndarray] = []
+
+    def counting(square: np.ndarray) -> np.ndarray:
+        calls.append(square)
+        return _color_predictor(square)
+
+    small_box = two_pass_segment(image, counting, size_px=64, single_pass_box_frac=0.5)
+    assert len(calls) == 2 and small_box.passes == 2
+    calls.clear()
+    big_box = two_pass_segment(image, counting, size_px=64, single_pass_box_frac=0.3)
+    assert len(calls) == 1 and big_box.passes == 1
+    assert np.array_equal(big_box.mask, big_box.first_pass_mask)
+    assert big_box.bbox == square_bbox(big_box.mask, 0.15)
+    assert (big_box.mask & truth).sum() / (big_box.mask | truth).sum() > 0.9
+
+
+def test_segmenter_params_read_single_pass_box_frac_from_metadata() -> None:
+    meta = ModelMetadata(name="segmenter", architecture="unet", fingerprint="f" * 16,
+                         input=InputSpec(size_px=64), output="mask_logits", extra={"single_pass_box_frac": 0.8})
+    assert SegmenterParams.from_metadata(meta).single_pass_box_frac == 0.8
+    assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).single_pass_box_frac is None
+    with pytest.raises(ConfigError, match=r"single_pass_box_frac=0.0: must be > 0"):
+        SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"single_pass_box_frac": 0}))
 
 
 def test_two_pass_segment_reports_no_coin_on_blank_photo() -> None:

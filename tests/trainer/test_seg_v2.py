@@ -253,3 +253,35 @@ def test_bench_reads_handcheck_csv_and_scores_split_variant(tmp_path):
     split = bench.evaluate_model(model.with_split_touching(True), [(image, big)])
     assert split["2_pass"]["iou@0.5"] > 0.9 > plain["2_pass"]["iou@0.5"]
     assert set(split["2_pass_spread"]) == {"median_iou@0.3", "median_iou@0.5", "below_0.9@0.3", "below_0.9@0.5"}
+
+
+# ------------------------------------------------------------------------------- post-processing on a checkpoint
+
+
+def test_segmenter_postprocess_sets_metadata_keeps_weights_and_refuses_training_keys(tmp_path: Path) -> None:
+    import torch
+    from coinvision.cli.main import main as cli
+    from coinvision.sdk.errors import ConfigError
+    from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from coinvision.trainer.config_io import config_to_dict
+    from coinvision.trainer.seg_model import SegmenterConfig, build_segmenter, set_postprocess
+    from coinvision.trainer.torch_runtime import torch_segmenter
+
+    cfg = SegmenterConfig(encoder="tu-mobilenetv2_035", size_px=64, decoder_channels=(16, 8, 8, 8, 8))
+    src = save_checkpoint(tmp_path / "best.pt", Checkpoint("segmenter", config_to_dict(cfg),
+                                                           build_segmenter(cfg).state_dict()))
+    before = src.read_bytes()
+    assert cli(["train", "segmenter-postprocess", str(src), "--set", "single_pass_box_frac=0.8",
+                "split_touching=true", "--out", str(tmp_path / "post.pt")]) == 0
+    assert src.read_bytes() == before  # the source is left as it is
+    old, new = load_checkpoint(src), load_checkpoint(tmp_path / "post.pt")
+    assert new.fingerprint == old.fingerprint
+    assert all(torch.equal(new.state_dict[k], v) for k, v in old.state_dict.items())
+    assert new.config["single_pass_box_frac"] == 0.8 and new.config["split_touching"] is True
+    params = torch_segmenter(tmp_path / "post.pt", 1).params  # what every runtime reads: the metadata
+    assert params.single_pass_box_frac == 0.8 and params.split_touching
+    with pytest.raises(ConfigError, match="lr: not post-processing"):
+        set_postprocess(src, tmp_path / "x.pt", {"lr": 0.1})
+    with pytest.raises(ConfigError, match="single_pass_box_frac=0.0: must be > 0"):
+        set_postprocess(src, tmp_path / "x.pt", {"single_pass_box_frac": 0})
+    assert not (tmp_path / "x.pt").exists()

@@ -352,6 +352,8 @@ export interface SegmentOptions {
   twoPass?: boolean;
   minSecondPassAreaRatio?: number;
   splitTouching?: boolean;
+  /** Spec 2.4: a crop box at least this share of the photo's longer side ends after one pass (null: never). */
+  singlePassBoxFrac?: number | null;
   /** Called with the pass number when a pass starts (timings). */
   onPass?: (pass: number) => void;
 }
@@ -374,6 +376,10 @@ export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: Segm
   if (!first) return { mask: null, bbox: null, passes: 1, firstPassMask: null };
   if (o.twoPass === false) return { mask: first, bbox: squareBbox(first, margin), passes: 1, firstPassMask: first };
   const box = squareBbox(first, margin);
+  const spf = o.singlePassBoxFrac;
+  if (spf != null && Math.max(box[2] - box[0], box[3] - box[1]) >= spf * Math.max(image.width, image.height)) {
+    return { mask: first, bbox: box, passes: 1, firstPassMask: first };
+  }
   o.onPass?.(2);
   const cropProb = await predictOn(cropPadded(image, box, pad), predict, o.sizePx, pad);
   const { width: w, height: h } = image;

@@ -83,6 +83,7 @@ export interface SegmenterParams {
   readonly minAreaFrac: number;
   readonly padValue: number;
   readonly splitTouching: boolean;
+  readonly singlePassBoxFrac: number | null;
 }
 
 export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParams {
@@ -94,10 +95,14 @@ export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParam
     minAreaFrac: Number(extra.min_area_frac ?? DEFAULT_MIN_AREA_FRAC),
     padValue: meta.input.padValue,
     splitTouching: Boolean(extra.split_touching ?? false),
+    singlePassBoxFrac: extra.single_pass_box_frac == null ? null : Number(extra.single_pass_box_frac),
   };
   if (!(p.threshold > 0 && p.threshold < 1)) throw new ConfigError(`segmenter threshold=${p.threshold}: must be a probability in (0, 1), e.g. 0.5`);
   if (!(p.marginFrac >= 0)) throw new ConfigError(`segmenter margin_frac=${p.marginFrac}: must be >= 0, e.g. ${DEFAULT_MARGIN_FRAC}`);
   if (!(p.minAreaFrac >= 0 && p.minAreaFrac < 1)) throw new ConfigError(`segmenter min_area_frac=${p.minAreaFrac}: must be in [0, 1), e.g. ${DEFAULT_MIN_AREA_FRAC}`);
+  if (p.singlePassBoxFrac !== null && !(p.singlePassBoxFrac > 0)) {
+    throw new ConfigError(`segmenter single_pass_box_frac=${extra.single_pass_box_frac}: must be a number > 0 (e.g. 0.8), or absent to always run the second pass`);
+  }
   return p;
 }
 
@@ -135,7 +140,8 @@ export class Segmenter {
     const p = this.params;
     return twoPassSegment(image, (sq) => this.probability(sq), {
       sizePx: p.sizePx, threshold: p.threshold, marginFrac: p.marginFrac, minAreaFrac: p.minAreaFrac,
-      padValue: p.padValue, twoPass: options.twoPass ?? true, splitTouching: p.splitTouching, onPass: options.onPass,
+      padValue: p.padValue, twoPass: options.twoPass ?? true, splitTouching: p.splitTouching,
+      singlePassBoxFrac: p.singlePassBoxFrac, onPass: options.onPass,
     });
   }
 }

@@ -27,10 +27,14 @@ class Segmenter(val model: ModelRuntime) {
     val minAreaFrac = meta.extraDouble("min_area_frac", 0.002)
     val padValue = meta.input.padValue
     val splitTouching = meta.extraBool("split_touching", false)
+    /** Spec 2.4: a crop box at least this share of the photo's longer side ends segmentation after one pass (null: never). */
+    val singlePassBoxFrac: Double? = if (meta.extra.containsKey("single_pass_box_frac")) meta.extraDouble("single_pass_box_frac", Double.NaN) else null
 
     init {
         if (meta.output != "mask_logits") throw ModelLoadException("segmenter metadata output=${meta.output}: expected mask_logits")
         if (!(threshold > 0 && threshold < 1)) throw ConfigException("segmenter threshold=$threshold: must be a probability in (0, 1), e.g. 0.5")
+        if (singlePassBoxFrac != null && !(singlePassBoxFrac > 0)) throw ConfigException(
+            "segmenter single_pass_box_frac=${meta.extra["single_pass_box_frac"]}: must be a number > 0 (e.g. 0.8), or absent to always run the second pass")
     }
 
     /** Mask logits of one `size_px` square (what the conformance kit calls `mask_logits`). */
@@ -57,6 +61,9 @@ class Segmenter(val model: ModelRuntime) {
             ?: return Segmentation(null, null, 1, null)
         if (!twoPass) return Segmentation(first, ImageOps.squareBbox(first, w, h, marginFrac), 1, first)
         val box = ImageOps.squareBbox(first, w, h, marginFrac)
+        if (singlePassBoxFrac != null && maxOf(box[2] - box[0], box[3] - box[1]) >= singlePassBoxFrac * maxOf(w, h)) {
+            return Segmentation(first, box, 1, first)
+        }
         val crop = ImageOps.cropPadded(image, box, padValue)
         val cropProb = predictOn(crop)
         val full = FloatArray(w * h)
