@@ -114,10 +114,10 @@ release-embedder-branch: install
 	$(BIN)/coinvision export $(BRANCH_OUT)/best.pt --out runs/export_branch --quant fp32,int8_full \
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
 		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
-	$(BIN)/python -m coinvision.converters.onnx_fp16 runs/export_branch/embedder.onnx \
+	$(BIN)/python -m coinvision.converters.onnx_weights runs/export_branch/embedder.onnx \
 		runs/export_branch/embedder.fp16w.onnx --check-images $(SPLIT)/query --models models/release
 	grep -q '"quantization": "fp16_weights"' models/release/segmenter.onnx.meta.json || \
-		$(BIN)/python -m coinvision.converters.onnx_fp16 models/release/segmenter.onnx \
+		$(BIN)/python -m coinvision.converters.onnx_weights models/release/segmenter.onnx \
 		runs/export_branch/segmenter.fp16w.onnx --check-images $(SPLIT)/query
 	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
 		--onnx-variant fp16_weights --kinds embedder

@@ -8,7 +8,7 @@ pair it came from (``trainer.tflite_port.write_folded_conv``, as the MobileNetV2
 identity plus the folded bias) gives a model whose eval-mode output equals the ONNX file's. Train-mode BatchNorm
 would re-normalise those convolutions, so fine-tuning from a recovered checkpoint starts from a slightly different
 function than the shipped one. A frozen branch (``emb_model.FrozenBranch``, named by the file's metadata) is
-unfolded the same way, its input scaling and PCA read by name; weights stored as float16 (``onnx_fp16``) come back
+unfolded the same way, its input scaling and PCA read by name; weights stored as float16 (``onnx_weights``) come back
 as those float16 values, so the recovered model computes what the shipped file computes, not the float32 original.
 """
 
@@ -60,7 +60,7 @@ def _pipeline_values(shipped: ModelMetadata | None) -> dict[str, object]:
 
 
 def _onnx_weights(graph) -> dict[str, np.ndarray]:
-    """Initializers by name; a weight stored as float16 behind a ``Cast`` (``onnx_fp16``) under the Cast's output
+    """Initializers by name; a weight stored as float16 behind a ``Cast`` (``onnx_weights``) under the Cast's output
     name, as the float32 graph named it."""
     from onnx import numpy_helper
 

@@ -76,6 +76,8 @@ QUANTIZATION_TIER = {
     "w8": "int8",
     "palette8": "int8",
     "palette6": "int8",
+    "fp16_weights": "fp16",  # ONNX weights stored as float16 (converters.onnx_weights)
+    "int8_weights": "int8",  # ONNX weights stored as int8
 }
 
 

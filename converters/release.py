@@ -2,11 +2,12 @@
 from one ``coinvision export --check`` run.
 
     python -m coinvision.converters.release runs/export_release models/release [--tflite-default fp16] \
-        [--onnx-variant fp16_weights] [--kinds embedder]
+        [--onnx-variant fp16_weights | --onnx-variant segmenter=int8_weights] [--kinds embedder]
 
 The release set stays under the repository's 40 MB budget: ONNX for the server and the ONNX Runtime SDKs (fp32, or
-``fp16_weights``: float32 compute, weights stored as float16 by ``converters.onnx_fp16``, each with a passing parity
-record ``<file>.parity.json`` against its fp32 source, found in the export run's folder), ONE TFLite variant per
+``fp16_weights`` / ``int8_weights``: float32 compute, weights stored in fewer bytes by ``converters.onnx_weights``,
+each with a passing parity record ``<file>.parity.json`` against its fp32 source, found in the export run's folder;
+one form for every kind, or one per kind as ``KIND=FORM``), ONE TFLite variant per
 model under the SDK's default name (``<kind>.tflite``; its embedded metadata says which quantization it is),
 the full-int8 / fp16 TFLite files that are not the default (while they fit), and the smallest Core ML variant.
 The export run's ``export.json`` is copied alongside, so every shipped file keeps its sha256 and parity figures.
@@ -28,7 +29,7 @@ import sys
 from pathlib import Path
 
 from coinvision.converters.manifest import MANIFEST_NAME, digest, read_manifest
-from coinvision.converters.onnx_fp16 import QUANTIZATION
+from coinvision.converters.onnx_weights import FORMS
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import sidecar_path
 
@@ -37,8 +38,8 @@ __all__ = ["assemble_release"]
 KINDS = ("segmenter", "embedder")
 TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_dynamic": "{kind}.int8_dynamic.tflite",
                    "int8": "{kind}.int8.tflite"}
-# keys: the metadata's ``quantization`` of each form (``onnx_fp16.QUANTIZATION``), so a released file names its own
-ONNX_VARIANTS = {"fp32": "{kind}.onnx", QUANTIZATION: "{kind}.fp16w.onnx"}
+# keys: the metadata's ``quantization`` of each form (``onnx_weights.FORMS``), so a released file names its own
+ONNX_VARIANTS = {"fp32": "{kind}.onnx", **{form: f"{{kind}}.{infix}.onnx" for form, infix in FORMS.items()}}
 OPTIONAL_TFLITE = ("int8", "fp16")  # shipped beside the default when they passed parity and fit, in this order
 MAX_RELEASE_BYTES = 40_000_000  # the repository's budget for shipped models (decimal MB)
 CARRIED = "carried over from an earlier release"
@@ -53,7 +54,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _onnx_parity(path: Path) -> bool | None:
-    """The ``onnx_fp16`` parity verdict recorded beside a float16-weight ONNX file (None: no record)."""
+    """The ``onnx_weights`` parity verdict recorded beside a stored-weights ONNX file (None: no record)."""
     record = path.with_name(path.name + ".parity.json")
     return bool(json.loads(record.read_text()).get("passed")) if record.is_file() else None
 
@@ -82,14 +83,22 @@ def _carried(release_dir: Path, kind: str) -> tuple[dict[str, Path], dict[str, d
 
 
 def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str = "fp16",
-                     coreml_variant: str = "palette6", onnx_variant: str = "fp32",
+                     coreml_variant: str = "palette6", onnx_variant: str | dict[str, str] = "fp32",
                      kinds: tuple[str, ...] = KINDS) -> dict[str, int]:
     """Copy the chosen files of a checked export run into ``release_dir`` (replaced atomically); kinds not in
-    ``kinds`` keep the current release's files."""
-    if onnx_variant not in ONNX_VARIANTS:
-        raise ConversionError(f"unknown ONNX variant {onnx_variant!r}; valid: {', '.join(ONNX_VARIANTS)}")
+    ``kinds`` keep the current release's files. ``onnx_variant``: one form for every kind, or ``{kind: form}``
+    (a released kind left out is fp32, a carried kind left out is carried in its released form)."""
     if not kinds or set(kinds) - set(KINDS):
         raise ConversionError(f"kinds {kinds!r}: pick from {', '.join(KINDS)}")
+    if isinstance(onnx_variant, str):
+        variants: dict[str, str | None] = dict.fromkeys(KINDS, onnx_variant)
+    else:
+        if set(onnx_variant) - set(KINDS):
+            raise ConversionError(f"ONNX variants {onnx_variant!r}: kinds are {', '.join(KINDS)}")
+        variants = {k: onnx_variant.get(k, "fp32" if k in kinds else None) for k in KINDS}
+    for variant in variants.values():
+        if variant is not None and variant not in ONNX_VARIANTS:
+            raise ConversionError(f"unknown ONNX variant {variant!r}; valid: {', '.join(ONNX_VARIANTS)}")
     manifest = read_manifest(export_dir)
     if not manifest.get("check") or not manifest.get("parity_checked"):
         raise ConversionError(f"{export_dir / MANIFEST_NAME}: the export run was not parity-checked; re-run "
@@ -103,21 +112,24 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
     carried_entries: dict[str, dict] = {}
     carried_records: dict[str, Path | None] = {}
     for kind in KINDS:
-        onnx = export_dir / ONNX_VARIANTS[onnx_variant].format(kind=kind)
+        variant = variants[kind]
         if kind not in kinds:
             files, entries, carried_records[kind] = _carried(release_dir, kind)
             carried.update(files)
             carried_entries.update(entries)
             released = _quantization(files[f"{kind}.onnx"])
-            if released == onnx_variant:
-                continue  # already the requested form: carried as is (with its parity record)
+            if variant is None or released == variant:
+                continue  # the requested form (or none asked): carried as is, with its parity record
             del carried[f"{kind}.onnx"]
-            if onnx_variant == "fp32":
+            if variant == "fp32":
                 raise ConversionError(f"the released {kind}.onnx is {released}, not fp32; carry it with "
-                                      f"--onnx-variant {released}")
-        if onnx_variant != "fp32" and _onnx_parity(onnx) is not True:
+                                      f"--onnx-variant {kind}={released}")
+        variant = variant or "fp32"  # a released kind not asked for is fp32
+        onnx = export_dir / ONNX_VARIANTS[variant].format(kind=kind)
+        if variant != "fp32" and _onnx_parity(onnx) is not True:
             raise ConversionError(f"{onnx}: no passing parity record ({onnx.name}.parity.json); write it with "
-                                  f"python -m coinvision.converters.onnx_fp16 <{kind}.onnx> {onnx} --check-images ...")
+                                  f"python -m coinvision.converters.onnx_weights <{kind}.onnx> {onnx} --form "
+                                  f"{variant} --check-images ...")
         required[f"{kind}.onnx"] = onnx
         if kind not in kinds:
             continue
@@ -164,8 +176,8 @@ def assemble_release(export_dir: Path, release_dir: Path, *, tflite_default: str
             origin = carried_entries[name]["from"]
             if not origin.startswith(CARRIED):
                 origin = f"{CARRIED} ({origin})"
-        elif onnx_variant != "fp32" and name.endswith(".onnx") and src.parent == export_dir:
-            origin = f"{src.name} (float16-stored weights; parity: {src.name}.parity.json)"
+        elif name.endswith(".onnx") and src.parent == export_dir and src.name != name:
+            origin = f"{src.name} ({_quantization(src)}; parity: {src.name}.parity.json)"
             shutil.copyfile(src.with_name(src.name + ".parity.json"), staging / f"{src.name}.parity.json")
         release["files"][name] = {"from": origin, "bytes": size, "sha256": sha256}
     for kind in KINDS:
@@ -196,13 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("release_dir", type=Path)
     parser.add_argument("--tflite-default", default="fp16", choices=tuple(TFLITE_VARIANTS))
     parser.add_argument("--coreml-variant", default="palette6")
-    parser.add_argument("--onnx-variant", default="fp32", choices=tuple(ONNX_VARIANTS))
+    parser.add_argument("--onnx-variant", nargs="+", default=["fp32"], metavar="[KIND=]FORM",
+                        help=f"ONNX form for every kind, or per kind (segmenter=int8_weights); forms: "
+                             f"{', '.join(ONNX_VARIANTS)}")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma list: the kinds this run replaces; the others stay as released")
     args = parser.parse_args(argv)
     try:
+        per_kind = dict(v.split("=", 1) for v in args.onnx_variant if "=" in v)
+        plain = [v for v in args.onnx_variant if "=" not in v]
+        if plain and (per_kind or len(plain) > 1):
+            raise ConversionError(f"--onnx-variant {' '.join(args.onnx_variant)}: give one FORM, or KIND=FORM pairs")
         sizes = assemble_release(args.export_dir, args.release_dir, tflite_default=args.tflite_default,
-                                 coreml_variant=args.coreml_variant, onnx_variant=args.onnx_variant,
+                                 coreml_variant=args.coreml_variant, onnx_variant=plain[0] if plain else per_kind,
                                  kinds=tuple(k for k in args.kinds.split(",") if k))
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)

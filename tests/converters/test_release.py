@@ -68,10 +68,10 @@ def test_release_with_int8_default_offers_fp16_as_the_optional_variant(tmp_path:
     assert json.loads((release / "release.json").read_text())["tflite_default"] == "int8"
 
 
-def _fp16_onnx(export: Path, kind: str, passed: bool = True) -> None:
-    name = f"{kind}.fp16w.onnx"
+def _fp16_onnx(export: Path, kind: str, passed: bool = True, form: str = "fp16_weights") -> None:
+    name = f"{kind}.{'fp16w' if form == 'fp16_weights' else 'int8w'}.onnx"
     (export / name).write_bytes(b"half" * 5)
-    (export / f"{name}.meta.json").write_text("{}")
+    (export / f"{name}.meta.json").write_text(json.dumps({"quantization": form}))
     (export / f"{name}.parity.json").write_text(json.dumps({"passed": passed}))
 
 
@@ -125,3 +125,27 @@ def test_release_refuses_fp16_weight_onnx_without_a_passing_record_and_a_changed
     (release / "segmenter.tflite").write_bytes(b"edited")
     with pytest.raises(ConversionError, match="differs from its sha256"):
         assemble_release(export, release, onnx_variant="fp16_weights", kinds=("embedder",))
+
+
+def test_release_takes_an_onnx_form_per_kind_and_carries_the_other_kind_in_its_own(tmp_path: Path) -> None:
+    export = _export_run(tmp_path / "export")
+    release = tmp_path / "release"
+    _fp16_onnx(export, "embedder")
+    assemble_release(export, release, tflite_default="int8", onnx_variant={"embedder": "fp16_weights"})
+    assert json.loads((release / "release.json").read_text())["files"]["segmenter.onnx"]["from"] == "segmenter.onnx"
+    assert json.loads((release / "embedder.onnx.meta.json").read_text())["quantization"] == "fp16_weights"
+    _fp16_onnx(export, "segmenter", form="int8_weights")
+    (export / "embedder.fp16w.onnx").unlink()  # not needed: the released embedder is carried in its own form
+    assemble_release(export, release, tflite_default="int8", onnx_variant={"segmenter": "int8_weights"},
+                     kinds=("segmenter",))
+    info = json.loads((release / "release.json").read_text())
+    assert json.loads((release / "segmenter.onnx.meta.json").read_text())["quantization"] == "int8_weights"
+    assert info["files"]["segmenter.onnx"]["from"] == ("segmenter.int8w.onnx (int8_weights; parity: "
+                                                       "segmenter.int8w.onnx.parity.json)")
+    assert (release / "segmenter.int8w.onnx.parity.json").is_file()
+    assert (release / "embedder.fp16w.onnx.parity.json").is_file()
+    assert info["files"]["embedder.onnx"]["from"].startswith("carried over from an earlier release")
+    with pytest.raises(ConversionError, match="kinds are segmenter, embedder"):
+        assemble_release(export, release, onnx_variant={"decoder": "int8_weights"}, kinds=("segmenter",))
+    with pytest.raises(ConversionError, match="unknown ONNX variant 'int4'"):
+        assemble_release(export, release, onnx_variant={"segmenter": "int4"}, kinds=("segmenter",))

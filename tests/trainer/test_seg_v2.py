@@ -282,6 +282,6 @@ def test_segmenter_postprocess_sets_metadata_keeps_weights_and_refuses_training_
     assert params.single_pass_box_frac == 0.8 and params.split_touching
     with pytest.raises(ConfigError, match="lr: not post-processing"):
         set_postprocess(src, tmp_path / "x.pt", {"lr": 0.1})
-    with pytest.raises(ConfigError, match="single_pass_box_frac=0.0: must be > 0"):
+    with pytest.raises(ConfigError, match=r"single_pass_box_frac=0\.0: must be > 0"):
         set_postprocess(src, tmp_path / "x.pt", {"single_pass_box_frac": 0})
     assert not (tmp_path / "x.pt").exists()
