@@ -11,7 +11,7 @@ PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
 .PHONY: install test test-fast test-js test-kotlin lint sdk-only demo bench models release-models \
-	release-embedder-branch clean
+	release-embedder-branch release-segmenter clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -121,6 +121,32 @@ release-embedder-branch: install
 		runs/export_branch/segmenter.fp16w.onnx --check-images $(SPLIT)/query
 	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
 		--onnx-variant fp16_weights --kinds embedder
+
+# The shipped segmenter (models/release/README.md, segmenter v3): the v2 recipe on an EfficientNet-Lite0 encoder
+# (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100), one pass for coins that fill the photo
+# (single_pass_box_frac, measured), exported and parity-checked on every held-out query photo, ONNX weights stored
+# as int8 (checked against the fp32 file; float16 would put the release over 40 MB), assembled beside the released
+# embedder (carried over as it is). Resumable: each training step continues from its last.pt.
+SEG_LITE0_OUT ?= runs/segmenter/lite0_128
+release-segmenter: install
+	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
+	test -f runs/pretrained/tf_efficientnet_lite0.pth || $(BIN)/coinvision pretrained port-lite --variant lite0 \
+		--out runs/pretrained/tf_efficientnet_lite0.pth
+	test -f runs/seg_labels/manifest.csv || $(BIN)/coinvision data seg-labels $(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels
+	test -f runs/seg_labels_v2/manifest.csv || $(BIN)/coinvision data refine-labels runs/seg_labels \
+		$(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels_v2
+	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume --set out_dir=$(SEG_LITE0_OUT)
+	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume \
+		--set out_dir=$(SEG_LITE0_OUT) epochs=100
+	$(BIN)/coinvision train segmenter-postprocess $(SEG_LITE0_OUT)/best.pt --set single_pass_box_frac=0.8 \
+		--out $(SEG_LITE0_OUT)/release.pt
+	$(BIN)/coinvision export $(SEG_LITE0_OUT)/release.pt --out runs/export_segmenter --quant fp32,int8_full \
+		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
+		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
+	$(BIN)/python -m coinvision.converters.onnx_weights runs/export_segmenter/segmenter.onnx \
+		runs/export_segmenter/segmenter.int8w.onnx --form int8_weights --check-images $(SPLIT)/query
+	$(BIN)/python -m coinvision.converters.release runs/export_segmenter models/release --tflite-default int8 \
+		--onnx-variant segmenter=int8_weights --kinds segmenter
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .ruff_cache
