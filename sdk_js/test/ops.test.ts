@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 
 import { connectedComponents, distanceTransform, resizeF32, resizeU8 } from "../src/core/cv.js";
-import { largestComponent, rotationViews, splitTouchingCoins } from "../src/core/preprocess.js";
+import { largestComponent, rotationViews, splitTouchingCoins, twoPassSegment } from "../src/core/preprocess.js";
 import { FIXTURES, readJson } from "./helpers.js";
 
 const ops = readJson(join(FIXTURES, "ops.json"));
@@ -92,4 +92,36 @@ describe("components, distance transform, touching-coin split", () => {
       });
     });
   }
+});
+
+describe("twoPassSegment single_pass_box_frac (spec 2.4)", () => {
+  // a bright disc of radius 30 in a 200x120 photo; the stand-in model calls bright pixels coin. Its square box
+  // with 15 % margins is about 80 px, 0.4 of the photo's longer side.
+  const width = 200, height = 120;
+  const data = new Uint8Array(width * height * 3).fill(40);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
+    if ((x - 140) ** 2 + (y - 60) ** 2 <= 30 ** 2) data.fill(220, (y * width + x) * 3, (y * width + x) * 3 + 3);
+  }
+  const photo = { width, height, channels: 3, data };
+  let calls = 0;
+  const predict = async (sq: { width: number; height: number; data: Uint8Array }) => {
+    calls++;
+    const out = new Float32Array(sq.width * sq.height);
+    for (let i = 0; i < out.length; i++) out[i] = sq.data[i * 3]! > 127 ? 1 : 0;
+    return { width: sq.width, height: sq.height, data: out };
+  };
+
+  it("runs the second pass below the share and stops after the first at or above it", async () => {
+    calls = 0;
+    const small = await twoPassSegment(photo, predict, { sizePx: 64, singlePassBoxFrac: 0.5 });
+    assert.equal(calls, 2);
+    assert.equal(small.passes, 2);
+    calls = 0;
+    const big = await twoPassSegment(photo, predict, { sizePx: 64, singlePassBoxFrac: 0.3 });
+    assert.equal(calls, 1);
+    assert.equal(big.passes, 1);
+    assert.deepEqual(big.mask, big.firstPassMask);
+    calls = 0;
+    assert.equal((await twoPassSegment(photo, predict, { sizePx: 64 })).passes, 2); // absent: always two
+  });
 });
