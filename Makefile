@@ -123,10 +123,11 @@ release-embedder-branch: install
 		--onnx-variant fp16_weights --kinds embedder
 
 # The shipped segmenter (models/release/README.md, segmenter v3): the v2 recipe on an EfficientNet-Lite0 encoder
-# (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100), one pass for coins that fill the photo
-# (single_pass_box_frac, measured), exported and parity-checked on every held-out query photo, ONNX weights stored
-# as int8 (checked against the fp32 file; float16 would put the release over 40 MB), assembled beside the released
-# embedder (carried over as it is). Resumable: each training step continues from its last.pt.
+# (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100 with more 2-5 coin scenes), one pass for
+# coins that fill the photo (single_pass_box_frac, measured), exported and parity-checked on every held-out query
+# photo, ONNX weights stored as int8 (checked against the fp32 file; float16 would put the release over 40 MB),
+# assembled beside the released embedder (carried over as it is). Resumable: each training step continues from
+# its last.pt.
 SEG_LITE0_OUT ?= runs/segmenter/lite0_128
 release-segmenter: install
 	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
@@ -137,7 +138,7 @@ release-segmenter: install
 		$(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels_v2
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume --set out_dir=$(SEG_LITE0_OUT)
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume \
-		--set out_dir=$(SEG_LITE0_OUT) epochs=100
+		--set out_dir=$(SEG_LITE0_OUT) epochs=100 synth.multi_coin_p=0.6
 	$(BIN)/coinvision train segmenter-postprocess $(SEG_LITE0_OUT)/best.pt --set single_pass_box_frac=0.8 \
 		--out $(SEG_LITE0_OUT)/release.pt
 	$(BIN)/coinvision export $(SEG_LITE0_OUT)/release.pt --out runs/export_segmenter --quant fp32,int8_full \

@@ -60,7 +60,8 @@ def _build(cls: type[C], values: dict[str, Any]) -> C:
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["epochs=3", "lr=1e-3"]`` -> ``{"epochs": 3, "lr": 0.001}`` (values parsed as YAML scalars)."""
+    """``["epochs=3", "lr=1e-3"]`` -> ``{"epochs": 3, "lr": 0.001}`` (values parsed as YAML scalars). A dotted key
+    (``synth.multi_coin_p=0.6``) sets one field of a nested config; :func:`resolve_config` merges it."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
@@ -84,8 +85,30 @@ def resolve_config(cls: type[C], yaml_path: str | Path | None = None, overrides:
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         values.update(loaded)
-    values.update(overrides or {})
+    hints = typing.get_type_hints(cls)
+    for key, value in (overrides or {}).items():
+        path = key.split(".")
+        if len(path) > 1 and not dataclasses.is_dataclass(hints.get(path[0])):
+            raise ConfigError(f"config key {key!r}: {path[0]!r} is not a nested config of {cls.__name__}")
+        _set_path(values, path, value)
     return _build(cls, values)
+
+
+def _set_path(values: dict[str, Any], path: list[str], value: Any) -> None:
+    """``values[a][b] = value`` for ``path == [a, b]``, the nested mappings copied (not shared with the caller)."""
+    head, rest = path[0], path[1:]
+    if not rest:
+        values[head] = value
+        return
+    nested = values.get(head)
+    if dataclasses.is_dataclass(nested):
+        nested = dataclasses.asdict(nested)
+    elif nested is None:
+        nested = {}
+    elif not isinstance(nested, dict):
+        raise ConfigError(f"config key {'.'.join(path)!r}: {head!r} is not a nested config")  # deeper levels
+    values[head] = nested = dict(nested)
+    _set_path(nested, rest, value)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -49,3 +49,21 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert resolve_config(_Cfg, path) == cfg
     assert yaml.safe_load(path.read_text())["margin_rad"] == 0.2
+
+
+@dataclass(frozen=True)
+class _Outer:
+    epochs: int = 2
+    inner: _Cfg = _Cfg()
+
+
+def test_dotted_override_sets_one_field_of_a_nested_config_over_the_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  epochs: 5\n  margin_rad: 0.3\n")
+    cfg = resolve_config(_Outer, path, parse_overrides(["inner.margin_rad=0.4", "epochs=3"]))
+    assert cfg == _Outer(epochs=3, inner=_Cfg(epochs=5, margin_rad=0.4))
+    assert resolve_config(_Outer, overrides={"inner.pretrained": True}).inner == _Cfg(pretrained=True)
+    with pytest.raises(ConfigError, match=r"'epochs' is not a nested config of _Outer"):
+        resolve_config(_Outer, overrides={"epochs.x": 1})
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['nope'\] for _Cfg"):
+        resolve_config(_Outer, overrides={"inner.nope": 1})

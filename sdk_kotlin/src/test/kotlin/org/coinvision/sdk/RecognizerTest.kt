@@ -28,6 +28,7 @@ class RecognizerTest {
     fun `parameters come from the model metadata`() {
         assertEquals(128, rec.segmenter.sizePx)
         assertTrue(rec.segmenter.splitTouching)
+        assertEquals(0.8, rec.segmenter.singlePassBoxFrac) // segmenter v3: one pass for a coin that fills the photo
         assertEquals(0.15, rec.segmenter.marginFrac)
         val meta = TestPaths.embedderMeta
         assertEquals(meta["extra"]!!["embed_rotations"]!!.double.toInt(), rec.embedRotations)
