@@ -170,7 +170,9 @@ describe("pipeline vs the Python reference (release ONNX models)", () => {
     figures["end-to-end embedding cosine (min)"] = minCos;
     assert.equal(top1, n);
     assert.equal(unknown, n);
-    assert.ok(minCos >= 0.98, `min cosine ${minCos}`); // 0.983 measured: jpeg-js vs libjpeg-turbo, 2 views
+    // measured: 0.978 (segmenter v3, 2 views; 0.983 with v2): jpeg-js and libjpeg-turbo decode a level or two apart,
+    // which moves the mask's edge; every stage from the reference's own decoded pixels is exact (tests above)
+    assert.ok(minCos >= 0.97, `min cosine ${minCos}`);
   });
 
   it("recognizePair fuses both sides as the reference", async () => {
