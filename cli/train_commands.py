@@ -104,9 +104,10 @@ def _cmd_train_segmenter_postprocess(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides
     from coinvision.trainer.seg_model import set_postprocess
 
-    ckpt = set_postprocess(args.checkpoint, args.out, parse_overrides(args.set))
+    changes = parse_overrides(args.set)
+    ckpt = set_postprocess(args.checkpoint, args.out, changes)
     print(f"wrote {args.out} (fingerprint {ckpt.fingerprint}, unchanged): "
-          + ", ".join(f"{k}={ckpt.config[k]}" for k in parse_overrides(args.set)))
+          + ", ".join(f"{k}={ckpt.config[k]}" for k in changes))
     return 0
 
 
