@@ -6,6 +6,7 @@ and every exported segmenter, exactly as the phone computes it.
     python -m benchmarks.bench_segmentation --checkpoint runs/segmenter/mnv2/best.pt --models models/release
     python -m benchmarks.bench_segmentation --quick --checkpoint runs/segmenter/v2/best.pt --exported segmenter.tflite \
         --distractor 100 --split-touching both     # v2 vs the shipped int8 file, 2-5 coin scenes, touching split
+    python -m benchmarks.bench_segmentation --quick --checkpoint B.pt --data-checkpoint A.pt --exported  # B on A's scenes
 
 Every image goes through the SDK's ``Segmenter`` (``coinvision.sdk.segmenter``; PyTorch checkpoints through
 ``trainer.torch_runtime.torch_segmenter``) at its ORIGINAL resolution (letterbox,
@@ -375,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-size-px", type=int, help="scene size (default: the config's, as in training)")
     parser.add_argument("--sample-data", action="store_true", help="use the bundled sample even if ../shared exists")
     parser.add_argument("--sample-root", default=str(SAMPLE_DATA), help="the bundled sample (fallback data)")
+    parser.add_argument("--data-checkpoint",
+                        help="checkpoint whose config defines the validation data and scene recipe (default: "
+                             "--checkpoint's), so checkpoints trained on other scene mixes are scored on the same scenes")
     parser.add_argument("--labels-dir", help="real-photo labels to score against (default: the checkpoint config's)")
     parser.add_argument("--exported", nargs="*", help="only these exported files of --models (e.g. segmenter.tflite)")
     parser.add_argument("--distractor", type=int, default=0, help="2-5 coin validation scenes (default 0)")
@@ -412,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     checkpoint = next((Path(m.path) for m in models if m.runtime == "torch"), None)
     size_px = models[0].size_px
-    cfg = data_config(ROOT / checkpoint if checkpoint else None, size_px if size_px % 32 == 0 else 128)
+    data_source = Path(args.data_checkpoint) if args.data_checkpoint else (ROOT / checkpoint if checkpoint else None)
+    cfg = data_config(data_source, size_px if size_px % 32 == 0 else 128)
     if args.labels_dir:
         cfg = dataclasses.replace(cfg, labels_dir=_resolve(args.labels_dir))
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
@@ -431,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_notes": data.notes, "synthetic_scenes": len(data.synthetic), "synth_size_px": data.synth_size_px,
         "real_photos": len(data.real), "real_photo_paths": [_rel(p) for p, _, _ in data.real],
         "distractor_scenes": len(data.distractor), "handchecked_photos": len(data.handchecked),
+        "data_checkpoint": _rel(data_source) if data_source else None,
         "data_config": {"data_roots": cfg.data_roots, "labels_dir": cfg.labels_dir, "split_seed": cfg.split_seed,
                         "split_file": cfg.split_file, "seed": cfg.seed, "val_real": cfg.val_real},
         "models": [], "skipped": skipped,
