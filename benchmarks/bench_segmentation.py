@@ -6,7 +6,7 @@ and every exported segmenter, exactly as the phone computes it.
     python -m benchmarks.bench_segmentation --checkpoint runs/segmenter/mnv2/best.pt --models models/release
     python -m benchmarks.bench_segmentation --quick --checkpoint runs/segmenter/v2/best.pt --exported segmenter.tflite \
         --distractor 100 --split-touching both     # v2 vs the shipped int8 file, 2-5 coin scenes, touching split
-    python -m benchmarks.bench_segmentation --quick --checkpoint B.pt --data-checkpoint A.pt --exported  # B on A's scenes
+    python -m benchmarks.bench_segmentation --quick --checkpoint B.pt --data-checkpoint A.pt --exported  # A's scenes
 
 Every image goes through the SDK's ``Segmenter`` (``coinvision.sdk.segmenter``; PyTorch checkpoints through
 ``trainer.torch_runtime.torch_segmenter``) at its ORIGINAL resolution (letterbox,
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-root", default=str(SAMPLE_DATA), help="the bundled sample (fallback data)")
     parser.add_argument("--data-checkpoint",
                         help="checkpoint whose config defines the validation data and scene recipe (default: "
-                             "--checkpoint's), so checkpoints trained on other scene mixes are scored on the same scenes")
+                             "--checkpoint's): checkpoints trained on other scene mixes scored on the same scenes")
     parser.add_argument("--labels-dir", help="real-photo labels to score against (default: the checkpoint config's)")
     parser.add_argument("--exported", nargs="*", help="only these exported files of --models (e.g. segmenter.tflite)")
     parser.add_argument("--distractor", type=int, default=0, help="2-5 coin validation scenes (default 0)")
