@@ -72,9 +72,10 @@ def main() -> int:
         results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         right = sum(r["matches"][0]["coin_id"] == Path(r["image"]).parent.name for r in results)
         check(len(results) == len(photos), f"recognize: {len(results)} answers, {right} right at rank 1")
-        # an install check, not the quality figure (models/release/README.md): 19 of 24 with this release, whose
-        # frozen branch trades some accuracy on trained coins (the euros here) for coins the model never saw
-        check(right >= len(photos) * 0.75, "recognize: the sample's euro coins are named (>= 75% at rank 1)")
+        # an install check, not the quality figure (models/release/README.md): 18 of 24 with this release (19 with
+        # the previous segmenter), whose frozen embedder branch trades some accuracy on trained coins (the euros
+        # here) for coins the model never saw; the bound leaves two photos of room for another CPU's int8 kernels
+        check(right >= len(photos) * 2 / 3, "recognize: the sample's euro coins are named (>= 2/3 at rank 1)")
         out = run("eval", "retrieval", str(catalog), str(query), cwd=work)
         check("Recall@k" in out and "MAP@R" in out, "eval retrieval: numpy scoring without faiss")
         print(out)
