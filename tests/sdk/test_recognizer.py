@@ -244,8 +244,9 @@ def test_params_come_from_the_shipped_metadata_and_the_spec_defaults() -> None:
     from coinvision.sdk.segmenter import SegmenterParams
 
     seg = SegmenterParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "segmenter.tflite"))
+    # touching coins are cut apart (v2 on); one pass for a coin that fills the photo (v3)
     assert seg == SegmenterParams(size_px=128, threshold=0.5, margin_frac=0.15, min_area_frac=0.002, pad_value=0,
-                                  split_touching=True)  # v2: touching coins are cut apart
+                                  split_touching=True, single_pass_box_frac=0.8)
     crop = CropParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "embedder.tflite"))
     # the release averages 2 views: each runs both backbones (model card, Latency)
     assert crop.embed_rotations == 2 and crop.background_removal and crop.crop_margin_frac == 0.05
