@@ -85,11 +85,11 @@ def store_weights(src: str | Path, dst: str | Path, form: str = FP16_WEIGHTS) ->
             scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32).reshape((-1,) + (1,) * (weights.ndim - 1))
             q = numpy_helper.from_array(np.clip(np.rint(weights / scale), -127, 127).astype(np.int8),
                                         init.name + _INT8_SUFFIX)
-            s = numpy_helper.from_array(scale, init.name + _INT8_SUFFIX + "_scale")
-            kept += [q, s]
+            scales = numpy_helper.from_array(scale, init.name + _INT8_SUFFIX + "_scale")
+            kept += [q, scales]
             casts += [helper.make_node("Cast", [q.name], [q.name + "_f"], to=TensorProto.FLOAT,
                                        name=f"{q.name}_cast"),
-                      helper.make_node("Mul", [q.name + "_f", s.name], [init.name], name=f"{q.name}_scale_mul")]
+                      helper.make_node("Mul", [q.name + "_f", scales.name], [init.name], name=f"{q.name}_scale_mul")]
             continue
         half = numpy_helper.from_array(weights.astype(np.float16), init.name + _CAST_SUFFIX)
         kept.append(half)
