@@ -11,7 +11,7 @@ PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
 .PHONY: install test test-fast test-js test-kotlin lint sdk-only demo bench models release-models \
-	release-embedder-branch release-segmenter clean
+	release-embedder-branch release-segmenter split lite0-weights seg-labels clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,18 +67,28 @@ EMB_CONFIG ?= trainer/configs/embedder_lite0.yaml
 SEG_OUT ?= runs/segmenter/models
 EMB_OUT ?= runs/embedder/models
 
-models: install
+models: install seg-labels
 	$(BIN)/coinvision pretrained port-lite --variant lite0 --out runs/pretrained/tf_efficientnet_lite0.pth
 	test -f runs/pretrained/mobilenetv2_100_imagenet.pth || $(BIN)/coinvision pretrained port-mobilenetv2 \
 		--tflite $(WEIGHTS)/mobilenet_v2_1.0_224_quant.tflite --out runs/pretrained/mobilenetv2_100_imagenet.pth \
 		--check-images $(DATA)/coins211/images
-	test -f runs/seg_labels/manifest.csv || $(BIN)/coinvision data seg-labels $(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels
-	test -f runs/seg_labels_v2/manifest.csv || $(BIN)/coinvision data refine-labels runs/seg_labels \
-		$(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels_v2
 	$(BIN)/coinvision train segmenter --config $(SEG_CONFIG) --resume --set out_dir=$(SEG_OUT)
 	$(BIN)/coinvision train embedder --config $(EMB_CONFIG) --resume --set out_dir=$(EMB_OUT) \
 		segmenter_checkpoint=$(SEG_OUT)/best.pt segmenter_models_dir=null
 	$(MAKE) release-models SEG_CKPT=$(SEG_OUT)/best.pt EMB_CKPT=$(EMB_OUT)/best.pt
+
+# Steps the training and release targets share; each skips what is already there (the split rewrites the same rows).
+split: install
+	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
+
+lite0-weights: install
+	test -f runs/pretrained/tf_efficientnet_lite0.pth || $(BIN)/coinvision pretrained port-lite --variant lite0 \
+		--out runs/pretrained/tf_efficientnet_lite0.pth
+
+seg-labels: install
+	test -f runs/seg_labels/manifest.csv || $(BIN)/coinvision data seg-labels $(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels
+	test -f runs/seg_labels_v2/manifest.csv || $(BIN)/coinvision data refine-labels runs/seg_labels \
+		$(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels_v2
 
 # Release models (the checkpoints models/release/README.md describes): export them, then assemble models/release
 # (converters/release.py: what ships, under 40 MB; the model card stays). int8 calibration uses photos of TRAINING
@@ -89,8 +99,7 @@ SPLIT := runs/split
 TFLITE_DEFAULT ?= int8
 CHECK_COUNT ?= 1000  # more than the 661 held-out query photos: check on all of them
 
-release-models: install
-	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
+release-models: install split
 	$(BIN)/coinvision export $(SEG_CKPT) $(EMB_CKPT) --out runs/export_release --coreml-variants fp16,palette6 \
 		--calibration $(SPLIT)/train --calibration-count 200 --check --check-images $(SPLIT)/query --check-count $(CHECK_COUNT) \
 		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
@@ -101,13 +110,10 @@ release-models: install
 # fitted on the training split's photos, 2 rotated views averaged (4 cost 10 ms more for no measurable gain), its
 # unknown threshold recalibrated on the held-out classes; exported and
 # parity-checked, ONNX weights stored as float16 (each file checked against its fp32 source), assembled beside the
-# released segmenter (carried over as it is).
+# released segmenter (carried over as it is, in its own ONNX form).
 BASE_CKPT ?= runs/embedder/recovered/best.pt
 BRANCH_OUT ?= runs/embedder/branch
-release-embedder-branch: install
-	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
-	test -f runs/pretrained/tf_efficientnet_lite0.pth || $(BIN)/coinvision pretrained port-lite --variant lite0 \
-		--out runs/pretrained/tf_efficientnet_lite0.pth
+release-embedder-branch: install split lite0-weights
 	test -f $(BASE_CKPT) || $(BIN)/coinvision recover-embedder models/release/embedder.onnx --out $(BASE_CKPT)
 	$(BIN)/coinvision train embedder-branch $(BASE_CKPT) --photos $(SPLIT)/train --calibrate $(SPLIT)/catalog \
 		$(SPLIT)/query --embed-rotations 2 --weight 0.2 --out $(BRANCH_OUT)/best.pt
@@ -116,11 +122,8 @@ release-embedder-branch: install
 		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
 	$(BIN)/python -m coinvision.converters.onnx_weights runs/export_branch/embedder.onnx \
 		runs/export_branch/embedder.fp16w.onnx --check-images $(SPLIT)/query --models models/release
-	grep -q '"quantization": "fp16_weights"' models/release/segmenter.onnx.meta.json || \
-		$(BIN)/python -m coinvision.converters.onnx_weights models/release/segmenter.onnx \
-		runs/export_branch/segmenter.fp16w.onnx --check-images $(SPLIT)/query
 	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
-		--onnx-variant fp16_weights --kinds embedder
+		--onnx-variant embedder=fp16_weights --kinds embedder
 
 # The shipped segmenter (models/release/README.md, segmenter v3): the v2 recipe on an EfficientNet-Lite0 encoder
 # (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100 with more 2-5 coin scenes), one pass for
@@ -129,13 +132,7 @@ release-embedder-branch: install
 # assembled beside the released embedder (carried over as it is). Resumable: each training step continues from
 # its last.pt.
 SEG_LITE0_OUT ?= runs/segmenter/lite0_128
-release-segmenter: install
-	$(BIN)/coinvision data split $(DATA)/coins211 $(DATA)/euro_phone --out $(SPLIT)/splits.csv --materialize $(SPLIT)
-	test -f runs/pretrained/tf_efficientnet_lite0.pth || $(BIN)/coinvision pretrained port-lite --variant lite0 \
-		--out runs/pretrained/tf_efficientnet_lite0.pth
-	test -f runs/seg_labels/manifest.csv || $(BIN)/coinvision data seg-labels $(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels
-	test -f runs/seg_labels_v2/manifest.csv || $(BIN)/coinvision data refine-labels runs/seg_labels \
-		$(DATA)/coins211 $(DATA)/euro_phone --out runs/seg_labels_v2
+release-segmenter: install split lite0-weights seg-labels
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume --set out_dir=$(SEG_LITE0_OUT)
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume \
 		--set out_dir=$(SEG_LITE0_OUT) epochs=100 synth.multi_coin_p=0.6

@@ -100,13 +100,9 @@ def _set_path(values: dict[str, Any], path: list[str], value: Any) -> None:
     if not rest:
         values[head] = value
         return
-    nested = values.get(head)
-    if dataclasses.is_dataclass(nested):
-        nested = dataclasses.asdict(nested)
-    elif nested is None:
-        nested = {}
-    elif not isinstance(nested, dict):
-        raise ConfigError(f"config key {'.'.join(path)!r}: {head!r} is not a nested config")  # deeper levels
+    nested = values.get(head) or {}  # YAML and checkpoint configs hold nested configs as mappings
+    if not isinstance(nested, dict):
+        raise ConfigError(f"config key {'.'.join(path)!r}: {head!r} is not a nested config")
     values[head] = nested = dict(nested)
     _set_path(nested, rest, value)
 

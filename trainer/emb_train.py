@@ -111,7 +111,8 @@ def embed_views(forward: Callable[[torch.Tensor], torch.Tensor], samples: Sequen
     out: list[np.ndarray] = []
     with tqdm(total=len(samples), desc=desc, unit="crop", disable=desc is None) as bar:
         for start in range(0, len(samples), per_chunk):
-            crops = CropTensorSet(samples[start:start + per_chunk], [0] * len(samples[start:start + per_chunk]), spec)
+            part = samples[start:start + per_chunk]
+            crops = CropTensorSet(part, [0] * len(part), spec)
             squares = [v for i in range(len(crops)) for v in rotation_views(crops.square(i), views, spec.pad_value)]
             x = torch.from_numpy(np.concatenate([to_model_input(v, spec) for v in squares])).to(device)
             out.append(forward(x).float().cpu().numpy().reshape(len(crops), views, -1))
