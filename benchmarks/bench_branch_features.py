@@ -11,7 +11,7 @@ crop, TFLite int8), 4 rotated views per photo, without training anything:
    the other half is searched (its first 3 photos per class the catalog, the rest queries), then the other way
    round. A variant is chosen by this mean Recall@1 of the branch alone — the held-out sets below play no part.
 2. **Report, held-out classes**: each variant's PCA fitted on all training photos (as ``fit_branch`` does), alone
-   and beside the shipped v1 vector (the first 64 values of the shipped embedding) at the shipped weight, scored as
+   and beside the shipped v1 vector (the first 64 values of the shipped embedding) at each `--weights`, scored as
    ``coinvision eval retrieval`` scores the release (34 unseen classes, with and without the training classes'
    first 3 photos as distractors; the trained classes' held-out photos against that full catalog).
 
