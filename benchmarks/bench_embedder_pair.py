@@ -25,17 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_embedder_ensemble import unit_rows
 from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, write_result
 
-__all__ = ["main"]
+__all__ = ["main", "split_scores"]
 
 SPLITS = ("catalog", "query", "train", "val_seen")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
 WEIGHTS = ((0.8, 0.0, 0.2), (0.0, 0.8, 0.2), (0.5, 0.5, 0.0), (0.4, 0.4, 0.2), (0.6, 0.2, 0.2), (0.35, 0.35, 0.3))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _vectors(models: Path, split_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -62,12 +59,12 @@ def _vectors(models: Path, split_dir: Path, cache_dir: Path) -> dict[str, np.nda
     return out
 
 
-def _score(weights: tuple[float, float, float], parts: list[dict[str, np.ndarray]],
-           labels: dict[str, np.ndarray]) -> dict[str, Any]:
+def split_scores(vec: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-split vectors scored as the model card scores the release: the held-out classes alone and with the
+    training classes' first photos as distractors, the trained classes' held-out photos against that catalog, and
+    both query sets pooled."""
     from coinvision.sdk.evaluation import evaluate_retrieval, first_per_class
 
-    vec = {s: np.concatenate([np.sqrt(w) * p[s] for w, p in zip(weights, parts, strict=True) if w > 0], axis=1)
-           for s in SPLITS}
     idx = np.asarray(first_per_class(list(labels["train"]), DISTRACTORS_PER_CLASS))
     catalog = np.vstack([vec["catalog"], vec["train"][idx]])
     c_labels = list(labels["catalog"]) + list(labels["train"][idx])
@@ -75,11 +72,17 @@ def _score(weights: tuple[float, float, float], parts: list[dict[str, np.ndarray
     full = evaluate_retrieval(vec["query"], list(labels["query"]), catalog, c_labels)
     seen = evaluate_retrieval(vec["val_seen"], list(labels["val_seen"]), catalog, c_labels)
     n_unseen, n_seen = len(labels["query"]), len(labels["val_seen"])
-    return {"w trained A": weights[0], "w trained B": weights[1], "w branch A": weights[2],
-            "dims": vec["query"].shape[1], "unseen R@1": unseen.recall_at[1],
-            "unseen class-mean R@1": unseen.class_mean_recall_at_1, "unseen R@1 with distractors": full.recall_at[1],
-            "trained R@1": seen.recall_at[1],
+    return {"unseen R@1": unseen.recall_at[1], "unseen class-mean R@1": unseen.class_mean_recall_at_1,
+            "unseen R@1 with distractors": full.recall_at[1], "trained R@1": seen.recall_at[1],
             "all R@1": (full.recall_at[1] * n_unseen + seen.recall_at[1] * n_seen) / (n_unseen + n_seen)}
+
+
+def _score(weights: tuple[float, float, float], parts: list[dict[str, np.ndarray]],
+           labels: dict[str, np.ndarray]) -> dict[str, Any]:
+    vec = {s: np.concatenate([np.sqrt(w) * p[s] for w, p in zip(weights, parts, strict=True) if w > 0], axis=1)
+           for s in SPLITS}
+    return {"w trained A": weights[0], "w trained B": weights[1], "w branch A": weights[2],
+            "dims": vec["query"].shape[1], **split_scores(vec, labels)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_embedder_pair: the two folders saw different photos; clear the cache", file=sys.stderr)
         return 1
     d = args.trained_dims
-    parts = [{s: _unit(a[s][:, :d]) for s in SPLITS}, {s: _unit(b[s][:, :d]) for s in SPLITS},
-             {s: _unit(a[s][:, d:]) for s in SPLITS}]
+    parts = [{s: unit_rows(a[s][:, :d]) for s in SPLITS}, {s: unit_rows(b[s][:, :d]) for s in SPLITS},
+             {s: unit_rows(a[s][:, d:]) for s in SPLITS}]
     table = []
     for weights in WEIGHTS:
         row = _score(weights, parts, labels)
