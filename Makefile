@@ -105,25 +105,34 @@ release-models: install split
 		|| test $$? -eq 1  # 1 = a parity target missed: the assembler below keeps only files that passed
 	$(BIN)/python -m coinvision.converters.release runs/export_release models/release --tflite-default $(TFLITE_DEFAULT)
 
-# The shipped embedder (models/release/README.md): a trained embedder (BASE_CKPT; the shipped one's weights come
-# back from its ONNX file with `coinvision recover-embedder`) + a frozen EfficientNet-Lite0 branch whose PCA is
-# fitted on the training split's photos, 2 rotated views averaged (4 cost 10 ms more for no measurable gain), its
-# unknown threshold recalibrated on the held-out classes; exported and
-# parity-checked, ONNX weights stored as float16 (each file checked against its fp32 source), assembled beside the
-# released segmenter (carried over as it is, in its own ONNX form).
+# The shipped embedder (models/release/README.md): two trained embedders (BASE_CKPT, the v1 run, and COMPANION_CKPT,
+# the same recipe retrained on the grown data: `make embedder-v3`) + a frozen EfficientNet-Lite0 branch whose PCA is
+# fitted on the training split's photos, cosine shares 0.4 / 0.4 / 0.2, ONE view (three backbones per view: two
+# views cost more than they bought), its unknown threshold recalibrated on the held-out classes; exported and
+# parity-checked, ONNX weights stored as int8 (each file checked against its fp32 source; float16 would put the
+# release over 40 MB), assembled beside the released segmenter (carried over as it is, in its own ONNX form).
+# On a fresh clone both trained parts come back from the shipped ONNX file (`coinvision recover-embedder`): leave
+# COMPANION_CKPT empty to keep the recovered companion.
 BASE_CKPT ?= runs/embedder/recovered/best.pt
-BRANCH_OUT ?= runs/embedder/branch
+COMPANION_CKPT ?=
+BRANCH_OUT ?= runs/embedder/pair
 release-embedder-branch: install split lite0-weights
 	test -f $(BASE_CKPT) || $(BIN)/coinvision recover-embedder models/release/embedder.onnx --out $(BASE_CKPT)
 	$(BIN)/coinvision train embedder-branch $(BASE_CKPT) --photos $(SPLIT)/train --calibrate $(SPLIT)/catalog \
-		$(SPLIT)/query --embed-rotations 2 --weight 0.2 --out $(BRANCH_OUT)/best.pt
+		$(SPLIT)/query --embed-rotations 1 --weight 0.2 $(if $(COMPANION_CKPT),--companion $(COMPANION_CKPT) \
+		--companion-weight 0.4) --out $(BRANCH_OUT)/best.pt
 	$(BIN)/coinvision export $(BRANCH_OUT)/best.pt --out runs/export_branch --quant fp32,int8_full \
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
 		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
 	$(BIN)/python -m coinvision.converters.onnx_weights runs/export_branch/embedder.onnx \
-		runs/export_branch/embedder.fp16w.onnx --check-images $(SPLIT)/query --models models/release
+		runs/export_branch/embedder.int8w.onnx --form int8_weights --check-images $(SPLIT)/query --models models/release
 	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
-		--onnx-variant embedder=fp16_weights --kinds embedder
+		--onnx-variant embedder=int8_weights --kinds embedder
+
+# The companion of the shipped embedder: the v1 recipe on all of coins211's grown training photos, without mirror
+# augmentation (~37 min on 2 threads here; resumable).
+embedder-v3: install split
+	$(BIN)/coinvision train embedder --config trainer/configs/embedder_mobilenetv2_v3.yaml --resume
 
 # The shipped segmenter (models/release/README.md, segmenter v3): the v2 recipe on an EfficientNet-Lite0 encoder
 # (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100 with more 2-5 coin scenes), one pass for

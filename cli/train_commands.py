@@ -155,9 +155,11 @@ def _cmd_train_embedder_branch(args: argparse.Namespace) -> int:
              "dims": args.dims, "weight": args.weight, "embed_rotations": args.embed_rotations}
     spec = BranchSpec(**{k: v for k, v in given.items() if v is not None})  # unset: BranchSpec's defaults
     out = fit_branch(args.checkpoint, list_images(args.photos), args.out, spec, segmenter_models_dir=args.models,
-                     segmenter_runtime=args.runtime, calibration=tuple(args.calibrate) if args.calibrate else None)
-    print(f"wrote {out}: {args.checkpoint} + frozen {spec.backbone} branch ({spec.dims}-d PCA of {args.photos}, "
-          f"weight {spec.weight}); export it with `coinvision export {out} ...`")
+                     segmenter_runtime=args.runtime, calibration=tuple(args.calibrate) if args.calibrate else None,
+                     companion=(args.companion, args.companion_weight) if args.companion else None)
+    companion = f" + companion {args.companion} (weight {args.companion_weight})" if args.companion else ""
+    print(f"wrote {out}: {args.checkpoint}{companion} + frozen {spec.backbone} branch ({spec.dims}-d PCA of "
+          f"{args.photos}, weight {spec.weight}); export it with `coinvision export {out} ...`")
     return 0
 
 
@@ -252,6 +254,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "`coinvision pretrained port-lite`)")
     branch.add_argument("--dims", type=int, default=None, help="PCA dimensions of the branch (64)")
     branch.add_argument("--weight", type=float, default=None, help="share of the branch in the cosine (0.2)")
+    branch.add_argument("--companion", type=Path, default=None,
+                        help="a second trained embedder of the same architecture (another run of the recipe, e.g. "
+                             "runs/embedder/mnv2_v3/best.pt) to concatenate too")
+    branch.add_argument("--companion-weight", type=float, default=0.4,
+                        help="share of the companion in the cosine (0.4; the base keeps 1 - this - the branch's)")
     branch.add_argument("--embed-rotations", type=int, default=None,
                         help="rotated views the SDK averages (metadata; default: the trained embedder's)")
     branch.add_argument("--models", type=Path, default=Path("models/release"),

@@ -8,8 +8,9 @@ pair it came from (``trainer.tflite_port.write_folded_conv``, as the MobileNetV2
 identity plus the folded bias) gives a model whose eval-mode output equals the ONNX file's. Train-mode BatchNorm
 would re-normalise those convolutions, so fine-tuning from a recovered checkpoint starts from a slightly different
 function than the shipped one. A frozen branch (``emb_model.FrozenBranch``, named by the file's metadata) is
-unfolded the same way, its input scaling and PCA read by name; weights stored as float16 (``onnx_weights``) come back
-as those float16 values, so the recovered model computes what the shipped file computes, not the float32 original.
+unfolded the same way, its input scaling and PCA read by name, and so is a companion (a second trained embedder,
+``companion.*``); weights stored as float16 or int8 (``onnx_weights``) come back as those rounded values, so the
+recovered model computes what the shipped file computes, not the float32 original.
 """
 
 from __future__ import annotations
@@ -53,21 +54,23 @@ def _pipeline_values(shipped: ModelMetadata | None) -> dict[str, object]:
         return {}
     values: dict[str, object] = {"crop_interpolation": shipped.input.interpolation, "size_px": shipped.input.size_px,
                                  "unknown_threshold": shipped.threshold}
-    for key in ("embed_rotations", "crop_margin_frac", "branch_backbone", "branch_weight"):
+    for key in ("embed_rotations", "crop_margin_frac", "branch_backbone", "branch_weight", "companion_weight"):
         if key in shipped.extra:
             values[key] = shipped.extra[key]
     return values
 
 
 def _onnx_weights(graph) -> dict[str, np.ndarray]:
-    """Initializers by name; a weight stored as float16 behind a ``Cast`` (``onnx_weights``) under the Cast's output
-    name, as the float32 graph named it."""
+    """Initializers by name; a weight stored in fewer bytes (``onnx_weights``: float16 behind a ``Cast``, int8 behind
+    ``Cast`` + ``Mul`` by its scales) under the name the float32 graph gave it, as ONNX Runtime restores it."""
     from onnx import numpy_helper
 
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
+    for node in graph.node:  # the restoring nodes come first (onnx_weights.store_weights)
         if node.op_type == "Cast" and node.input[0] in weights:
             weights[node.output[0]] = weights[node.input[0]].astype(np.float32)
+        elif node.op_type == "Mul" and all(name in weights for name in node.input):
+            weights[node.output[0]] = (weights[node.input[0]] * weights[node.input[1]]).astype(np.float32)
     return weights
 
 
@@ -85,13 +88,15 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
     cfg = resolve_config(EmbedderConfig, config_path, {"pretrained_path": None})
     values = _pipeline_values(shipped)
     if values.get("branch_backbone") and shipped is not None:
-        values["branch_dims"] = shipped.embedding_dim - cfg.embedding_dim
+        trained_dims = cfg.embedding_dim * (2 if values.get("companion_weight") else 1)
+        values["branch_dims"] = shipped.embedding_dim - trained_dims
     cfg = dataclasses.replace(cfg, **values)
     model = build_embedder(cfg).eval()
     graph = onnx.load(str(onnx_path)).graph
     weights = _onnx_weights(graph)
     conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
-    backbones = [model.backbone] + ([model.branch.backbone] if model.branch is not None else [])
+    # in the order the forward pass (and so the export) runs them
+    backbones = [model.backbone] + [part.backbone for part in (model.companion, model.branch) if part is not None]
     convs = [(backbone, name, conv) for backbone in backbones for name, conv in timm_convs(backbone)]
     if len(conv_nodes) != len(convs):
         raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the model of {config_path} "
@@ -110,7 +115,7 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
                                  "folded ONNX export cannot be unfolded") from exc
     for backbone in backbones:
         backbone.load_state_dict(states[id(backbone)])
-    for prefix, module in (("head.", model.head), ("branch.", model.branch)):
+    for prefix, module in (("head.", model.head), ("companion.", model.companion), ("branch.", model.branch)):
         if module is None:
             continue
         own = {name.removeprefix(prefix): torch.from_numpy(v.copy()) for name, v in weights.items()

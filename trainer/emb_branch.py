@@ -69,26 +69,54 @@ def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:dims].T / np.sqrt(sigma[:dims])
 
 
+def _trained_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained backbone + head of a checkpoint's state, without a branch, companion or mix it may have."""
+    return {k: v for k, v in state.items() if not k.startswith(_ADDED_PARTS)}
+
+
+_ADDED_PARTS = ("branch.", "branch_mix", "companion.", "part_mix")
+# What must match for two trained embedders to share one input tensor and be concatenated.
+_SHARED_FIELDS = ("backbone", "pad_type", "head_hidden_dims", "embedding_dim", "size_px", "crop_interpolation",
+                  "crop_margin_frac", "background_removal")
+
+
 def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | Path, spec: BranchSpec, *,
                segmenter_models_dir: str | Path, segmenter_runtime: str = "tflite",
-               calibration: tuple[Path, Path] | None = None, progress: bool = True) -> Path:
+               calibration: tuple[Path, Path] | None = None, companion: tuple[Path, float] | None = None,
+               progress: bool = True) -> Path:
     """Write ``out``: ``base_checkpoint``'s embedder plus ``spec``'s frozen branch (a branch it has already is
     replaced), its PCA fitted on ``photos`` (training-class photos only), cropped by the segmenter of
     ``segmenter_models_dir`` (the one the SDK ships); ``calibration``: ``(catalog_dir, query_dir)`` of held-out
-    classes (``<dir>/<class>/<photo>``) for the unknown-coin threshold."""
+    classes (``<dir>/<class>/<photo>``) for the unknown-coin threshold; ``companion``: ``(checkpoint, weight)`` of a
+    second trained embedder of the same architecture, concatenated with that share of the cosine (its own branch,
+    if any, is dropped); without it, a companion the base has already is kept."""
     model, cfg, base = load_embedder(base_checkpoint)
     if cfg.branch_backbone:
         log.info("%s has a %s branch already: it is replaced", base_checkpoint, cfg.branch_backbone)
-    trained = {k: v for k, v in model.state_dict().items() if not k.startswith(("branch.", "branch_mix"))}
+    trained = _trained_weights(model.state_dict())
+    companion_weight, companion_metrics = 0.0, {}
+    if companion is None and cfg.companion_weight:  # kept, as a recovered release's (onnx_recovery)
+        companion_weight = cfg.companion_weight
+        trained.update({k: v for k, v in model.state_dict().items() if k.startswith("companion.")})
+    if companion is not None:
+        companion_path, companion_weight = companion
+        other, other_cfg, other_ckpt = load_embedder(companion_path)
+        for name in _SHARED_FIELDS:
+            if getattr(other_cfg, name) != getattr(cfg, name):
+                raise ConfigError(f"companion {companion_path}: {name}={getattr(other_cfg, name)!r} but the base "
+                                  f"embedder {base_checkpoint} has {getattr(cfg, name)!r}; a companion must be "
+                                  "another run of the same architecture and input")
+        trained.update({f"companion.{k}": v for k, v in _trained_weights(other.state_dict()).items()})
+        companion_metrics = {"companion_fingerprint": other_ckpt.fingerprint}
     cfg = dataclasses.replace(cfg, branch_backbone=spec.backbone, branch_pad_type=spec.pad_type,
                               branch_pretrained_path=spec.pretrained_path, branch_dims=spec.dims,
-                              branch_weight=spec.weight, segmenter_checkpoint=None,
+                              branch_weight=spec.weight, companion_weight=companion_weight, segmenter_checkpoint=None,
                               segmenter_models_dir=str(segmenter_models_dir), segmenter_runtime=segmenter_runtime,
                               pretrained_path=None, unknown_threshold=None,
                               embed_rotations=spec.embed_rotations or cfg.embed_rotations)
     combined = build_embedder(cfg).eval()
     missing = combined.load_state_dict(trained, strict=False).missing_keys
-    if any(not k.startswith(("branch.", "branch_mix")) for k in missing):
+    if any(not k.startswith(("branch.", "branch_mix", "part_mix")) for k in missing):
         raise ConfigError(f"{base_checkpoint}: weights {missing[:3]} are missing from the trained embedder")
     cache = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg))
 
@@ -107,7 +135,7 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     combined.branch.pca_mean.copy_(torch.from_numpy(mean).float())
     combined.branch.pca_projection.copy_(torch.from_numpy(projection).float())
     metrics = {**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(fit),
-               "branch_fit_rows": int(rows.shape[0] * rows.shape[1])}
+               "branch_fit_rows": int(rows.shape[0] * rows.shape[1]), **companion_metrics}
     if calibration is not None:
         vectors, labels = [], []
         for folder in calibration:
@@ -122,6 +150,7 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=combined.state_dict(), epoch=base.epoch,
                       metrics=metrics)
     path = save_checkpoint(out, ckpt)
-    log.info("fitted a %s branch (%d-d, weight %.2f) on %d photos onto %s -> %s (fingerprint %s)", spec.backbone,
-             spec.dims, spec.weight, len(fit), base_checkpoint, path, ckpt.fingerprint)
+    log.info("fitted a %s branch (%d-d, weight %.2f) on %d photos onto %s (companion weight %.2f) -> %s "
+             "(fingerprint %s)", spec.backbone, spec.dims, spec.weight, len(fit), base_checkpoint, companion_weight,
+             path, ckpt.fingerprint)
     return path

@@ -60,6 +60,10 @@ class EmbedderConfig:
     branch_pretrained_path: str | None = None
     branch_dims: int = 64  # PCA dimensions of the branch's pooled features
     branch_weight: float = 0.2  # w: share of the branch in the cosine
+    # companion: a second TRAINED embedder of the same architecture (another run of the recipe), its unit vector
+    # concatenated too, so the cosine is (1 - w_c - w_b) * trained + w_c * companion + w_b * branch. Two runs err on
+    # different coins (benchmarks/bench_embedder_pair.py). Added by `coinvision train embedder-branch --companion`.
+    companion_weight: float = 0.0  # w_c: share of the companion in the cosine; 0 = none
     # loss (emb_losses.LOSSES)
     loss: str = "arcface"
     margin_rad: float = 0.2  # additive angular margin, RADIANS (pytorch-metric-learning wants degrees)
@@ -146,13 +150,18 @@ class EmbedderConfig:
         if self.branch_backbone is not None and not (0.0 < self.branch_weight < 1.0 and self.branch_dims >= 2):
             raise ValueError(f"branch_weight={self.branch_weight}, branch_dims={self.branch_dims}: the weight must "
                              "be in (0, 1) and the dims >= 2")
+        if not 0.0 <= self.companion_weight < 1.0 or (
+                self.companion_weight + (self.branch_weight if self.branch_backbone else 0.0) >= 1.0):
+            raise ValueError(f"companion_weight={self.companion_weight}: must be in [0, 1) and leave the trained "
+                             f"embedder a share (with the branch's {self.branch_weight}: their sum below 1)")
         if not 0.0 < self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac={self.warmup_frac}: must be in (0, 1)")
 
     @property
     def output_dim(self) -> int:
-        """Length of the vector the model returns (and packs store): the head's plus the branch's."""
-        return self.embedding_dim + (self.branch_dims if self.branch_backbone else 0)
+        """Length of the vector the model returns (and packs store): the head's, the companion's, the branch's."""
+        return (self.embedding_dim * (2 if self.companion_weight else 1)
+                + (self.branch_dims if self.branch_backbone else 0))
 
     @property
     def input_spec(self) -> InputSpec:

@@ -57,16 +57,22 @@ class FrozenBranch(nn.Module):
 class Embedder(nn.Module):
     """``backbone`` (timm, global pool, no classifier) -> ``head`` (FC) -> L2 normalisation; with a ``branch``,
     the unit vector ``[sqrt(1 - w) * trained, sqrt(w) * branch]``, whose cosine is
-    ``(1 - w) cos_trained + w cos_branch``."""
+    ``(1 - w) cos_trained + w cos_branch``; with a ``companion`` (a second trained :class:`Embedder` of the same
+    input) too, ``[sqrt(1 - w_c - w) * trained, sqrt(w_c) * companion, sqrt(w) * branch]``."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, branch: FrozenBranch | None = None,
-                 branch_weight: float = 0.0) -> None:
+                 branch_weight: float = 0.0, companion: Embedder | None = None, companion_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.companion = companion
         self.branch = branch
-        if branch is not None:
-            # a buffer, not a float attribute: the weights' fingerprint must change with the mix (packs carry it)
+        # buffers, not float attributes: the weights' fingerprint must change with the mix (packs carry it)
+        if companion is not None:
+            shares = [1.0 - companion_weight - (branch_weight if branch is not None else 0.0), companion_weight]
+            shares += [branch_weight] if branch is not None else []
+            self.register_buffer("part_mix", torch.tensor(shares).sqrt())
+        elif branch is not None:  # the name the branch-only releases were fingerprinted with
             self.register_buffer("branch_mix", torch.tensor([math.sqrt(1.0 - branch_weight), math.sqrt(branch_weight)]))
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -74,6 +80,9 @@ class Embedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         trained = self.embed_features(self.backbone(x))
+        if self.companion is not None:
+            parts = [trained, self.companion(x)] + ([self.branch(x)] if self.branch is not None else [])
+            return torch.cat([part * self.part_mix[i] for i, part in enumerate(parts)], dim=1)
         if self.branch is None:
             return trained
         return torch.cat([trained * self.branch_mix[0], self.branch(x) * self.branch_mix[1]], dim=1)
@@ -132,7 +141,11 @@ def build_embedder(cfg: EmbedderConfig) -> Embedder:
         width = hidden
     layers.append(nn.Linear(width, cfg.embedding_dim))
     branch = build_branch(cfg) if cfg.branch_backbone else None
-    return Embedder(backbone, nn.Sequential(*layers), branch, cfg.branch_weight)
+    companion = None
+    if cfg.companion_weight:  # same architecture, its weights come from another run (emb_branch.fit_branch)
+        companion = build_embedder(dataclasses.replace(cfg, branch_backbone=None, companion_weight=0.0,
+                                                       pretrained_path=None))
+    return Embedder(backbone, nn.Sequential(*layers), branch, cfg.branch_weight, companion, cfg.companion_weight)
 
 
 def load_embedder(path: str | Path) -> tuple[Embedder, EmbedderConfig, Checkpoint]:
@@ -144,11 +157,12 @@ def load_embedder(path: str | Path) -> tuple[Embedder, EmbedderConfig, Checkpoin
 
 def embedder_metadata(cfg: EmbedderConfig, fingerprint: str) -> ModelMetadata:
     hidden = "-".join(str(h) for h in cfg.head_hidden_dims)
-    architecture = f"{cfg.backbone}+fc{hidden + '-' if hidden else ''}{cfg.embedding_dim}"
-    extra: dict[str, Any] = {}
+    trained = f"{cfg.backbone}+fc{hidden + '-' if hidden else ''}{cfg.embedding_dim}"
+    architecture = f"{trained}|{trained}" if cfg.companion_weight else trained
+    extra: dict[str, Any] = {"companion_weight": cfg.companion_weight} if cfg.companion_weight else {}
     if cfg.branch_backbone:
         architecture += f"|{cfg.branch_backbone}+pca{cfg.branch_dims}"
-        extra = {"branch_backbone": cfg.branch_backbone, "branch_weight": cfg.branch_weight}
+        extra.update(branch_backbone=cfg.branch_backbone, branch_weight=cfg.branch_weight)
     return ModelMetadata(
         name="embedder",
         architecture=architecture,

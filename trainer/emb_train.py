@@ -387,6 +387,9 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
     if cfg.branch_backbone:
         raise ConfigError(f"branch_backbone={cfg.branch_backbone!r}: a frozen branch is not trained; train without it, "
                           "then add it with `coinvision train embedder-branch`")
+    if cfg.companion_weight:
+        raise ConfigError(f"companion_weight={cfg.companion_weight}: a companion is another trained run, not trained "
+                          "here; train without it, then add it with `coinvision train embedder-branch --companion`")
     run = TrainingRun(KIND, cfg, plot=_plot_curves, initial_best=(-1.0, -1.0))
     device = run.device
     with run.main_first():  # rank 0 fills the crop cache, the other ranks then read it

@@ -107,3 +107,61 @@ def test_fit_branch_on_real_photos_keeps_the_base_and_loads_back(tmp_path: Path,
 def test_training_a_model_with_a_branch_is_refused() -> None:
     with pytest.raises(ConfigError, match="embedder-branch"):
         train_embedder(_cfg(**BRANCH))
+
+
+COMPANION = {**BRANCH, "branch_weight": 0.2, "companion_weight": 0.4}
+
+
+def test_companion_cosine_is_the_weighted_sum_of_three_cosines() -> None:
+    torch.manual_seed(0)
+    model = build_embedder(_cfg(**COMPANION)).eval()
+    with torch.no_grad():
+        model.branch.pca_projection.normal_()
+        x = torch.randn(5, 3, 64, 64)
+        out = model(x)
+        trained, companion, branch = model.embed_features(model.backbone(x)), model.companion(x), model.branch(x)
+    assert out.shape == (5, 16 + 16 + 8)
+    assert not torch.allclose(trained, companion)  # its own weights, not a second reference to the base's
+    want = 0.4 * (trained @ trained.T) + 0.4 * (companion @ companion.T) + 0.2 * (branch @ branch.T)
+    assert torch.allclose(out @ out.T, want, atol=1e-5)
+    meta = embedder_metadata(_cfg(**COMPANION), "f" * 16)
+    assert meta.embedding_dim == 40 and meta.extra["companion_weight"] == 0.4
+    assert meta.architecture == "mobilenetv2_035+fc32-16|mobilenetv2_035+fc32-16|tf_efficientnet_lite0+pca8"
+    with pytest.raises(ValueError, match="companion_weight"):
+        _cfg(**{**COMPANION, "companion_weight": 0.8})  # nothing left for the trained base
+    with pytest.raises(ConfigError, match="--companion"):
+        train_embedder(_cfg(companion_weight=0.4))
+
+
+def test_fit_branch_with_a_companion_keeps_both_trained_runs(tmp_path: Path, sample_root: Path) -> None:
+    cfg = _cfg(crop_cache_dir=str(tmp_path / "crops"))
+    for seed, name in ((0, "base.pt"), (1, "other.pt")):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / name, Checkpoint(kind="embedder", config=config_to_dict(cfg),
+                                                    state_dict=build_embedder(cfg).state_dict(), epoch=1))
+    weights = tmp_path / "lite0.pth"
+    torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), weights)
+    spec = BranchSpec(pretrained_path=str(weights), dims=8, weight=0.2)
+    photos = list_images(sample_root / "coins211")[:12]
+    out = fit_branch(tmp_path / "base.pt", photos, tmp_path / "pair.pt", spec, segmenter_models_dir=RELEASE,
+                     companion=(tmp_path / "other.pt", 0.4), progress=False)
+    model, pair_cfg, ckpt = load_embedder(out)
+    other, _, other_ckpt = load_embedder(tmp_path / "other.pt")
+    base, _, _ = load_embedder(tmp_path / "base.pt")
+    assert pair_cfg.output_dim == 40 and ckpt.metrics["companion_fingerprint"] == other_ckpt.fingerprint
+    for name, tensor in other.state_dict().items():
+        assert torch.equal(model.companion.state_dict()[name], tensor), name
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    # re-fitting the branch of the combined model keeps its companion (a fresh clone recovers it from ONNX)
+    again, again_cfg, _ = load_embedder(fit_branch(out, photos, tmp_path / "again.pt", spec,
+                                                   segmenter_models_dir=RELEASE, progress=False))
+    assert again_cfg.companion_weight == 0.4
+    assert torch.equal(again.companion.head[-1].weight, other.head[-1].weight)
+    wider = _cfg(head_hidden_dims=(24,))
+    save_checkpoint(tmp_path / "wider.pt", Checkpoint(kind="embedder", config=config_to_dict(wider),
+                                                      state_dict=build_embedder(wider).state_dict(), epoch=1))
+    with pytest.raises(ConfigError, match="head_hidden_dims"):
+        fit_branch(tmp_path / "base.pt", photos, tmp_path / "bad.pt", spec, segmenter_models_dir=RELEASE,
+                   companion=(tmp_path / "wider.pt", 0.4), progress=False)
+    assert not (tmp_path / "bad.pt").exists()
