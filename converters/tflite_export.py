@@ -87,6 +87,22 @@ def convert_tflite_fp32(model, size_px: int) -> bytes:
         raise ConversionError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
 
 
+def strip_tensor_names(model_bytes: bytes) -> bytes:
+    """The flatbuffer without the names of its inner tensors. litert-torch names every tensor by its whole module
+    path (up to 2 KB each, ~5 % of an int8 embedder); nothing reads them at run time. The graph's input and output
+    tensors and its signature keep their names (runtimes look those up). Like ``flatbuffer_utils.strip_strings``,
+    which also drops the signature."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    for subgraph in model.subgraphs:
+        kept = {*subgraph.inputs, *subgraph.outputs}
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in kept:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def signature_input_name(model_bytes: bytes) -> tuple[str, str]:
     """``(signature key, input tensor name)`` of a single-input TFLite model."""
     from ai_edge_litert.interpreter import Interpreter
@@ -190,8 +206,8 @@ def export_tflite(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fp32_bytes is None:
         fp32_bytes = convert_tflite_fp32(model, meta.input.size_px)
-    data = quantize_tflite(fp32_bytes, quantization, calibration, keep_float_regex=keep_float_regex,
-                           bias_correction=bias_correction)
+    data = strip_tensor_names(quantize_tflite(fp32_bytes, quantization, calibration,
+                                             keep_float_regex=keep_float_regex, bias_correction=bias_correction))
     extra: dict[str, object] = {"converter": "litert-torch + ai-edge-quantizer"}
     if quantization in INT8_WEIGHT_QUANTIZATIONS:
         extra["bias_correction"] = bool(bias_correction and calibration)

@@ -23,20 +23,21 @@ CONFIG = RELEASE / "training" / "embedder.train_config.yaml"
 
 
 def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Path, sample_root: Path) -> None:
-    """The release file: the v1 embedder with its frozen EfficientNet-Lite0 branch, weights stored as float16."""
+    """The release file: the v1 embedder, its companion (the v1 recipe retrained on the grown data) and the frozen
+    EfficientNet-Lite0 branch, weights stored as int8."""
     meta = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx")
     report = recover_embedder(RELEASE / "embedder.onnx", CONFIG, tmp_path / "best.pt")
     assert report.source_fingerprint == meta.fingerprint
-    # MobileNetV2 + Lite0; the ONNX file stores its constants as float16 too, the branch mix included (folded into
-    # unnamed constants, so the recovered model takes the exact mix from the metadata): 3.5e-5 apart at most
-    assert report.convolutions == 52 + 49 and report.max_abs_diff < 1e-4
+    # two MobileNetV2 + Lite0; the ONNX file stores its small constants as float16, the mix included (folded into
+    # unnamed constants, so the recovered model takes the exact mix from the metadata): 4.8e-5 apart at most
+    assert report.convolutions == 52 + 52 + 49 and report.max_abs_diff < 1e-4
     model, cfg, ckpt = load_embedder(tmp_path / "best.pt")
     assert ckpt.fingerprint == report.fingerprint and cfg.size_px == 160
     # what the file's metadata says about running it, and its branch, come back in the config
     assert (cfg.crop_interpolation, cfg.embed_rotations, cfg.unknown_threshold) == (
         meta.input.interpolation, meta.extra["embed_rotations"], meta.threshold)
-    assert (cfg.branch_backbone, cfg.branch_weight, cfg.output_dim) == (
-        meta.extra["branch_backbone"], meta.extra["branch_weight"], meta.embedding_dim)
+    assert (cfg.branch_backbone, cfg.branch_weight, cfg.companion_weight, cfg.output_dim) == (
+        meta.extra["branch_backbone"], meta.extra["branch_weight"], meta.extra["companion_weight"], meta.embedding_dim)
     photo = next((sample_root / "euro_phone").rglob("*.jpg"))
     crop = Recognizer.from_dir(RELEASE, runtime="onnx", num_threads=1).embed(load_image(photo)).crop
     x = to_model_input(crop, meta.input)

@@ -248,8 +248,8 @@ def test_params_come_from_the_shipped_metadata_and_the_spec_defaults() -> None:
     assert seg == SegmenterParams(size_px=128, threshold=0.5, margin_frac=0.15, min_area_frac=0.002, pad_value=0,
                                   split_touching=True, single_pass_box_frac=0.8)
     crop = CropParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "embedder.tflite"))
-    # the release averages 2 views: each runs both backbones (model card, Latency)
-    assert crop.embed_rotations == 2 and crop.background_removal and crop.crop_margin_frac == 0.05
+    # the release embeds 1 view: each runs three backbones (model card, Latency)
+    assert crop.embed_rotations == 1 and crop.background_removal and crop.crop_margin_frac == 0.05
     with pytest.raises(ConfigError, match=r"threshold=1\.5.*\(0, 1\)"):
         SegmenterParams(size_px=128, threshold=1.5)
     with pytest.raises(ConfigError, match=r"embed_rotations=0"):
