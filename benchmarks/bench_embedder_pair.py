@@ -9,6 +9,13 @@ branch part, each re-normalised. Rows then concatenate ``sqrt(w1) * trained_A``,
 as distractors, and the training classes' held-out photos against that full catalog.
 
     python -m benchmarks.bench_embedder_pair --models models/release /tmp/cand   # ~4 min; vectors cached per folder
+    python -m benchmarks.bench_embedder_pair --models /tmp/prev/models/release /tmp/cand --views 1 \
+        --out benchmarks/results/embedder_pair_1view.json   # one rotated view instead of the folders' own
+
+``--views`` overrides the number of rotated views each folder's pipeline averages (its metadata's
+``embed_rotations``). The release built from this measurement embeds ONE view (three backbones per view), so it is
+scored at 1 view too; the folders of the model card's runs are the release before it (``git worktree add /tmp/prev
+fd26f28``) and ``/tmp/cand``.
 
 ``/tmp/cand`` for the model card's figures: models/release with its embedder.tflite(.meta.json) replaced by the
 int8 export of the v1 recipe retrained on the grown data (``trainer/configs/embedder_mobilenetv2_v3.yaml`` + the
@@ -18,6 +25,7 @@ branch, ``make release-embedder-branch BASE_CKPT=runs/embedder/mnv2_v3/best.pt B
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -35,10 +43,11 @@ DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
 WEIGHTS = ((0.8, 0.0, 0.2), (0.0, 0.8, 0.2), (0.5, 0.5, 0.0), (0.4, 0.4, 0.2), (0.6, 0.2, 0.2), (0.35, 0.35, 0.3))
 
 
-def _vectors(models: Path, split_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
-    """Per split: the pipeline's vectors and labels, cached by the embedder file's sha256."""
+def _vectors(models: Path, split_dir: Path, cache_dir: Path, views: int | None = None) -> dict[str, np.ndarray]:
+    """Per split: the pipeline's vectors and labels (``views`` rotated views averaged; None: the folder's own
+    number), cached by the embedder file's sha256."""
     digest = hashlib.sha256((models / "embedder.tflite").read_bytes()).hexdigest()[:16]
-    cache = cache_dir / f"vectors_{digest}.npz"
+    cache = cache_dir / f"vectors_{digest}{f'_views{views}' if views else ''}.npz"
     if cache.is_file():
         data = np.load(cache, allow_pickle=False)
         return {k: data[k] for k in data.files}
@@ -48,6 +57,8 @@ def _vectors(models: Path, split_dir: Path, cache_dir: Path) -> dict[str, np.nda
     from tqdm import tqdm
 
     recognizer = Recognizer.from_dir(models, runtime="tflite", num_threads=1)
+    if views:
+        recognizer.crop_params = dataclasses.replace(recognizer.crop_params, embed_rotations=views)
     out: dict[str, np.ndarray] = {}
     for split in SPLITS:
         pairs = list_class_folder(split_dir / split)
@@ -92,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=Path, default=ROOT / "runs" / "split", help="the release split's folders")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "embedder_pair")
     parser.add_argument("--trained-dims", type=int, default=64, help="length of each vector's trained part")
+    parser.add_argument("--views", type=int, default=None,
+                        help="rotated views averaged per photo (default: each folder's metadata)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "embedder_pair.json")
     args = parser.parse_args(argv)
     if not all((args.split / s).is_dir() for s in SPLITS):
         print(f"bench_embedder_pair: {args.split} lacks one of {SPLITS}; make the release split with `make split`",
               file=sys.stderr)
         return MISSING_INPUTS_EXIT
-    a, b = (_vectors(m, args.split, args.cache) for m in args.models)
+    a, b = (_vectors(m, args.split, args.cache, args.views) for m in args.models)
     labels = {s: a[f"{s}_labels"] for s in SPLITS}
     if any(not np.array_equal(labels[s], b[f"{s}_labels"]) for s in SPLITS):
         print("bench_embedder_pair: the two folders saw different photos; clear the cache", file=sys.stderr)
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         row = _score(weights, parts, labels)
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         table.append(row)
-    results = {"models": [str(m) for m in args.models], "trained_dims": d,
+    results = {"models": [str(m) for m in args.models], "trained_dims": d, "views": args.views or "metadata",
                "distractors_per_class": DISTRACTORS_PER_CLASS, "photos": {s: len(labels[s]) for s in SPLITS}}
     path = write_result("embedder_pair", results, table, args.out)
     print(f"wrote {path}")
