@@ -35,7 +35,7 @@ class RecognizerTest {
         assertEquals(meta["threshold"]!!.double, rec.unknownThreshold)
         assertEquals(meta["fingerprint"]!!.string, rec.fingerprint)
         assertEquals(meta["embedding_dim"]!!.double.toInt(), rec.dim)
-        assertEquals(128, rec.dim) // the release: 64-d trained embedder + 64-d frozen Lite0 branch
+        assertEquals(192, rec.dim) // the release: two 64-d trained embedders + 64-d frozen Lite0 branch
         assertEquals(0.3, Recognizer(OnnxModelRuntime(File(TestPaths.models, "segmenter.onnx")),
             OnnxModelRuntime(File(TestPaths.models, "embedder.onnx")), unknownThreshold = 0.3).unknownThreshold)
     }
