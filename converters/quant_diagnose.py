@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from coinvision.converters.photo_inputs import list_photos, pick_evenly
-from coinvision.converters.tflite_export import signature_input_name
+from coinvision.converters.tflite_export import compact_name, compact_tensor_names, signature_input_name
 from coinvision.sdk.errors import CoinVisionError, ConversionError
 from coinvision.sdk.images import load_image
 from coinvision.sdk.model_meta import ModelMetadata
@@ -62,6 +62,13 @@ def tensor_errors(fp32_path: str | Path, quant_path: str | Path, inputs: Sequenc
     fp32_bytes, quant_bytes = Path(fp32_path).read_bytes(), Path(quant_path).read_bytes()
     produced = _ops_in_order(fp32_bytes)
     quant_shapes = {name: shape for _, _, name, shape in _ops_in_order(quant_bytes)}
+    readable: dict[str, str] = {}
+    if sum(name in quant_shapes for _, _, name, _ in produced) < len(produced) / 2:
+        # a quantized export names its inner tensors by digest (tflite_export.compact_tensor_names): compare with
+        # the fp32 model named the same way, report the fp32 names
+        readable = {compact_name(name): name for _, _, name, _ in produced}
+        fp32_bytes = compact_tensor_names(fp32_bytes)
+        produced = _ops_in_order(fp32_bytes)
     shared = [(i, op, name) for i, op, name, shape in produced if quant_shapes.get(name) == shape]
     if len(shared) < len(produced) / 2:  # generic names ("serving_default_...") match in any two models
         raise ConversionError(f"{quant_path} shares no tensor names with {fp32_path} (only {len(shared)} of "
@@ -72,7 +79,7 @@ def tensor_errors(fp32_path: str | Path, quant_path: str | Path, inputs: Sequenc
         error_metrics=[ValidationErrorMetric.COSINE_SIMILARITY, ValidationErrorMetric.SNR], use_xnnpack=False,
         num_threads=1,
     ).get_all_tensor_results()
-    return [TensorError(order, op, name, float(result[name]["cosine_similarity"]),
+    return [TensorError(order, op, readable.get(name, name), float(result[name]["cosine_similarity"]),
                         10.0 * float(np.log10(max(result[name]["snr"], 1e-12))))  # the validator's SNR is a ratio
             for order, op, name in shared if name in result]
 

@@ -22,6 +22,7 @@ took full int8 from cosine 0.983 (min 0.906) to 0.995 (min 0.981), weight-only i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,8 @@ __all__ = [
     "MIN_CALIBRATION_IMAGES",
     "TFLITE_QUANTIZATIONS",
     "check_quantization",
+    "compact_name",
+    "compact_tensor_names",
     "convert_tflite_fp32",
     "export_tflite",
     "quantize_tflite",
@@ -87,19 +90,24 @@ def convert_tflite_fp32(model, size_px: int) -> bytes:
         raise ConversionError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
 
 
-def strip_tensor_names(model_bytes: bytes) -> bytes:
-    """The flatbuffer without the names of its inner tensors. litert-torch names every tensor by its whole module
-    path (up to 2 KB each, ~5 % of an int8 embedder); nothing reads them at run time. The graph's input and output
-    tensors and its signature keep their names (runtimes look those up). Like ``flatbuffer_utils.strip_strings``,
-    which also drops the signature."""
+def compact_name(name: str) -> str:
+    """The short stand-in :func:`compact_tensor_names` gives a tensor name (a digest: the same name in an fp32 file and
+    in a quantized file derived from it stays the same, so the two can still be compared tensor by tensor)."""
+    return "t" + hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+
+
+def compact_tensor_names(model_bytes: bytes) -> bytes:
+    """The flatbuffer with its inner tensors' names replaced by :func:`compact_name`. litert-torch names every tensor by
+    its whole module path (up to 2 KB each, ~5 % of an int8 embedder); nothing reads them at run time. The graph's
+    input and output tensors and its signature keep their names (runtimes look those up)."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     for subgraph in model.subgraphs:
         kept = {*subgraph.inputs, *subgraph.outputs}
         for index, tensor in enumerate(subgraph.tensors):
-            if index not in kept:
-                tensor.name = None
+            if index not in kept and tensor.name:
+                tensor.name = compact_name(tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -206,8 +214,10 @@ def export_tflite(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fp32_bytes is None:
         fp32_bytes = convert_tflite_fp32(model, meta.input.size_px)
-    data = strip_tensor_names(quantize_tflite(fp32_bytes, quantization, calibration,
-                                             keep_float_regex=keep_float_regex, bias_correction=bias_correction))
+    data = quantize_tflite(fp32_bytes, quantization, calibration, keep_float_regex=keep_float_regex,
+                           bias_correction=bias_correction)
+    if quantization != "fp32":  # the fp32 file keeps the readable names (quant_diagnose shows them)
+        data = compact_tensor_names(data)
     extra: dict[str, object] = {"converter": "litert-torch + ai-edge-quantizer"}
     if quantization in INT8_WEIGHT_QUANTIZATIONS:
         extra["bias_correction"] = bool(bias_correction and calibration)

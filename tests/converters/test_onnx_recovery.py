@@ -45,7 +45,10 @@ def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Pa
         None, {"input": x})[0]
     with torch.no_grad():
         got = model(torch.from_numpy(x)).numpy()
-    assert float(np.sum(got * want)) > 0.99999
+    # cosine, not the dot product: the file's part mix is stored as float16 (0.6323 for sqrt(0.4)), so its output is
+    # 1.4e-4 short of unit length, which every runtime's re-normalisation removes (pipeline spec step 4)
+    cosine = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cosine > 0.99999
 
 
 def test_missing_file_and_foreign_config_are_model_load_errors(tmp_path: Path) -> None:
