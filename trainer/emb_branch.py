@@ -69,15 +69,15 @@ def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:dims].T / np.sqrt(sigma[:dims])
 
 
-def _trained_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The trained backbone + head of a checkpoint's state, without a branch, companion or mix it may have."""
-    return {k: v for k, v in state.items() if not k.startswith(_ADDED_PARTS)}
-
-
 _ADDED_PARTS = ("branch.", "branch_mix", "companion.", "part_mix")
 # What must match for two trained embedders to share one input tensor and be concatenated.
 _SHARED_FIELDS = ("backbone", "pad_type", "head_hidden_dims", "embedding_dim", "size_px", "crop_interpolation",
                   "crop_margin_frac", "background_removal")
+
+
+def _trained_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained backbone + head of a checkpoint's state, without a branch, companion or mix it may have."""
+    return {k: v for k, v in state.items() if not k.startswith(_ADDED_PARTS)}
 
 
 def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | Path, spec: BranchSpec, *,
