@@ -6,7 +6,10 @@ with 1 and 4 rotation-averaged views: Recall@1/5 on the unseen classes, per data
 training classes in the catalog as distractors, and Recall@k for k = 1…20 (the CMC curve, plotted per recipe).
 The frozen pretrained backbone's PCA (``head_init: pca`` at epoch 0) is the row every recipe must beat.
 
-    python -m benchmarks.bench_embedder_recipes [--recipes arcface_pca triplet ...] [--set epochs=5 ...]
+    python -m benchmarks.bench_embedder_recipes [--recipes arcface_pca triplet ...] [--set epochs=5 ...] [--out J]
+
+Rows of earlier runs in the ``--out`` JSON are kept (a rerun replaces a recipe's row); the frozen start is rescored
+every run, so give a run on other data or crops its own ``--out``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _score(feed: Any, model: Any, data: Any, rotations: int) -> dict[str, Any]:
     }
 
 
-def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+def run(names: list[str], overrides: dict[str, Any], root: Path, out_json: Path = OUT_JSON) -> list[dict[str, Any]]:
     import torch
     from coinvision.trainer.config_io import resolve_config
     from coinvision.trainer.emb_config import EmbedderConfig
@@ -70,7 +73,7 @@ def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[st
     device = torch.device("cpu")
     data = load_embedding_data(base, progress=False)
     rows = []
-    previous = {r["recipe"]: r for r in json.loads(OUT_JSON.read_text())["rows"]} if OUT_JSON.is_file() else {}
+    previous = {r["recipe"]: r for r in json.loads(out_json.read_text())["rows"]} if out_json.is_file() else {}
     for name in ["frozen_pca_start", *names]:
         started = time.time()
         if name == "frozen_pca_start":  # the model every PCA recipe starts from: frozen backbone + PCA head
@@ -97,18 +100,18 @@ def run(names: list[str], overrides: dict[str, Any], root: Path) -> list[dict[st
               f"R@5 {r4['recall@5']:.3f}  class-mean {r4['class_mean_recall@1']:.3f}  "
               f"with distractors {r4['full_recall@1']:.3f}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in r4.items() if k.startswith("recall@1[")), flush=True)
-        _write(list(previous.values()), overrides)
+        _write(list(previous.values()), overrides, out_json)
     return rows
 
 
-def _write(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
+def _write(rows: list[dict[str, Any]], overrides: dict[str, Any], out_json: Path) -> None:
     from coinvision.trainer.plotting import png_figure
 
-    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps({"command": "python -m benchmarks.bench_embedder_recipes",
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"command": "python -m benchmarks.bench_embedder_recipes",
                                     "base_config": str(BASE_CONFIG), "overrides": overrides,
                                     "rows": rows}, indent=2))
-    with png_figure(OUT_PNG, figsize=(8, 5)) as (_, ax):
+    with png_figure(_png_of(out_json), figsize=(8, 5)) as (_, ax):
         for row in rows:
             ax.plot(CMC_KS, row["rot4"]["cmc"], marker="o", markersize=3,
                     label=f"{row['recipe']} (R@1 {row['rot4']['recall@1']:.3f})")
@@ -118,6 +121,10 @@ def _write(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
         ax.legend(fontsize=8)
 
 
+def _png_of(out_json: Path) -> Path:
+    return OUT_PNG if out_json == OUT_JSON else out_json.with_name(out_json.stem + "_cmc.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     from coinvision.trainer.config_io import parse_overrides
 
@@ -125,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
     parser.add_argument("--root", type=Path, default=Path("runs/embedder/recipes"))
+    parser.add_argument("--out", type=Path, default=OUT_JSON, help="results JSON (the CMC plot: *_cmc.png beside it)")
     args = parser.parse_args(argv)
-    run(args.recipes, parse_overrides(args.set), args.root)
-    print(f"wrote {OUT_JSON} and {OUT_PNG}")
+    run(args.recipes, parse_overrides(args.set), args.root, args.out)
+    print(f"wrote {args.out} and {_png_of(args.out)}")
     return 0
 
 
