@@ -93,11 +93,12 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     model, cfg, base = load_embedder(base_checkpoint)
     if cfg.branch_backbone:
         log.info("%s has a %s branch already: it is replaced", base_checkpoint, cfg.branch_backbone)
-    trained = _trained_weights(model.state_dict())
+    state = model.state_dict()
+    trained = _trained_weights(state)
     companion_weight, companion_metrics = 0.0, {}
     if companion is None and cfg.companion_weight:  # kept, as a recovered release's (onnx_recovery)
         companion_weight = cfg.companion_weight
-        trained.update({k: v for k, v in model.state_dict().items() if k.startswith("companion.")})
+        trained.update({k: v for k, v in state.items() if k.startswith("companion.")})
     if companion is not None:
         companion_path, companion_weight = companion
         other, other_cfg, other_ckpt = load_embedder(companion_path)

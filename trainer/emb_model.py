@@ -9,7 +9,6 @@ What exporters and runtimes need, without the training stack (no albumentations)
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +67,22 @@ class Embedder(nn.Module):
         self.companion = companion
         self.branch = branch
         # buffers, not float attributes: the weights' fingerprint must change with the mix (packs carry it)
-        if companion is not None:
-            shares = [1.0 - companion_weight - (branch_weight if branch is not None else 0.0), companion_weight]
-            shares += [branch_weight] if branch is not None else []
-            self.register_buffer("part_mix", torch.tensor(shares).sqrt())
-        elif branch is not None:  # the name the branch-only releases were fingerprinted with
-            self.register_buffer("branch_mix", torch.tensor([math.sqrt(1.0 - branch_weight), math.sqrt(branch_weight)]))
+        shares = [companion_weight] if companion is not None else []
+        shares += [branch_weight] if branch is not None else []
+        if shares:  # branch-only models keep the name their releases were fingerprinted with
+            self._mix_name = "part_mix" if companion is not None else "branch_mix"
+            self.register_buffer(self._mix_name, torch.tensor([1.0 - sum(shares), *shares]).sqrt())
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(features), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        trained = self.embed_features(self.backbone(x))
-        if self.companion is not None:
-            parts = [trained, self.companion(x)] + ([self.branch(x)] if self.branch is not None else [])
-            return torch.cat([part * self.part_mix[i] for i, part in enumerate(parts)], dim=1)
-        if self.branch is None:
-            return trained
-        return torch.cat([trained * self.branch_mix[0], self.branch(x) * self.branch_mix[1]], dim=1)
+        parts = [self.embed_features(self.backbone(x))]
+        parts += [part(x) for part in (self.companion, self.branch) if part is not None]
+        if len(parts) == 1:
+            return parts[0]
+        mix = getattr(self, self._mix_name)
+        return torch.cat([part * mix[i] for i, part in enumerate(parts)], dim=1)
 
 
 def build_backbone(cfg: EmbedderConfig) -> nn.Module:
