@@ -108,7 +108,8 @@ release-models: install split
 # The shipped embedder (models/release/README.md): two trained embedders (BASE_CKPT, the v1 run, and COMPANION_CKPT,
 # the same recipe retrained on the grown data: `make embedder-v3`) + a frozen EfficientNet-Lite0 branch whose PCA is
 # fitted on the training split's photos, cosine shares 0.4 / 0.4 / 0.2, ONE view (three backbones per view: two
-# views cost more than they bought), its unknown threshold recalibrated on the held-out classes; exported and
+# views cost more than they bought), the whole vector half-whitened by a PCA of the training photos' vectors
+# (`coinvision train embedder-whiten`), its unknown threshold recalibrated on the held-out classes; exported and
 # parity-checked, ONNX weights stored as int8 (each file checked against its fp32 source; float16 would put the
 # release over 40 MB), assembled beside the released segmenter (carried over as it is, in its own ONNX form).
 # On a fresh clone both trained parts come back from the shipped ONNX file (`coinvision recover-embedder`): leave
@@ -118,10 +119,12 @@ COMPANION_CKPT ?=
 BRANCH_OUT ?= runs/embedder/pair
 release-embedder-branch: install split lite0-weights
 	test -f $(BASE_CKPT) || $(BIN)/coinvision recover-embedder models/release/embedder.onnx --out $(BASE_CKPT)
-	$(BIN)/coinvision train embedder-branch $(BASE_CKPT) --photos $(SPLIT)/train --calibrate $(SPLIT)/catalog \
-		$(SPLIT)/query --embed-rotations 1 --weight 0.2 $(if $(COMPANION_CKPT),--companion $(COMPANION_CKPT) \
+	$(BIN)/coinvision train embedder-branch $(BASE_CKPT) --photos $(SPLIT)/train --embed-rotations 1 --weight 0.2 \
+		$(if $(COMPANION_CKPT),--companion $(COMPANION_CKPT) \
 		--companion-weight 0.4) --out $(BRANCH_OUT)/best.pt
-	$(BIN)/coinvision export $(BRANCH_OUT)/best.pt --out runs/export_branch --quant fp32,int8_full \
+	$(BIN)/coinvision train embedder-whiten $(BRANCH_OUT)/best.pt --photos $(SPLIT)/train --calibrate $(SPLIT)/catalog \
+		$(SPLIT)/query --shrink 1.0 --out $(BRANCH_OUT)/whitened.pt
+	$(BIN)/coinvision export $(BRANCH_OUT)/whitened.pt --out runs/export_branch --quant fp32,int8_full \
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
 		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
 	$(BIN)/python -m coinvision.converters.onnx_weights runs/export_branch/embedder.onnx \

@@ -36,14 +36,14 @@ import numpy as np
 from benchmarks.bench_embedder_ensemble import unit_rows
 from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, write_result
 
-__all__ = ["main", "split_scores"]
+__all__ = ["main", "pipeline_vectors", "split_scores"]
 
 SPLITS = ("catalog", "query", "train", "val_seen")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
 WEIGHTS = ((0.8, 0.0, 0.2), (0.0, 0.8, 0.2), (0.5, 0.5, 0.0), (0.4, 0.4, 0.2), (0.6, 0.2, 0.2), (0.35, 0.35, 0.3))
 
 
-def _vectors(models: Path, split_dir: Path, cache_dir: Path, views: int | None = None) -> dict[str, np.ndarray]:
+def pipeline_vectors(models: Path, split_dir: Path, cache_dir: Path, views: int | None = None) -> dict[str, np.ndarray]:
     """Per split: the pipeline's vectors and labels (``views`` rotated views averaged; None: the folder's own
     number), cached by the embedder file's sha256."""
     digest = hashlib.sha256((models / "embedder.tflite").read_bytes()).hexdigest()[:16]
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_embedder_pair: {args.split} lacks one of {SPLITS}; make the release split with `make split`",
               file=sys.stderr)
         return MISSING_INPUTS_EXIT
-    a, b = (_vectors(m, args.split, args.cache, args.views) for m in args.models)
+    a, b = (pipeline_vectors(m, args.split, args.cache, args.views) for m in args.models)
     labels = {s: a[f"{s}_labels"] for s in SPLITS}
     if any(not np.array_equal(labels[s], b[f"{s}_labels"]) for s in SPLITS):
         print("bench_embedder_pair: the two folders saw different photos; clear the cache", file=sys.stderr)

@@ -163,6 +163,18 @@ def _cmd_train_embedder_branch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_embedder_whiten(args: argparse.Namespace) -> int:
+    from coinvision.sdk.files import list_images
+    from coinvision.trainer.emb_whiten import fit_whitening
+
+    out = fit_whitening(args.checkpoint, list_images(args.photos), args.out, segmenter_models_dir=args.models,
+                        segmenter_runtime=args.runtime, shrink=args.shrink,
+                        calibration=tuple(args.calibrate) if args.calibrate else None)
+    print(f"wrote {out}: {args.checkpoint} with its output whitened (fitted on {args.photos}, shrink {args.shrink}); "
+          f"export it with `coinvision export {out} ...`")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect datasets and write splits")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -265,3 +277,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="models folder whose segmenter cuts the crops (the one the SDK ships)")
     branch.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")
     branch.set_defaults(func=_cmd_train_embedder_branch)
+
+    whiten = train_subparsers(sub).add_parser(
+        "embedder-whiten", help="whiten a finished embedder's output (PCA fitted on training photos)")
+    whiten.add_argument("checkpoint", type=Path, help="embedder checkpoint, e.g. runs/embedder/pair/best.pt")
+    whiten.add_argument("--photos", type=Path, required=True,
+                        help="photos of TRAINING classes only (e.g. runs/split/train): the whitening is fitted on them")
+    whiten.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    whiten.add_argument("--calibrate", type=Path, nargs=2, metavar=("CATALOG_DIR", "QUERY_DIR"), default=None,
+                        help="held-out classes (<dir>/<class>/<photo>) to recalibrate the unknown-coin threshold on "
+                             "(without it the checkpoint has none)")
+    whiten.add_argument("--shrink", type=float, default=1.0,
+                        help="variance floor, a multiple of the mean variance added to every direction (1.0)")
+    whiten.add_argument("--models", type=Path, default=Path("models/release"),
+                        help="models folder whose segmenter cuts the crops (the one the SDK ships)")
+    whiten.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")
+    whiten.set_defaults(func=_cmd_train_embedder_whiten)

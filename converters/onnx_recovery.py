@@ -9,8 +9,9 @@ identity plus the folded bias) gives a model whose eval-mode output equals the O
 would re-normalise those convolutions, so fine-tuning from a recovered checkpoint starts from a slightly different
 function than the shipped one. A frozen branch (``emb_model.FrozenBranch``, named by the file's metadata) is
 unfolded the same way, its input scaling and PCA read by name, and so is a companion (a second trained embedder,
-``companion.*``); weights stored as float16 or int8 (``onnx_weights``) come back as those rounded values, so the
-recovered model computes what the shipped file computes, not the float32 original.
+``companion.*``) and an output whitening (``whiten_*``); weights stored as float16 or int8 (``onnx_weights``) come
+back as those rounded values, so the recovered model computes what the shipped file computes, not the float32
+original.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _pipeline_values(shipped: ModelMetadata | None) -> dict[str, object]:
         return {}
     values: dict[str, object] = {"crop_interpolation": shipped.input.interpolation, "size_px": shipped.input.size_px,
                                  "unknown_threshold": shipped.threshold}
-    for key in ("embed_rotations", "crop_margin_frac", "branch_backbone", "branch_weight", "companion_weight"):
+    for key in ("embed_rotations", "crop_margin_frac", "branch_backbone", "branch_weight", "companion_weight",
+                "whiten"):
         if key in shipped.extra:
             values[key] = shipped.extra[key]
     return values
@@ -130,6 +132,11 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
         if missing:
             raise ModelLoadError(f"{onnx_path} lacks {prefix[:-1]} tensors {sorted(missing)}; was it exported by "
                                  "coinvision?")
+    for name in ("whiten_mean", "whiten_projection") if model.whiten else ():
+        if name not in weights:
+            raise ModelLoadError(f"{onnx_path} lacks the {name} tensor its metadata (whiten) promises; was it "
+                                 "exported by coinvision?")
+        getattr(model, name).copy_(torch.from_numpy(weights[name].copy()))
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     size = cfg.size_px

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,11 +34,12 @@ from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.sdk.evaluation import calibrate_unknown_threshold, list_class_folder
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
+from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_data import CropCache, Sample, make_crop_source
-from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
+from coinvision.trainer.emb_model import KIND, Embedder, build_embedder, load_embedder
 from coinvision.trainer.emb_train import embed_samples, embed_views
 
-__all__ = ["PCA_VIEWS", "BranchSpec", "fit_branch", "whitened_pca"]
+__all__ = ["PCA_VIEWS", "BranchSpec", "crop_samples", "fit_branch", "recalibrate_unknown", "whitened_pca"]
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +60,51 @@ class BranchSpec:
     embed_rotations: int | None = None  # views the SDK averages (metadata); None keeps the trained embedder's
 
 
-def whitened_pca(rows: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean, projection)``: ``(x - mean) @ projection`` is the PCA to ``dims`` scaled by ``1 / sqrt(sigma)``
-    (half whitening: full whitening lets low-variance noise directions weigh as much as the design)."""
+def whitened_pca(rows: np.ndarray, dims: int, shrink: float = 0.0,
+                 power: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, projection)``: ``(x - mean) @ projection`` is the PCA to ``dims`` scaled by ``sigma ** -power``
+    (sigma: the singular values); the default 0.5 is half whitening (full whitening, 1, lets low-variance noise
+    directions weigh as much as the design; 0 is a plain PCA). ``shrink`` adds that multiple of the mean variance
+    to every direction's first (a floor under the small ones)."""
     if rows.ndim != 2 or rows.shape[0] <= dims:
         raise DatasetError(f"{rows.shape[0]} feature rows cannot fit a {dims}-d PCA; use more photos or fewer dims")
+    if shrink < 0 or not 0 <= power <= 1:
+        raise ConfigError(f"shrink={shrink}, power={power}: shrink must be >= 0 (a multiple of the mean variance) "
+                          "and power in [0, 1] (0.5: half whitening)")
     rows = rows.astype(np.float64)
     mean = rows.mean(axis=0)
     _, sigma, vt = np.linalg.svd(rows - mean, full_matrices=False)
-    return mean, vt[:dims].T / np.sqrt(sigma[:dims])
+    if shrink:
+        sigma = np.sqrt(sigma**2 + shrink * np.mean(sigma**2))
+    return mean, vt[:dims].T / sigma[:dims] ** power
 
 
-_ADDED_PARTS = ("branch.", "branch_mix", "companion.", "part_mix")
+def crop_samples(cfg: EmbedderConfig, paths: Sequence[Path], labels: Sequence[str] | None = None, *,
+                 progress: bool = True) -> list[Sample]:
+    """The SDK pipeline's crops of ``paths`` (segmenter and crop of ``cfg``, cached), as training samples."""
+    crops = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg)).build(list(paths), progress=progress)
+    return [Sample(c.path, label, Path(p), c.found) for c, p, label in
+            zip(crops, paths, labels or [""] * len(crops), strict=True)]
+
+
+def recalibrate_unknown(model: Embedder, cfg: EmbedderConfig, calibration: tuple[Path, Path],
+                        metrics: dict[str, Any], *, progress: bool = True) -> EmbedderConfig:
+    """``cfg`` with the unknown-coin threshold of ``model``'s vectors, calibrated as the trainer does on
+    ``calibration`` = ``(catalog_dir, query_dir)`` of held-out classes; the figures go into ``metrics``."""
+    vectors, labels = [], []
+    for folder in calibration:
+        pairs = list_class_folder(folder)
+        labels.append([label for _, label in pairs])
+        samples = crop_samples(cfg, [p for p, _ in pairs], labels[-1], progress=progress)
+        vectors.append(embed_samples(model, samples, cfg, torch.device("cpu")))
+    calib = calibrate_unknown_threshold(vectors[1], labels[1], vectors[0], labels[0],
+                                        target_unknown_accept=cfg.unknown_target_accept)
+    metrics.update(unknown_threshold=calib.threshold, unknown_accept_rate=calib.unknown_accept_rate,
+                   known_accept_rate=calib.known_accept_rate)
+    return dataclasses.replace(cfg, unknown_threshold=calib.threshold)
+
+
+_ADDED_PARTS = ("branch.", "branch_mix", "companion.", "part_mix", "whiten_")
 # What must match for two trained embedders to share one input tensor and be concatenated.
 _SHARED_FIELDS = ("backbone", "pad_type", "head_hidden_dims", "embedding_dim", "size_px", "crop_interpolation",
                   "crop_margin_frac", "background_removal")
@@ -89,7 +124,8 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     ``segmenter_models_dir`` (the one the SDK ships); ``calibration``: ``(catalog_dir, query_dir)`` of held-out
     classes (``<dir>/<class>/<photo>``) for the unknown-coin threshold; ``companion``: ``(checkpoint, weight)`` of a
     second trained embedder of the same architecture, concatenated with that share of the cosine (its own branch,
-    if any, is dropped); without it, a companion the base has already is kept."""
+    if any, is dropped); without it, a companion the base has already is kept. A whitening the base has is dropped
+    (it was fitted to the old branch): ``emb_whiten.fit_whitening`` fits it again."""
     model, cfg, base = load_embedder(base_checkpoint)
     if cfg.branch_backbone:
         log.info("%s has a %s branch already: it is replaced", base_checkpoint, cfg.branch_backbone)
@@ -114,19 +150,12 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
                               branch_weight=spec.weight, companion_weight=companion_weight, segmenter_checkpoint=None,
                               segmenter_models_dir=str(segmenter_models_dir), segmenter_runtime=segmenter_runtime,
                               pretrained_path=None, unknown_threshold=None,
-                              embed_rotations=spec.embed_rotations or cfg.embed_rotations)
+                              embed_rotations=spec.embed_rotations or cfg.embed_rotations, whiten=False)
     combined = build_embedder(cfg).eval()
     missing = combined.load_state_dict(trained, strict=False).missing_keys
     if any(not k.startswith(("branch.", "branch_mix", "part_mix")) for k in missing):
         raise ConfigError(f"{base_checkpoint}: weights {missing[:3]} are missing from the trained embedder")
-    cache = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg))
-
-    def samples(paths: Sequence[Path], labels: Sequence[str] | None = None) -> list[Sample]:
-        crops = cache.build(list(paths), progress=progress)
-        return [Sample(c.path, label, Path(p), c.found) for c, p, label in
-                zip(crops, paths, labels or [""] * len(crops), strict=True)]
-
-    fit = samples(photos)
+    fit = crop_samples(cfg, photos, progress=progress)
     if not fit:
         raise DatasetError("no photos to fit the branch's PCA on; pass a folder of training-class photos")
     cpu = torch.device("cpu")
@@ -138,16 +167,7 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     metrics = {**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(fit),
                "branch_fit_rows": int(rows.shape[0] * rows.shape[1]), **companion_metrics}
     if calibration is not None:
-        vectors, labels = [], []
-        for folder in calibration:
-            pairs = list_class_folder(folder)
-            labels.append([label for _, label in pairs])
-            vectors.append(embed_samples(combined, samples([p for p, _ in pairs], labels[-1]), cfg, cpu))
-        calib = calibrate_unknown_threshold(vectors[1], labels[1], vectors[0], labels[0],
-                                            target_unknown_accept=cfg.unknown_target_accept)
-        cfg = dataclasses.replace(cfg, unknown_threshold=calib.threshold)
-        metrics.update(unknown_threshold=calib.threshold, unknown_accept_rate=calib.unknown_accept_rate,
-                       known_accept_rate=calib.known_accept_rate)
+        cfg = recalibrate_unknown(combined, cfg, calibration, metrics, progress=progress)
     ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=combined.state_dict(), epoch=base.epoch,
                       metrics=metrics)
     path = save_checkpoint(out, ckpt)

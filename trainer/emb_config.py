@@ -64,6 +64,9 @@ class EmbedderConfig:
     # concatenated too, so the cosine is (1 - w_c - w_b) * trained + w_c * companion + w_b * branch. Two runs err on
     # different coins (benchmarks/bench_embedder_pair.py). Added by `coinvision train embedder-branch --companion`.
     companion_weight: float = 0.0  # w_c: share of the companion in the cosine; 0 = none
+    # whitening of the whole output (emb_model.Embedder): (v - mean) @ projection, re-normalised, both fitted on
+    # training-class photos by `coinvision train embedder-whiten` (emb_whiten.py) after every other part is set.
+    whiten: bool = False
     # loss (emb_losses.LOSSES)
     loss: str = "arcface"
     margin_rad: float = 0.2  # additive angular margin, RADIANS (pytorch-metric-learning wants degrees)

@@ -57,10 +57,12 @@ class Embedder(nn.Module):
     """``backbone`` (timm, global pool, no classifier) -> ``head`` (FC) -> L2 normalisation; with a ``branch``,
     the unit vector ``[sqrt(1 - w) * trained, sqrt(w) * branch]``, whose cosine is
     ``(1 - w) cos_trained + w cos_branch``; with a ``companion`` (a second trained :class:`Embedder` of the same
-    input) too, ``[sqrt(1 - w_c - w) * trained, sqrt(w_c) * companion, sqrt(w) * branch]``."""
+    input) too, ``[sqrt(1 - w_c - w) * trained, sqrt(w_c) * companion, sqrt(w) * branch]``. With ``whiten``, that
+    vector ``v`` becomes ``normalize((v - whiten_mean) @ whiten_projection)`` (``emb_whiten.fit_whitening``)."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, branch: FrozenBranch | None = None,
-                 branch_weight: float = 0.0, companion: Embedder | None = None, companion_weight: float = 0.0) -> None:
+                 branch_weight: float = 0.0, companion: Embedder | None = None, companion_weight: float = 0.0,
+                 whiten_dim: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -72,11 +74,20 @@ class Embedder(nn.Module):
         if shares:  # branch-only models keep the name their releases were fingerprinted with
             self._mix_name = "part_mix" if companion is not None else "branch_mix"
             self.register_buffer(self._mix_name, torch.tensor([1.0 - sum(shares), *shares]).sqrt())
+        self.whiten = whiten_dim > 0
+        if self.whiten:  # identity until fitted
+            self.register_buffer("whiten_mean", torch.zeros(whiten_dim))
+            self.register_buffer("whiten_projection", torch.eye(whiten_dim))
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(features), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = self.mixed(x)
+        return F.normalize((mixed - self.whiten_mean) @ self.whiten_projection, dim=1) if self.whiten else mixed
+
+    def mixed(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit vector of the parts before any whitening (what ``emb_whiten`` fits on)."""
         parts = [self.embed_features(self.backbone(x))]
         parts += [part(x) for part in (self.companion, self.branch) if part is not None]
         if len(parts) == 1:
@@ -141,8 +152,9 @@ def build_embedder(cfg: EmbedderConfig) -> Embedder:
     companion = None
     if cfg.companion_weight:  # same architecture, its weights come from another run (emb_branch.fit_branch)
         companion = build_embedder(dataclasses.replace(cfg, branch_backbone=None, companion_weight=0.0,
-                                                       pretrained_path=None))
-    return Embedder(backbone, nn.Sequential(*layers), branch, cfg.branch_weight, companion, cfg.companion_weight)
+                                                       pretrained_path=None, whiten=False))
+    return Embedder(backbone, nn.Sequential(*layers), branch, cfg.branch_weight, companion, cfg.companion_weight,
+                    cfg.output_dim if cfg.whiten else 0)
 
 
 def load_embedder(path: str | Path) -> tuple[Embedder, EmbedderConfig, Checkpoint]:
@@ -160,6 +172,9 @@ def embedder_metadata(cfg: EmbedderConfig, fingerprint: str) -> ModelMetadata:
     if cfg.branch_backbone:
         architecture += f"|{cfg.branch_backbone}+pca{cfg.branch_dims}"
         extra.update(branch_backbone=cfg.branch_backbone, branch_weight=cfg.branch_weight)
+    if cfg.whiten:
+        architecture += "|whiten"
+        extra["whiten"] = True
     return ModelMetadata(
         name="embedder",
         architecture=architecture,

@@ -390,6 +390,9 @@ def train_embedder(cfg: EmbedderConfig, *, resume: bool = False, data: Embedding
     if cfg.companion_weight:
         raise ConfigError(f"companion_weight={cfg.companion_weight}: a companion is another trained run, not trained "
                           "here; train without it, then add it with `coinvision train embedder-branch --companion`")
+    if cfg.whiten:
+        raise ConfigError("whiten=True: the whitening is fitted on a finished embedder, not trained; train without "
+                          "it, then fit it with `coinvision train embedder-whiten`")
     run = TrainingRun(KIND, cfg, plot=_plot_curves, initial_best=(-1.0, -1.0))
     device = run.device
     with run.main_first():  # rank 0 fills the crop cache, the other ranks then read it
