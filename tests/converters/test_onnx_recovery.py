@@ -24,7 +24,7 @@ CONFIG = RELEASE / "training" / "embedder.train_config.yaml"
 
 def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Path, sample_root: Path) -> None:
     """The release file: the v1 embedder, its companion (the v1 recipe retrained on the grown data) and the frozen
-    EfficientNet-Lite0 branch, weights stored as int8."""
+    EfficientNet-Lite0 branch, the whole vector whitened, weights stored as int8."""
     meta = ModelMetadata.read_sidecar(RELEASE / "embedder.onnx")
     report = recover_embedder(RELEASE / "embedder.onnx", CONFIG, tmp_path / "best.pt")
     assert report.source_fingerprint == meta.fingerprint
@@ -38,6 +38,8 @@ def test_recovered_checkpoint_embeds_a_real_crop_like_the_onnx_file(tmp_path: Pa
         meta.input.interpolation, meta.extra["embed_rotations"], meta.threshold)
     assert (cfg.branch_backbone, cfg.branch_weight, cfg.companion_weight, cfg.output_dim) == (
         meta.extra["branch_backbone"], meta.extra["branch_weight"], meta.extra["companion_weight"], meta.embedding_dim)
+    assert cfg.whiten and meta.extra["whiten"] is True
+    assert not torch.equal(model.whiten_projection, torch.eye(cfg.output_dim))  # the file's matrix, not the identity
     photo = next((sample_root / "euro_phone").rglob("*.jpg"))
     crop = Recognizer.from_dir(RELEASE, runtime="onnx", num_threads=1).embed(load_image(photo)).crop
     x = to_model_input(crop, meta.input)
