@@ -20,8 +20,9 @@ import { NodeImageDecoder } from "../src/node/decoder.js";
 import { recognizerFromDir } from "../src/node/models.js";
 import { FIXTURES, MODELS, REPO, rankingMismatch, readJson } from "./helpers.js";
 
-// End to end the photo is decoded by jpeg-js, not libjpeg-turbo: scores move by up to ~0.024 (conformance.test.ts).
-const E2E_SCORE = 3e-2;
+// End to end the photo is decoded by jpeg-js, not libjpeg-turbo: scores move by up to 0.041 with the whitened
+// embedder output (measured on the 36 queries below; 0.024 before the whitening, conformance.test.ts).
+const E2E_SCORE = 4.5e-2;
 
 const PIPE = join(FIXTURES, "pipeline");
 const expected = readJson(join(PIPE, "expected.json"));
@@ -146,13 +147,19 @@ describe("pipeline vs the Python reference (release ONNX models)", () => {
   }
 
   it("end to end from the photo files (jpeg-js decoding): top-1 and unknown verdict as the reference on every query", async () => {
-    let top1 = 0, top5 = 0, unknown = 0, minCos = 1;
+    let top1 = 0, top5 = 0, unknown = 0, minCos = 1, maxDrift = 0;
     const differs: string[] = [];
     for (const q of expected.queries) {
       const r = await rec.recognize(new Uint8Array(readFileSync(join(REPO, q.path))), 5);
       minCos = Math.min(minCos, cosine(r.sides[0]!.vector, q.embedding));
-      // a top-1 within decoder noise of the reference's second coin may swap with it (helpers.rankingMismatch)
-      const mismatch = rankingMismatch(r.matches.slice(0, 1).map((m) => [m.coinId, m.score]), q.top5, E2E_SCORE);
+      const refScore = new Map<string, number>(q.top5);
+      for (const m of r.matches) {
+        const ref = refScore.get(m.coinId);
+        if (ref !== undefined) maxDrift = Math.max(maxDrift, Math.abs(m.score - ref));
+      }
+      // each score moves by at most E2E_SCORE, so two coins up to twice that apart in the reference may swap
+      // (helpers.rankingMismatch)
+      const mismatch = rankingMismatch(r.matches.slice(0, 1).map((m) => [m.coinId, m.score]), q.top5, 2 * E2E_SCORE);
       top1 += mismatch === null ? 1 : 0;
       top5 += JSON.stringify(r.matches.map((m) => m.coinId)) === JSON.stringify(q.top5.map((t: any) => t[0])) ? 1 : 0;
       // the verdict may flip only where the best score is within decoder noise of the threshold
@@ -168,12 +175,15 @@ describe("pipeline vs the Python reference (release ONNX models)", () => {
     figures["end-to-end identical top-5 lists"] = `${top5}/${n}`;
     figures["end-to-end unknown agreement"] = `${unknown}/${n}`;
     figures["end-to-end embedding cosine (min)"] = minCos;
+    figures["end-to-end score drift (max)"] = maxDrift;
+    assert.ok(maxDrift <= E2E_SCORE, `score drift ${maxDrift}`);
     assert.equal(top1, n);
     assert.equal(unknown, n);
-    // measured: 0.975 (segmenter v3, 1 view of three backbones; 0.978 with 2 views of two; 0.983 with segmenter v2):
+    // measured: 0.9695 with the output whitened (it lifts low-variance directions, and the decoder's noise with them);
+    // 0.975 before (segmenter v3, 1 view of three backbones; 0.978 with 2 views of two; 0.983 with segmenter v2):
     // jpeg-js and libjpeg-turbo decode a level or two apart,
     // which moves the mask's edge; every stage from the reference's own decoded pixels is exact (tests above)
-    assert.ok(minCos >= 0.97, `min cosine ${minCos}`);
+    assert.ok(minCos >= 0.965, `min cosine ${minCos}`);
   });
 
   it("recognizePair fuses both sides as the reference", async () => {
