@@ -165,12 +165,13 @@ def _cmd_train_embedder_branch(args: argparse.Namespace) -> int:
 
 def _cmd_train_embedder_whiten(args: argparse.Namespace) -> int:
     from coinvision.sdk.files import list_images
-    from coinvision.trainer.emb_whiten import fit_whitening
+    from coinvision.trainer.emb_whiten import DEFAULT_SHRINK, fit_whitening
 
+    shrink = DEFAULT_SHRINK if args.shrink is None else args.shrink
     out = fit_whitening(args.checkpoint, list_images(args.photos), args.out, segmenter_models_dir=args.models,
-                        segmenter_runtime=args.runtime, shrink=args.shrink,
+                        segmenter_runtime=args.runtime, shrink=shrink,
                         calibration=tuple(args.calibrate) if args.calibrate else None)
-    print(f"wrote {out}: {args.checkpoint} with its output whitened (fitted on {args.photos}, shrink {args.shrink}); "
+    print(f"wrote {out}: {args.checkpoint} with its output whitened (fitted on {args.photos}, shrink {shrink}); "
           f"export it with `coinvision export {out} ...`")
     return 0
 
@@ -287,8 +288,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     whiten.add_argument("--calibrate", type=Path, nargs=2, metavar=("CATALOG_DIR", "QUERY_DIR"), default=None,
                         help="held-out classes (<dir>/<class>/<photo>) to recalibrate the unknown-coin threshold on "
                              "(without it the checkpoint has none)")
-    whiten.add_argument("--shrink", type=float, default=1.0,
-                        help="variance floor, a multiple of the mean variance added to every direction (1.0)")
+    whiten.add_argument("--shrink", type=float, default=None,
+                        help="variance floor, a multiple of the mean variance added to every direction (default 1.0, "
+                             "picked by benchmarks/bench_embedder_whiten.py)")
     whiten.add_argument("--models", type=Path, default=Path("models/release"),
                         help="models folder whose segmenter cuts the crops (the one the SDK ships)")
     whiten.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from coinvision.sdk.errors import DatasetError
+from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
 from coinvision.trainer.emb_branch import PCA_VIEWS, crop_samples, recalibrate_unknown, whitened_pca
@@ -39,8 +39,8 @@ def fit_whitening(checkpoint: str | Path, photos: Sequence[Path], out: str | Pat
                   calibration: tuple[Path, Path] | None = None, progress: bool = True) -> Path:
     """Write ``out``: ``checkpoint``'s embedder with its output whitened, fitted on ``photos`` (training-class photos
     only; a whitening it has already is replaced), cropped by the segmenter of ``segmenter_models_dir`` (the one the
-    SDK ships); ``calibration``: ``(catalog_dir, query_dir)`` of held-out classes for the
-    unknown-coin threshold, which the new vectors need (without it the checkpoint has none)."""
+    SDK ships); ``calibration``: ``(catalog_dir, query_dir)`` of held-out classes for the unknown-coin threshold,
+    which the new vectors need (without it the checkpoint has none)."""
     model, cfg, base = load_embedder(checkpoint)
     if cfg.whiten:
         log.info("%s is whitened already: the whitening is fitted again", checkpoint)
@@ -48,7 +48,10 @@ def fit_whitening(checkpoint: str | Path, photos: Sequence[Path], out: str | Pat
                               segmenter_models_dir=str(segmenter_models_dir), segmenter_runtime=segmenter_runtime)
     whitened = build_embedder(cfg).eval()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("whiten_")}
-    whitened.load_state_dict(state, strict=False)
+    loaded = whitened.load_state_dict(state, strict=False)
+    if loaded.unexpected_keys or any(not k.startswith("whiten_") for k in loaded.missing_keys):
+        raise ConfigError(f"{checkpoint}: its weights do not fit its own config (missing {loaded.missing_keys[:3]}, "
+                          f"unexpected {loaded.unexpected_keys[:3]}); was it written by coinvision?")
     fit = crop_samples(cfg, photos, progress=progress)
     if not fit:
         raise DatasetError("no photos to fit the whitening on; pass a folder of training-class photos")
