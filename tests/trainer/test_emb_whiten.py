@@ -97,3 +97,20 @@ def test_fit_whitening_on_real_photos_keeps_the_parts_and_is_dropped_by_a_branch
                                                    BranchSpec(pretrained_path=str(weights), dims=8),
                                                    segmenter_models_dir=RELEASE, progress=False))
     assert not refit_cfg.whiten and not hasattr(refit, "whiten_projection")
+
+
+def test_cli_whitens_a_checkpoint_with_the_default_floor(tmp_path: Path, sample_root: Path, capsys) -> None:
+    from coinvision.cli.main import main
+
+    cfg = _cfg(tmp_path)
+    save_checkpoint(tmp_path / "base.pt", Checkpoint(kind="embedder", config=config_to_dict(cfg),
+                                                     state_dict=build_embedder(cfg).state_dict(), epoch=1))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in list_images(sample_root / "coins211")[:6]:
+        (photos / path.name).symlink_to(path.resolve())
+    assert main(["train", "embedder-whiten", str(tmp_path / "base.pt"), "--photos", str(photos), "--models",
+                 str(RELEASE), "--out", str(tmp_path / "white.pt")]) == 0
+    assert "shrink 1.0" in capsys.readouterr().out
+    _, white_cfg, ckpt = load_embedder(tmp_path / "white.pt")
+    assert white_cfg.whiten and ckpt.metrics["whiten_shrink"] == 1.0 and ckpt.metrics["whiten_fit_photos"] == 6
