@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.bench_embedder_ensemble import unit_rows
 from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, write_result
 
-__all__ = ["main", "pipeline_vectors", "split_scores"]
+__all__ = ["add_split_options", "main", "pipeline_vectors", "split_missing", "split_scores"]
 
 SPLITS = ("catalog", "query", "train", "val_seen")
 DISTRACTORS_PER_CLASS = 3  # as `coinvision eval retrieval --distractors`
@@ -70,6 +70,20 @@ def pipeline_vectors(models: Path, split_dir: Path, cache_dir: Path, views: int 
     return out
 
 
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    """``--split`` (the release split's folders) and ``--cache`` (the pipeline vectors, per embedder file)."""
+    parser.add_argument("--split", type=Path, default=ROOT / "runs" / "split", help="the release split's folders")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "embedder_pair")
+
+
+def split_missing(split: Path, prog: str) -> bool:
+    """True (and says so on stderr) when ``split`` lacks one of the release split's folders."""
+    if all((split / s).is_dir() for s in SPLITS):
+        return False
+    print(f"{prog}: {split} lacks one of {SPLITS}; make the release split with `make split`", file=sys.stderr)
+    return True
+
+
 def split_scores(vec: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
     """Per-split vectors scored as the model card scores the release: the held-out classes alone and with the
     training classes' first photos as distractors, the trained classes' held-out photos against that catalog, and
@@ -100,16 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, nargs=2, required=True, metavar=("A", "B"),
                         help="two release folders whose embedders have a branch (A's branch is the one used)")
-    parser.add_argument("--split", type=Path, default=ROOT / "runs" / "split", help="the release split's folders")
-    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "embedder_pair")
+    add_split_options(parser)
     parser.add_argument("--trained-dims", type=int, default=64, help="length of each vector's trained part")
     parser.add_argument("--views", type=int, default=None,
                         help="rotated views averaged per photo (default: each folder's metadata)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "embedder_pair.json")
     args = parser.parse_args(argv)
-    if not all((args.split / s).is_dir() for s in SPLITS):
-        print(f"bench_embedder_pair: {args.split} lacks one of {SPLITS}; make the release split with `make split`",
-              file=sys.stderr)
+    if split_missing(args.split, "bench_embedder_pair"):
         return MISSING_INPUTS_EXIT
     a, b = (pipeline_vectors(m, args.split, args.cache, args.views) for m in args.models)
     labels = {s: a[f"{s}_labels"] for s in SPLITS}

@@ -28,8 +28,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_embedder_ensemble import unit_rows
-from benchmarks.bench_embedder_pair import DISTRACTORS_PER_CLASS, SPLITS, pipeline_vectors, split_scores
-from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, ROOT, write_result
+from benchmarks.bench_embedder_pair import (
+    DISTRACTORS_PER_CLASS,
+    SPLITS,
+    add_split_options,
+    pipeline_vectors,
+    split_missing,
+    split_scores,
+)
+from benchmarks.common import MISSING_INPUTS_EXIT, RESULTS_DIR, write_result
 
 __all__ = ["fold_recall_at_1", "main"]
 
@@ -73,13 +80,10 @@ def fold_recall_at_1(vec: dict[str, np.ndarray], labels: dict[str, np.ndarray], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True, help="a release folder whose embedder is NOT whitened")
-    parser.add_argument("--split", type=Path, default=ROOT / "runs" / "split", help="the release split's folders")
-    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "embedder_pair")
+    add_split_options(parser)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "embedder_whiten.json")
     args = parser.parse_args(argv)
-    if not all((args.split / s).is_dir() for s in SPLITS):
-        print(f"bench_embedder_whiten: {args.split} lacks one of {SPLITS}; make the release split with `make split`",
-              file=sys.stderr)
+    if split_missing(args.split, "bench_embedder_whiten"):
         return MISSING_INPUTS_EXIT
     data = pipeline_vectors(args.models, args.split, args.cache)
     vec = {s: data[s] for s in SPLITS}

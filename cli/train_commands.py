@@ -176,6 +176,21 @@ def _cmd_train_embedder_whiten(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fit_options(parser: argparse.ArgumentParser, checkpoint_help: str, fitted: str) -> None:
+    """What the training-free fits on a finished embedder share: its checkpoint, the training photos ``fitted`` is
+    fitted on, the output, the unknown-threshold recalibration and the segmenter that cuts the crops."""
+    parser.add_argument("checkpoint", type=Path, help=checkpoint_help)
+    parser.add_argument("--photos", type=Path, required=True,
+                        help=f"photos of TRAINING classes only (e.g. runs/split/train): {fitted} is fitted on them")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    parser.add_argument("--calibrate", type=Path, nargs=2, metavar=("CATALOG_DIR", "QUERY_DIR"), default=None,
+                        help="held-out classes (<dir>/<class>/<photo>) to recalibrate the unknown-coin threshold on "
+                             "(without it the checkpoint has none)")
+    parser.add_argument("--models", type=Path, default=Path("models/release"),
+                        help="models folder whose segmenter cuts the crops (the one the SDK ships)")
+    parser.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect datasets and write splits")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -253,14 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     branch = train_subparsers(sub).add_parser(
         "embedder-branch", help="add a frozen pretrained branch (PCA on training photos) to a trained embedder")
-    branch.add_argument("checkpoint", type=Path,
-                        help="trained embedder checkpoint, e.g. runs/embedder/recovered/best.pt")
-    branch.add_argument("--photos", type=Path, required=True,
-                        help="photos of TRAINING classes only (e.g. runs/split/train): the PCA is fitted on them")
-    branch.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    branch.add_argument("--calibrate", type=Path, nargs=2, metavar=("CATALOG_DIR", "QUERY_DIR"), default=None,
-                        help="held-out classes (<dir>/<class>/<photo>) to recalibrate the unknown-coin threshold on "
-                             "(without it the checkpoint has none)")
+    _add_fit_options(branch, "trained embedder checkpoint, e.g. runs/embedder/recovered/best.pt", "the PCA")
     branch.add_argument("--branch", default=None, help="timm backbone of the branch (tf_efficientnet_lite0)")
     branch.add_argument("--branch-weights", type=Path, default=None,
                         help="its local pretrained weights (runs/pretrained/tf_efficientnet_lite0.pth, written by "
@@ -274,24 +282,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="share of the companion in the cosine (0.4; the base keeps 1 - this - the branch's)")
     branch.add_argument("--embed-rotations", type=int, default=None,
                         help="rotated views the SDK averages (metadata; default: the trained embedder's)")
-    branch.add_argument("--models", type=Path, default=Path("models/release"),
-                        help="models folder whose segmenter cuts the crops (the one the SDK ships)")
-    branch.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")
     branch.set_defaults(func=_cmd_train_embedder_branch)
 
     whiten = train_subparsers(sub).add_parser(
         "embedder-whiten", help="whiten a finished embedder's output (PCA fitted on training photos)")
-    whiten.add_argument("checkpoint", type=Path, help="embedder checkpoint, e.g. runs/embedder/pair/best.pt")
-    whiten.add_argument("--photos", type=Path, required=True,
-                        help="photos of TRAINING classes only (e.g. runs/split/train): the whitening is fitted on them")
-    whiten.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    whiten.add_argument("--calibrate", type=Path, nargs=2, metavar=("CATALOG_DIR", "QUERY_DIR"), default=None,
-                        help="held-out classes (<dir>/<class>/<photo>) to recalibrate the unknown-coin threshold on "
-                             "(without it the checkpoint has none)")
+    _add_fit_options(whiten, "embedder checkpoint, e.g. runs/embedder/pair/best.pt", "the whitening")
     whiten.add_argument("--shrink", type=float, default=None,
                         help="variance floor, a multiple of the mean variance added to every direction (default 1.0, "
                              "picked by benchmarks/bench_embedder_whiten.py)")
-    whiten.add_argument("--models", type=Path, default=Path("models/release"),
-                        help="models folder whose segmenter cuts the crops (the one the SDK ships)")
-    whiten.add_argument("--runtime", default="tflite", choices=("onnx", "tflite"), help="its runtime")
     whiten.set_defaults(func=_cmd_train_embedder_whiten)

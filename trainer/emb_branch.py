@@ -39,7 +39,8 @@ from coinvision.trainer.emb_data import CropCache, Sample, make_crop_source
 from coinvision.trainer.emb_model import KIND, Embedder, build_embedder, load_embedder
 from coinvision.trainer.emb_train import embed_samples, embed_views
 
-__all__ = ["PCA_VIEWS", "BranchSpec", "crop_samples", "fit_branch", "recalibrate_unknown", "whitened_pca"]
+__all__ = ["PCA_VIEWS", "BranchSpec", "crop_samples", "fit_branch", "open_crop_cache", "recalibrate_unknown",
+           "whitened_pca"]
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,20 @@ def whitened_pca(rows: np.ndarray, dims: int, shrink: float = 0.0,
     return mean, vt[:dims].T / sigma[:dims] ** power
 
 
-def crop_samples(cfg: EmbedderConfig, paths: Sequence[Path], labels: Sequence[str] | None = None, *,
+def open_crop_cache(cfg: EmbedderConfig) -> CropCache:
+    """The crop cache of ``cfg``'s segmenter and crop (the segmenter loads here: open it once per fit)."""
+    return CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg))
+
+
+def crop_samples(cache: CropCache, paths: Sequence[Path], labels: Sequence[str] | None = None, *,
                  progress: bool = True) -> list[Sample]:
-    """The SDK pipeline's crops of ``paths`` (segmenter and crop of ``cfg``, cached), as training samples."""
-    crops = CropCache(Path(cfg.crop_cache_dir), make_crop_source(cfg)).build(list(paths), progress=progress)
+    """The SDK pipeline's crops of ``paths`` (computed once, then read from ``cache``), as training samples."""
+    crops = cache.build(list(paths), progress=progress)
     return [Sample(c.path, label, Path(p), c.found) for c, p, label in
             zip(crops, paths, labels or [""] * len(crops), strict=True)]
 
 
-def recalibrate_unknown(model: Embedder, cfg: EmbedderConfig, calibration: tuple[Path, Path],
+def recalibrate_unknown(model: Embedder, cfg: EmbedderConfig, cache: CropCache, calibration: tuple[Path, Path],
                         metrics: dict[str, Any], *, progress: bool = True) -> EmbedderConfig:
     """``cfg`` with the unknown-coin threshold of ``model``'s vectors, calibrated as the trainer does on
     ``calibration`` = ``(catalog_dir, query_dir)`` of held-out classes; the figures go into ``metrics``."""
@@ -95,7 +101,7 @@ def recalibrate_unknown(model: Embedder, cfg: EmbedderConfig, calibration: tuple
     for folder in calibration:
         pairs = list_class_folder(folder)
         labels.append([label for _, label in pairs])
-        samples = crop_samples(cfg, [p for p, _ in pairs], labels[-1], progress=progress)
+        samples = crop_samples(cache, [p for p, _ in pairs], labels[-1], progress=progress)
         vectors.append(embed_samples(model, samples, cfg, torch.device("cpu")))
     calib = calibrate_unknown_threshold(vectors[1], labels[1], vectors[0], labels[0],
                                         target_unknown_accept=cfg.unknown_target_accept)
@@ -155,7 +161,8 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     missing = combined.load_state_dict(trained, strict=False).missing_keys
     if any(not k.startswith(("branch.", "branch_mix", "part_mix")) for k in missing):
         raise ConfigError(f"{base_checkpoint}: weights {missing[:3]} are missing from the trained embedder")
-    fit = crop_samples(cfg, photos, progress=progress)
+    cache = open_crop_cache(cfg)
+    fit = crop_samples(cache, photos, progress=progress)
     if not fit:
         raise DatasetError("no photos to fit the branch's PCA on; pass a folder of training-class photos")
     cpu = torch.device("cpu")
@@ -167,7 +174,7 @@ def fit_branch(base_checkpoint: str | Path, photos: Sequence[Path], out: str | P
     metrics = {**base.metrics, "base_fingerprint": base.fingerprint, "branch_fit_photos": len(fit),
                "branch_fit_rows": int(rows.shape[0] * rows.shape[1]), **companion_metrics}
     if calibration is not None:
-        cfg = recalibrate_unknown(combined, cfg, calibration, metrics, progress=progress)
+        cfg = recalibrate_unknown(combined, cfg, cache, calibration, metrics, progress=progress)
     ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=combined.state_dict(), epoch=base.epoch,
                       metrics=metrics)
     path = save_checkpoint(out, ckpt)

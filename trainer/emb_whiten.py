@@ -23,7 +23,7 @@ import torch
 from coinvision.sdk.errors import ConfigError, DatasetError
 from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict
-from coinvision.trainer.emb_branch import PCA_VIEWS, crop_samples, recalibrate_unknown, whitened_pca
+from coinvision.trainer.emb_branch import PCA_VIEWS, crop_samples, open_crop_cache, recalibrate_unknown, whitened_pca
 from coinvision.trainer.emb_model import KIND, build_embedder, load_embedder
 from coinvision.trainer.emb_train import embed_views
 
@@ -52,7 +52,8 @@ def fit_whitening(checkpoint: str | Path, photos: Sequence[Path], out: str | Pat
     if loaded.unexpected_keys or any(not k.startswith("whiten_") for k in loaded.missing_keys):
         raise ConfigError(f"{checkpoint}: its weights do not fit its own config (missing {loaded.missing_keys[:3]}, "
                           f"unexpected {loaded.unexpected_keys[:3]}); was it written by coinvision?")
-    fit = crop_samples(cfg, photos, progress=progress)
+    cache = open_crop_cache(cfg)
+    fit = crop_samples(cache, photos, progress=progress)
     if not fit:
         raise DatasetError("no photos to fit the whitening on; pass a folder of training-class photos")
     rows = embed_views(whitened.mixed, fit, cfg.input_spec, PCA_VIEWS, torch.device("cpu"),
@@ -63,7 +64,7 @@ def fit_whitening(checkpoint: str | Path, photos: Sequence[Path], out: str | Pat
     metrics = {**base.metrics, "unwhitened_fingerprint": base.fingerprint, "whiten_fit_photos": len(fit),
                "whiten_fit_rows": int(rows.shape[0] * rows.shape[1]), "whiten_shrink": shrink}
     if calibration is not None:
-        cfg = recalibrate_unknown(whitened, cfg, calibration, metrics, progress=progress)
+        cfg = recalibrate_unknown(whitened, cfg, cache, calibration, metrics, progress=progress)
     ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=whitened.state_dict(), epoch=base.epoch,
                       metrics=metrics)
     path = save_checkpoint(out, ckpt)
