@@ -466,18 +466,28 @@ class SceneSynthesizer:
         image = background
         for layer, layer_mask in stack:
             image = pyramid_blend(merge_with_mask(layer, image, layer_mask), image, layer_mask, cfg.blend_levels)
-        main_mask = _visible_masks([m for _, m in stack])[main_index]
+        visible = _visible_masks([m for _, m in stack])
+        main_mask = visible[main_index]
         if rng.random() < cfg.finger_p:
             image, occluded = occlude_with_finger(image, main_mask, rng)
             full_mask = full_mask & ~(main_mask & ~occluded)
-            main_mask = occluded
+            main_mask = visible[main_index] = occluded
         if _chance(rng, cfg.glare_p):
             image = add_glare(image, main_mask, rng)
         image = noise_and_shadows(image, rng)
         if rng.random() < cfg.letterbox_p:
-            stacked = np.stack([full_mask, main_mask], axis=-1).astype(np.uint8)
-            image2, _ = random_letterbox(image, full_mask, np.random.default_rng([self.seed, index, 1]))
-            both = [random_letterbox(image, stacked[..., k] > 0, np.random.default_rng([self.seed, index, 1]))[1]
-                    for k in range(2)]
-            image, full_mask, main_mask = image2, both[0], both[1]
+            image, full_mask, main_mask = self._letterboxed(image, full_mask, visible, main_index, index)
         return image, full_mask, main_mask
+
+    def _letterboxed(self, image: np.ndarray, full_mask: np.ndarray, visible: list[np.ndarray], main_index: int,
+                     index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The scene cut to a random aspect and letterboxed, with its masks. The crop may cut the main coin down
+        below another coin, or out of the picture: the label is then the coin that is largest in what is left,
+        as the pipeline's largest-coin rule sees it."""
+        def cut(mask: np.ndarray) -> np.ndarray:  # one seed per scene: the image and every mask get the same crop
+            return random_letterbox(image, mask, np.random.default_rng([self.seed, index, 1]))[1]
+
+        out_image = random_letterbox(image, full_mask, np.random.default_rng([self.seed, index, 1]))[0]
+        kept = [cut(mask) for mask in visible]
+        largest = max(range(len(kept)), key=lambda k: (int(kept[k].sum()), k == main_index))
+        return out_image, cut(full_mask), kept[largest]

@@ -285,3 +285,29 @@ def test_segmenter_postprocess_sets_metadata_keeps_weights_and_refuses_training_
     with pytest.raises(ConfigError, match=r"single_pass_box_frac=0\.0: must be > 0"):
         set_postprocess(src, tmp_path / "x.pt", {"single_pass_box_frac": 0})
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_letterbox_crop_relabels_when_main_coin_is_cut_out(dark_backgrounds):
+    """The letterbox crop may cut the main coin out of the picture (or down below another coin): the label is then
+    the coin that is largest in what is left, never an empty or sliver mask beside a whole visible coin."""
+    synth = SceneSynthesizer(_white_coins(), dark_backgrounds, SynthConfig(size_px=64), seed=4)
+    main, other = _disc((64, 64), (8, 32), 8), _disc((64, 64), (50, 32), 6)  # main coin at the left edge
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[main | other] = 255
+    outcomes = set()
+    for index in range(40):
+        _, full, label = synth._letterboxed(image, main | other, [other, main], 1, index)
+        bright = _letterbox_view(synth, image, index)
+        count, parts, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
+        assert count >= 2, "the crop keeps at least one coin here"
+        biggest = parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        assert _iou(label, biggest) > 0.8 and not (label & ~full).any()
+        outcomes.add("main" if label[:, :32].any() else "other")
+    assert outcomes == {"main", "other"}  # both cases occur over these crops
+
+
+def _letterbox_view(synth: SceneSynthesizer, image: np.ndarray, index: int) -> np.ndarray:
+    from coinvision.trainer.seg_scenes import random_letterbox
+
+    cut, _ = random_letterbox(image, image[..., 0] > 0, np.random.default_rng([synth.seed, index, 1]))
+    return cut[..., 0] > 127
