@@ -165,12 +165,17 @@ def _resolve(path: str | None) -> str | None:
     return str(p if p.is_absolute() else ROOT / p)
 
 
-def data_config(checkpoint: Path | None, size_px: int):
-    """The segmenter config whose validation split to use: the checkpoint's, else the defaults on ../shared."""
+def data_config(checkpoint: Path | None, size_px: int, yaml_path: Path | None = None,
+                overrides: dict[str, Any] | None = None):
+    """The segmenter config whose validation split to use: the checkpoint's, or a config YAML's (e.g. the release's
+    ``models/release/training/segmenter.train_config.yaml``, for a clone without the checkpoint), with ``overrides``;
+    else the defaults on ../shared."""
     from coinvision.trainer.config_io import resolve_config
     from coinvision.trainer.seg_config import SegmenterConfig
 
-    if checkpoint is not None:
+    if yaml_path is not None:
+        cfg = resolve_config(SegmenterConfig, yaml_path, {**(overrides or {}), "pretrained_path": None})
+    elif checkpoint is not None:
         from coinvision.trainer.checkpoint import load_checkpoint
 
         cfg = resolve_config(SegmenterConfig,
@@ -379,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-checkpoint",
                         help="checkpoint whose config defines the validation data and scene recipe (default: "
                              "--checkpoint's): checkpoints trained on other scene mixes scored on the same scenes")
+    parser.add_argument("--data-config", help="segmenter config YAML that defines the validation data and scene recipe "
+                                              "instead of a checkpoint's (e.g. models/release/training/"
+                                              "segmenter.train_config.yaml)")
+    parser.add_argument("--data-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of --data-config, e.g. synth.multi_coin_p=0.35 (the scenes of the model card)")
     parser.add_argument("--labels-dir", help="real-photo labels to score against (default: the checkpoint config's)")
     parser.add_argument("--exported", nargs="*", help="only these exported files of --models (e.g. segmenter.tflite)")
     parser.add_argument("--distractor", type=int, default=0, help="2-5 coin validation scenes (default 0)")
@@ -417,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = next((Path(m.path) for m in models if m.runtime == "torch"), None)
     size_px = models[0].size_px
     data_source = Path(args.data_checkpoint) if args.data_checkpoint else (ROOT / checkpoint if checkpoint else None)
-    cfg = data_config(data_source, size_px if size_px % 32 == 0 else 128)
+    from coinvision.trainer.config_io import parse_overrides
+
+    data_yaml = Path(args.data_config) if args.data_config else None
+    cfg = data_config(data_source, size_px if size_px % 32 == 0 else 128, data_yaml, parse_overrides(args.data_set))
     if args.labels_dir:
         cfg = dataclasses.replace(cfg, labels_dir=_resolve(args.labels_dir))
     data = load_eval_data(cfg, n_synth, n_real, synth_size_px=args.synth_size_px, sample_root=Path(args.sample_root),
@@ -436,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         "data_notes": data.notes, "synthetic_scenes": len(data.synthetic), "synth_size_px": data.synth_size_px,
         "real_photos": len(data.real), "real_photo_paths": [_rel(p) for p, _, _ in data.real],
         "distractor_scenes": len(data.distractor), "handchecked_photos": len(data.handchecked),
-        "data_checkpoint": _rel(data_source) if data_source else None,
+        "data_checkpoint": _rel(data_source) if data_source and not data_yaml else None,
+        "data_config_file": _rel(data_yaml) if data_yaml else None, "data_set": args.data_set,
         "data_config": {"data_roots": cfg.data_roots, "labels_dir": cfg.labels_dir, "split_seed": cfg.split_seed,
                         "split_file": cfg.split_file, "seed": cfg.seed, "val_real": cfg.val_real},
         "models": [], "skipped": skipped,

@@ -219,6 +219,7 @@ def _segmentation_json(result: Result) -> dict[str, Any]:
     return {
         "found": seg.found,
         "passes": seg.passes,
+        "tiled": seg.tiled,
         "bbox": list(map(int, seg.bbox)) if seg.bbox is not None else None,
         "mask_area": int(seg.mask.sum()) if seg.mask is not None else 0,
         "first_pass_area": int(seg.first_pass_mask.sum()) if seg.first_pass_mask is not None else 0,
@@ -443,6 +444,7 @@ def check_kit(kit_dir: str | Path, models_dir: str | Path | None = None) -> Chec
             seg, want_seg = _segmentation_json(s.result), want_rt["segmentation"]
             add(pid, rt, "segmentation", "found", str(seg["found"]), str(want_seg["found"]), "equal")
             add(pid, rt, "segmentation", "passes", seg["passes"], want_seg["passes"], "equal")
+            add(pid, rt, "segmentation", "tiled", str(seg["tiled"]), str(want_seg.get("tiled", False)), "equal")
             if want_seg["found"] and seg["found"]:
                 bbox_diff = float(np.max(np.abs(np.subtract(seg["bbox"], want_seg["bbox"]))))
                 add(pid, rt, "segmentation", "bbox_max_abs_px", bbox_diff, tol["bbox_max_abs_px"], "max")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_MIN_AREA_FRAC",
     "DEFAULT_SEGMENT_THRESHOLD",
     "DEFAULT_SINGLE_PASS_BOX_FRAC",
+    "DEFAULT_TILE_FRAC",
     "PredictFn",
     "Segmentation",
     "Segmenter",
@@ -40,6 +42,8 @@ __all__ = [
     "largest_component",
     "sigmoid",
     "split_touching_coins",
+    "tile_boxes",
+    "tiled_probability",
     "two_pass_segment",
 ]
 
@@ -52,6 +56,8 @@ DEFAULT_MARGIN_FRAC = 0.15  # two-pass crop margin per side (segmenter metadata 
 DEFAULT_MIN_AREA_FRAC = 0.002  # smallest coin, share of the image (segmenter `extra["min_area_frac"]`)
 # No default skip: without segmenter `extra["single_pass_box_frac"]` the second pass always runs.
 DEFAULT_SINGLE_PASS_BOX_FRAC: float | None = None
+# No default tiles: without segmenter `extra["tile_frac"]` a first pass that finds no coin ends segmentation.
+DEFAULT_TILE_FRAC: float | None = None
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -170,6 +176,7 @@ class Segmentation:
     bbox: tuple[int, int, int, int] | None  # square x0, y0, x1, y1 (may exceed the image)
     passes: int = 0
     first_pass_mask: np.ndarray | None = field(default=None, repr=False)
+    tiled: bool = False  # the first pass found no coin, so the tiles ran (spec 2.3); the mask, if any, is theirs
 
     @property
     def found(self) -> bool:
@@ -179,6 +186,38 @@ class Segmentation:
 def _predict_on(image: np.ndarray, predict: PredictFn, size_px: int, pad_value: int) -> np.ndarray:
     square, box = letterbox(image, size_px, pad_value)
     return unletterbox(predict(square), box)
+
+
+def tile_boxes(height: int, width: int, tile_frac: float) -> list[tuple[int, int, int, int]]:
+    """The 4 square tiles of spec step 2.3: side ``ceil(tile_frac * L)`` at the corners of the photo's centred
+    ``L x L`` frame (``L`` its longer side), row by row; ``(x0, y0, x1, y1)`` with exclusive ends, past the photo
+    on its shorter side."""
+    side = max(height, width)
+    tile = math.ceil(tile_frac * side)
+    fx0, fy0 = (width - side) // 2, (height - side) // 2
+    return [(x, y, x + tile, y + tile) for y in (fy0, fy0 + side - tile) for x in (fx0, fx0 + side - tile)]
+
+
+def _paste(full: np.ndarray, crop_prob: np.ndarray, box: tuple[int, int, int, int], *, keep_max: bool) -> None:
+    """Write a crop's probability map into the photo-size map at ``box`` (the part inside the photo)."""
+    x0, y0, x1, y1 = box
+    h, w = full.shape
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return
+    part = crop_prob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    full[sy0:sy1, sx0:sx1] = np.maximum(full[sy0:sy1, sx0:sx1], part) if keep_max else part
+
+
+def tiled_probability(image: np.ndarray, predict: PredictFn, *, size_px: int, tile_frac: float,
+                      pad_value: int = 0) -> np.ndarray:
+    """Spec step 2.3's second look at a photo whose first pass found no coin: each of the 4 :func:`tile_boxes`
+    segmented at the model's full resolution (a coin too small for the whole-photo pass is ``1 / tile_frac``
+    times larger in a tile), the maps pasted into one photo-size map, the maximum where tiles overlap."""
+    full = np.zeros(image.shape[:2], dtype=np.float32)
+    for box in tile_boxes(image.shape[0], image.shape[1], tile_frac):
+        _paste(full, _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value), box, keep_max=True)
+    return full
 
 
 def two_pass_segment(
@@ -194,6 +233,7 @@ def two_pass_segment(
     min_second_pass_area_ratio: float = 0.5,
     split_touching: bool = False,
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC,
+    tile_frac: float | None = DEFAULT_TILE_FRAC,
 ) -> Segmentation:
     """The design's refinement: segment the whole photo, keep the largest component, crop a square around
     it with a margin, segment the crop again at full model resolution, paste back, keep the largest
@@ -202,29 +242,32 @@ def two_pass_segment(
     first (:func:`split_touching_coins`). ``single_pass_box_frac`` (metadata ``extra["single_pass_box_frac"]``,
     default None: always two passes): when the crop's longer side is at least this share of the photo's longer
     side the first pass is the answer, since the second would see the coin at barely more pixels than the first
-    (a coin that fills the frame, as most photos of one coin do)."""
+    (a coin that fills the frame, as most photos of one coin do). ``tile_frac`` (metadata ``extra["tile_frac"]``,
+    default None: no tiles): when the first pass finds no coin, :func:`tiled_probability` looks again at 4 tiles
+    of this share of the photo's longer side, and the first pass's mask comes from them (``tiled``)."""
     prob = _predict_on(image, predict, size_px, pad_value)
     first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
+    tiled = first is None and tile_frac is not None
+    if tiled:
+        prob = tiled_probability(image, predict, size_px=size_px, tile_frac=tile_frac, pad_value=pad_value)
+        first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
     if first is None:
-        return Segmentation(mask=None, bbox=None, passes=1)
+        return Segmentation(mask=None, bbox=None, passes=1, tiled=tiled)
     if not two_pass:
-        return Segmentation(mask=first, bbox=square_bbox(first, margin_frac), passes=1, first_pass_mask=first)
+        return Segmentation(mask=first, bbox=square_bbox(first, margin_frac), passes=1, first_pass_mask=first,
+                            tiled=tiled)
     box = square_bbox(first, margin_frac)
     if single_pass_box_frac is not None and \
             max(box[2] - box[0], box[3] - box[1]) >= single_pass_box_frac * max(image.shape[:2]):
-        return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first)
-    crop_prob = _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value)
+        return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first, tiled=tiled)
     full = np.zeros(image.shape[:2], dtype=np.float32)
-    x0, y0, x1, y1 = box
-    h, w = image.shape[:2]
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    full[sy0:sy1, sx0:sx1] = crop_prob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    _paste(full, _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value), box, keep_max=False)
     # The second pass sees only the crop. When it loses the coin entirely, or keeps only a fragment of what the
     # first pass found (seen on small coins upscaled into the crop), the first pass is the better answer.
     second = largest_component(full >= threshold, min_area_frac, split_touching=split_touching) if full.any() else None
     lost = second is None or second.sum() < min_second_pass_area_ratio * first.sum()
     mask = first if lost else second
-    return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first)
+    return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first, tiled=tiled)
 
 
 
@@ -239,6 +282,7 @@ class SegmenterParams:
     pad_value: int = 0  # letterbox padding (metadata input.pad_value)
     split_touching: bool = False  # spec 2.6: cut touching coins apart before keeping the largest (v2 models)
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # spec 2.4: no second pass for a box this big
+    tile_frac: float | None = DEFAULT_TILE_FRAC  # spec 2.3: tiles of this share of the longer side when none found
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -251,14 +295,18 @@ class SegmenterParams:
         if self.single_pass_box_frac is not None and not self.single_pass_box_frac > 0.0:
             raise ConfigError(f"segmenter single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), "
                               "or absent to always run the second pass")
+        if self.tile_frac is not None and not 0.5 <= self.tile_frac < 1.0:
+            raise ConfigError(f"segmenter tile_frac={self.tile_frac}: must be in [0.5, 1) so the 4 tiles cover the "
+                              "photo and each is smaller than it (e.g. 0.6), or absent for no tiles")
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> SegmenterParams:
         """``threshold``, ``input.size_px`` / ``input.pad_value`` and ``extra`` (``margin_frac``,
-        ``min_area_frac``, ``split_touching``, ``single_pass_box_frac``); what the metadata leaves out takes the spec
-        default."""
+        ``min_area_frac``, ``split_touching``, ``single_pass_box_frac``, ``tile_frac``); what the metadata leaves out
+        takes the spec default."""
         extra = meta.extra
         single_pass = extra.get("single_pass_box_frac", DEFAULT_SINGLE_PASS_BOX_FRAC)
+        tile_frac = extra.get("tile_frac", DEFAULT_TILE_FRAC)
         return cls(
             size_px=meta.input.size_px,
             threshold=float(meta.threshold or DEFAULT_SEGMENT_THRESHOLD),
@@ -267,6 +315,7 @@ class SegmenterParams:
             pad_value=meta.input.pad_value,
             split_touching=bool(extra.get("split_touching", False)),
             single_pass_box_frac=None if single_pass is None else float(single_pass),
+            tile_frac=None if tile_frac is None else float(tile_frac),
         )
 
 
@@ -333,4 +382,5 @@ class Segmenter:
         p = self.params
         return two_pass_segment(image, predict, size_px=p.size_px, threshold=p.threshold, margin_frac=p.margin_frac,
                                 min_area_frac=p.min_area_frac, pad_value=p.pad_value, two_pass=two_pass,
-                                split_touching=p.split_touching, single_pass_box_frac=p.single_pass_box_frac)
+                                split_touching=p.split_touching, single_pass_box_frac=p.single_pass_box_frac,
+                                tile_frac=p.tile_frac)

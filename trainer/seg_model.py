@@ -24,7 +24,7 @@ __all__ = ["KIND", "POSTPROCESS_KEYS", "SegmenterConfig", "build_segmenter", "co
 KIND = "segmenter"
 # Config keys that only change how the probability map becomes the mask (spec step 2), never the weights: they
 # may be set on a trained checkpoint after measuring them (the fingerprint, a hash of the weights, stays).
-POSTPROCESS_KEYS = ("threshold", "margin_frac", "split_touching", "single_pass_box_frac")
+POSTPROCESS_KEYS = ("threshold", "margin_frac", "split_touching", "single_pass_box_frac", "tile_frac")
 
 
 def build_segmenter(cfg: SegmenterConfig) -> nn.Module:
@@ -64,7 +64,8 @@ def segmenter_metadata(cfg: SegmenterConfig, fingerprint: str) -> ModelMetadata:
         runtime_format="torch",
         extra={"margin_frac": cfg.margin_frac, "decoder_channels": list(cfg.decoder_channels),
                **({"split_touching": True} if cfg.split_touching else {}),
-               **({"single_pass_box_frac": cfg.single_pass_box_frac} if cfg.single_pass_box_frac is not None else {})},
+               **({"single_pass_box_frac": cfg.single_pass_box_frac} if cfg.single_pass_box_frac is not None else {}),
+               **({"tile_frac": cfg.tile_frac} if cfg.tile_frac is not None else {})},
     )
 
 

@@ -142,7 +142,7 @@ def main() -> None:
     (pipe / "samples.pack").write_bytes(pack.to_bytes())
     rec.load_pack(pack)
 
-    # extra queries: a background (no coin), two coins touching side by side, an EXIF-rotated JPEG
+    # extra queries: a background (no coin), two coins touching side by side, an EXIF-rotated JPEG, a far coin (tiles)
     extra_dir = pipe / "inputs"
     extra_dir.mkdir(exist_ok=True)
     a = np.asarray(Image.open(queries[0][1]).convert("RGB"))
@@ -156,7 +156,8 @@ def main() -> None:
     Image.fromarray(pair[:, :300]).save(extra_dir / "plain.png")
     background = sorted((SAMPLE / "backgrounds" / "images").iterdir())[0]
     all_queries = [*queries, ("background", background), ("two_coins", extra_dir / "two_coins.jpg"),
-                   ("exif6", extra_dir / "exif6.jpg"), ("plain_png", extra_dir / "plain.png")]
+                   ("exif6", extra_dir / "exif6.jpg"), ("plain_png", extra_dir / "plain.png"),
+                   ("far_coin", SAMPLE / "scenes" / "far_coin.png")]  # the first pass misses it, the tiles find it
 
     seg = rec.segmenter
     size = seg.params.size_px
@@ -168,7 +169,8 @@ def main() -> None:
         entry = {
             "name": name, "path": str(path.relative_to(ROOT)),
             "decoded": {"shape": list(rgb.shape), "sha256": hashlib.sha256(rgb.tobytes()).hexdigest()},
-            "found": emb.segmentation.found, "bbox": list(map(int, emb.segmentation.bbox or [])),
+            "found": emb.segmentation.found, "tiled": emb.segmentation.tiled,
+            "bbox": list(map(int, emb.segmentation.bbox or [])),
             "mask_area": int(emb.segmentation.mask.sum()) if emb.segmentation.found else 0,
             "embedding": [float(x) for x in emb.vector],
             "top5": [[m.coin_id, m.score] for m in result.matches], "unknown": result.unknown,

@@ -108,6 +108,7 @@ describe("conformance kit (ONNX)", { skip: !present && "conformance/ not present
       const seg = r.segmentation;
       assert.equal(seg.mask !== null, want.segmentation.found);
       assert.equal(seg.passes, want.segmentation.passes);
+      assert.equal(seg.tiled, want.segmentation.tiled);
       if (want.segmentation.found) {
         const m = unpackBits(readNpy(join(dir, "onnx", "mask.npy")).data as Uint8Array, rgb.width * rgb.height);
         let inter = 0, uni = 0;

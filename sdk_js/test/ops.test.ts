@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 
 import { connectedComponents, distanceTransform, resizeF32, resizeU8 } from "../src/core/cv.js";
-import { largestComponent, rotationViews, splitTouchingCoins, twoPassSegment } from "../src/core/preprocess.js";
+import { largestComponent, rotationViews, splitTouchingCoins, tileBoxes, twoPassSegment } from "../src/core/preprocess.js";
 import { FIXTURES, readJson } from "./helpers.js";
 
 const ops = readJson(join(FIXTURES, "ops.json"));
@@ -125,3 +125,43 @@ describe("twoPassSegment single_pass_box_frac (spec 2.4)", () => {
     assert.equal((await twoPassSegment(photo, predict, { sizePx: 64 })).passes, 2); // absent: always two
   });
 });
+
+describe("twoPassSegment tiles (spec 2.3)", () => {
+  it("tileBoxes: 4 squares of ceil(f × L) at the corners of the centred frame, row by row", () => {
+    assert.deepEqual(tileBoxes(320, 240, 0.6), [[0, -40, 192, 152], [128, -40, 320, 152], [0, 88, 192, 280], [128, 88, 320, 280]]);
+    assert.deepEqual(tileBoxes(199, 301, 0.6), [[-51, 0, 130, 181], [69, 0, 250, 181], [-51, 120, 130, 301], [69, 120, 250, 301]]);
+  });
+
+  // a 24-px coin in a 320x240 photo: 12 px in the 128-px first pass, which (like the shipped model) cannot see it
+  const width = 320, height = 240;
+  const data = new Uint8Array(width * height * 3).fill(30);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
+    if ((x - 250) ** 2 + (y - 190) ** 2 <= 12 ** 2) data.fill(220, (y * width + x) * 3, (y * width + x) * 3 + 3);
+  }
+  const photo = { width, height, channels: 3, data };
+  let calls = 0;
+  const blind = async (sq: { width: number; height: number; data: Uint8Array }) => {
+    calls++;
+    const out = new Float32Array(sq.width * sq.height);
+    let x0 = Infinity, x1 = -1;
+    for (let i = 0; i < out.length; i++) if (sq.data[i * 3]! > 127) { x0 = Math.min(x0, i % sq.width); x1 = Math.max(x1, i % sq.width); }
+    if (x1 - x0 + 1 >= 16) for (let i = 0; i < out.length; i++) out[i] = sq.data[i * 3]! > 127 ? 1 : 0;
+    return { width: sq.width, height: sq.height, data: out };
+  };
+
+  it("finds the coin in the tiles only when the metadata asks for them", async () => {
+    calls = 0;
+    const plain = await twoPassSegment(photo, blind, { sizePx: 128 });
+    assert.equal(plain.mask, null);
+    assert.equal(plain.tiled, false);
+    assert.equal(calls, 1);
+    calls = 0;
+    const seg = await twoPassSegment(photo, blind, { sizePx: 128, tileFrac: 0.6 });
+    assert.ok(seg.mask !== null && seg.tiled);
+    assert.equal(seg.passes, 2);
+    assert.equal(calls, 6); // whole photo, 4 tiles, the second pass
+    const [x0, y0, x1, y1] = seg.bbox!;
+    assert.ok(Math.abs((x0 + x1) / 2 - 250) <= 2 && Math.abs((y0 + y1) / 2 - 190) <= 2, `bbox ${seg.bbox}`);
+  });
+});
+

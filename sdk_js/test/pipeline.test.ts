@@ -112,6 +112,7 @@ describe("pipeline vs the Python reference (release ONNX models)", () => {
       // 2. two-pass segmentation with the touching-coin split
       const seg = await rec.segmenter.segment(decodedRef);
       assert.equal(seg.mask !== null, q.found);
+      assert.equal(seg.tiled, q.tiled);
       if (q.found) {
         const i1 = iou(seg.firstPassMask!, pngMask(join(dir, "mask1.png")));
         const i2 = iou(seg.mask!, pngMask(join(dir, "mask.png")));

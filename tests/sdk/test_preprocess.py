@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from coinvision.sdk.preprocess import (
     to_model_input,
     unletterbox,
 )
-from coinvision.sdk.segmenter import SegmenterParams, largest_component, two_pass_segment
+from coinvision.sdk.segmenter import SegmenterParams, largest_component, tile_boxes, two_pass_segment
 
 
 def _disc_image(h: int = 120, w: int = 200, center=(140, 60), radius: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +125,66 @@ def test_segmenter_params_read_single_pass_box_frac_from_metadata() -> None:
     assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).single_pass_box_frac is None
     with pytest.raises(ConfigError, match=r"single_pass_box_frac=0.0: must be > 0"):
         SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"single_pass_box_frac": 0}))
+
+
+@pytest.mark.parametrize(("height", "width"), [(300, 300), (240, 320), (301, 199)])
+def test_tile_boxes_are_four_squares_covering_the_centred_frame(height: int, width: int) -> None:
+    side = max(height, width)
+    boxes = tile_boxes(height, width, 0.6)
+    assert len(boxes) == 4 and all(x1 - x0 == y1 - y0 == math.ceil(0.6 * side) for x0, y0, x1, y1 in boxes)
+    covered = np.zeros((side, side), bool)
+    fx0, fy0 = (width - side) // 2, (height - side) // 2
+    for x0, y0, x1, y1 in boxes:
+        assert fx0 <= x0 and fy0 <= y0 and x1 <= fx0 + side and y1 <= fy0 + side  # inside the frame
+        covered[y0 - fy0 : y1 - fy0, x0 - fx0 : x1 - fx0] = True
+    assert covered.all()
+    assert boxes[0][:2] == (fx0, fy0) and boxes[3][2:] == (fx0 + side, fy0 + side)  # row by row, corners
+
+
+def _blind_to_small_coins(square: np.ndarray) -> np.ndarray:
+    """A stand-in segmenter that, like the shipped one, cannot see a coin under 16 px across in its input."""
+    prob = _color_predictor(square)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(prob.astype(np.uint8), connectivity=8)
+    for k in range(1, count):
+        if max(stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT]) < 16:
+            prob[labels == k] = 0.0
+    return prob
+
+
+def test_tiles_find_a_coin_the_whole_photo_pass_cannot_see() -> None:
+    # a 24-px coin in a 240x320 photo is 12 px in the 128-px first pass, 20 px in a tile of 0.6
+    image, truth = _disc_image(h=240, w=320, center=(250, 190), radius=12)
+    calls: list[np.ndarray] = []
+
+    def counting(square: np.ndarray) -> np.ndarray:
+        calls.append(square)
+        return _blind_to_small_coins(square)
+
+    plain = two_pass_segment(image, counting, size_px=128)
+    assert not plain.found and not plain.tiled and len(calls) == 1
+    calls.clear()
+    seg = two_pass_segment(image, counting, size_px=128, tile_frac=0.6)
+    assert seg.found and seg.tiled and seg.passes == 2
+    assert len(calls) == 1 + 4 + 1  # whole photo, 4 tiles, the second pass on the coin's crop
+    assert (seg.mask & truth).sum() / (seg.mask | truth).sum() > 0.85
+    calls.clear()
+    big, _ = _disc_image(h=240, w=320, center=(160, 120), radius=60)
+    seen = two_pass_segment(big, counting, size_px=128, tile_frac=0.6)
+    assert seen.found and not seen.tiled and len(calls) == 2  # the first pass found it: no tiles
+
+
+def test_tiles_find_nothing_on_a_blank_photo() -> None:
+    seg = two_pass_segment(np.full((90, 160, 3), 30, np.uint8), _color_predictor, size_px=64, tile_frac=0.6)
+    assert not seg.found and seg.tiled and seg.passes == 1
+
+
+def test_segmenter_params_read_tile_frac_from_metadata() -> None:
+    meta = ModelMetadata(name="segmenter", architecture="unet", fingerprint="f" * 16,
+                         input=InputSpec(size_px=64), output="mask_logits", extra={"tile_frac": 0.6})
+    assert SegmenterParams.from_metadata(meta).tile_frac == 0.6
+    assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).tile_frac is None
+    with pytest.raises(ConfigError, match=r"tile_frac=1.0: must be in \[0.5, 1\)"):
+        SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"tile_frac": 1}))
 
 
 def test_two_pass_segment_reports_no_coin_on_blank_photo() -> None:

@@ -244,14 +244,18 @@ def test_params_come_from_the_shipped_metadata_and_the_spec_defaults() -> None:
     from coinvision.sdk.segmenter import SegmenterParams
 
     seg = SegmenterParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "segmenter.tflite"))
-    # touching coins are cut apart (v2 on); one pass for a coin that fills the photo (v3)
+    # touching coins are cut apart (v2 on); one pass for a coin that fills the photo (v3); tiles when the whole
+    # photo shows no coin
     assert seg == SegmenterParams(size_px=128, threshold=0.5, margin_frac=0.15, min_area_frac=0.002, pad_value=0,
-                                  split_touching=True, single_pass_box_frac=0.8)
+                                  split_touching=True, single_pass_box_frac=0.8, tile_frac=0.6)
     crop = CropParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "embedder.tflite"))
     # the release embeds 1 view: each runs three backbones (model card, Latency)
     assert crop.embed_rotations == 1 and crop.background_removal and crop.crop_margin_frac == 0.05
     with pytest.raises(ConfigError, match=r"threshold=1\.5.*\(0, 1\)"):
         SegmenterParams(size_px=128, threshold=1.5)
+    for bad in (0.4, 1.0):  # tiles must cover the photo and be smaller than it
+        with pytest.raises(ConfigError, match=rf"tile_frac={bad}.*\[0\.5, 1\)"):
+            SegmenterParams(size_px=128, tile_frac=bad)
     with pytest.raises(ConfigError, match=r"embed_rotations=0"):
         CropParams(embed_rotations=0)
 
@@ -461,3 +465,22 @@ def test_recognize_pair_fuses_both_sides_per_coin_group(pack_module, tiny_models
     assert result.unknown  # fused best ~0.3 is below the default 0.5 threshold
     assert len(result.sides) == 2 and result.segmentation is result.sides[0].segmentation
     assert {"obverse.embed", "reverse.embed", "search", "total"} <= set(result.timings_ms)
+
+
+@pytest.mark.parametrize("runtime", ["tflite", "onnx"])
+def test_release_segmenter_tiles_find_a_far_coin_its_first_pass_misses(runtime: str) -> None:
+    """examples/sample_coins/scenes/far_coin.png: a 2-euro sample coin pasted 78 px across into a 480x360 sample
+    background (scenes/compose.py). The whole-photo pass sees it at 21 px and finds nothing; the tiles find it."""
+    from coinvision.sdk.images import load_image
+    from coinvision.sdk.segmenter import Segmenter
+
+    scenes = Path(__file__).resolve().parents[2] / "examples" / "sample_coins" / "scenes"
+    image = load_image(scenes / "far_coin.png")
+    segmenter = Segmenter.from_dir(RELEASE, runtime=runtime, num_threads=1)
+    assert not segmenter.with_params(tile_frac=None).segment(image).found
+    seg = segmenter.segment(image)
+    assert seg.found and seg.tiled and seg.passes == 2
+    x, y, side = 90, 72, 78  # where compose.py pasted the coin
+    inside = seg.mask[y : y + side, x : x + side].sum()
+    assert inside >= 0.98 * seg.mask.sum()  # nothing outside the coin's square
+    assert 0.8 < inside / (np.pi * (side / 2) ** 2) < 1.1  # and about the coin's disc

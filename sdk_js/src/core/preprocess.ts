@@ -338,6 +338,8 @@ export interface Segmentation {
   readonly bbox: [number, number, number, number] | null;
   readonly passes: number;
   readonly firstPassMask: Mask | null;
+  /** The first pass found no coin, so the tiles of spec 2.3 ran (the mask, if any, comes from them). */
+  readonly tiled: boolean;
 }
 
 /** Takes a `size` square RGB image, returns the coin probability map (same size). */
@@ -354,6 +356,8 @@ export interface SegmentOptions {
   splitTouching?: boolean;
   /** Spec 2.4: a crop box at least this share of the photo's longer side ends after one pass (null: never). */
   singlePassBoxFrac?: number | null;
+  /** Spec 2.3: when the first pass finds no coin, 4 tiles of this share of the longer side are segmented (null: never). */
+  tileFrac?: number | null;
   /** Called with the pass number when a pass starts (timings). */
   onPass?: (pass: number) => void;
 }
@@ -363,41 +367,63 @@ async function predictOn(image: ImageU8, predict: PredictFn, sizePx: number, pad
   return unletterbox(await predict(square), box);
 }
 
-/** Segment the photo, keep the largest component, segment a square crop around it again (spec step 2). */
+/** Spec 2.3's tiles: side ceil(tileFrac × L) at the corners of the photo's centred L×L frame, row by row. */
+export function tileBoxes(width: number, height: number, tileFrac: number): [number, number, number, number][] {
+  const side = Math.max(width, height);
+  const tile = Math.ceil(tileFrac * side);
+  const fx0 = Math.floor((width - side) / 2);
+  const fy0 = Math.floor((height - side) / 2);
+  const boxes: [number, number, number, number][] = [];
+  for (const y of [fy0, fy0 + side - tile]) for (const x of [fx0, fx0 + side - tile]) boxes.push([x, y, x + tile, y + tile]);
+  return boxes;
+}
+
+/** A crop's probability map written into the photo-size map at `box` (inside the photo; the maximum when `keepMax`). */
+function paste(full: MapF32, cropProb: MapF32, box: [number, number, number, number], keepMax: boolean): void {
+  const { width: w, height: h } = full;
+  const [x0, y0, x1, y1] = box;
+  const cw = x1 - x0;
+  for (let y = Math.max(y0, 0); y < Math.min(y1, h); y++) {
+    for (let x = Math.max(x0, 0); x < Math.min(x1, w); x++) {
+      const v = cropProb.data[(y - y0) * cw + x - x0]!;
+      full.data[y * w + x] = keepMax ? Math.max(full.data[y * w + x]!, v) : v;
+    }
+  }
+}
+
+/** Segment the photo (tiles when it finds no coin), keep the largest component, segment a square crop around it
+ * again (spec step 2). */
 export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: SegmentOptions): Promise<Segmentation> {
   const t = o.threshold ?? DEFAULT_SEGMENT_THRESHOLD;
   const margin = o.marginFrac ?? DEFAULT_MARGIN_FRAC;
   const minArea = o.minAreaFrac ?? DEFAULT_MIN_AREA_FRAC;
   const pad = o.padValue ?? 0;
   const split = o.splitTouching ?? false;
+  const { width: w, height: h } = image;
   o.onPass?.(1);
-  const prob = await predictOn(image, predict, o.sizePx, pad);
-  const first = largestComponent(threshold(prob, t), minArea, split);
-  if (!first) return { mask: null, bbox: null, passes: 1, firstPassMask: null };
-  if (o.twoPass === false) return { mask: first, bbox: squareBbox(first, margin), passes: 1, firstPassMask: first };
+  let first = largestComponent(threshold(await predictOn(image, predict, o.sizePx, pad), t), minArea, split);
+  const tiled = !first && o.tileFrac != null;
+  if (tiled) {
+    const full: MapF32 = { width: w, height: h, data: new Float32Array(w * h) };
+    for (const box of tileBoxes(w, h, o.tileFrac!)) {
+      paste(full, await predictOn(cropPadded(image, box, pad), predict, o.sizePx, pad), box, true);
+    }
+    first = largestComponent(threshold(full, t), minArea, split);
+  }
+  if (!first) return { mask: null, bbox: null, passes: 1, firstPassMask: null, tiled };
+  if (o.twoPass === false) return { mask: first, bbox: squareBbox(first, margin), passes: 1, firstPassMask: first, tiled };
   const box = squareBbox(first, margin);
   const spf = o.singlePassBoxFrac;
-  if (spf != null && Math.max(box[2] - box[0], box[3] - box[1]) >= spf * Math.max(image.width, image.height)) {
-    return { mask: first, bbox: box, passes: 1, firstPassMask: first };
+  if (spf != null && Math.max(box[2] - box[0], box[3] - box[1]) >= spf * Math.max(w, h)) {
+    return { mask: first, bbox: box, passes: 1, firstPassMask: first, tiled };
   }
   o.onPass?.(2);
-  const cropProb = await predictOn(cropPadded(image, box, pad), predict, o.sizePx, pad);
-  const { width: w, height: h } = image;
-  const full = new Float32Array(w * h);
-  const [x0, y0, x1, y1] = box;
-  const cw = x1 - x0;
-  let any = false;
-  for (let y = Math.max(y0, 0); y < Math.min(y1, h); y++) {
-    for (let x = Math.max(x0, 0); x < Math.min(x1, w); x++) {
-      const v = cropProb.data[(y - y0) * cw + x - x0]!;
-      full[y * w + x] = v;
-      if (v) any = true;
-    }
-  }
-  const second = any ? largestComponent(threshold({ width: w, height: h, data: full }, t), minArea, split) : null;
+  const full: MapF32 = { width: w, height: h, data: new Float32Array(w * h) };
+  paste(full, await predictOn(cropPadded(image, box, pad), predict, o.sizePx, pad), box, false);
+  const second = full.data.some((v) => v !== 0) ? largestComponent(threshold(full, t), minArea, split) : null;
   const lost = !second || maskArea(second) < (o.minSecondPassAreaRatio ?? 0.5) * maskArea(first);
   const mask = lost ? first : second;
-  return { mask, bbox: squareBbox(mask, margin), passes: 2, firstPassMask: first };
+  return { mask, bbox: squareBbox(mask, margin), passes: 2, firstPassMask: first, tiled };
 }
 
 /** Resize a square image to `sizePx`: "area" when shrinking (every source pixel averaged), bilinear otherwise. */

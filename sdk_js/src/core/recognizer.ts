@@ -84,6 +84,7 @@ export interface SegmenterParams {
   readonly padValue: number;
   readonly splitTouching: boolean;
   readonly singlePassBoxFrac: number | null;
+  readonly tileFrac: number | null;
 }
 
 export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParams {
@@ -96,12 +97,16 @@ export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParam
     padValue: meta.input.padValue,
     splitTouching: Boolean(extra.split_touching ?? false),
     singlePassBoxFrac: extra.single_pass_box_frac == null ? null : Number(extra.single_pass_box_frac),
+    tileFrac: extra.tile_frac == null ? null : Number(extra.tile_frac),
   };
   if (!(p.threshold > 0 && p.threshold < 1)) throw new ConfigError(`segmenter threshold=${p.threshold}: must be a probability in (0, 1), e.g. 0.5`);
   if (!(p.marginFrac >= 0)) throw new ConfigError(`segmenter margin_frac=${p.marginFrac}: must be >= 0, e.g. ${DEFAULT_MARGIN_FRAC}`);
   if (!(p.minAreaFrac >= 0 && p.minAreaFrac < 1)) throw new ConfigError(`segmenter min_area_frac=${p.minAreaFrac}: must be in [0, 1), e.g. ${DEFAULT_MIN_AREA_FRAC}`);
   if (p.singlePassBoxFrac !== null && !(p.singlePassBoxFrac > 0)) {
     throw new ConfigError(`segmenter single_pass_box_frac=${extra.single_pass_box_frac}: must be a number > 0 (e.g. 0.8), or absent to always run the second pass`);
+  }
+  if (p.tileFrac !== null && !(p.tileFrac >= 0.5 && p.tileFrac < 1)) {
+    throw new ConfigError(`segmenter tile_frac=${extra.tile_frac}: must be in [0.5, 1) so the 4 tiles cover the photo and each is smaller than it (e.g. 0.6), or absent for no tiles`);
   }
   return p;
 }
@@ -141,7 +146,7 @@ export class Segmenter {
     return twoPassSegment(image, (sq) => this.probability(sq), {
       sizePx: p.sizePx, threshold: p.threshold, marginFrac: p.marginFrac, minAreaFrac: p.minAreaFrac,
       padValue: p.padValue, twoPass: options.twoPass ?? true, splitTouching: p.splitTouching,
-      singlePassBoxFrac: p.singlePassBoxFrac, onPass: options.onPass,
+      singlePassBoxFrac: p.singlePassBoxFrac, tileFrac: p.tileFrac, onPass: options.onPass,
     });
   }
 }

@@ -12,9 +12,12 @@ import org.coinvision.sdk.model.OnnxModelRuntime
 import org.coinvision.sdk.pack.CoinRecord
 import org.coinvision.sdk.pack.Pack
 import java.io.File
+import kotlin.math.ceil
 
-/** Result of the two-pass segmentation; [mask] (H×W, row-major) is null when no coin was found. */
-class Segmentation(val mask: BooleanArray?, val bbox: IntArray?, val passes: Int, val firstPassMask: BooleanArray?) {
+/** Result of the two-pass segmentation; [mask] (H×W, row-major) is null when no coin was found. [tiled]: the first
+ * pass found no coin, so the tiles of spec 2.3 ran (the mask, if any, comes from them). */
+class Segmentation(val mask: BooleanArray?, val bbox: IntArray?, val passes: Int, val firstPassMask: BooleanArray?,
+                   val tiled: Boolean = false) {
     val found: Boolean get() = mask != null
 }
 
@@ -29,12 +32,16 @@ class Segmenter(val model: ModelRuntime) {
     val splitTouching = meta.extraBool("split_touching", false)
     /** Spec 2.4: a crop box at least this share of the photo's longer side ends segmentation after one pass (null: never). */
     val singlePassBoxFrac: Double? = if (meta.extra.containsKey("single_pass_box_frac")) meta.extraDouble("single_pass_box_frac", Double.NaN) else null
+    /** Spec 2.3: when the first pass finds no coin, 4 tiles of this share of the photo's longer side are segmented (null: never). */
+    val tileFrac: Double? = if (meta.extra.containsKey("tile_frac")) meta.extraDouble("tile_frac", Double.NaN) else null
 
     init {
         if (meta.output != "mask_logits") throw ModelLoadException("segmenter metadata output=${meta.output}: expected mask_logits")
         if (!(threshold > 0 && threshold < 1)) throw ConfigException("segmenter threshold=$threshold: must be a probability in (0, 1), e.g. 0.5")
         if (singlePassBoxFrac != null && !(singlePassBoxFrac > 0)) throw ConfigException(
-            "segmenter single_pass_box_frac=${meta.extra["single_pass_box_frac"]}: must be a number > 0 (e.g. 0.8), or absent to always run the second pass")
+            "segmenter single_pass_box_frac=$singlePassBoxFrac: must be a number > 0 (e.g. 0.8), or absent to always run the second pass")
+        if (tileFrac != null && !(tileFrac >= 0.5 && tileFrac < 1.0)) throw ConfigException(
+            "segmenter tile_frac=$tileFrac: must be in [0.5, 1) so the 4 tiles cover the photo and each is smaller than it (e.g. 0.6), or absent for no tiles")
     }
 
     /** Mask logits of one `size_px` square (what the conformance kit calls `mask_logits`). */
@@ -53,28 +60,50 @@ class Segmenter(val model: ModelRuntime) {
         return ImageOps.unletterbox(probability(square), sizePx, box)
     }
 
-    /** Spec step 2: whole photo, largest component, square crop segmented again, pasted back, largest component. */
+    /** Spec 2.3's tiles: side ceil(tileFrac × L) at the corners of the photo's centred L×L frame, row by row. */
+    fun tileBoxes(w: Int, h: Int, tileFrac: Double): List<IntArray> {
+        val side = maxOf(w, h)
+        val tile = ceil(tileFrac * side).toInt()
+        val fx0 = Math.floorDiv(w - side, 2); val fy0 = Math.floorDiv(h - side, 2)
+        return listOf(fy0, fy0 + side - tile).flatMap { y -> listOf(fx0, fx0 + side - tile).map { x -> intArrayOf(x, y, x + tile, y + tile) } }
+    }
+
+    /** A crop's probability map written into the photo-size map at [box] (inside the photo; the maximum when [keepMax]). */
+    private fun paste(full: FloatArray, w: Int, h: Int, cropProb: FloatArray, box: IntArray, keepMax: Boolean) {
+        val (x0, y0, x1, y1) = box
+        val cw = x1 - x0
+        for (y in maxOf(y0, 0) until minOf(y1, h)) for (x in maxOf(x0, 0) until minOf(x1, w)) {
+            val v = cropProb[(y - y0) * cw + (x - x0)]
+            full[y * w + x] = if (keepMax) maxOf(full[y * w + x], v) else v
+        }
+    }
+
+    private fun keepLargest(prob: FloatArray, w: Int, h: Int): BooleanArray? =
+        Components.largestComponent(BooleanArray(w * h) { prob[it] >= threshold }, w, h, minAreaFrac, splitTouching)
+
+    /** Spec step 2: whole photo (tiles when it finds no coin), largest component, square crop segmented again,
+     * pasted back, largest component. */
     fun segment(image: RgbImage, twoPass: Boolean = true): Segmentation {
         val w = image.width; val h = image.height
-        val prob = predictOn(image)
-        val first = Components.largestComponent(BooleanArray(w * h) { prob[it] >= threshold }, w, h, minAreaFrac, splitTouching)
-            ?: return Segmentation(null, null, 1, null)
-        if (!twoPass) return Segmentation(first, ImageOps.squareBbox(first, w, h, marginFrac), 1, first)
+        var first = keepLargest(predictOn(image), w, h)
+        val tiled = first == null && tileFrac != null
+        if (tiled) {
+            val full = FloatArray(w * h)
+            for (box in tileBoxes(w, h, tileFrac!!)) paste(full, w, h, predictOn(ImageOps.cropPadded(image, box, padValue)), box, keepMax = true)
+            first = keepLargest(full, w, h)
+        }
+        if (first == null) return Segmentation(null, null, 1, null, tiled)
+        if (!twoPass) return Segmentation(first, ImageOps.squareBbox(first, w, h, marginFrac), 1, first, tiled)
         val box = ImageOps.squareBbox(first, w, h, marginFrac)
         if (singlePassBoxFrac != null && maxOf(box[2] - box[0], box[3] - box[1]) >= singlePassBoxFrac * maxOf(w, h)) {
-            return Segmentation(first, box, 1, first)
+            return Segmentation(first, box, 1, first, tiled)
         }
-        val crop = ImageOps.cropPadded(image, box, padValue)
-        val cropProb = predictOn(crop)
         val full = FloatArray(w * h)
-        val (x0, y0, x1, y1) = box
-        for (y in maxOf(y0, 0) until minOf(y1, h)) for (x in maxOf(x0, 0) until minOf(x1, w)) {
-            full[y * w + x] = cropProb[(y - y0) * crop.width + (x - x0)]
-        }
-        val second = if (full.any { it != 0f }) Components.largestComponent(BooleanArray(w * h) { full[it] >= threshold }, w, h, minAreaFrac, splitTouching) else null
+        paste(full, w, h, predictOn(ImageOps.cropPadded(image, box, padValue)), box, keepMax = false)
+        val second = if (full.any { it != 0f }) keepLargest(full, w, h) else null
         val lost = second == null || second.count { it } < 0.5 * first.count { it }
         val mask = if (lost) first else second!!
-        return Segmentation(mask, ImageOps.squareBbox(mask, w, h, marginFrac), 2, first)
+        return Segmentation(mask, ImageOps.squareBbox(mask, w, h, marginFrac), 2, first, tiled)
     }
 }
 

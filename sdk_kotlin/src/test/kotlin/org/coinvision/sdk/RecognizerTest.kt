@@ -29,6 +29,7 @@ class RecognizerTest {
         assertEquals(128, rec.segmenter.sizePx)
         assertTrue(rec.segmenter.splitTouching)
         assertEquals(0.8, rec.segmenter.singlePassBoxFrac) // segmenter v3: one pass for a coin that fills the photo
+        assertEquals(0.6, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
         assertEquals(0.15, rec.segmenter.marginFrac)
         val meta = TestPaths.embedderMeta
         assertEquals(meta["extra"]!!["embed_rotations"]!!.double.toInt(), rec.embedRotations)
@@ -65,6 +66,25 @@ class RecognizerTest {
         assertEquals("a-obv", fused[0].third)
         val missing = fusePairScores(listOf("x" to 0.9, "y" to 0.2), listOf("y" to 0.6)) { it }
         assertEquals(listOf("x" to (0.9 + 0.6) / 2, "y" to 0.4), missing.map { it.first to it.second })
+    }
+
+    @Test
+    fun `tiles - four squares of ceil(f x L) at the corners of the centred frame, row by row`() {
+        assertEquals(listOf(listOf(0, -40, 192, 152), listOf(128, -40, 320, 152), listOf(0, 88, 192, 280), listOf(128, 88, 320, 280)),
+            rec.segmenter.tileBoxes(320, 240, 0.6).map { it.toList() })
+        assertEquals(listOf(listOf(-51, 0, 130, 181), listOf(69, 0, 250, 181), listOf(-51, 120, 130, 301), listOf(69, 120, 250, 301)),
+            rec.segmenter.tileBoxes(199, 301, 0.6).map { it.toList() })
+    }
+
+    @Test
+    fun `a tile_frac outside 0,5 to 1 is refused with the value and the fix`(@TempDir tmp: File) {
+        File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
+        val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
+        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace("\"tile_frac\": 0.6", "\"tile_frac\": 0.3"))
+        OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
+            val e = assertThrows<ConfigException> { Segmenter(runtime) }
+            assertTrue("tile_frac=0.3" in e.message!! && "[0.5, 1)" in e.message!!, e.message)
+        }
     }
 
     @Test

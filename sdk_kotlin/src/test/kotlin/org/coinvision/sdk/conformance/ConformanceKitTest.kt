@@ -114,6 +114,7 @@ class ConformanceKitTest {
             val ws = onnx["segmentation"]!!
             assertEquals(ws["found"]!!.toString().contains("true"), s.found, "$id found")
             assertEquals(ws["passes"]!!.long!!.toInt(), s.passes, "$id passes")
+            assertEquals(ws["tiled"]!!.toString().contains("true"), s.tiled, "$id tiled")
             if (s.found) {
                 val wantBox = ws["bbox"]!!.list.map { it.long!!.toInt() }
                 val boxDiff = wantBox.indices.maxOf { Math.abs(wantBox[it] - s.bbox!![it]) }

@@ -54,6 +54,7 @@ class PipelineGoldenTest {
                 val seg = r.segmentation
                 assertEquals(p["found"].toString().contains("true"), seg.found, "$file found")
                 assertEquals(p["passes"]!!.long!!.toInt(), seg.passes, "$file passes")
+                assertEquals(p["tiled"].toString().contains("true"), seg.tiled, "$file tiled")
                 if (seg.found) {
                     foundN++
                     val want = p["bbox"]!!.list.map { it.long!!.toInt() }

@@ -1,0 +1,149 @@
+"""Tiles for a photo whose whole-photo segmenter pass finds no coin (docs/PIPELINE_SPEC.md step 2.3, segmenter
+metadata ``extra.tile_frac``): which tile size, picked without the held-out classes.
+
+    python -m benchmarks.bench_seg_tiles                       # the shipped int8 TFLite segmenter
+    python -m benchmarks.bench_seg_tiles --models DIR --exported segmenter.onnx --scenes 300
+
+Every candidate runs the SDK's ``Segmenter`` with only ``tile_frac`` replaced (absent = no tiles), so the figures are
+the phone's. Three kinds of data:
+
+- **pick**: scenes composed from photos of TRAINING classes on training backgrounds (the recipe of the model card's
+  validation scenes: ``synth.multi_coin_p`` 0.35, and a set with 2-5 coins in every scene), at 384, 512 and 640 px.
+  The shipped value is the candidate with the highest mean IoU@0.5 over these sets, nothing else.
+- **held-out** (reported, never used to pick): the segmenter's validation split as in ``bench_segmentation``: real
+  photos, the hand-checked subset, synthetic and 2-5 coin scenes at 128 and 384 px.
+- **coin-free**: windows of every background photo and procedural textures at 384 and 640 px; the share where the
+  pipeline reports a coin (the tiles must not invent one).
+
+Needs ``../shared/data`` and the segmentation labels (``make seg-labels``). Writes
+``benchmarks/results/seg_tiles.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_segmentation import (
+    DEFAULT_MODELS,
+    HANDCHECKED,
+    _memoised,
+    data_config,
+    exported_model,
+    load_eval_data,
+    mask_iou,
+)
+from benchmarks.common import ROOT, seed_everything, write_result
+
+__all__ = ["main", "pick_scenes"]
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = (None, 0.5, 0.6, 0.7, 0.8)
+RELEASE_CONFIG = ROOT / "models" / "release" / "training" / "segmenter.train_config.yaml"
+PICK_SIZES_PX = (384, 512, 640)
+PICK_SEED = 777
+
+
+def pick_scenes(cfg: Any, count: int, *, coins_per_set: int = 400, seed: int = 11) -> dict[str, list]:
+    """Scenes of training-class photos on training backgrounds: ``{set name: [(image, target mask)]}``."""
+    from coinvision.sdk.images import load_image
+    from coinvision.trainer.seg_config import SynthConfig
+    from coinvision.trainer.seg_labels import load_mask
+    from coinvision.trainer.seg_scenes import SceneSynthesizer
+    from coinvision.trainer.seg_train import letterbox_pair, split_backgrounds, split_seg_labels
+
+    train, _ = split_seg_labels(cfg)
+    rng = np.random.default_rng(seed)
+    chosen = [train[i] for i in sorted(rng.choice(len(train), min(coins_per_set, len(train)), replace=False))]
+    coins = [letterbox_pair(load_image(it.image_path), load_mask(it.mask_path), 2 * cfg.size_px) for it in chosen]
+    backgrounds = split_backgrounds(cfg)[0]
+    sets = {}
+    for size in PICK_SIZES_PX:
+        for name, multi in (("scenes", cfg.synth.multi_coin_p), ("2-5 coins", 1.0)):
+            recipe = SynthConfig(**{**cfg.synth.__dict__, "size_px": size, "multi_coin_p": multi})
+            synth = SceneSynthesizer(coins, backgrounds, recipe, seed=PICK_SEED)
+            sets[f"{name} {size} px"] = [(image, main) for image, _, main in (synth.scene(i) for i in range(count))]
+    return sets
+
+
+def coin_free(cfg: Any, count: int, seed: int = 5) -> dict[str, list[np.ndarray]]:
+    from coinvision.trainer.seg_scenes import crop_background, jitter_background
+    from coinvision.trainer.seg_train import split_backgrounds
+
+    train, val = split_backgrounds(cfg)
+    rng = np.random.default_rng(seed)
+    return {f"coin-free {size} px": [jitter_background(crop_background(train + val, size, rng, procedural_p=0.3), rng)
+                                     for _ in range(count)] for size in (384, 640)}
+
+
+def mean_iou(segmenter: Any, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    return float(np.mean([mask_iou(segmenter.segment(image).mask, target) for image, target in items]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of the exported segmenter")
+    parser.add_argument("--exported", default="segmenter.tflite", help="file in --models (default the SDK's)")
+    parser.add_argument("--config", default=str(RELEASE_CONFIG),
+                        help="segmenter config YAML defining the split and the scene recipe (the release's)")
+    parser.add_argument("--scenes", type=int, default=300, help="scenes per pick set (default 300)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/seg_tiles.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    seed_everything(0)
+    import cv2
+    from coinvision.sdk.segmenter import Segmenter
+
+    cv2.setNumThreads(args.threads)
+    model = exported_model(Path(args.models) / args.exported, args.threads)
+    predict, clear = _memoised(model.segmenter.model.predict)
+    base = Segmenter(dataclasses.replace(model.segmenter.model, predict=predict), model.segmenter.params)
+    cfg = data_config(None, 128, Path(args.config), {"synth.multi_coin_p": 0.35})
+    started = time.perf_counter()
+    pick = pick_scenes(cfg, args.scenes)
+    held128 = load_eval_data(cfg, 100, 1000, n_distractor=100, handchecked=HANDCHECKED)
+    held384 = load_eval_data(cfg, 100, 0, synth_size_px=384, n_distractor=100, handchecked=None)
+    held = {"real photos": [(img, m) for _, img, m in held128.real],
+            "hand-checked": [(img, m) for _, img, m in held128.handchecked],
+            "synthetic 128 px": held128.synthetic, "2-5 coins 128 px": held128.distractor,
+            "synthetic 384 px": held384.synthetic, "2-5 coins 384 px": held384.distractor}
+    free = coin_free(cfg, 200)
+    print(f"data ready in {time.perf_counter() - started:.0f} s: {', '.join(f'{k} {len(v)}' for k, v in pick.items())}",
+          flush=True)
+    rows: list[dict[str, Any]] = []
+    for tile_frac in CANDIDATES:
+        segmenter = base.with_params(tile_frac=tile_frac)
+        row: dict[str, Any] = {"tile_frac": tile_frac}
+        row.update({f"pick: {k}": mean_iou(segmenter, v) for k, v in pick.items()})
+        row["pick mean"] = float(np.mean([row[f"pick: {k}"] for k in pick]))
+        row.update({f"held-out: {k}": mean_iou(segmenter, v) for k, v in held.items()})
+        row.update({f"{k}: coin found": float(np.mean([segmenter.segment(img).found for img in v]))
+                    for k, v in free.items()})
+        clear()
+        rows.append(row)
+        print(f"tile_frac {tile_frac}: pick mean {row['pick mean']:.4f}; held-out "
+              + ", ".join(f"{k} {row[f'held-out: {k}']:.4f}" for k in held), flush=True)
+    best = max(rows, key=lambda r: r["pick mean"])
+    shipped = model.segmenter.params.tile_frac
+    results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,
+               "config": str(Path(args.config).resolve().relative_to(ROOT)), "scenes_per_pick_set": args.scenes,
+               "pick_rule": "highest mean IoU@0.5 over the pick sets (training classes only)",
+               "picked": best["tile_frac"], "metadata_tile_frac": shipped, "rows": rows}
+    path = write_result("seg_tiles", results, rows, args.out)
+    print(f"picked tile_frac {best['tile_frac']} (pick mean {best['pick mean']:.4f}); the model's metadata says "
+          f"{shipped}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

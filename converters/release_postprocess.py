@@ -1,0 +1,114 @@
+"""Change a released segmenter's post-processing values (spec step 2: how its probability map becomes the mask)
+in every shipped file, without re-exporting the weights:
+
+    python -m coinvision.converters.release_postprocess models/release --set tile_frac=0.6
+
+The same keys ``coinvision train segmenter-postprocess`` sets on a checkpoint (``trainer.seg_model.POSTPROCESS_KEYS``;
+the release rebuild, ``make release-segmenter``, sets them there). Each ``segmenter.*`` file of ``release.json`` is
+checked against its recorded sha256, gets the new values in its embedded metadata and its sidecar, and its
+``release.json`` entry is rewritten (bytes, sha256, the values under ``postprocess``). The new values are checked the
+way every SDK reads them (``SegmenterParams``) before anything is written; the folder is rebuilt beside the release
+and swapped in, so a failure leaves the release as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from coinvision.converters.manifest import digest
+from coinvision.converters.metadata import rewrite_metadata
+from coinvision.sdk.errors import CoinVisionError, ConfigError, ConversionError
+from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
+from coinvision.sdk.segmenter import SegmenterParams
+from coinvision.trainer.config_io import parse_overrides
+from coinvision.trainer.seg_model import POSTPROCESS_KEYS
+
+__all__ = ["set_release_postprocess"]
+
+KIND = "segmenter"
+
+
+def _checked_files(release_dir: Path) -> tuple[dict, list[str]]:
+    info_path = release_dir / "release.json"
+    if not info_path.is_file():
+        raise ConversionError(f"{release_dir} has no release.json; pass the release folder (models/release)")
+    info = json.loads(info_path.read_text())
+    names = [name for name in info.get("files", {}) if name.startswith(f"{KIND}.")]
+    if not names:
+        raise ConversionError(f"{info_path} lists no {KIND} files")
+    for name in names:
+        if digest(release_dir / name)[1] != info["files"][name]["sha256"]:
+            raise ConversionError(f"{release_dir / name} differs from its sha256 in {info_path}; restore it "
+                                  "(git checkout) first")
+    return info, names
+
+
+def set_release_postprocess(release_dir: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Write ``changes`` (post-processing keys; ``None`` removes a key) into every released segmenter file.
+    Returns the segmenter's ``extra`` as it now reads."""
+    release_dir = Path(release_dir)
+    unknown = sorted(set(changes) - set(POSTPROCESS_KEYS))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not post-processing keys; these are {', '.join(POSTPROCESS_KEYS)}")
+    info, names = _checked_files(release_dir)
+    metas = {name: ModelMetadata.read_sidecar(release_dir / name) for name in names}
+    updated = {name: _with_changes(meta, changes) for name, meta in metas.items()}
+    for name, meta in updated.items():
+        try:
+            SegmenterParams.from_metadata(meta)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{release_dir / name}: {exc}") from exc
+    staging = release_dir.with_name(release_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(release_dir, staging)
+    for name, meta in updated.items():
+        rewrite_metadata(staging / name, meta)
+        size, sha256 = digest(staging / name)
+        info["files"][name].update(bytes=size, sha256=sha256)
+    info.setdefault("postprocess", {}).setdefault(KIND, {}).update(changes)
+    (staging / "release.json").write_text(json.dumps(info, indent=2) + "\n")
+    previous = release_dir.with_name(release_dir.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    release_dir.rename(previous)
+    staging.rename(release_dir)
+    shutil.rmtree(previous)
+    return json.loads(sidecar_path(release_dir / names[0]).read_text())["extra"]
+
+
+def _with_changes(meta: ModelMetadata, changes: dict[str, Any]) -> ModelMetadata:
+    extra = dict(meta.extra)
+    for key, value in changes.items():
+        if key == "threshold":
+            continue
+        if value is None:
+            extra.pop(key, None)
+        else:
+            extra[key] = value
+    threshold = changes.get("threshold", meta.threshold)
+    return dataclasses.replace(meta, extra=extra, threshold=threshold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("release_dir", type=Path, help="the release folder, e.g. models/release")
+    parser.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE",
+                        help=f"{', '.join(POSTPROCESS_KEYS)}; VALUE null removes the key")
+    args = parser.parse_args(argv)
+    try:
+        extra = set_release_postprocess(args.release_dir, parse_overrides(args.set))
+    except CoinVisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    values = {key: extra.get(key) for key in POSTPROCESS_KEYS if key in extra}
+    print(f"{args.release_dir}: segmenter post-processing now {json.dumps(values, sort_keys=True)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
