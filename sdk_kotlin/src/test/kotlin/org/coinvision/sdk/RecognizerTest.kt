@@ -29,7 +29,7 @@ class RecognizerTest {
         assertEquals(128, rec.segmenter.sizePx)
         assertTrue(rec.segmenter.splitTouching)
         assertEquals(0.8, rec.segmenter.singlePassBoxFrac) // segmenter v3: one pass for a coin that fills the photo
-        assertEquals(0.6, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
+        assertEquals(0.5, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
         assertEquals(0.15, rec.segmenter.marginFrac)
         val meta = TestPaths.embedderMeta
         assertEquals(meta["extra"]!!["embed_rotations"]!!.double.toInt(), rec.embedRotations)
@@ -80,7 +80,7 @@ class RecognizerTest {
     fun `a tile_frac outside 0,5 to 1 is refused with the value and the fix`(@TempDir tmp: File) {
         File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
         val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
-        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace("\"tile_frac\": 0.6", "\"tile_frac\": 0.3"))
+        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace("\"tile_frac\": 0.5", "\"tile_frac\": 0.3"))
         OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
             val e = assertThrows<ConfigException> { Segmenter(runtime) }
             assertTrue("tile_frac=0.3" in e.message!! && "[0.5, 1)" in e.message!!, e.message)
