@@ -31,3 +31,16 @@ def test_segment_with_a_missing_runtime_file_names_it(tmp_path: Path, sample_roo
                "--models", str(tmp_path)])
     assert rc == 2
     assert "segmenter.tflite" in capsys.readouterr().err
+
+
+def test_segment_with_the_release_models_finds_a_far_coin_in_the_tiles(tmp_path: Path, capsys) -> None:
+    """The shipped default (no --models, no --runtime): a coin too small for the whole-photo pass gets its mask."""
+    scenes = Path(__file__).resolve().parents[2] / "examples" / "sample_coins" / "scenes"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "far_coin.png").write_bytes((scenes / "far_coin.png").read_bytes())
+    rc = main(["segment", str(photos), "--out", str(tmp_path / "masks")])
+    assert rc == 0, capsys.readouterr().err
+    mask = cv2.imread(str(tmp_path / "masks" / "far_coin.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert mask[72 : 72 + 78, 90 : 90 + 78].sum() >= 0.98 * mask.sum() > 0.8 * np.pi * 39**2  # compose.py's coin
+    assert "no coin found in 0" in (out := capsys.readouterr().out) and "1 coin(s) found only by" in out
