@@ -4,6 +4,7 @@ the PyTorch eager pipeline timed in the same run as the reference (ratios, not o
 
     python -m benchmarks.bench_latency --quick                 # 20 timed runs per setting
     python -m benchmarks.bench_latency --models models/release --runs 100
+    python -m benchmarks.bench_latency --quick --threads 1 --photo-files examples/sample_coins/scenes/far_coin.png
 
 The SDK side is ``Recognizer`` (``from_dir`` for ``segmenter/embedder.{onnx,tflite}``, the constructor for
 ``<kind>.<quant>.tflite`` pairs) and its own ``timings_ms``; the PyTorch side runs the trainer's checkpoints
@@ -284,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="timed runs per setting (default 100, quick 20; at least 20)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--photos", type=int, help="sample photos cycled through (default 20, quick 10)")
+    parser.add_argument("--photo-files", type=Path, nargs="+",
+                        help="time these photos instead of the samples, e.g. examples/sample_coins/scenes/"
+                             "far_coin.png (a coin only the segmenter's tiles find)")
     parser.add_argument("--catalog-size", type=int, default=10_000, help="vectors in the searched int8 pack")
     parser.add_argument("--min-found-frac", type=float, default=0.5,
                         help="share of photos on which a coin must be found before timing")
@@ -293,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     seed_everything(args.seed)
     runs = max(20, args.runs or (20 if args.quick else 100))
-    photos = sample_photos(count=args.photos or (10 if args.quick else 20))
+    if args.photo_files:
+        from coinvision.sdk.images import load_image
+
+        photos = [(_rel(p), load_image(p)) for p in args.photo_files]
+    else:
+        photos = sample_photos(count=args.photos or (10 if args.quick else 20))
     threads = _thread_counts(args.threads)
     import cv2
 

@@ -360,7 +360,8 @@ class Segmenter:
         return self._segment(image, self.probability, two_pass)
 
     def segment_timed(self, image: np.ndarray, start: float | None = None) -> tuple[Segmentation, dict[str, float]]:
-        """:meth:`segment` plus its time per pass in ms: ``segment_pass1`` and, when it ran, ``segment_pass2``.
+        """:meth:`segment` plus its time per pass in ms: ``segment_pass1`` (with the tiles, when they ran) and, when it
+        ran, ``segment_pass2``.
         ``start``: a ``time.perf_counter()`` reading the first pass counts from (default: now), so a caller's
         stage timings add up to its total."""
         call_starts: list[float] = []
@@ -372,7 +373,7 @@ class Segmenter:
         start = time.perf_counter() if start is None else start
         segmentation = self._segment(image, predict, True)
         end = time.perf_counter()
-        second_pass = call_starts[1] if len(call_starts) > 1 else None
+        second_pass = call_starts[-1] if segmentation.passes == 2 else None  # the last call; tiles come before it
         timings = {"segment_pass1": ((second_pass or end) - start) * 1000.0}
         if second_pass is not None:
             timings["segment_pass2"] = (end - second_pass) * 1000.0

@@ -484,3 +484,15 @@ def test_release_segmenter_tiles_find_a_far_coin_its_first_pass_misses(runtime: 
     inside = seg.mask[y : y + side, x : x + side].sum()
     assert inside >= 0.98 * seg.mask.sum()  # nothing outside the coin's square
     assert 0.8 < inside / (np.pi * (side / 2) ** 2) < 1.1  # and about the coin's disc
+
+
+def test_segment_timed_counts_the_tiles_in_the_first_pass() -> None:
+    from coinvision.sdk.images import load_image
+    from coinvision.sdk.segmenter import Segmenter
+
+    segmenter = Segmenter.from_dir(RELEASE, runtime="tflite", num_threads=1)
+    scenes = Path(__file__).resolve().parents[2] / "examples" / "sample_coins"
+    far, timings = segmenter.segment_timed(load_image(scenes / "scenes" / "far_coin.png"))
+    assert far.tiled and far.passes == 2 and set(timings) == {"segment_pass1", "segment_pass2"}
+    blank, timings = segmenter.segment_timed(load_image(next((scenes / "backgrounds" / "images").glob("*.jpg"))))
+    assert not blank.found and blank.tiled and set(timings) == {"segment_pass1"}  # tiles ran, no second pass
