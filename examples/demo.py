@@ -194,6 +194,24 @@ def recognize_queries(models_dir: Path, pack_path: Path, coins: Sequence[SampleC
     return outcomes, results
 
 
+def far_coin(models_dir: Path, pack_path: Path, sample_root: Path, runtime: str, labels: dict[str, str]) -> str | None:
+    """The photo the segmenter's tiles are for (``scenes/far_coin.png``: a 2-euro coin 78 px across in 480x360, too
+    small for the whole-photo pass): how its coin was found and what it was named. None without that photo."""
+    from coinvision.sdk.images import load_image
+    from coinvision.sdk.recognizer import Recognizer
+
+    path = sample_root / "scenes" / "far_coin.png"
+    if not path.is_file():
+        return None
+    result = Recognizer.from_dir(models_dir, runtime=runtime, pack=pack_path).recognize(load_image(path))
+    seg = result.segmentation
+    how = "no coin found" if not seg.found else "found by the 4 tiles" if seg.tiled else "found in the whole photo"
+    best = result.matches[0] if result.matches else None
+    named = "unknown" if result.unknown or best is None else \
+        f"{labels.get(best.coin_id, best.coin_id)} ({best.score:.3f})"
+    return f"{how}; answer: {named} (true coin: 2 Euro)"
+
+
 def recall_at(outcomes: Sequence[QueryOutcome], k: int) -> float:
     """Share of queries whose true coin is among the first k ranked coins (the unknown flag is ignored)."""
     return float(np.mean([o.true_coin in [c for c, _ in o.ranked[:k]] for o in outcomes]))
@@ -325,6 +343,9 @@ def run_demo(models_dir: Path, sample_root: Path, out_dir: Path, *, catalog_per_
               f"queries, {len(coins)} catalog coins; flagged unknown: {figures['unknown_rate']:.1%} (cosine below "
               f"{figures['unknown_threshold']:.3f}, calibrated on held-out coins), answers given right: "
               f"{figures['accepted_correct']:.1%}; median pipeline {figures['median_total_ms']:.0f} ms/photo")
+        far = far_coin(models_dir, client.pack_path, sample_root, runtime, labels)
+        if far is not None:
+            print(f"      a coin far from the camera (scenes/far_coin.png): {far}")
         summary = {
             "models": str(models_dir), "runtime": runtime, "catalog": f"{len(coins)} coins, {n_catalog} photos",
             "queries": str(len(outcomes)), "pack": f"v{synced.version}, {version['pack']['size']} bytes",
@@ -332,6 +353,7 @@ def run_demo(models_dir: Path, sample_root: Path, out_dir: Path, *, catalog_per_
             "unknown rate": f"{figures['unknown_rate']:.1%} (threshold {figures['unknown_threshold']:.3f})",
             "answers given right": f"{figures['accepted_correct']:.1%}",
             "median pipeline": f"{figures['median_total_ms']:.0f} ms/photo",
+            **({"a coin far from the camera (scenes/far_coin.png)": far} if far is not None else {}),
         }
         report = write_report(out_dir / "report.html", outcomes, results, coins, summary)
         print(f"[5/5] visual report: {report}")
