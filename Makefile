@@ -149,7 +149,7 @@ release-segmenter: install split lite0-weights seg-labels
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume --set out_dir=$(SEG_LITE0_OUT)
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume \
 		--set out_dir=$(SEG_LITE0_OUT) epochs=100 synth.multi_coin_p=0.6
-	$(BIN)/coinvision train segmenter-postprocess $(SEG_LITE0_OUT)/best.pt --set single_pass_box_frac=0.8 tile_frac=0.5 \
+	$(BIN)/coinvision train segmenter-postprocess $(SEG_LITE0_OUT)/best.pt --set single_pass_box_frac=0.8 tile_frac=0.4 \
 		--out $(SEG_LITE0_OUT)/release.pt
 	$(BIN)/coinvision export $(SEG_LITE0_OUT)/release.pt --out runs/export_segmenter --quant fp32,int8_full \
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \

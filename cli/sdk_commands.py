@@ -138,7 +138,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise DatasetError(f"could not write {target}; check that the output folder is writable")
         written += 1
     print(f"wrote {written} mask(s) to {args.out}; no coin found in {no_coin} (their masks are all 0); "
-          f"{tiled} coin(s) found only by the closer look at 4 tiles (small in the photo); "
+          f"{tiled} coin(s) found only by the closer look at tiles of the photo (small in it); "
           f"skipped {skipped} unreadable image(s)")
     return 1 if skipped else 0
 

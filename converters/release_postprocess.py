@@ -1,7 +1,7 @@
 """Change a released segmenter's post-processing values (spec step 2: how its probability map becomes the mask)
 in every shipped file, without re-exporting the weights:
 
-    python -m coinvision.converters.release_postprocess models/release --set tile_frac=0.6
+    python -m coinvision.converters.release_postprocess models/release --set tile_frac=0.5
 
 The same keys ``coinvision train segmenter-postprocess`` sets on a checkpoint (``trainer.seg_model.POSTPROCESS_KEYS``;
 the release rebuild, ``make release-segmenter``, sets them there). Each ``segmenter.*`` file of ``release.json`` is

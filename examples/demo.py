@@ -205,7 +205,7 @@ def far_coin(models_dir: Path, pack_path: Path, sample_root: Path, runtime: str,
         return None
     result = Recognizer.from_dir(models_dir, runtime=runtime, pack=pack_path).recognize(load_image(path))
     seg = result.segmentation
-    how = "no coin found" if not seg.found else "found by the 4 tiles" if seg.tiled else "found in the whole photo"
+    how = "no coin found" if not seg.found else "found by the tiles" if seg.tiled else "found in the whole photo"
     best = result.matches[0] if result.matches else None
     named = "unknown" if result.unknown or best is None else \
         f"{labels.get(best.coin_id, best.coin_id)} ({best.score:.3f})"

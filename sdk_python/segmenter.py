@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_SEGMENT_THRESHOLD",
     "DEFAULT_SINGLE_PASS_BOX_FRAC",
     "DEFAULT_TILE_FRAC",
+    "MIN_TILE_FRAC",
     "PredictFn",
     "Segmentation",
     "Segmenter",
@@ -58,6 +59,7 @@ DEFAULT_MIN_AREA_FRAC = 0.002  # smallest coin, share of the image (segmenter `e
 DEFAULT_SINGLE_PASS_BOX_FRAC: float | None = None
 # No default tiles: without segmenter `extra["tile_frac"]` a first pass that finds no coin ends segmentation.
 DEFAULT_TILE_FRAC: float | None = None
+MIN_TILE_FRAC = 0.25  # tiles of a quarter of the photo's side: a 4 x 4 grid, 16 more segmenter calls at most
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -189,13 +191,16 @@ def _predict_on(image: np.ndarray, predict: PredictFn, size_px: int, pad_value: 
 
 
 def tile_boxes(height: int, width: int, tile_frac: float) -> list[tuple[int, int, int, int]]:
-    """The 4 square tiles of spec step 2.3: side ``ceil(tile_frac * L)`` at the corners of the photo's centred
-    ``L x L`` frame (``L`` its longer side), row by row; ``(x0, y0, x1, y1)`` with exclusive ends, past the photo
-    on its shorter side."""
+    """The square tiles of spec step 2.3: an ``n x n`` grid, ``n = ceil(1 / tile_frac)``, of side
+    ``ceil(tile_frac * L)`` spread evenly over the photo's centred ``L x L`` frame (``L`` its longer side) from
+    corner to corner, row by row; ``(x0, y0, x1, y1)`` with exclusive ends, past the photo on its shorter side.
+    Integer positions (floor division), so every port computes the same boxes."""
     side = max(height, width)
     tile = math.ceil(tile_frac * side)
+    count = math.ceil(1.0 / tile_frac)
     fx0, fy0 = (width - side) // 2, (height - side) // 2
-    return [(x, y, x + tile, y + tile) for y in (fy0, fy0 + side - tile) for x in (fx0, fx0 + side - tile)]
+    offsets = [k * (side - tile) // (count - 1) for k in range(count)]
+    return [(fx0 + x, fy0 + y, fx0 + x + tile, fy0 + y + tile) for y in offsets for x in offsets]
 
 
 def _paste(full: np.ndarray, crop_prob: np.ndarray, box: tuple[int, int, int, int], *, keep_max: bool) -> None:
@@ -211,7 +216,7 @@ def _paste(full: np.ndarray, crop_prob: np.ndarray, box: tuple[int, int, int, in
 
 def tiled_probability(image: np.ndarray, predict: PredictFn, *, size_px: int, tile_frac: float,
                       pad_value: int = 0) -> np.ndarray:
-    """Spec step 2.3's second look at a photo whose first pass found no coin: each of the 4 :func:`tile_boxes`
+    """Spec step 2.3's second look at a photo whose first pass found no coin: each of the :func:`tile_boxes`
     segmented at the model's full resolution (a coin too small for the whole-photo pass is ``1 / tile_frac``
     times larger in a tile), the maps pasted into one photo-size map, the maximum where tiles overlap."""
     full = np.zeros(image.shape[:2], dtype=np.float32)
@@ -243,8 +248,8 @@ def two_pass_segment(
     default None: always two passes): when the crop's longer side is at least this share of the photo's longer
     side the first pass is the answer, since the second would see the coin at barely more pixels than the first
     (a coin that fills the frame, as most photos of one coin do). ``tile_frac`` (metadata ``extra["tile_frac"]``,
-    default None: no tiles): when the first pass finds no coin, :func:`tiled_probability` looks again at 4 tiles
-    of this share of the photo's longer side, and the first pass's mask comes from them (``tiled``)."""
+    default None: no tiles): when the first pass finds no coin, :func:`tiled_probability` looks again at a grid of
+    tiles of this share of the photo's longer side, and the first pass's mask comes from them (``tiled``)."""
     prob = _predict_on(image, predict, size_px, pad_value)
     first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
     tiled = first is None and tile_frac is not None
@@ -295,9 +300,9 @@ class SegmenterParams:
         if self.single_pass_box_frac is not None and not self.single_pass_box_frac > 0.0:
             raise ConfigError(f"segmenter single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), "
                               "or absent to always run the second pass")
-        if self.tile_frac is not None and not 0.5 <= self.tile_frac < 1.0:
-            raise ConfigError(f"segmenter tile_frac={self.tile_frac}: must be in [0.5, 1) so the 4 tiles cover the "
-                              "photo and each is smaller than it (e.g. 0.6), or absent for no tiles")
+        if self.tile_frac is not None and not MIN_TILE_FRAC <= self.tile_frac < 1.0:
+            raise ConfigError(f"segmenter tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (each tile "
+                              "smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles")
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> SegmenterParams:

@@ -13,6 +13,7 @@ from coinvision.sdk.segmenter import (
     DEFAULT_SEGMENT_THRESHOLD,
     DEFAULT_SINGLE_PASS_BOX_FRAC,
     DEFAULT_TILE_FRAC,
+    MIN_TILE_FRAC,
 )
 
 __all__ = ["LABEL_MODES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
@@ -66,7 +67,7 @@ class SegmenterConfig:
     margin_frac: float = DEFAULT_MARGIN_FRAC  # two-pass crop margin per side
     split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # post-processing: one pass for big coins
-    tile_frac: float | None = DEFAULT_TILE_FRAC  # post-processing: 4 tiles when the whole photo shows no coin
+    tile_frac: float | None = DEFAULT_TILE_FRAC  # post-processing: tiles when the whole photo shows no coin
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
     backgrounds_root: str | None = None
@@ -97,8 +98,8 @@ class SegmenterConfig:
             raise ValueError(f"threshold={self.threshold}: must be in (0, 1)")
         if self.single_pass_box_frac is not None and not self.single_pass_box_frac > 0.0:
             raise ValueError(f"single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), or null")
-        if self.tile_frac is not None and not 0.5 <= self.tile_frac < 1.0:
-            raise ValueError(f"tile_frac={self.tile_frac}: must be in [0.5, 1) (e.g. 0.6), or null")
+        if self.tile_frac is not None and not MIN_TILE_FRAC <= self.tile_frac < 1.0:
+            raise ValueError(f"tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (e.g. 0.4), or null")
         if self.label not in LABEL_MODES:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
         if not 0.0 <= self.real_train_frac <= 1.0:

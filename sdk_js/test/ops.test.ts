@@ -127,9 +127,12 @@ describe("twoPassSegment single_pass_box_frac (spec 2.4)", () => {
 });
 
 describe("twoPassSegment tiles (spec 2.3)", () => {
-  it("tileBoxes: 4 squares of ceil(f × L) at the corners of the centred frame, row by row", () => {
+  it("tileBoxes: an n×n grid of squares of ceil(f × L) over the centred frame, corner to corner, row by row", () => {
     assert.deepEqual(tileBoxes(320, 240, 0.6), [[0, -40, 192, 152], [128, -40, 320, 152], [0, 88, 192, 280], [128, 88, 320, 280]]);
     assert.deepEqual(tileBoxes(199, 301, 0.6), [[-51, 0, 130, 181], [69, 0, 250, 181], [-51, 120, 130, 301], [69, 120, 250, 301]]);
+    assert.deepEqual(tileBoxes(199, 301, 0.4), [[-51, 0, 70, 121], [39, 0, 160, 121], [129, 0, 250, 121], [-51, 90, 70, 211],
+      [39, 90, 160, 211], [129, 90, 250, 211], [-51, 180, 70, 301], [39, 180, 160, 301], [129, 180, 250, 301]]);
+    assert.deepEqual(tileBoxes(320, 240, 0.34).map((b) => b[0]), [0, 105, 211, 0, 105, 211, 0, 105, 211]); // floor offsets
   });
 
   // a 24-px coin in a 320x240 photo: 12 px in the 128-px first pass, which (like the shipped model) cannot see it

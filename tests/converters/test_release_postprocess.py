@@ -60,7 +60,7 @@ def test_refused_changes_leave_the_release_as_it_was(release: Path, capsys: pyte
     before = _snapshot(release)
     with pytest.raises(ConfigError, match="size_px: not post-processing keys"):
         set_release_postprocess(release, {"size_px": 160})
-    with pytest.raises(ConfigError, match=r"segmenter.onnx: segmenter tile_frac=1.5: must be in \[0.5, 1\)"):
+    with pytest.raises(ConfigError, match=r"segmenter.onnx: segmenter tile_frac=1.5: must be in \[0.25, 1\)"):
         set_release_postprocess(release, {"tile_frac": 1.5})
     assert main([str(release), "--set", "tile_frac=0.2"]) == 2
     assert "tile_frac=0.2" in capsys.readouterr().err

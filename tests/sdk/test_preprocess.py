@@ -128,17 +128,21 @@ def test_segmenter_params_read_single_pass_box_frac_from_metadata() -> None:
 
 
 @pytest.mark.parametrize(("height", "width"), [(300, 300), (240, 320), (301, 199)])
-def test_tile_boxes_are_four_squares_covering_the_centred_frame(height: int, width: int) -> None:
+@pytest.mark.parametrize(("tile_frac", "per_side"), [(0.6, 2), (0.5, 2), (0.4, 3), (0.34, 3), (0.25, 4)])
+def test_tile_boxes_are_a_grid_of_squares_covering_the_centred_frame(height: int, width: int, tile_frac: float,
+                                                                     per_side: int) -> None:
     side = max(height, width)
-    boxes = tile_boxes(height, width, 0.6)
-    assert len(boxes) == 4 and all(x1 - x0 == y1 - y0 == math.ceil(0.6 * side) for x0, y0, x1, y1 in boxes)
+    boxes = tile_boxes(height, width, tile_frac)
+    assert len(boxes) == per_side**2
+    assert all(x1 - x0 == y1 - y0 == math.ceil(tile_frac * side) for x0, y0, x1, y1 in boxes)
     covered = np.zeros((side, side), bool)
     fx0, fy0 = (width - side) // 2, (height - side) // 2
     for x0, y0, x1, y1 in boxes:
         assert fx0 <= x0 and fy0 <= y0 and x1 <= fx0 + side and y1 <= fy0 + side  # inside the frame
         covered[y0 - fy0 : y1 - fy0, x0 - fx0 : x1 - fx0] = True
     assert covered.all()
-    assert boxes[0][:2] == (fx0, fy0) and boxes[3][2:] == (fx0 + side, fy0 + side)  # row by row, corners
+    assert boxes[0][:2] == (fx0, fy0) and boxes[-1][2:] == (fx0 + side, fy0 + side)  # row by row, corner to corner
+    assert [b[1] for b in boxes[:per_side]] == [fy0] * per_side  # the first row first
 
 
 def _blind_to_small_coins(square: np.ndarray) -> np.ndarray:
@@ -165,7 +169,7 @@ def test_tiles_find_a_coin_the_whole_photo_pass_cannot_see() -> None:
     calls.clear()
     seg = two_pass_segment(image, counting, size_px=128, tile_frac=0.6)
     assert seg.found and seg.tiled and seg.passes == 2
-    assert len(calls) == 1 + 4 + 1  # whole photo, 4 tiles, the second pass on the coin's crop
+    assert len(calls) == 1 + 4 + 1  # whole photo, 2 x 2 tiles, the second pass on the coin's crop
     assert (seg.mask & truth).sum() / (seg.mask | truth).sum() > 0.85
     calls.clear()
     big, _ = _disc_image(h=240, w=320, center=(160, 120), radius=60)
@@ -183,7 +187,7 @@ def test_segmenter_params_read_tile_frac_from_metadata() -> None:
                          input=InputSpec(size_px=64), output="mask_logits", extra={"tile_frac": 0.6})
     assert SegmenterParams.from_metadata(meta).tile_frac == 0.6
     assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).tile_frac is None
-    with pytest.raises(ConfigError, match=r"tile_frac=1.0: must be in \[0.5, 1\)"):
+    with pytest.raises(ConfigError, match=r"tile_frac=1.0: must be in \[0.25, 1\)"):
         SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"tile_frac": 1}))
 
 

@@ -247,14 +247,14 @@ def test_params_come_from_the_shipped_metadata_and_the_spec_defaults() -> None:
     # touching coins are cut apart (v2 on); one pass for a coin that fills the photo (v3); tiles when the whole
     # photo shows no coin
     assert seg == SegmenterParams(size_px=128, threshold=0.5, margin_frac=0.15, min_area_frac=0.002, pad_value=0,
-                                  split_touching=True, single_pass_box_frac=0.8, tile_frac=0.5)
+                                  split_touching=True, single_pass_box_frac=0.8, tile_frac=0.4)
     crop = CropParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "embedder.tflite"))
     # the release embeds 1 view: each runs three backbones (model card, Latency)
     assert crop.embed_rotations == 1 and crop.background_removal and crop.crop_margin_frac == 0.05
     with pytest.raises(ConfigError, match=r"threshold=1\.5.*\(0, 1\)"):
         SegmenterParams(size_px=128, threshold=1.5)
-    for bad in (0.4, 1.0):  # tiles must cover the photo and be smaller than it
-        with pytest.raises(ConfigError, match=rf"tile_frac={bad}.*\[0\.5, 1\)"):
+    for bad in (0.2, 1.0):  # tiles smaller than the photo, at most 4 x 4 of them
+        with pytest.raises(ConfigError, match=rf"tile_frac={bad}.*\[0\.25, 1\)"):
             SegmenterParams(size_px=128, tile_frac=bad)
     with pytest.raises(ConfigError, match=r"embed_rotations=0"):
         CropParams(embed_rotations=0)

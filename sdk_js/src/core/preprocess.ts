@@ -25,6 +25,8 @@ export const IMAGENET_STD: readonly [number, number, number] = [0.229, 0.224, 0.
 export const DEFAULT_SEGMENT_THRESHOLD = 0.5;
 export const DEFAULT_MARGIN_FRAC = 0.15;
 export const DEFAULT_MIN_AREA_FRAC = 0.002;
+/** Smallest segmenter `tile_frac` (spec 2.3): a 4×4 grid, 16 more segmenter calls at most. */
+export const MIN_TILE_FRAC = 0.25;
 export const DEFAULT_CROP_MARGIN_FRAC = 0.05;
 
 const f = Math.fround;
@@ -356,7 +358,7 @@ export interface SegmentOptions {
   splitTouching?: boolean;
   /** Spec 2.4: a crop box at least this share of the photo's longer side ends after one pass (null: never). */
   singlePassBoxFrac?: number | null;
-  /** Spec 2.3: when the first pass finds no coin, 4 tiles of this share of the longer side are segmented (null: never). */
+  /** Spec 2.3: when the first pass finds no coin, a grid of tiles of this share of the longer side is segmented (null: never). */
   tileFrac?: number | null;
   /** Called with the pass number when a pass starts (timings). */
   onPass?: (pass: number) => void;
@@ -367,14 +369,17 @@ async function predictOn(image: ImageU8, predict: PredictFn, sizePx: number, pad
   return unletterbox(await predict(square), box);
 }
 
-/** Spec 2.3's tiles: side ceil(tileFrac × L) at the corners of the photo's centred L×L frame, row by row. */
+/** Spec 2.3's tiles: an n×n grid, n = ceil(1 / tileFrac), of side ceil(tileFrac × L) spread evenly over the photo's
+ * centred L×L frame from corner to corner (integer offsets k·(L − t) div (n − 1)), row by row. */
 export function tileBoxes(width: number, height: number, tileFrac: number): [number, number, number, number][] {
   const side = Math.max(width, height);
   const tile = Math.ceil(tileFrac * side);
+  const count = Math.ceil(1 / tileFrac);
   const fx0 = Math.floor((width - side) / 2);
   const fy0 = Math.floor((height - side) / 2);
+  const offsets = Array.from({ length: count }, (_, k) => Math.floor((k * (side - tile)) / (count - 1)));
   const boxes: [number, number, number, number][] = [];
-  for (const y of [fy0, fy0 + side - tile]) for (const x of [fx0, fx0 + side - tile]) boxes.push([x, y, x + tile, y + tile]);
+  for (const y of offsets) for (const x of offsets) boxes.push([fx0 + x, fy0 + y, fx0 + x + tile, fy0 + y + tile]);
   return boxes;
 }
 

@@ -15,6 +15,7 @@ import {
   DEFAULT_MARGIN_FRAC,
   DEFAULT_MIN_AREA_FRAC,
   DEFAULT_SEGMENT_THRESHOLD,
+  MIN_TILE_FRAC,
   meanUnitVector,
   rotationViews,
   type Segmentation,
@@ -105,8 +106,8 @@ export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParam
   if (p.singlePassBoxFrac !== null && !(p.singlePassBoxFrac > 0)) {
     throw new ConfigError(`segmenter single_pass_box_frac=${extra.single_pass_box_frac}: must be a number > 0 (e.g. 0.8), or absent to always run the second pass`);
   }
-  if (p.tileFrac !== null && !(p.tileFrac >= 0.5 && p.tileFrac < 1)) {
-    throw new ConfigError(`segmenter tile_frac=${extra.tile_frac}: must be in [0.5, 1) so the 4 tiles cover the photo and each is smaller than it (e.g. 0.6), or absent for no tiles`);
+  if (p.tileFrac !== null && !(p.tileFrac >= MIN_TILE_FRAC && p.tileFrac < 1)) {
+    throw new ConfigError(`segmenter tile_frac=${extra.tile_frac}: must be in [${MIN_TILE_FRAC}, 1) (each tile smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles`);
   }
   return p;
 }

@@ -14,6 +14,9 @@ import org.coinvision.sdk.pack.Pack
 import java.io.File
 import kotlin.math.ceil
 
+/** Smallest segmenter `tile_frac` (spec 2.3): a 4×4 grid, 16 more segmenter calls at most. */
+const val MIN_TILE_FRAC = 0.25
+
 /** Result of the two-pass segmentation; [mask] (H×W, row-major) is null when no coin was found. [tiled]: the first
  * pass found no coin, so the tiles of spec 2.3 ran (the mask, if any, comes from them). */
 class Segmentation(val mask: BooleanArray?, val bbox: IntArray?, val passes: Int, val firstPassMask: BooleanArray?,
@@ -32,7 +35,7 @@ class Segmenter(val model: ModelRuntime) {
     val splitTouching = meta.extraBool("split_touching", false)
     /** Spec 2.4: a crop box at least this share of the photo's longer side ends segmentation after one pass (null: never). */
     val singlePassBoxFrac: Double? = if (meta.extra.containsKey("single_pass_box_frac")) meta.extraDouble("single_pass_box_frac", Double.NaN) else null
-    /** Spec 2.3: when the first pass finds no coin, 4 tiles of this share of the photo's longer side are segmented (null: never). */
+    /** Spec 2.3: when the first pass finds no coin, a grid of tiles of this share of the photo's longer side is segmented (null: never). */
     val tileFrac: Double? = if (meta.extra.containsKey("tile_frac")) meta.extraDouble("tile_frac", Double.NaN) else null
 
     init {
@@ -40,8 +43,8 @@ class Segmenter(val model: ModelRuntime) {
         if (!(threshold > 0 && threshold < 1)) throw ConfigException("segmenter threshold=$threshold: must be a probability in (0, 1), e.g. 0.5")
         if (singlePassBoxFrac != null && !(singlePassBoxFrac > 0)) throw ConfigException(
             "segmenter single_pass_box_frac=$singlePassBoxFrac: must be a number > 0 (e.g. 0.8), or absent to always run the second pass")
-        if (tileFrac != null && !(tileFrac >= 0.5 && tileFrac < 1.0)) throw ConfigException(
-            "segmenter tile_frac=$tileFrac: must be in [0.5, 1) so the 4 tiles cover the photo and each is smaller than it (e.g. 0.6), or absent for no tiles")
+        if (tileFrac != null && !(tileFrac >= MIN_TILE_FRAC && tileFrac < 1.0)) throw ConfigException(
+            "segmenter tile_frac=$tileFrac: must be in [$MIN_TILE_FRAC, 1) (each tile smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles")
     }
 
     /** Mask logits of one `size_px` square (what the conformance kit calls `mask_logits`). */
@@ -60,12 +63,15 @@ class Segmenter(val model: ModelRuntime) {
         return ImageOps.unletterbox(probability(square), sizePx, box)
     }
 
-    /** Spec 2.3's tiles: side ceil(tileFrac × L) at the corners of the photo's centred L×L frame, row by row. */
+    /** Spec 2.3's tiles: an n×n grid, n = ceil(1 / tileFrac), of side ceil(tileFrac × L) spread evenly over the photo's
+     * centred L×L frame from corner to corner (integer offsets k·(L − t) div (n − 1)), row by row. */
     fun tileBoxes(w: Int, h: Int, tileFrac: Double): List<IntArray> {
         val side = maxOf(w, h)
         val tile = ceil(tileFrac * side).toInt()
+        val count = ceil(1.0 / tileFrac).toInt()
         val fx0 = Math.floorDiv(w - side, 2); val fy0 = Math.floorDiv(h - side, 2)
-        return listOf(fy0, fy0 + side - tile).flatMap { y -> listOf(fx0, fx0 + side - tile).map { x -> intArrayOf(x, y, x + tile, y + tile) } }
+        val offsets = (0 until count).map { k -> k * (side - tile) / (count - 1) }
+        return offsets.flatMap { y -> offsets.map { x -> intArrayOf(fx0 + x, fy0 + y, fx0 + x + tile, fy0 + y + tile) } }
     }
 
     /** A crop's probability map written into the photo-size map at [box] (inside the photo; the maximum when [keepMax]). */

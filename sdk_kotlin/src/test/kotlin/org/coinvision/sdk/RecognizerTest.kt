@@ -29,7 +29,7 @@ class RecognizerTest {
         assertEquals(128, rec.segmenter.sizePx)
         assertTrue(rec.segmenter.splitTouching)
         assertEquals(0.8, rec.segmenter.singlePassBoxFrac) // segmenter v3: one pass for a coin that fills the photo
-        assertEquals(0.5, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
+        assertEquals(0.4, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
         assertEquals(0.15, rec.segmenter.marginFrac)
         val meta = TestPaths.embedderMeta
         assertEquals(meta["extra"]!!["embed_rotations"]!!.double.toInt(), rec.embedRotations)
@@ -69,21 +69,25 @@ class RecognizerTest {
     }
 
     @Test
-    fun `tiles - four squares of ceil(f x L) at the corners of the centred frame, row by row`() {
+    fun `tiles - an n x n grid of squares of ceil(f x L) over the centred frame, corner to corner, row by row`() {
         assertEquals(listOf(listOf(0, -40, 192, 152), listOf(128, -40, 320, 152), listOf(0, 88, 192, 280), listOf(128, 88, 320, 280)),
             rec.segmenter.tileBoxes(320, 240, 0.6).map { it.toList() })
         assertEquals(listOf(listOf(-51, 0, 130, 181), listOf(69, 0, 250, 181), listOf(-51, 120, 130, 301), listOf(69, 120, 250, 301)),
             rec.segmenter.tileBoxes(199, 301, 0.6).map { it.toList() })
+        assertEquals(listOf(listOf(-51, 0, 70, 121), listOf(39, 0, 160, 121), listOf(129, 0, 250, 121), listOf(-51, 90, 70, 211),
+            listOf(39, 90, 160, 211), listOf(129, 90, 250, 211), listOf(-51, 180, 70, 301), listOf(39, 180, 160, 301), listOf(129, 180, 250, 301)),
+            rec.segmenter.tileBoxes(199, 301, 0.4).map { it.toList() })
+        assertEquals(listOf(0, 105, 211, 0, 105, 211, 0, 105, 211), rec.segmenter.tileBoxes(320, 240, 0.34).map { it[0] }) // floor offsets
     }
 
     @Test
-    fun `a tile_frac outside 0,5 to 1 is refused with the value and the fix`(@TempDir tmp: File) {
+    fun `a tile_frac outside 0,25 to 1 is refused with the value and the fix`(@TempDir tmp: File) {
         File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
         val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
-        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace("\"tile_frac\": 0.5", "\"tile_frac\": 0.3"))
+        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace(Regex("\"tile_frac\": [0-9.]+"), "\"tile_frac\": 0.2"))
         OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
             val e = assertThrows<ConfigException> { Segmenter(runtime) }
-            assertTrue("tile_frac=0.3" in e.message!! && "[0.5, 1)" in e.message!!, e.message)
+            assertTrue("tile_frac=0.2" in e.message!! && "[0.25, 1)" in e.message!!, e.message)
         }
     }
 
