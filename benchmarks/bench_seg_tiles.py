@@ -47,7 +47,7 @@ from benchmarks.bench_segmentation import (
 )
 from benchmarks.common import ROOT, seed_everything, write_result
 
-__all__ = ["main", "pick_scenes"]
+__all__ = ["main", "pick", "pick_scenes", "tiles_of"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,17 @@ def coin_free(cfg: Any, count: int, seed: int = 5) -> dict[str, list[np.ndarray]
     rng = np.random.default_rng(seed)
     return {f"coin-free {size} px": [jitter_background(crop_background(train + val, size, rng, procedural_p=0.3), rng)
                                      for _ in range(count)] for size in (384, 640)}
+
+
+def tiles_of(tile_frac: float | None) -> int:
+    """Segmenter calls the tiles add (spec 2.3: an n x n grid, n = ceil(1 / tile_frac)); 0 without tiles."""
+    return 0 if tile_frac is None else math.ceil(1.0 / tile_frac) ** 2
+
+
+def pick(rows: Sequence[dict[str, Any]], max_tiles: int = MAX_TILES) -> dict[str, Any]:
+    """The row with the highest ``pick mean`` among those of at most ``max_tiles`` tiles (the held-out columns are
+    not looked at)."""
+    return max((r for r in rows if tiles_of(r["tile_frac"]) <= max_tiles), key=lambda r: r["pick mean"])
 
 
 def mean_iou(segmenter: Any, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -141,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tile_frac {tile_frac}: pick mean {row['pick mean']:.4f}; held-out "
               + ", ".join(f"{k} {row[f'held-out: {k}']:.4f}" for k in held), flush=True)
     for row in rows:
-        row["tiles"] = 0 if row["tile_frac"] is None else math.ceil(1.0 / row["tile_frac"]) ** 2
-    best = max((r for r in rows if r["tiles"] <= MAX_TILES), key=lambda r: r["pick mean"])
+        row["tiles"] = tiles_of(row["tile_frac"])
+    best = pick(rows)
     shipped = model.segmenter.params.tile_frac
     results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,
                "config": str(Path(args.config).resolve().relative_to(ROOT)), "scenes_per_pick_set": args.scenes,
