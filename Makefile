@@ -139,7 +139,7 @@ embedder-v3: install split
 
 # The shipped segmenter (models/release/README.md, segmenter v3): the v2 recipe on an EfficientNet-Lite0 encoder
 # (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100 with more 2-5 coin scenes), one pass for
-# coins that fill the photo (single_pass_box_frac) and 4 tiles when the whole photo shows none (tile_frac; both
+# coins that fill the photo (single_pass_box_frac) and 3 x 3 tiles when the whole photo shows none (tile_frac; both
 # measured: benchmarks/bench_seg_tiles.py), exported and parity-checked on every held-out query
 # photo, ONNX weights stored as int8 (checked against the fp32 file; float16 would put the release over 40 MB),
 # assembled beside the released embedder (carried over as it is). Resumable: each training step continues from

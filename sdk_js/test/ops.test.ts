@@ -162,7 +162,7 @@ describe("twoPassSegment tiles (spec 2.3)", () => {
     const seg = await twoPassSegment(photo, blind, { sizePx: 128, tileFrac: 0.6 });
     assert.ok(seg.mask !== null && seg.tiled);
     assert.equal(seg.passes, 2);
-    assert.equal(calls, 6); // whole photo, 4 tiles, the second pass
+    assert.equal(calls, 6); // whole photo, 2 x 2 tiles, the second pass
     const [x0, y0, x1, y1] = seg.bbox!;
     assert.ok(Math.abs((x0 + x1) / 2 - 250) <= 2 && Math.abs((y0 + y1) / 2 - 190) <= 2, `bbox ${seg.bbox}`);
   });
