@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Segmenter(dataclasses.replace(model.segmenter.model, predict=predict), model.segmenter.params)
     cfg = data_config(None, 128, Path(args.config), {"synth.multi_coin_p": 0.35})
     started = time.perf_counter()
-    pick = pick_scenes(cfg, args.scenes)
+    pick_sets = pick_scenes(cfg, args.scenes)
     held128 = load_eval_data(cfg, 100, 1000, n_distractor=100, handchecked=HANDCHECKED)
     held384 = load_eval_data(cfg, 100, 0, synth_size_px=384, n_distractor=100, handchecked=None)
     held = {"real photos": [(img, m) for _, img, m in held128.real],
@@ -136,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             "synthetic 128 px": held128.synthetic, "2-5 coins 128 px": held128.distractor,
             "synthetic 384 px": held384.synthetic, "2-5 coins 384 px": held384.distractor}
     free = coin_free(cfg, 200)
-    print(f"data ready in {time.perf_counter() - started:.0f} s: {', '.join(f'{k} {len(v)}' for k, v in pick.items())}",
-          flush=True)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in pick_sets.items())
+    print(f"data ready in {time.perf_counter() - started:.0f} s: {sizes}", flush=True)
     rows: list[dict[str, Any]] = []
     for tile_frac in CANDIDATES:
         segmenter = base.with_params(tile_frac=tile_frac)
         row: dict[str, Any] = {"tile_frac": tile_frac}
-        row.update({f"pick: {k}": mean_iou(segmenter, v) for k, v in pick.items()})
-        row["pick mean"] = float(np.mean([row[f"pick: {k}"] for k in pick]))
+        row.update({f"pick: {k}": mean_iou(segmenter, v) for k, v in pick_sets.items()})
+        row["pick mean"] = float(np.mean([row[f"pick: {k}"] for k in pick_sets]))
         row.update({f"held-out: {k}": mean_iou(segmenter, v) for k, v in held.items()})
         row.update({f"{k}: coin found": float(np.mean([segmenter.segment(img).found for img in v]))
                     for k, v in free.items()})
