@@ -491,8 +491,8 @@ def test_segment_timed_counts_the_tiles_in_the_first_pass() -> None:
     from coinvision.sdk.segmenter import Segmenter
 
     segmenter = Segmenter.from_dir(RELEASE, runtime="tflite", num_threads=1)
-    scenes = Path(__file__).resolve().parents[2] / "examples" / "sample_coins"
-    far, timings = segmenter.segment_timed(load_image(scenes / "scenes" / "far_coin.png"))
+    samples = Path(__file__).resolve().parents[2] / "examples" / "sample_coins"
+    far, timings = segmenter.segment_timed(load_image(samples / "scenes" / "far_coin.png"))
     assert far.tiled and far.passes == 2 and set(timings) == {"segment_pass1", "segment_pass2"}
-    blank, timings = segmenter.segment_timed(load_image(next((scenes / "backgrounds" / "images").glob("*.jpg"))))
+    blank, timings = segmenter.segment_timed(load_image(next((samples / "backgrounds" / "images").glob("*.jpg"))))
     assert not blank.found and blank.tiled and set(timings) == {"segment_pass1"}  # tiles ran, no second pass
