@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for tile_frac in CANDIDATES:
         segmenter = base.with_params(tile_frac=tile_frac)
-        row: dict[str, Any] = {"tile_frac": tile_frac}
+        row: dict[str, Any] = {"tile_frac": tile_frac, "tiles": tiles_of(tile_frac)}
         row.update({f"pick: {k}": mean_iou(segmenter, v) for k, v in pick_sets.items()})
         row["pick mean"] = float(np.mean([row[f"pick: {k}"] for k in pick_sets]))
         row.update({f"held-out: {k}": mean_iou(segmenter, v) for k, v in held.items()})
@@ -151,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"tile_frac {tile_frac}: pick mean {row['pick mean']:.4f}; held-out "
               + ", ".join(f"{k} {row[f'held-out: {k}']:.4f}" for k in held), flush=True)
-    for row in rows:
-        row["tiles"] = tiles_of(row["tile_frac"])
     best = pick(rows)
     shipped = model.segmenter.params.tile_frac
     results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,

@@ -33,7 +33,7 @@ from coinvision.converters.onnx_weights import FORMS
 from coinvision.sdk.errors import ConversionError
 from coinvision.sdk.model_meta import sidecar_path
 
-__all__ = ["assemble_release"]
+__all__ = ["assemble_release", "released_files"]
 
 KINDS = ("segmenter", "embedder")
 TFLITE_VARIANTS = {"fp32": "{kind}.tflite", "fp16": "{kind}.fp16.tflite", "int8_dynamic": "{kind}.int8_dynamic.tflite",
@@ -63,21 +63,26 @@ def _quantization(path: Path) -> str:
     return json.loads(sidecar_path(path).read_text()).get("quantization", "fp32")
 
 
-def _carried(release_dir: Path, kind: str) -> tuple[dict[str, Path], dict[str, dict], Path | None]:
-    """The current release's files of ``kind`` (checked against their recorded sha256), their entries and record."""
+def released_files(release_dir: Path, kind: str) -> tuple[dict, dict[str, Path]]:
+    """``release.json`` of ``release_dir`` and its files of ``kind``, each checked against its recorded sha256."""
     info_path = release_dir / "release.json"
     if not info_path.is_file():
-        raise ConversionError(f"{release_dir} has no release.json: there is no {kind} to carry over; export it too")
+        raise ConversionError(f"{release_dir} has no release.json: there is no released {kind}; export it")
     info = json.loads(info_path.read_text())
-    entries = {name: e for name, e in info.get("files", {}).items() if name.startswith(f"{kind}.")}
-    if not entries:
-        raise ConversionError(f"{info_path} lists no {kind} files to carry over; export the {kind} too")
-    files = {}
-    for name, entry in entries.items():
-        if digest(release_dir / name)[1] != entry["sha256"]:
+    names = [name for name in info.get("files", {}) if name.startswith(f"{kind}.")]
+    if not names:
+        raise ConversionError(f"{info_path} lists no {kind} files; export the {kind}")
+    for name in names:
+        if digest(release_dir / name)[1] != info["files"][name]["sha256"]:
             raise ConversionError(f"{release_dir / name} differs from its sha256 in {info_path}; restore it "
-                                  "(git checkout) before carrying it over")
-        files[name] = release_dir / name
+                                  "(git checkout) first")
+    return info, {name: release_dir / name for name in names}
+
+
+def _carried(release_dir: Path, kind: str) -> tuple[dict[str, Path], dict[str, dict], Path | None]:
+    """The current release's files of ``kind`` (checked against their recorded sha256), their entries and record."""
+    info, files = released_files(release_dir, kind)
+    entries = {name: info["files"][name] for name in files}
     source = info.get(f"{kind}_source", MANIFEST_NAME)
     return files, entries, (release_dir / source) if (release_dir / source).is_file() else None
 

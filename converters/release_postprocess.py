@@ -23,8 +23,9 @@ from typing import Any
 
 from coinvision.converters.manifest import digest
 from coinvision.converters.metadata import rewrite_metadata
-from coinvision.sdk.errors import CoinVisionError, ConfigError, ConversionError
-from coinvision.sdk.model_meta import ModelMetadata, sidecar_path
+from coinvision.converters.release import released_files
+from coinvision.sdk.errors import CoinVisionError, ConfigError
+from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.segmenter import SegmenterParams
 from coinvision.trainer.config_io import parse_overrides
 from coinvision.trainer.seg_model import POSTPROCESS_KEYS
@@ -34,21 +35,6 @@ __all__ = ["set_release_postprocess"]
 KIND = "segmenter"
 
 
-def _checked_files(release_dir: Path) -> tuple[dict, list[str]]:
-    info_path = release_dir / "release.json"
-    if not info_path.is_file():
-        raise ConversionError(f"{release_dir} has no release.json; pass the release folder (models/release)")
-    info = json.loads(info_path.read_text())
-    names = [name for name in info.get("files", {}) if name.startswith(f"{KIND}.")]
-    if not names:
-        raise ConversionError(f"{info_path} lists no {KIND} files")
-    for name in names:
-        if digest(release_dir / name)[1] != info["files"][name]["sha256"]:
-            raise ConversionError(f"{release_dir / name} differs from its sha256 in {info_path}; restore it "
-                                  "(git checkout) first")
-    return info, names
-
-
 def set_release_postprocess(release_dir: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
     """Write ``changes`` (post-processing keys; ``None`` removes a key) into every released segmenter file.
     Returns the segmenter's ``extra`` as it now reads."""
@@ -56,9 +42,8 @@ def set_release_postprocess(release_dir: str | Path, changes: dict[str, Any]) ->
     unknown = sorted(set(changes) - set(POSTPROCESS_KEYS))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not post-processing keys; these are {', '.join(POSTPROCESS_KEYS)}")
-    info, names = _checked_files(release_dir)
-    metas = {name: ModelMetadata.read_sidecar(release_dir / name) for name in names}
-    updated = {name: _with_changes(meta, changes) for name, meta in metas.items()}
+    info, files = released_files(release_dir, KIND)
+    updated = {name: _with_changes(ModelMetadata.read_sidecar(path), changes) for name, path in files.items()}
     for name, meta in updated.items():
         try:
             SegmenterParams.from_metadata(meta)
@@ -78,7 +63,7 @@ def set_release_postprocess(release_dir: str | Path, changes: dict[str, Any]) ->
     release_dir.rename(previous)
     staging.rename(release_dir)
     shutil.rmtree(previous)
-    return json.loads(sidecar_path(release_dir / names[0]).read_text())["extra"]
+    return next(iter(updated.values())).extra
 
 
 def _with_changes(meta: ModelMetadata, changes: dict[str, Any]) -> ModelMetadata:

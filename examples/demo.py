@@ -174,13 +174,11 @@ def publish_catalog(server: RunningServer, catalog_id: str, coins: Sequence[Samp
 # ------------------------------------------------------------------------------------------- recognize
 
 
-def recognize_queries(models_dir: Path, pack_path: Path, coins: Sequence[SampleCoin], runtime: str,
-                      top_k: int) -> tuple[list[QueryOutcome], dict[Path, object]]:
+def recognize_queries(recognizer, coins: Sequence[SampleCoin], top_k: int) -> tuple[list[QueryOutcome],
+                                                                                    dict[Path, object]]:
     from coinvision.sdk.images import load_image
-    from coinvision.sdk.recognizer import Recognizer
     from tqdm import tqdm
 
-    recognizer = Recognizer.from_dir(models_dir, runtime=runtime, pack=pack_path)
     outcomes, results = [], {}
     queries = [(coin.coin_id, path) for coin in coins for path in coin.queries]
     for true_coin, path in tqdm(queries, desc="recognize", unit="photo"):
@@ -194,16 +192,15 @@ def recognize_queries(models_dir: Path, pack_path: Path, coins: Sequence[SampleC
     return outcomes, results
 
 
-def far_coin(models_dir: Path, pack_path: Path, sample_root: Path, runtime: str, labels: dict[str, str]) -> str | None:
+def far_coin(recognizer, sample_root: Path, labels: dict[str, str]) -> str | None:
     """The photo the segmenter's tiles are for (``scenes/far_coin.png``: a 2-euro coin 78 px across in 480x360, too
     small for the whole-photo pass): how its coin was found and what it was named. None without that photo."""
     from coinvision.sdk.images import load_image
-    from coinvision.sdk.recognizer import Recognizer
 
     path = sample_root / "scenes" / "far_coin.png"
     if not path.is_file():
         return None
-    result = Recognizer.from_dir(models_dir, runtime=runtime, pack=pack_path).recognize(load_image(path))
+    result = recognizer.recognize(load_image(path))
     seg = result.segmentation
     how = "no coin found" if not seg.found else "found by the tiles" if seg.tiled else "found in the whole photo"
     best = result.matches[0] if result.matches else None
@@ -301,6 +298,7 @@ def write_report(out_html: Path, outcomes: Sequence[QueryOutcome], results: dict
 
 def run_demo(models_dir: Path, sample_root: Path, out_dir: Path, *, catalog_per_coin: int = 2,
              runtime: str = "tflite", top_k: int = 5, start_timeout_s: float = 120.0) -> dict[str, float]:
+    from coinvision.sdk.recognizer import Recognizer
     from coinvision.sdk.sync_client import SyncClient
 
     started = time.perf_counter()
@@ -327,7 +325,8 @@ def run_demo(models_dir: Path, sample_root: Path, out_dir: Path, *, catalog_per_
             stop_server(server)
             print(f"      server stopped (exit code {server.process.returncode}): the rest runs offline")
         print(f"[4/5] recognizing {sum(len(c.queries) for c in coins)} query photos offline ({runtime})")
-        outcomes, results = recognize_queries(models_dir, client.pack_path, coins, runtime, top_k)
+        recognizer = Recognizer.from_dir(models_dir, runtime=runtime, pack=client.pack_path)
+        outcomes, results = recognize_queries(recognizer, coins, top_k)
         labels = {c.coin_id: c.label for c in coins}
         print_table(outcomes, labels)
         figures = {f"recall@{k}": recall_at(outcomes, k) for k in (1, 5)}
@@ -343,7 +342,7 @@ def run_demo(models_dir: Path, sample_root: Path, out_dir: Path, *, catalog_per_
               f"queries, {len(coins)} catalog coins; flagged unknown: {figures['unknown_rate']:.1%} (cosine below "
               f"{figures['unknown_threshold']:.3f}, calibrated on held-out coins), answers given right: "
               f"{figures['accepted_correct']:.1%}; median pipeline {figures['median_total_ms']:.0f} ms/photo")
-        far = far_coin(models_dir, client.pack_path, sample_root, runtime, labels)
+        far = far_coin(recognizer, sample_root, labels)
         if far is not None:
             print(f"      a coin far from the camera (scenes/far_coin.png): {far}")
         summary = {

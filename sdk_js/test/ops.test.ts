@@ -94,15 +94,19 @@ describe("components, distance transform, touching-coin split", () => {
   }
 });
 
+/** A bright disc (220) of radius `r` at (cx, cy) on a dark photo (`bg`): the stand-in models call bright pixels coin. */
+function discPhoto(width: number, height: number, cx: number, cy: number, r: number, bg: number) {
+  const data = new Uint8Array(width * height * 3).fill(bg);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
+    if ((x - cx) ** 2 + (y - cy) ** 2 <= r ** 2) data.fill(220, (y * width + x) * 3, (y * width + x) * 3 + 3);
+  }
+  return { width, height, channels: 3, data };
+}
+
 describe("twoPassSegment single_pass_box_frac (spec 2.4)", () => {
   // a bright disc of radius 30 in a 200x120 photo; the stand-in model calls bright pixels coin. Its square box
   // with 15 % margins is about 80 px, 0.4 of the photo's longer side.
-  const width = 200, height = 120;
-  const data = new Uint8Array(width * height * 3).fill(40);
-  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
-    if ((x - 140) ** 2 + (y - 60) ** 2 <= 30 ** 2) data.fill(220, (y * width + x) * 3, (y * width + x) * 3 + 3);
-  }
-  const photo = { width, height, channels: 3, data };
+  const photo = discPhoto(200, 120, 140, 60, 30, 40);
   let calls = 0;
   const predict = async (sq: { width: number; height: number; data: Uint8Array }) => {
     calls++;
@@ -136,12 +140,7 @@ describe("twoPassSegment tiles (spec 2.3)", () => {
   });
 
   // a 24-px coin in a 320x240 photo: 12 px in the 128-px first pass, which (like the shipped model) cannot see it
-  const width = 320, height = 240;
-  const data = new Uint8Array(width * height * 3).fill(30);
-  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
-    if ((x - 250) ** 2 + (y - 190) ** 2 <= 12 ** 2) data.fill(220, (y * width + x) * 3, (y * width + x) * 3 + 3);
-  }
-  const photo = { width, height, channels: 3, data };
+  const photo = discPhoto(320, 240, 250, 190, 12, 30);
   let calls = 0;
   const blind = async (sq: { width: number; height: number; data: Uint8Array }) => {
     calls++;

@@ -118,13 +118,18 @@ def test_single_pass_box_frac_skips_the_second_pass_only_for_a_coin_that_fills_t
     assert (big_box.mask & truth).sum() / (big_box.mask | truth).sum() > 0.9
 
 
-def test_segmenter_params_read_single_pass_box_frac_from_metadata() -> None:
+@pytest.mark.parametrize(("key", "value", "bad", "message"), [
+    ("single_pass_box_frac", 0.8, 0, r"single_pass_box_frac=0.0: must be > 0"),
+    ("tile_frac", 0.6, 1, r"tile_frac=1.0: must be in \[0.25, 1\)"),
+])
+def test_segmenter_params_read_optional_post_processing_from_metadata(key: str, value: float, bad: float,
+                                                                      message: str) -> None:
     meta = ModelMetadata(name="segmenter", architecture="unet", fingerprint="f" * 16,
-                         input=InputSpec(size_px=64), output="mask_logits", extra={"single_pass_box_frac": 0.8})
-    assert SegmenterParams.from_metadata(meta).single_pass_box_frac == 0.8
-    assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).single_pass_box_frac is None
-    with pytest.raises(ConfigError, match=r"single_pass_box_frac=0.0: must be > 0"):
-        SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"single_pass_box_frac": 0}))
+                         input=InputSpec(size_px=64), output="mask_logits", extra={key: value})
+    assert getattr(SegmenterParams.from_metadata(meta), key) == value
+    assert getattr(SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})), key) is None  # absent: off
+    with pytest.raises(ConfigError, match=message):
+        SegmenterParams.from_metadata(dataclasses.replace(meta, extra={key: bad}))
 
 
 @pytest.mark.parametrize(("height", "width"), [(300, 300), (240, 320), (301, 199)])
@@ -181,14 +186,6 @@ def test_tiles_find_nothing_on_a_blank_photo() -> None:
     seg = two_pass_segment(np.full((90, 160, 3), 30, np.uint8), _color_predictor, size_px=64, tile_frac=0.6)
     assert not seg.found and seg.tiled and seg.passes == 1
 
-
-def test_segmenter_params_read_tile_frac_from_metadata() -> None:
-    meta = ModelMetadata(name="segmenter", architecture="unet", fingerprint="f" * 16,
-                         input=InputSpec(size_px=64), output="mask_logits", extra={"tile_frac": 0.6})
-    assert SegmenterParams.from_metadata(meta).tile_frac == 0.6
-    assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).tile_frac is None
-    with pytest.raises(ConfigError, match=r"tile_frac=1.0: must be in \[0.25, 1\)"):
-        SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"tile_frac": 1}))
 
 
 def test_two_pass_segment_reports_no_coin_on_blank_photo() -> None:
