@@ -47,7 +47,7 @@ from benchmarks.bench_segmentation import (
 )
 from benchmarks.common import ROOT, seed_everything, write_result
 
-__all__ = ["main", "pick", "pick_scenes", "tiles_of"]
+__all__ = ["coin_free", "held_out_sets", "main", "mean_iou", "pick", "pick_scenes", "tiles_of"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ def coin_free(cfg: Any, count: int, seed: int = 5) -> dict[str, list[np.ndarray]
                                      for _ in range(count)] for size in (384, 640)}
 
 
+def held_out_sets(cfg: Any) -> dict[str, list]:
+    """The model card's held-out sets (``bench_segmentation``'s): ``{set name: [(image, target mask)]}``."""
+    held128 = load_eval_data(cfg, 100, 1000, n_distractor=100, handchecked=HANDCHECKED)
+    held384 = load_eval_data(cfg, 100, 0, synth_size_px=384, n_distractor=100, handchecked=None)
+    return {"real photos": [(img, m) for _, img, m in held128.real],
+            "hand-checked": [(img, m) for _, img, m in held128.handchecked],
+            "synthetic 128 px": held128.synthetic, "2-5 coins 128 px": held128.distractor,
+            "synthetic 384 px": held384.synthetic, "2-5 coins 384 px": held384.distractor}
+
+
 def tiles_of(tile_frac: float | None) -> int:
     """Segmenter calls the tiles add (spec 2.3: an n x n grid, n = ceil(1 / tile_frac)); 0 without tiles."""
     return 0 if tile_frac is None else math.ceil(1.0 / tile_frac) ** 2
@@ -129,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = data_config(None, 128, Path(args.config), {"synth.multi_coin_p": 0.35})
     started = time.perf_counter()
     pick_sets = pick_scenes(cfg, args.scenes)
-    held128 = load_eval_data(cfg, 100, 1000, n_distractor=100, handchecked=HANDCHECKED)
-    held384 = load_eval_data(cfg, 100, 0, synth_size_px=384, n_distractor=100, handchecked=None)
-    held = {"real photos": [(img, m) for _, img, m in held128.real],
-            "hand-checked": [(img, m) for _, img, m in held128.handchecked],
-            "synthetic 128 px": held128.synthetic, "2-5 coins 128 px": held128.distractor,
-            "synthetic 384 px": held384.synthetic, "2-5 coins 384 px": held384.distractor}
+    held = held_out_sets(cfg)
     free = coin_free(cfg, 200)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in pick_sets.items())
     print(f"data ready in {time.perf_counter() - started:.0f} s: {sizes}", flush=True)

@@ -35,7 +35,9 @@ __all__ = [
     "DEFAULT_SEGMENT_THRESHOLD",
     "DEFAULT_SINGLE_PASS_BOX_FRAC",
     "DEFAULT_TILE_FRAC",
+    "DEFAULT_VIEWS",
     "MIN_TILE_FRAC",
+    "VIEWS_ALLOWED",
     "PredictFn",
     "Segmentation",
     "Segmenter",
@@ -46,6 +48,7 @@ __all__ = [
     "tile_boxes",
     "tiled_probability",
     "two_pass_segment",
+    "views_probability",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,9 @@ DEFAULT_SINGLE_PASS_BOX_FRAC: float | None = None
 # No default tiles: without segmenter `extra["tile_frac"]` a first pass that finds no coin ends segmentation.
 DEFAULT_TILE_FRAC: float | None = None
 MIN_TILE_FRAC = 0.25  # tiles of a quarter of the photo's side: a 4 x 4 grid, 16 more segmenter calls at most
+# One view: the pass that gives the answer sees its input once, as it is (segmenter `extra["views"]`).
+DEFAULT_VIEWS = 1
+VIEWS_ALLOWED = (1, 2, 4)  # quarter turns only: a turned square is the same pixels, so every port turns it exactly
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -185,9 +191,25 @@ class Segmentation:
         return self.mask is not None
 
 
-def _predict_on(image: np.ndarray, predict: PredictFn, size_px: int, pad_value: int) -> np.ndarray:
+def views_probability(square: np.ndarray, predict: PredictFn, views: int,
+                      first: np.ndarray | None = None) -> np.ndarray:
+    """Spec step 2.7: the mean probability map of ``views`` turns of a square model input: view ``k`` is the input
+    turned ``k * 4 / views`` quarter turns counter-clockwise (``np.rot90``), its map turned back; the maps are
+    summed in float32 in view order and divided by ``views``. ``first``: view 0's map when the caller has it."""
+    maps = [predict(square) if first is None else first]
+    step = 4 // views
+    for k in range(1, views):
+        turns = k * step
+        maps.append(np.rot90(predict(np.ascontiguousarray(np.rot90(square, turns))), -turns))
+    total = maps[0].astype(np.float32, copy=True)
+    for extra in maps[1:]:
+        total += extra
+    return total / np.float32(views)
+
+
+def _predict_on(image: np.ndarray, predict: PredictFn, size_px: int, pad_value: int, views: int = 1) -> np.ndarray:
     square, box = letterbox(image, size_px, pad_value)
-    return unletterbox(predict(square), box)
+    return unletterbox(predict(square) if views == 1 else views_probability(square, predict, views), box)
 
 
 def tile_boxes(height: int, width: int, tile_frac: float) -> list[tuple[int, int, int, int]]:
@@ -239,6 +261,7 @@ def two_pass_segment(
     split_touching: bool = False,
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC,
     tile_frac: float | None = DEFAULT_TILE_FRAC,
+    views: int = DEFAULT_VIEWS,
 ) -> Segmentation:
     """The design's refinement: segment the whole photo, keep the largest component, crop a square around
     it with a margin, segment the crop again at full model resolution, paste back, keep the largest
@@ -249,8 +272,13 @@ def two_pass_segment(
     side the first pass is the answer, since the second would see the coin at barely more pixels than the first
     (a coin that fills the frame, as most photos of one coin do). ``tile_frac`` (metadata ``extra["tile_frac"]``,
     default None: no tiles): when the first pass finds no coin, :func:`tiled_probability` looks again at a grid of
-    tiles of this share of the photo's longer side, and the first pass's mask comes from them (``tiled``)."""
-    prob = _predict_on(image, predict, size_px, pad_value)
+    tiles of this share of the photo's longer side, and the first pass's mask comes from them (``tiled``).
+    ``views`` (metadata ``extra["views"]``, 1, 2 or 4; default 1): the pass whose mask is the answer (the second, or
+    the first when ``single_pass_box_frac`` ends there) averages the maps of that many turns of its input
+    (:func:`views_probability`); the first pass finds the coin from one view, the tiles too."""
+    square, letterbox_box = letterbox(image, size_px, pad_value)
+    square_prob = predict(square)
+    prob = unletterbox(square_prob, letterbox_box)
     first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
     tiled = first is None and tile_frac is not None
     if tiled:
@@ -264,9 +292,16 @@ def two_pass_segment(
     box = square_bbox(first, margin_frac)
     if single_pass_box_frac is not None and \
             max(box[2] - box[0], box[3] - box[1]) >= single_pass_box_frac * max(image.shape[:2]):
-        return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first, tiled=tiled)
+        if views == 1:
+            return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first, tiled=tiled)
+        prob = unletterbox(views_probability(square, predict, views, first=square_prob), letterbox_box)
+        viewed = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
+        mask = first if viewed is None else viewed
+        return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=1, first_pass_mask=first,
+                            tiled=tiled)
     full = np.zeros(image.shape[:2], dtype=np.float32)
-    _paste(full, _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value), box, keep_max=False)
+    _paste(full, _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value, views), box,
+           keep_max=False)
     # The second pass sees only the crop. When it loses the coin entirely, or keeps only a fragment of what the
     # first pass found (seen on small coins upscaled into the crop), the first pass is the better answer.
     second = largest_component(full >= threshold, min_area_frac, split_touching=split_touching) if full.any() else None
@@ -274,6 +309,11 @@ def two_pass_segment(
     mask = first if lost else second
     return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=2, first_pass_mask=first, tiled=tiled)
 
+
+
+def _whole_number(value: object) -> object:
+    """``4.0`` (a JSON writer's 4) -> 4; anything else as it is, for the range check to name."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 @dataclass(frozen=True)
@@ -288,6 +328,7 @@ class SegmenterParams:
     split_touching: bool = False  # spec 2.6: cut touching coins apart before keeping the largest (v2 models)
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # spec 2.4: no second pass for a box this big
     tile_frac: float | None = DEFAULT_TILE_FRAC  # spec 2.3: tiles of this share of the longer side when none found
+    views: int = DEFAULT_VIEWS  # spec 2.7: turns of its input the answering pass averages
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -303,12 +344,15 @@ class SegmenterParams:
         if self.tile_frac is not None and not MIN_TILE_FRAC <= self.tile_frac < 1.0:
             raise ConfigError(f"segmenter tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (each tile "
                               "smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles")
+        if isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
+            raise ConfigError(f"segmenter views={self.views!r}: must be one of {VIEWS_ALLOWED} (quarter turns of the "
+                              "answering pass's input, averaged), or absent for 1")
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> SegmenterParams:
         """``threshold``, ``input.size_px`` / ``input.pad_value`` and ``extra`` (``margin_frac``,
-        ``min_area_frac``, ``split_touching``, ``single_pass_box_frac``, ``tile_frac``); what the metadata leaves out
-        takes the spec default."""
+        ``min_area_frac``, ``split_touching``, ``single_pass_box_frac``, ``tile_frac``, ``views``); what the
+        metadata leaves out takes the spec default."""
         extra = meta.extra
         single_pass = extra.get("single_pass_box_frac", DEFAULT_SINGLE_PASS_BOX_FRAC)
         tile_frac = extra.get("tile_frac", DEFAULT_TILE_FRAC)
@@ -321,6 +365,7 @@ class SegmenterParams:
             split_touching=bool(extra.get("split_touching", False)),
             single_pass_box_frac=None if single_pass is None else float(single_pass),
             tile_frac=None if tile_frac is None else float(tile_frac),
+            views=_whole_number(extra.get("views", DEFAULT_VIEWS)),
         )
 
 
@@ -365,8 +410,8 @@ class Segmenter:
         return self._segment(image, self.probability, two_pass)
 
     def segment_timed(self, image: np.ndarray, start: float | None = None) -> tuple[Segmentation, dict[str, float]]:
-        """:meth:`segment` plus its time per pass in ms: ``segment_pass1`` (with the tiles, when they ran) and, when it
-        ran, ``segment_pass2``.
+        """:meth:`segment` plus its time per pass in ms: ``segment_pass1`` (with the tiles, when they ran, and the views
+        when the first pass is the answer) and, when it ran, ``segment_pass2``.
         ``start``: a ``time.perf_counter()`` reading the first pass counts from (default: now), so a caller's
         stage timings add up to its total."""
         call_starts: list[float] = []
@@ -378,7 +423,8 @@ class Segmenter:
         start = time.perf_counter() if start is None else start
         segmentation = self._segment(image, predict, True)
         end = time.perf_counter()
-        second_pass = call_starts[-1] if segmentation.passes == 2 else None  # the last call; tiles come before it
+        # the second pass is the last `views` calls; the tiles come before it
+        second_pass = call_starts[-self.params.views] if segmentation.passes == 2 else None
         timings = {"segment_pass1": ((second_pass or end) - start) * 1000.0}
         if second_pass is not None:
             timings["segment_pass2"] = (end - second_pass) * 1000.0
@@ -389,4 +435,4 @@ class Segmenter:
         return two_pass_segment(image, predict, size_px=p.size_px, threshold=p.threshold, margin_frac=p.margin_frac,
                                 min_area_frac=p.min_area_frac, pad_value=p.pad_value, two_pass=two_pass,
                                 split_touching=p.split_touching, single_pass_box_frac=p.single_pass_box_frac,
-                                tile_frac=p.tile_frac)
+                                tile_frac=p.tile_frac, views=p.views)
