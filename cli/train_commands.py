@@ -255,7 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segmenter-postprocess", help="set a trained segmenter's post-processing values (no retraining)")
     post.add_argument("checkpoint", type=Path, help="trained segmenter checkpoint (left unchanged)")
     post.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE",
-                      help="threshold, margin_frac, split_touching, single_pass_box_frac or tile_frac, e.g. "
+                      help="threshold, margin_frac, split_touching, single_pass_box_frac, tile_frac or views, e.g. "
                            "single_pass_box_frac=0.8 tile_frac=0.5")
     post.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     post.set_defaults(func=_cmd_train_segmenter_postprocess)

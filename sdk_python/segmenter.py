@@ -311,11 +311,6 @@ def two_pass_segment(
 
 
 
-def _whole_number(value: object) -> object:
-    """``4.0`` (a JSON writer's 4) -> 4; anything else as it is, for the range check to name."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 @dataclass(frozen=True)
 class SegmenterParams:
     """How a segmenter's probability map becomes the coin mask (spec step 2); read from its metadata."""
@@ -344,7 +339,7 @@ class SegmenterParams:
         if self.tile_frac is not None and not MIN_TILE_FRAC <= self.tile_frac < 1.0:
             raise ConfigError(f"segmenter tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (each tile "
                               "smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles")
-        if isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
+        if not isinstance(self.views, int) or isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
             raise ConfigError(f"segmenter views={self.views!r}: must be one of {VIEWS_ALLOWED} (quarter turns of the "
                               "answering pass's input, averaged), or absent for 1")
 
@@ -365,7 +360,7 @@ class SegmenterParams:
             split_touching=bool(extra.get("split_touching", False)),
             single_pass_box_frac=None if single_pass is None else float(single_pass),
             tile_frac=None if tile_frac is None else float(tile_frac),
-            views=_whole_number(extra.get("views", DEFAULT_VIEWS)),
+            views=extra.get("views", DEFAULT_VIEWS),  # an int; anything else fails the check, named
         )
 
 

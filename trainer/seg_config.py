@@ -13,7 +13,9 @@ from coinvision.sdk.segmenter import (
     DEFAULT_SEGMENT_THRESHOLD,
     DEFAULT_SINGLE_PASS_BOX_FRAC,
     DEFAULT_TILE_FRAC,
+    DEFAULT_VIEWS,
     MIN_TILE_FRAC,
+    VIEWS_ALLOWED,
 )
 
 __all__ = ["LABEL_MODES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
@@ -68,6 +70,7 @@ class SegmenterConfig:
     split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # post-processing: one pass for big coins
     tile_frac: float | None = DEFAULT_TILE_FRAC  # post-processing: tiles when the whole photo shows no coin
+    views: int = DEFAULT_VIEWS  # post-processing: turns of its input the answering pass averages (1, 2 or 4)
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
     backgrounds_root: str | None = None
@@ -100,6 +103,8 @@ class SegmenterConfig:
             raise ValueError(f"single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), or null")
         if self.tile_frac is not None and not MIN_TILE_FRAC <= self.tile_frac < 1.0:
             raise ValueError(f"tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (e.g. 0.4), or null")
+        if isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
+            raise ValueError(f"views={self.views!r}: must be one of {VIEWS_ALLOWED}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
         if not 0.0 <= self.real_train_frac <= 1.0:

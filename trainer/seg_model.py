@@ -14,6 +14,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 from coinvision.sdk.errors import ConfigError, ModelLoadError
 from coinvision.sdk.model_meta import ModelMetadata
+from coinvision.sdk.segmenter import DEFAULT_VIEWS
 from coinvision.trainer.checkpoint import Checkpoint, load_model
 from coinvision.trainer.seg_config import SegmenterConfig
 from torch import nn
@@ -24,7 +25,7 @@ __all__ = ["KIND", "POSTPROCESS_KEYS", "SegmenterConfig", "build_segmenter", "co
 KIND = "segmenter"
 # Config keys that only change how the probability map becomes the mask (spec step 2), never the weights: they
 # may be set on a trained checkpoint after measuring them (the fingerprint, a hash of the weights, stays).
-POSTPROCESS_KEYS = ("threshold", "margin_frac", "split_touching", "single_pass_box_frac", "tile_frac")
+POSTPROCESS_KEYS = ("threshold", "margin_frac", "split_touching", "single_pass_box_frac", "tile_frac", "views")
 
 
 def build_segmenter(cfg: SegmenterConfig) -> nn.Module:
@@ -65,7 +66,8 @@ def segmenter_metadata(cfg: SegmenterConfig, fingerprint: str) -> ModelMetadata:
         extra={"margin_frac": cfg.margin_frac, "decoder_channels": list(cfg.decoder_channels),
                **({"split_touching": True} if cfg.split_touching else {}),
                **({"single_pass_box_frac": cfg.single_pass_box_frac} if cfg.single_pass_box_frac is not None else {}),
-               **({"tile_frac": cfg.tile_frac} if cfg.tile_frac is not None else {})},
+               **({"tile_frac": cfg.tile_frac} if cfg.tile_frac is not None else {}),
+               **({"views": cfg.views} if cfg.views != DEFAULT_VIEWS else {})},
     )
 
 

@@ -4,7 +4,16 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 
 import { connectedComponents, distanceTransform, resizeF32, resizeU8 } from "../src/core/cv.js";
-import { largestComponent, rotationViews, splitTouchingCoins, tileBoxes, twoPassSegment } from "../src/core/preprocess.js";
+import {
+  largestComponent,
+  quarterTurnSource,
+  rotationViews,
+  splitTouchingCoins,
+  tileBoxes,
+  turnSquare,
+  twoPassSegment,
+  viewsProbability,
+} from "../src/core/preprocess.js";
 import { FIXTURES, readJson } from "./helpers.js";
 
 const ops = readJson(join(FIXTURES, "ops.json"));
@@ -167,3 +176,51 @@ describe("twoPassSegment tiles (spec 2.3)", () => {
   });
 });
 
+
+describe("twoPassSegment views (spec 2.7)", () => {
+  it("view k is the input turned k quarter turns counter-clockwise, out[y][x] = in[x][S - 1 - y], and its map turned back", async () => {
+    assert.deepEqual(Array.from(quarterTurnSource(3, 1)), [2, 5, 8, 1, 4, 7, 0, 3, 6]);
+    assert.deepEqual(Array.from(quarterTurnSource(3, -1)), [6, 3, 0, 7, 4, 1, 8, 5, 2]); // clockwise: back
+    const square = { width: 5, height: 5, channels: 3, data: Uint8Array.from({ length: 75 }, (_, i) => (i * 37) % 251) };
+    const seen: number[] = [];
+    const red = async (sq: { width: number; height: number; data: Uint8Array }) => {
+      seen.push(sq.data[0]!); // the turned input's top-left red value
+      return { width: sq.width, height: sq.height, data: Float32Array.from({ length: 25 }, (_, i) => sq.data[i * 3]!) };
+    };
+    const mean = await viewsProbability(square, red, 4);
+    assert.deepEqual(Array.from(mean.data), Array.from({ length: 25 }, (_, i) => square.data[i * 3]!)); // turned back: the same
+    // top-left after k turns: in[0][4], in[4][4], in[4][0] (column, row) for k = 1, 2, 3
+    assert.deepEqual(seen, [square.data[0], square.data[4 * 3], square.data[24 * 3], square.data[20 * 3]]);
+    assert.deepEqual(turnSquare(turnSquare(square, 1), 3), square);
+  });
+
+  it("the answering pass averages its views; the first pass looks once", async () => {
+    const photo = discPhoto(200, 120, 140, 60, 30, 40);
+    let calls = 0;
+    const reachesRight = async (sq: { width: number; height: number; data: Uint8Array }) => {
+      calls++; // coin pixels and 3 px to their right: an error on one side of the rim
+      const out = new Float32Array(sq.width * sq.height);
+      for (let i = 0; i < out.length; i++) {
+        const x = i % sq.width;
+        for (let d = 0; d <= 3 && x - d >= 0; d++) if (sq.data[(i - d) * 3]! > 127) out[i] = 1;
+      }
+      return { width: sq.width, height: sq.height, data: out };
+    };
+    const one = await twoPassSegment(photo, reachesRight, { sizePx: 64 });
+    assert.equal(calls, 2);
+    calls = 0;
+    const four = await twoPassSegment(photo, reachesRight, { sizePx: 64, views: 4 });
+    assert.equal(calls, 5); // view 0 of the second pass is its plain call
+    assert.deepEqual(four.firstPassMask, one.firstPassMask);
+    const rightmost = (m: { width: number; height: number; data: Uint8Array }) => {
+      let r = -1;
+      for (let i = 0; i < m.data.length; i++) if (m.data[i]) r = Math.max(r, i % m.width);
+      return r;
+    };
+    assert.ok(rightmost(one.mask!) >= 172 && rightmost(four.mask!) <= 171, `${rightmost(one.mask!)} ${rightmost(four.mask!)}`);
+    calls = 0;
+    const single = await twoPassSegment(photo, reachesRight, { sizePx: 64, views: 4, singlePassBoxFrac: 0.3 });
+    assert.equal(calls, 4); // one pass: its own map reused as view 0
+    assert.equal(single.passes, 1);
+  });
+});

@@ -17,7 +17,13 @@ from coinvision.sdk.preprocess import (
     to_model_input,
     unletterbox,
 )
-from coinvision.sdk.segmenter import SegmenterParams, largest_component, tile_boxes, two_pass_segment
+from coinvision.sdk.segmenter import (
+    SegmenterParams,
+    largest_component,
+    tile_boxes,
+    two_pass_segment,
+    views_probability,
+)
 
 
 def _disc_image(h: int = 120, w: int = 200, center=(140, 60), radius: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +136,67 @@ def test_segmenter_params_read_optional_post_processing_from_metadata(key: str, 
     assert getattr(SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})), key) is None  # absent: off
     with pytest.raises(ConfigError, match=message):
         SegmenterParams.from_metadata(dataclasses.replace(meta, extra={key: bad}))
+
+
+@pytest.mark.parametrize("bad", [3, 0, True, "4", 4.0])
+def test_segmenter_views_must_be_1_2_or_4(bad: object) -> None:
+    meta = ModelMetadata(name="segmenter", architecture="unet", fingerprint="f" * 16,
+                         input=InputSpec(size_px=64), output="mask_logits", extra={"views": 4})
+    assert SegmenterParams.from_metadata(meta).views == 4
+    assert SegmenterParams.from_metadata(dataclasses.replace(meta, extra={})).views == 1  # absent: one view
+    with pytest.raises(ConfigError, match=rf"views={bad!r}: must be one of \(1, 2, 4\)"):
+        SegmenterParams.from_metadata(dataclasses.replace(meta, extra={"views": bad}))
+
+
+def test_view_k_is_the_input_turned_k_quarter_turns_counter_clockwise_and_its_map_turned_back() -> None:
+    square = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    seen: list[np.ndarray] = []
+
+    def red(sq: np.ndarray) -> np.ndarray:  # a map that is the input's own red channel: turned back, it must match
+        seen.append(sq)
+        return sq[..., 0].astype(np.float32)
+
+    assert np.array_equal(views_probability(square, red, 4), square[..., 0].astype(np.float32))
+    size = square.shape[0]
+    ys, xs = np.mgrid[0:size, 0:size]
+    assert np.array_equal(seen[1], square[xs, size - 1 - ys])  # spec 2.7: one turn is out[y][x] = in[x][S - 1 - y]
+    assert [np.array_equal(v, np.rot90(square, k)) for k, v in enumerate(seen)] == [True] * 4
+    seen.clear()
+    views_probability(square, red, 2, first=red(square))
+    assert len(seen) == 2 and np.array_equal(seen[1], np.rot90(square, 2))  # view 0 given: one more call
+
+
+def _reaches_right(square: np.ndarray) -> np.ndarray:
+    """A stand-in segmenter with a one-sided error, like a finger the model takes for coin on one side of the rim:
+    coin pixels, and 3 px to the right of them."""
+    prob = _color_predictor(square)
+    return cv2.dilate(prob, np.ones((1, 4), np.uint8), anchor=(3, 0))
+
+
+@pytest.mark.parametrize(("single_pass_box_frac", "calls_per_view"), [(None, (2, 5)), (0.3, (1, 4))])
+def test_views_cancel_an_error_on_one_side_of_the_coin(single_pass_box_frac: float | None,
+                                                       calls_per_view: tuple[int, int]) -> None:
+    image, truth = _disc_image()
+    calls: list[np.ndarray] = []
+
+    def counting(square: np.ndarray) -> np.ndarray:
+        calls.append(square)
+        return _reaches_right(square)
+
+    results = {}
+    for views, expected_calls in zip((1, 4), calls_per_view, strict=True):
+        calls.clear()
+        results[views] = two_pass_segment(image, counting, size_px=64, single_pass_box_frac=single_pass_box_frac,
+                                          views=views)
+        assert len(calls) == expected_calls  # 3 more: view 0 of the answering pass is its plain call
+    one, four = results[1], results[4]
+    xs = np.nonzero(truth.any(axis=0))[0]
+    assert one.mask[:, xs.max() + 3 :].any()  # one view: the mask reaches past the coin's right side
+    assert not four.mask[:, xs.max() + 3 :].any()  # four views: each side's error is in one view of four, 0.25
+    iou = lambda m: (m & truth).sum() / (m | truth).sum()  # noqa: E731
+    # (not all of it: next to the rim on a diagonal, two sides' errors meet at 0.5)
+    assert iou(four.mask) > iou(one.mask) + 0.025 and four.passes == one.passes
+    assert np.array_equal(four.first_pass_mask, one.first_pass_mask)  # the first pass looks once
 
 
 @pytest.mark.parametrize(("height", "width"), [(300, 300), (240, 320), (301, 199)])

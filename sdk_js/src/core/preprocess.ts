@@ -27,6 +27,8 @@ export const DEFAULT_MARGIN_FRAC = 0.15;
 export const DEFAULT_MIN_AREA_FRAC = 0.002;
 /** Smallest segmenter `tile_frac` (spec 2.3): a 4×4 grid, 16 more segmenter calls at most. */
 export const MIN_TILE_FRAC = 0.25;
+/** Segmenter `views` (spec 2.7): quarter turns only, so every port turns the square exactly. */
+export const VIEWS_ALLOWED: readonly number[] = [1, 2, 4];
 export const DEFAULT_CROP_MARGIN_FRAC = 0.05;
 
 const f = Math.fround;
@@ -360,13 +362,54 @@ export interface SegmentOptions {
   singlePassBoxFrac?: number | null;
   /** Spec 2.3: when the first pass finds no coin, a grid of tiles of this share of the longer side is segmented (null: never). */
   tileFrac?: number | null;
+  /** Spec 2.7: the pass whose mask is the answer averages the maps of this many turns of its input (default 1). */
+  views?: number;
   /** Called with the pass number when a pass starts (timings). */
   onPass?: (pass: number) => void;
 }
 
-async function predictOn(image: ImageU8, predict: PredictFn, sizePx: number, padValue: number): Promise<MapF32> {
+/** For each cell of a `size`-square grid turned `turns` quarter turns counter-clockwise, the row-major index of the cell
+ * it comes from (spec 2.7: one turn is `out[y][x] = in[x][size - 1 - y]`, numpy's `rot90`). */
+export function quarterTurnSource(size: number, turns: number): Int32Array {
+  const source = new Int32Array(size * size);
+  const n = ((turns % 4) + 4) % 4;
+  for (let i = 0; i < source.length; i++) {
+    let r = Math.floor(i / size);
+    let c = i % size;
+    for (let t = 0; t < n; t++) [r, c] = [c, size - 1 - r];
+    source[i] = r * size + c;
+  }
+  return source;
+}
+
+/** A square image turned `turns` quarter turns counter-clockwise (spec 2.7). */
+export function turnSquare(image: ImageU8, turns: number): ImageU8 {
+  if (image.width !== image.height) throw new RangeError(`turnSquare needs a square image, got ${image.width} x ${image.height}`);
+  const cn = image.channels;
+  const source = quarterTurnSource(image.width, turns);
+  const data = new Uint8Array(image.data.length);
+  for (let i = 0; i < source.length; i++) data.set(image.data.subarray(source[i]! * cn, source[i]! * cn + cn), i * cn);
+  return { width: image.width, height: image.height, channels: cn, data };
+}
+
+/** Spec 2.7: the mean probability map of `views` turns of a square model input (view 0 is `first` when given); float32
+ * sums in view order, then divided by `views`. */
+export async function viewsProbability(square: ImageU8, predict: PredictFn, views: number, first?: MapF32): Promise<MapF32> {
+  const view0 = first ?? (await predict(square));
+  const total = Float32Array.from(view0.data);
+  for (let k = 1; k < views; k++) {
+    const turns = (k * 4) / views;
+    const turned = await predict(turnSquare(square, turns));
+    const source = quarterTurnSource(square.width, -turns);
+    for (let i = 0; i < total.length; i++) total[i] = total[i]! + turned.data[source[i]!]!;
+  }
+  for (let i = 0; i < total.length; i++) total[i] = total[i]! / views;
+  return { width: view0.width, height: view0.height, data: total };
+}
+
+async function predictOn(image: ImageU8, predict: PredictFn, sizePx: number, padValue: number, views = 1): Promise<MapF32> {
   const { square, box } = letterbox(image, sizePx, padValue);
-  return unletterbox(await predict(square), box);
+  return unletterbox(views === 1 ? await predict(square) : await viewsProbability(square, predict, views), box);
 }
 
 /** Spec 2.3's tiles: an n×n grid, n = ceil(1 / tileFrac), of side ceil(tileFrac × L) spread evenly over the photo's
@@ -397,7 +440,7 @@ function paste(full: MapF32, cropProb: MapF32, box: [number, number, number, num
 }
 
 /** Segment the photo (tiles when it finds no coin), keep the largest component, segment a square crop around it
- * again (spec step 2). */
+ * again (spec step 2); the pass whose mask is the answer averages `views` turns of its input (spec 2.7). */
 export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: SegmentOptions): Promise<Segmentation> {
   const t = o.threshold ?? DEFAULT_SEGMENT_THRESHOLD;
   const margin = o.marginFrac ?? DEFAULT_MARGIN_FRAC;
@@ -405,8 +448,11 @@ export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: Segm
   const pad = o.padValue ?? 0;
   const split = o.splitTouching ?? false;
   const { width: w, height: h } = image;
+  const views = o.views ?? 1;
   o.onPass?.(1);
-  let first = largestComponent(threshold(await predictOn(image, predict, o.sizePx, pad), t), minArea, split);
+  const { square, box: letterboxBox } = letterbox(image, o.sizePx, pad);
+  const squareProb = await predict(square);
+  let first = largestComponent(threshold(unletterbox(squareProb, letterboxBox), t), minArea, split);
   const tiled = !first && o.tileFrac != null;
   if (tiled) {
     const full: MapF32 = { width: w, height: h, data: new Float32Array(w * h) };
@@ -420,11 +466,14 @@ export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: Segm
   const box = squareBbox(first, margin);
   const spf = o.singlePassBoxFrac;
   if (spf != null && Math.max(box[2] - box[0], box[3] - box[1]) >= spf * Math.max(w, h)) {
-    return { mask: first, bbox: box, passes: 1, firstPassMask: first, tiled };
+    if (views === 1) return { mask: first, bbox: box, passes: 1, firstPassMask: first, tiled };
+    const viewed = unletterbox(await viewsProbability(square, predict, views, squareProb), letterboxBox);
+    const mask = largestComponent(threshold(viewed, t), minArea, split) ?? first;
+    return { mask, bbox: squareBbox(mask, margin), passes: 1, firstPassMask: first, tiled };
   }
   o.onPass?.(2);
   const full: MapF32 = { width: w, height: h, data: new Float32Array(w * h) };
-  paste(full, await predictOn(cropPadded(image, box, pad), predict, o.sizePx, pad), box, false);
+  paste(full, await predictOn(cropPadded(image, box, pad), predict, o.sizePx, pad, views), box, false);
   const second = full.data.some((v) => v !== 0) ? largestComponent(threshold(full, t), minArea, split) : null;
   const lost = !second || maskArea(second) < (o.minSecondPassAreaRatio ?? 0.5) * maskArea(first);
   const mask = lost ? first : second;

@@ -16,6 +16,7 @@ import {
   DEFAULT_MIN_AREA_FRAC,
   DEFAULT_SEGMENT_THRESHOLD,
   MIN_TILE_FRAC,
+  VIEWS_ALLOWED,
   meanUnitVector,
   rotationViews,
   type Segmentation,
@@ -86,6 +87,7 @@ export interface SegmenterParams {
   readonly splitTouching: boolean;
   readonly singlePassBoxFrac: number | null;
   readonly tileFrac: number | null;
+  readonly views: number;
 }
 
 export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParams {
@@ -99,6 +101,7 @@ export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParam
     splitTouching: Boolean(extra.split_touching ?? false),
     singlePassBoxFrac: extra.single_pass_box_frac == null ? null : Number(extra.single_pass_box_frac),
     tileFrac: extra.tile_frac == null ? null : Number(extra.tile_frac),
+    views: extra.views ?? 1,
   };
   if (!(p.threshold > 0 && p.threshold < 1)) throw new ConfigError(`segmenter threshold=${p.threshold}: must be a probability in (0, 1), e.g. 0.5`);
   if (!(p.marginFrac >= 0)) throw new ConfigError(`segmenter margin_frac=${p.marginFrac}: must be >= 0, e.g. ${DEFAULT_MARGIN_FRAC}`);
@@ -108,6 +111,9 @@ export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParam
   }
   if (p.tileFrac !== null && !(p.tileFrac >= MIN_TILE_FRAC && p.tileFrac < 1)) {
     throw new ConfigError(`segmenter tile_frac=${extra.tile_frac}: must be in [${MIN_TILE_FRAC}, 1) (each tile smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles`);
+  }
+  if (!Number.isInteger(p.views) || !VIEWS_ALLOWED.includes(p.views)) {
+    throw new ConfigError(`segmenter views=${JSON.stringify(extra.views)}: must be one of ${VIEWS_ALLOWED.join(", ")} (quarter turns of the answering pass's input, averaged), or absent for 1`);
   }
   return p;
 }
@@ -147,7 +153,7 @@ export class Segmenter {
     return twoPassSegment(image, (sq) => this.probability(sq), {
       sizePx: p.sizePx, threshold: p.threshold, marginFrac: p.marginFrac, minAreaFrac: p.minAreaFrac,
       padValue: p.padValue, twoPass: options.twoPass ?? true, splitTouching: p.splitTouching,
-      singlePassBoxFrac: p.singlePassBoxFrac, tileFrac: p.tileFrac, onPass: options.onPass,
+      singlePassBoxFrac: p.singlePassBoxFrac, tileFrac: p.tileFrac, views: p.views, onPass: options.onPass,
     });
   }
 }

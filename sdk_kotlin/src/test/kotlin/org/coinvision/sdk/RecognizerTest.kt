@@ -1,5 +1,7 @@
 package org.coinvision.sdk
 
+import org.coinvision.sdk.image.ImageOps
+import org.coinvision.sdk.image.RgbImage
 import org.coinvision.sdk.model.ModelMetadata
 import org.coinvision.sdk.model.OnnxModelRuntime
 import org.coinvision.sdk.pack.PackReader
@@ -78,6 +80,29 @@ class RecognizerTest {
             listOf(39, 90, 160, 211), listOf(129, 90, 250, 211), listOf(-51, 180, 70, 301), listOf(39, 180, 160, 301), listOf(129, 180, 250, 301)),
             rec.segmenter.tileBoxes(199, 301, 0.4).map { it.toList() })
         assertEquals(listOf(0, 105, 211, 0, 105, 211, 0, 105, 211), rec.segmenter.tileBoxes(320, 240, 0.34).map { it[0] }) // floor offsets
+    }
+
+    @Test
+    fun `views - view k is the input turned k quarter turns counter-clockwise, out(y, x) = in(x, S - 1 - y)`() {
+        assertEquals(listOf(2, 5, 8, 1, 4, 7, 0, 3, 6), ImageOps.quarterTurnSource(3, 1).toList())
+        assertEquals(listOf(6, 3, 0, 7, 4, 1, 8, 5, 2), ImageOps.quarterTurnSource(3, -1).toList()) // clockwise: back
+        val square = RgbImage(5, 5, ByteArray(75) { ((it * 37) % 251).toByte() })
+        assertEquals(square.data.toList(), ImageOps.turnSquare(ImageOps.turnSquare(square, 1), 3).data.toList())
+        val turned = ImageOps.turnSquare(square, 1)
+        for (y in 0 until 5) for (x in 0 until 5) for (c in 0 until 3) assertEquals(square[4 - y, x, c], turned[x, y, c])
+        val map = FloatArray(25) { it.toFloat() }
+        assertEquals(map.toList(), ImageOps.turnMap(ImageOps.turnMap(map, 5, 2), 5, -2).toList())
+    }
+
+    @Test
+    fun `views other than 1, 2 or 4 are refused with the value and the fix`(@TempDir tmp: File) {
+        File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
+        val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
+        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace(Regex("\"views\": [0-9.]+, "), "").replace("\"tile_frac\"", "\"views\": 3, \"tile_frac\""))
+        OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
+            val e = assertThrows<ConfigException> { Segmenter(runtime) }
+            assertTrue("views=3" in e.message!! && "[1, 2, 4]" in e.message!!, e.message)
+        }
     }
 
     @Test

@@ -258,6 +258,29 @@ object ImageOps {
     /** Sigmoid in float32, the reference's tanh form. */
     fun sigmoid(x: Float): Float = (0.5f * (1f + Math.tanh((0.5f * x).toDouble()).toFloat()))
 
+    /** For each cell of a [size]-square grid turned [turns] quarter turns counter-clockwise, the row-major index of the
+     * cell it comes from (spec 2.7: one turn is `out[y][x] = in[x][size - 1 - y]`, numpy's `rot90`). */
+    fun quarterTurnSource(size: Int, turns: Int): IntArray = IntArray(size * size) { i ->
+        var r = i / size; var c = i % size
+        repeat(Math.floorMod(turns, 4)) { val nr = c; c = size - 1 - r; r = nr }
+        r * size + c
+    }
+
+    /** A square image turned [turns] quarter turns counter-clockwise (spec 2.7). */
+    fun turnSquare(image: RgbImage, turns: Int): RgbImage {
+        require(image.width == image.height) { "turnSquare needs a square image, got ${image.width} x ${image.height}" }
+        val source = quarterTurnSource(image.width, turns)
+        val out = RgbImage(image.width, image.height)
+        for (i in source.indices) System.arraycopy(image.data, source[i] * 3, out.data, i * 3, 3)
+        return out
+    }
+
+    /** A [size]-square map turned [turns] quarter turns counter-clockwise (negative: clockwise). */
+    fun turnMap(map: FloatArray, size: Int, turns: Int): FloatArray {
+        val source = quarterTurnSource(size, turns)
+        return FloatArray(map.size) { map[source[it]] }
+    }
+
     /** The crop of [box] (x0, y0, x1 exclusive, y1 exclusive), which may leave the image: padded with [pad]. */
     fun cropPadded(image: RgbImage, box: IntArray, pad: Int): RgbImage {
         val (x0, y0, x1, y1) = box
