@@ -29,7 +29,8 @@ class RecognizerTest {
     @Test
     fun `parameters come from the model metadata`() {
         assertEquals(128, rec.segmenter.sizePx)
-        assertTrue(rec.segmenter.splitTouching)
+        assertFalse(rec.segmenter.splitTouching) // picked off with the views (bench_seg_views)
+        assertEquals(4, rec.segmenter.views) // the answering pass averages 4 turns of its input (spec 2.7)
         assertEquals(0.8, rec.segmenter.singlePassBoxFrac) // segmenter v3: one pass for a coin that fills the photo
         assertEquals(0.4, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
         assertEquals(0.15, rec.segmenter.marginFrac)
@@ -98,7 +99,7 @@ class RecognizerTest {
     fun `views other than 1, 2 or 4 are refused with the value and the fix`(@TempDir tmp: File) {
         File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
         val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
-        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace(Regex("\"views\": [0-9.]+, "), "").replace("\"tile_frac\"", "\"views\": 3, \"tile_frac\""))
+        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace(Regex("\"views\": [0-9.]+"), "\"views\": 3"))
         OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
             val e = assertThrows<ConfigException> { Segmenter(runtime) }
             assertTrue("views=3" in e.message!! && "[1, 2, 4]" in e.message!!, e.message)
