@@ -63,7 +63,7 @@ DEFAULT_SINGLE_PASS_BOX_FRAC: float | None = None
 # No default tiles: without segmenter `extra["tile_frac"]` a first pass that finds no coin ends segmentation.
 DEFAULT_TILE_FRAC: float | None = None
 MIN_TILE_FRAC = 0.25  # tiles of a quarter of the photo's side: a 4 x 4 grid, 16 more segmenter calls at most
-# One view: the pass that gives the answer sees its input once, as it is (segmenter `extra["views"]`).
+# One view: the second pass sees its crop once, as it is (segmenter `extra["views"]`).
 DEFAULT_VIEWS = 1
 VIEWS_ALLOWED = (1, 2, 4)  # quarter turns only: a turned square is the same pixels, so every port turns it exactly
 
@@ -191,12 +191,11 @@ class Segmentation:
         return self.mask is not None
 
 
-def views_probability(square: np.ndarray, predict: PredictFn, views: int,
-                      first: np.ndarray | None = None) -> np.ndarray:
+def views_probability(square: np.ndarray, predict: PredictFn, views: int) -> np.ndarray:
     """Spec step 2.7: the mean probability map of ``views`` turns of a square model input: view ``k`` is the input
     turned ``k * 4 / views`` quarter turns counter-clockwise (``np.rot90``), its map turned back; the maps are
-    summed in float32 in view order and divided by ``views``. ``first``: view 0's map when the caller has it."""
-    maps = [predict(square) if first is None else first]
+    summed in float32 in view order and divided by ``views``."""
+    maps = [predict(square)]
     step = 4 // views
     for k in range(1, views):
         turns = k * step
@@ -273,12 +272,9 @@ def two_pass_segment(
     (a coin that fills the frame, as most photos of one coin do). ``tile_frac`` (metadata ``extra["tile_frac"]``,
     default None: no tiles): when the first pass finds no coin, :func:`tiled_probability` looks again at a grid of
     tiles of this share of the photo's longer side, and the first pass's mask comes from them (``tiled``).
-    ``views`` (metadata ``extra["views"]``, 1, 2 or 4; default 1): the pass whose mask is the answer (the second, or
-    the first when ``single_pass_box_frac`` ends there) averages the maps of that many turns of its input
-    (:func:`views_probability`); the first pass finds the coin from one view, the tiles too."""
-    square, letterbox_box = letterbox(image, size_px, pad_value)
-    square_prob = predict(square)
-    prob = unletterbox(square_prob, letterbox_box)
+    ``views`` (metadata ``extra["views"]``, 1, 2 or 4; default 1): the second pass averages the maps of that many
+    turns of its crop (:func:`views_probability`); the first pass and the tiles look once."""
+    prob = _predict_on(image, predict, size_px, pad_value)
     first = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
     tiled = first is None and tile_frac is not None
     if tiled:
@@ -292,13 +288,7 @@ def two_pass_segment(
     box = square_bbox(first, margin_frac)
     if single_pass_box_frac is not None and \
             max(box[2] - box[0], box[3] - box[1]) >= single_pass_box_frac * max(image.shape[:2]):
-        if views == 1:
-            return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first, tiled=tiled)
-        prob = unletterbox(views_probability(square, predict, views, first=square_prob), letterbox_box)
-        viewed = largest_component(prob >= threshold, min_area_frac, split_touching=split_touching)
-        mask = first if viewed is None else viewed
-        return Segmentation(mask=mask, bbox=square_bbox(mask, margin_frac), passes=1, first_pass_mask=first,
-                            tiled=tiled)
+        return Segmentation(mask=first, bbox=box, passes=1, first_pass_mask=first, tiled=tiled)
     full = np.zeros(image.shape[:2], dtype=np.float32)
     _paste(full, _predict_on(crop_padded(image, box, pad_value), predict, size_px, pad_value, views), box,
            keep_max=False)
@@ -323,7 +313,7 @@ class SegmenterParams:
     split_touching: bool = False  # spec 2.6: cut touching coins apart before keeping the largest (v2 models)
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # spec 2.4: no second pass for a box this big
     tile_frac: float | None = DEFAULT_TILE_FRAC  # spec 2.3: tiles of this share of the longer side when none found
-    views: int = DEFAULT_VIEWS  # spec 2.7: turns of its input the answering pass averages
+    views: int = DEFAULT_VIEWS  # spec 2.7: turns of its crop the second pass averages
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -341,7 +331,7 @@ class SegmenterParams:
                               "smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles")
         if not isinstance(self.views, int) or isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
             raise ConfigError(f"segmenter views={self.views!r}: must be one of {VIEWS_ALLOWED} (quarter turns of the "
-                              "answering pass's input, averaged), or absent for 1")
+                              "second pass's crop, averaged), or absent for 1")
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> SegmenterParams:
@@ -405,8 +395,8 @@ class Segmenter:
         return self._segment(image, self.probability, two_pass)
 
     def segment_timed(self, image: np.ndarray, start: float | None = None) -> tuple[Segmentation, dict[str, float]]:
-        """:meth:`segment` plus its time per pass in ms: ``segment_pass1`` (with the tiles, when they ran, and the views
-        when the first pass is the answer) and, when it ran, ``segment_pass2``.
+        """:meth:`segment` plus its time per pass in ms: ``segment_pass1`` (with the tiles, when they ran) and, when it
+        ran, ``segment_pass2`` (all its views).
         ``start``: a ``time.perf_counter()`` reading the first pass counts from (default: now), so a caller's
         stage timings add up to its total."""
         call_starts: list[float] = []

@@ -70,7 +70,7 @@ class SegmenterConfig:
     split_touching: bool = False  # post-processing: cut touching coins apart before keeping the largest
     single_pass_box_frac: float | None = DEFAULT_SINGLE_PASS_BOX_FRAC  # post-processing: one pass for big coins
     tile_frac: float | None = DEFAULT_TILE_FRAC  # post-processing: tiles when the whole photo shows no coin
-    views: int = DEFAULT_VIEWS  # post-processing: turns of its input the answering pass averages (1, 2 or 4)
+    views: int = DEFAULT_VIEWS  # post-processing: turns of its crop the second pass averages (1, 2 or 4)
     # data
     data_roots: tuple[str, ...] = ()  # dataset folders (images/<class>/..., classes.csv)
     backgrounds_root: str | None = None

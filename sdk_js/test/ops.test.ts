@@ -194,7 +194,7 @@ describe("twoPassSegment views (spec 2.7)", () => {
     assert.deepEqual(turnSquare(turnSquare(square, 1), 3), square);
   });
 
-  it("the answering pass averages its views; the first pass looks once", async () => {
+  it("the second pass averages its views; the first pass looks once", async () => {
     const photo = discPhoto(200, 120, 140, 60, 30, 40);
     let calls = 0;
     const reachesRight = async (sq: { width: number; height: number; data: Uint8Array }) => {
@@ -210,7 +210,7 @@ describe("twoPassSegment views (spec 2.7)", () => {
     assert.equal(calls, 2);
     calls = 0;
     const four = await twoPassSegment(photo, reachesRight, { sizePx: 64, views: 4 });
-    assert.equal(calls, 5); // view 0 of the second pass is its plain call
+    assert.equal(calls, 5); // one look, then 4 views of the crop
     assert.deepEqual(four.firstPassMask, one.firstPassMask);
     const rightmost = (m: { width: number; height: number; data: Uint8Array }) => {
       let r = -1;
@@ -220,7 +220,7 @@ describe("twoPassSegment views (spec 2.7)", () => {
     assert.ok(rightmost(one.mask!) >= 172 && rightmost(four.mask!) <= 171, `${rightmost(one.mask!)} ${rightmost(four.mask!)}`);
     calls = 0;
     const single = await twoPassSegment(photo, reachesRight, { sizePx: 64, views: 4, singlePassBoxFrac: 0.3 });
-    assert.equal(calls, 4); // one pass: its own map reused as view 0
+    assert.equal(calls, 1); // no second pass: one look, the views never run
     assert.equal(single.passes, 1);
   });
 });

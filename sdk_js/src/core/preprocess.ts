@@ -362,7 +362,7 @@ export interface SegmentOptions {
   singlePassBoxFrac?: number | null;
   /** Spec 2.3: when the first pass finds no coin, a grid of tiles of this share of the longer side is segmented (null: never). */
   tileFrac?: number | null;
-  /** Spec 2.7: the pass whose mask is the answer averages the maps of this many turns of its input (default 1). */
+  /** Spec 2.7: the second pass averages the maps of this many turns of its crop (default 1). */
   views?: number;
   /** Called with the pass number when a pass starts (timings). */
   onPass?: (pass: number) => void;
@@ -392,10 +392,10 @@ export function turnSquare(image: ImageU8, turns: number): ImageU8 {
   return { width: image.width, height: image.height, channels: cn, data };
 }
 
-/** Spec 2.7: the mean probability map of `views` turns of a square model input (view 0 is `first` when given); float32
- * sums in view order, then divided by `views`. */
-export async function viewsProbability(square: ImageU8, predict: PredictFn, views: number, first?: MapF32): Promise<MapF32> {
-  const view0 = first ?? (await predict(square));
+/** Spec 2.7: the mean probability map of `views` turns of a square model input; float32 sums in view order, then
+ * divided by `views`. */
+export async function viewsProbability(square: ImageU8, predict: PredictFn, views: number): Promise<MapF32> {
+  const view0 = await predict(square);
   const total = Float32Array.from(view0.data);
   for (let k = 1; k < views; k++) {
     const turns = (k * 4) / views;
@@ -440,7 +440,7 @@ function paste(full: MapF32, cropProb: MapF32, box: [number, number, number, num
 }
 
 /** Segment the photo (tiles when it finds no coin), keep the largest component, segment a square crop around it
- * again (spec step 2); the pass whose mask is the answer averages `views` turns of its input (spec 2.7). */
+ * again, averaged over `views` turns of the crop (spec step 2). */
 export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: SegmentOptions): Promise<Segmentation> {
   const t = o.threshold ?? DEFAULT_SEGMENT_THRESHOLD;
   const margin = o.marginFrac ?? DEFAULT_MARGIN_FRAC;
@@ -450,9 +450,7 @@ export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: Segm
   const { width: w, height: h } = image;
   const views = o.views ?? 1;
   o.onPass?.(1);
-  const { square, box: letterboxBox } = letterbox(image, o.sizePx, pad);
-  const squareProb = await predict(square);
-  let first = largestComponent(threshold(unletterbox(squareProb, letterboxBox), t), minArea, split);
+  let first = largestComponent(threshold(await predictOn(image, predict, o.sizePx, pad), t), minArea, split);
   const tiled = !first && o.tileFrac != null;
   if (tiled) {
     const full: MapF32 = { width: w, height: h, data: new Float32Array(w * h) };
@@ -466,10 +464,7 @@ export async function twoPassSegment(image: ImageU8, predict: PredictFn, o: Segm
   const box = squareBbox(first, margin);
   const spf = o.singlePassBoxFrac;
   if (spf != null && Math.max(box[2] - box[0], box[3] - box[1]) >= spf * Math.max(w, h)) {
-    if (views === 1) return { mask: first, bbox: box, passes: 1, firstPassMask: first, tiled };
-    const viewed = unletterbox(await viewsProbability(square, predict, views, squareProb), letterboxBox);
-    const mask = largestComponent(threshold(viewed, t), minArea, split) ?? first;
-    return { mask, bbox: squareBbox(mask, margin), passes: 1, firstPassMask: first, tiled };
+    return { mask: first, bbox: box, passes: 1, firstPassMask: first, tiled };
   }
   o.onPass?.(2);
   const full: MapF32 = { width: w, height: h, data: new Float32Array(w * h) };

@@ -113,7 +113,7 @@ export function segmenterParamsFromMetadata(meta: ModelMetadata): SegmenterParam
     throw new ConfigError(`segmenter tile_frac=${extra.tile_frac}: must be in [${MIN_TILE_FRAC}, 1) (each tile smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles`);
   }
   if (!Number.isInteger(p.views) || !VIEWS_ALLOWED.includes(p.views)) {
-    throw new ConfigError(`segmenter views=${JSON.stringify(extra.views)}: must be one of ${VIEWS_ALLOWED.join(", ")} (quarter turns of the answering pass's input, averaged), or absent for 1`);
+    throw new ConfigError(`segmenter views=${JSON.stringify(extra.views)}: must be one of ${VIEWS_ALLOWED.join(", ")} (quarter turns of the second pass's crop, averaged), or absent for 1`);
   }
   return p;
 }

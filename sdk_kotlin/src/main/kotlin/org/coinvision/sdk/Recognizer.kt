@@ -16,7 +16,7 @@ import kotlin.math.ceil
 
 /** Smallest segmenter `tile_frac` (spec 2.3): a 4×4 grid, 16 more segmenter calls at most. */
 const val MIN_TILE_FRAC = 0.25
-/** Spec 2.7: the turns of its input the answering segmenter pass may average (segmenter metadata `views`). */
+/** Spec 2.7: the turns of its crop the segmenter's second pass may average (segmenter metadata `views`). */
 val VIEWS_ALLOWED = listOf(1, 2, 4)
 
 /** Result of the two-pass segmentation; [mask] (H×W, row-major) is null when no coin was found. [tiled]: the first
@@ -39,7 +39,7 @@ class Segmenter(val model: ModelRuntime) {
     val singlePassBoxFrac: Double? = if (meta.extra.containsKey("single_pass_box_frac")) meta.extraDouble("single_pass_box_frac", Double.NaN) else null
     /** Spec 2.3: when the first pass finds no coin, a grid of tiles of this share of the photo's longer side is segmented (null: never). */
     val tileFrac: Double? = if (meta.extra.containsKey("tile_frac")) meta.extraDouble("tile_frac", Double.NaN) else null
-    /** Spec 2.7: the pass whose mask is the answer averages the maps of this many turns of its input. */
+    /** Spec 2.7: the second pass averages the maps of this many turns of its crop. */
     val views: Int = if (meta.extra.containsKey("views")) meta.extraInt("views") ?: -1 else 1
 
     init {
@@ -50,7 +50,7 @@ class Segmenter(val model: ModelRuntime) {
         if (tileFrac != null && !(tileFrac >= MIN_TILE_FRAC && tileFrac < 1.0)) throw ConfigException(
             "segmenter tile_frac=$tileFrac: must be in [$MIN_TILE_FRAC, 1) (each tile smaller than the photo, at most 4 x 4 of them; e.g. 0.4), or absent for no tiles")
         if (views !in VIEWS_ALLOWED) throw ConfigException(
-            "segmenter views=${Json.canonical(meta.extra.getValue("views"))}: must be one of $VIEWS_ALLOWED (quarter turns of the answering pass's input, averaged), or absent for 1")
+            "segmenter views=${Json.canonical(meta.extra.getValue("views"))}: must be one of $VIEWS_ALLOWED (quarter turns of the second pass's crop, averaged), or absent for 1")
     }
 
     /** Mask logits of one `size_px` square (what the conformance kit calls `mask_logits`). */
@@ -64,9 +64,9 @@ class Segmenter(val model: ModelRuntime) {
 
     fun probability(square: RgbImage): FloatArray = logits(square).let { l -> FloatArray(l.size) { ImageOps.sigmoid(l[it]) } }
 
-    /** Spec 2.7: the mean probability map of [views] turns of a square model input (view 0 is [first] when given). */
-    fun viewsProbability(square: RgbImage, first: FloatArray? = null): FloatArray {
-        val total = (first ?: probability(square)).copyOf()
+    /** Spec 2.7: the mean probability map of [views] turns of a square model input. */
+    fun viewsProbability(square: RgbImage): FloatArray {
+        val total = probability(square)
         for (k in 1 until views) {
             val turns = k * 4 / views
             val back = ImageOps.turnMap(probability(ImageOps.turnSquare(square, turns)), sizePx, -turns)
@@ -106,12 +106,10 @@ class Segmenter(val model: ModelRuntime) {
         Components.largestComponent(BooleanArray(w * h) { prob[it] >= threshold }, w, h, minAreaFrac, splitTouching)
 
     /** Spec step 2: whole photo (tiles when it finds no coin), largest component, square crop segmented again,
-     * pasted back, largest component; the answering pass averages [views] turns of its input. */
+     * pasted back (averaged over [views] turns of the crop), largest component. */
     fun segment(image: RgbImage, twoPass: Boolean = true): Segmentation {
         val w = image.width; val h = image.height
-        val (square, letterbox) = ImageOps.letterbox(image, sizePx, padValue)
-        val squareProb = probability(square)
-        var first = keepLargest(ImageOps.unletterbox(squareProb, sizePx, letterbox), w, h)
+        var first = keepLargest(predictOn(image), w, h)
         val tiled = first == null && tileFrac != null
         if (tiled) {
             val full = FloatArray(w * h)
@@ -122,10 +120,7 @@ class Segmenter(val model: ModelRuntime) {
         if (!twoPass) return Segmentation(first, ImageOps.squareBbox(first, w, h, marginFrac), 1, first, tiled)
         val box = ImageOps.squareBbox(first, w, h, marginFrac)
         if (singlePassBoxFrac != null && maxOf(box[2] - box[0], box[3] - box[1]) >= singlePassBoxFrac * maxOf(w, h)) {
-            if (views == 1) return Segmentation(first, box, 1, first, tiled)
-            val viewed = keepLargest(ImageOps.unletterbox(viewsProbability(square, squareProb), sizePx, letterbox), w, h)
-            val mask = viewed ?: first
-            return Segmentation(mask, ImageOps.squareBbox(mask, w, h, marginFrac), 1, first, tiled)
+            return Segmentation(first, box, 1, first, tiled)
         }
         val full = FloatArray(w * h)
         paste(full, w, h, predictOn(ImageOps.cropPadded(image, box, padValue), viewed = true), box, keepMax = false)
