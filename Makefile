@@ -140,7 +140,7 @@ embedder-v3: install split
 # The shipped segmenter (models/release/README.md, segmenter v3): the v2 recipe on an EfficientNet-Lite0 encoder
 # (trainer/configs/segmenter_lite0.yaml: 40 epochs, then continued to 100 with more 2-5 coin scenes), one pass for
 # coins that fill the photo (single_pass_box_frac), 3 x 3 tiles when the whole photo shows none (tile_frac:
-# benchmarks/bench_seg_tiles.py), 4 turns averaged in the answering pass and no touching-coin split (views,
+# benchmarks/bench_seg_tiles.py), 2 turns of the crop averaged in the second pass and no touching-coin split (views,
 # split_touching: benchmarks/bench_seg_views.py), exported and parity-checked on every held-out query
 # photo, ONNX weights stored as int8 (checked against the fp32 file; float16 would put the release over 40 MB),
 # assembled beside the released embedder (carried over as it is). Resumable: each training step continues from
@@ -151,7 +151,7 @@ release-segmenter: install split lite0-weights seg-labels
 	$(BIN)/coinvision train segmenter --config trainer/configs/segmenter_lite0.yaml --resume \
 		--set out_dir=$(SEG_LITE0_OUT) epochs=100 synth.multi_coin_p=0.6
 	$(BIN)/coinvision train segmenter-postprocess $(SEG_LITE0_OUT)/best.pt --set single_pass_box_frac=0.8 tile_frac=0.4 \
-		views=4 split_touching=false \
+		views=2 split_touching=false \
 		--out $(SEG_LITE0_OUT)/release.pt
 	$(BIN)/coinvision export $(SEG_LITE0_OUT)/release.pt --out runs/export_segmenter --quant fp32,int8_full \
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \

@@ -245,9 +245,9 @@ def test_params_come_from_the_shipped_metadata_and_the_spec_defaults() -> None:
 
     seg = SegmenterParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "segmenter.tflite"))
     # one pass for a coin that fills the photo (v3); tiles when the whole photo shows no coin; the second pass
-    # averages 4 turns of its crop, and touching coins are no longer cut apart (both picked by bench_seg_views)
+    # averages 2 turns of its crop, and touching coins are no longer cut apart (both picked by bench_seg_views)
     assert seg == SegmenterParams(size_px=128, threshold=0.5, margin_frac=0.15, min_area_frac=0.002, pad_value=0,
-                                  split_touching=False, single_pass_box_frac=0.8, tile_frac=0.4, views=4)
+                                  split_touching=False, single_pass_box_frac=0.8, tile_frac=0.4, views=2)
     crop = CropParams.from_metadata(ModelMetadata.read_sidecar(RELEASE / "embedder.tflite"))
     # the release embeds 1 view: each runs three backbones (model card, Latency)
     assert crop.embed_rotations == 1 and crop.background_removal and crop.crop_margin_frac == 0.05

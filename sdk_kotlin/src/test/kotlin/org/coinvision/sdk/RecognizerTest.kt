@@ -30,7 +30,7 @@ class RecognizerTest {
     fun `parameters come from the model metadata`() {
         assertEquals(128, rec.segmenter.sizePx)
         assertFalse(rec.segmenter.splitTouching) // picked off with the views (bench_seg_views)
-        assertEquals(4, rec.segmenter.views) // the second pass averages 4 turns of its crop (spec 2.7)
+        assertEquals(2, rec.segmenter.views) // the second pass averages 2 turns of its crop (spec 2.7)
         assertEquals(0.8, rec.segmenter.singlePassBoxFrac) // segmenter v3: one pass for a coin that fills the photo
         assertEquals(0.4, rec.segmenter.tileFrac) // tiles when the whole photo shows no coin (spec 2.3)
         assertEquals(0.15, rec.segmenter.marginFrac)
