@@ -201,8 +201,8 @@ def views_probability(square: np.ndarray, predict: PredictFn, views: int) -> np.
         turns = k * step
         maps.append(np.rot90(predict(np.ascontiguousarray(np.rot90(square, turns))), -turns))
     total = maps[0].astype(np.float32, copy=True)
-    for extra in maps[1:]:
-        total += extra
+    for view_map in maps[1:]:
+        total += view_map
     return total / np.float32(views)
 
 

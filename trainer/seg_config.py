@@ -103,7 +103,7 @@ class SegmenterConfig:
             raise ValueError(f"single_pass_box_frac={self.single_pass_box_frac}: must be > 0 (e.g. 0.8), or null")
         if self.tile_frac is not None and not MIN_TILE_FRAC <= self.tile_frac < 1.0:
             raise ValueError(f"tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (e.g. 0.4), or null")
-        if isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
+        if not isinstance(self.views, int) or isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
             raise ValueError(f"views={self.views!r}: must be one of {VIEWS_ALLOWED}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")

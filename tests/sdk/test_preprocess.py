@@ -190,9 +190,9 @@ def test_views_of_the_second_pass_cancel_an_error_on_one_side_of_the_coin() -> N
     xs = np.nonzero(truth.any(axis=0))[0]
     assert one.mask[:, xs.max() + 3 :].any()  # one view: the mask reaches past the coin's right side
     assert not four.mask[:, xs.max() + 3 :].any()  # four views: each side's error is in one view of four, 0.25
-    iou = lambda m: (m & truth).sum() / (m | truth).sum()  # noqa: E731
+    iou_four, iou_one = ((m.mask & truth).sum() / (m.mask | truth).sum() for m in (four, one))
     # (not all of it: next to the rim on a diagonal, two sides' errors meet at 0.5)
-    assert iou(four.mask) > iou(one.mask) + 0.025 and four.passes == one.passes == 2
+    assert iou_four > iou_one + 0.025 and four.passes == one.passes == 2
     assert np.array_equal(four.first_pass_mask, one.first_pass_mask)
     calls.clear()
     single = two_pass_segment(image, counting, size_px=64, single_pass_box_frac=0.3, views=4)

@@ -272,18 +272,21 @@ def test_segmenter_postprocess_sets_metadata_keeps_weights_and_refuses_training_
                                                            build_segmenter(cfg).state_dict()))
     before = src.read_bytes()
     assert cli(["train", "segmenter-postprocess", str(src), "--set", "single_pass_box_frac=0.8",
-                "split_touching=true", "--out", str(tmp_path / "post.pt")]) == 0
+                "split_touching=true", "views=2", "--out", str(tmp_path / "post.pt")]) == 0
     assert src.read_bytes() == before  # the source is left as it is
     old, new = load_checkpoint(src), load_checkpoint(tmp_path / "post.pt")
     assert new.fingerprint == old.fingerprint
     assert all(torch.equal(new.state_dict[k], v) for k, v in old.state_dict.items())
     assert new.config["single_pass_box_frac"] == 0.8 and new.config["split_touching"] is True
+    assert new.config["views"] == 2
     params = torch_segmenter(tmp_path / "post.pt", 1).params  # what every runtime reads: the metadata
-    assert params.single_pass_box_frac == 0.8 and params.split_touching
+    assert params.single_pass_box_frac == 0.8 and params.split_touching and params.views == 2
     with pytest.raises(ConfigError, match="lr: not post-processing"):
         set_postprocess(src, tmp_path / "x.pt", {"lr": 0.1})
     with pytest.raises(ConfigError, match=r"single_pass_box_frac=0\.0: must be > 0"):
         set_postprocess(src, tmp_path / "x.pt", {"single_pass_box_frac": 0})
+    with pytest.raises(ConfigError, match=r"views=3: must be one of \(1, 2, 4\)"):
+        set_postprocess(src, tmp_path / "x.pt", {"views": 3})
     assert not (tmp_path / "x.pt").exists()
 
 
