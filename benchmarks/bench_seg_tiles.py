@@ -47,7 +47,8 @@ from benchmarks.bench_segmentation import (
 )
 from benchmarks.common import ROOT, seed_everything, write_result
 
-__all__ = ["coin_free", "held_out_sets", "main", "mean_iou", "pick", "pick_scenes", "tiles_of"]
+__all__ = ["coin_free", "held_out_sets", "main", "mean_iou", "pick", "pick_scenes", "sweep", "sweep_arguments",
+           "tiles_of"]
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +118,23 @@ def mean_iou(segmenter: Any, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> 
     return float(np.mean([mask_iou(segmenter.segment(image).mask, target) for image, target in items]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def sweep_arguments(doc: str, result_name: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line every post-processing sweep over these sets shares."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of the exported segmenter")
     parser.add_argument("--exported", default="segmenter.tflite", help="file in --models (default the SDK's)")
     parser.add_argument("--config", default=str(RELEASE_CONFIG),
                         help="segmenter config YAML defining the split and the scene recipe (the release's)")
     parser.add_argument("--scenes", type=int, default=300, help="scenes per pick set (default 300)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/seg_tiles.json)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", help=f"JSON path (default benchmarks/results/{result_name}.json)")
+    return parser.parse_args(argv)
+
+
+def sweep(args: argparse.Namespace, candidates: Sequence[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """The exported segmenter with each candidate's post-processing values (``SegmenterParams`` fields) in turn: one
+    row per candidate, starting with its values, then IoU@0.5 on every pick set, their mean, every held-out set, and
+    the share of coin-free photos where a coin is reported. Returns the model and the rows."""
     logging.basicConfig(level=logging.WARNING)
     seed_everything(0)
     import cv2
@@ -144,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in pick_sets.items())
     print(f"data ready in {time.perf_counter() - started:.0f} s: {sizes}", flush=True)
     rows: list[dict[str, Any]] = []
-    for tile_frac in CANDIDATES:
-        segmenter = base.with_params(tile_frac=tile_frac)
-        row: dict[str, Any] = {"tile_frac": tile_frac, "tiles": tiles_of(tile_frac)}
+    for candidate in candidates:
+        segmenter = base.with_params(**candidate)
+        row: dict[str, Any] = dict(candidate)
         row.update({f"pick: {k}": mean_iou(segmenter, v) for k, v in pick_sets.items()})
         row["pick mean"] = float(np.mean([row[f"pick: {k}"] for k in pick_sets]))
         row.update({f"held-out: {k}": mean_iou(segmenter, v) for k, v in held.items()})
@@ -154,8 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                     for k, v in free.items()})
         clear()
         rows.append(row)
-        print(f"tile_frac {tile_frac}: pick mean {row['pick mean']:.4f}; held-out "
+        print(f"{candidate}: pick mean {row['pick mean']:.4f}; held-out "
               + ", ".join(f"{k} {row[f'held-out: {k}']:.4f}" for k in held), flush=True)
+    return model, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sweep_arguments(__doc__, "seg_tiles", argv)
+    model, rows = sweep(args, [{"tile_frac": tile_frac} for tile_frac in CANDIDATES])
+    for row in rows:
+        row["tiles"] = tiles_of(row["tile_frac"])
     best = pick(rows)
     shipped = model.segmenter.params.tile_frac
     results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,

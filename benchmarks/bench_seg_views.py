@@ -15,20 +15,14 @@ Writes ``benchmarks/results/seg_views.json``.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.bench_seg_tiles import RELEASE_CONFIG, coin_free, held_out_sets, mean_iou, pick_scenes
-from benchmarks.bench_segmentation import DEFAULT_MODELS, _memoised, data_config, exported_model
-from benchmarks.common import ROOT, seed_everything, write_result
+from benchmarks.bench_seg_tiles import sweep, sweep_arguments
+from benchmarks.common import ROOT, write_result
 
 __all__ = ["main", "pick"]
 
@@ -46,43 +40,8 @@ def pick(rows: Sequence[dict[str, Any]], tie_iou: float = TIE_IOU) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of the exported segmenter")
-    parser.add_argument("--exported", default="segmenter.tflite", help="file in --models (default the SDK's)")
-    parser.add_argument("--config", default=str(RELEASE_CONFIG),
-                        help="segmenter config YAML defining the split and the scene recipe (the release's)")
-    parser.add_argument("--scenes", type=int, default=300, help="scenes per pick set (default 300)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/seg_views.json)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    seed_everything(0)
-    import cv2
-    from coinvision.sdk.segmenter import Segmenter
-
-    cv2.setNumThreads(args.threads)
-    model = exported_model(Path(args.models) / args.exported, args.threads)
-    predict, clear = _memoised(model.segmenter.model.predict)
-    base = Segmenter(dataclasses.replace(model.segmenter.model, predict=predict), model.segmenter.params)
-    cfg = data_config(None, 128, Path(args.config), {"synth.multi_coin_p": 0.35})
-    started = time.perf_counter()
-    pick_sets = pick_scenes(cfg, args.scenes)
-    held = held_out_sets(cfg)
-    free = coin_free(cfg, 200)
-    print(f"data ready in {time.perf_counter() - started:.0f} s", flush=True)
-    rows: list[dict[str, Any]] = []
-    for candidate in CANDIDATES:
-        segmenter = base.with_params(**candidate)
-        row: dict[str, Any] = dict(candidate)
-        row.update({f"pick: {k}": mean_iou(segmenter, v) for k, v in pick_sets.items()})
-        row["pick mean"] = float(np.mean([row[f"pick: {k}"] for k in pick_sets]))
-        row.update({f"held-out: {k}": mean_iou(segmenter, v) for k, v in held.items()})
-        row.update({f"{k}: coin found": float(np.mean([segmenter.segment(img).found for img in v]))
-                    for k, v in free.items()})
-        rows.append(row)
-        print(f"{candidate}: pick mean {row['pick mean']:.4f}; held-out "
-              + ", ".join(f"{k} {row[f'held-out: {k}']:.4f}" for k in held), flush=True)
-    clear()
+    args = sweep_arguments(__doc__, "seg_views", argv)
+    model, rows = sweep(args, CANDIDATES)
     best = pick(rows)
     params = model.segmenter.params
     results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,

@@ -330,7 +330,8 @@ def occlude_with_finger(image: np.ndarray, mask: np.ndarray, rng: np.random.Gene
 
 def random_letterbox(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                      aspect_range: tuple[float, float] = (0.5, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the square scene to a random aspect and letterbox it back (the black bars inference adds)."""
+    """Crop the square scene to a random aspect and letterbox it back (the black bars inference adds). ``mask``: one
+    H x W mask, or several stacked H x W x K (each resized on its own)."""
     size = image.shape[0]
     keep = round(size * rng.uniform(*aspect_range))
     offset = int(rng.integers(0, size - keep + 1))
@@ -484,10 +485,8 @@ class SceneSynthesizer:
         """The scene cut to a random aspect and letterboxed, with its masks. The crop may cut the main coin down
         below another coin, or out of the picture: the label is then the coin that is largest in what is left,
         as the pipeline's largest-coin rule sees it."""
-        def cut(mask: np.ndarray) -> np.ndarray:  # one seed per scene: the image and every mask get the same crop
-            return random_letterbox(image, mask, np.random.default_rng([self.seed, index, 1]))[1]
-
-        out_image = random_letterbox(image, full_mask, np.random.default_rng([self.seed, index, 1]))[0]
-        kept = [cut(mask) for mask in visible]
+        stack = np.stack([full_mask, *visible], axis=-1)  # one crop and one resize for the image and every mask
+        out_image, out_stack = random_letterbox(image, stack, np.random.default_rng([self.seed, index, 1]))
+        kept = [out_stack[..., k] for k in range(1, out_stack.shape[-1])]
         largest = max(range(len(kept)), key=lambda k: (int(kept[k].sum()), k == main_index))
-        return out_image, cut(full_mask), kept[largest]
+        return out_image, out_stack[..., 0], kept[largest]

@@ -18,6 +18,7 @@ from coinvision.sdk.preprocess import (
     unletterbox,
 )
 from coinvision.sdk.segmenter import (
+    PredictFn,
     SegmenterParams,
     largest_component,
     tile_boxes,
@@ -37,6 +38,17 @@ def _disc_image(h: int = 120, w: int = 200, center=(140, 60), radius: int = 30) 
 def _color_predictor(square: np.ndarray) -> np.ndarray:
     """A stand-in segmenter with a known answer: yellow pixels are coin."""
     return (square[..., 0].astype(np.float32) > 120).astype(np.float32)
+
+
+def _counting(predict: PredictFn) -> tuple[PredictFn, list[np.ndarray]]:
+    """``predict`` that also records every square it is called with (in the returned list)."""
+    calls: list[np.ndarray] = []
+
+    def counting(square: np.ndarray) -> np.ndarray:
+        calls.append(square)
+        return predict(square)
+
+    return counting, calls
 
 
 def test_letterbox_round_trip_restores_geometry() -> None:
@@ -108,11 +120,7 @@ def test_two_pass_segment_keeps_first_pass_when_second_keeps_a_fragment() -> Non
 def test_single_pass_box_frac_skips_the_second_pass_only_for_a_coin_that_fills_the_photo() -> None:
     # disc of radius 30 in a 200-px-wide photo: its square box with 15 % margins is about 60 * 1.3 = 78 px, 0.4 of 200
     image, truth = _disc_image()
-    calls: list[np.ndarray] = []
-
-    def counting(square: np.ndarray) -> np.ndarray:
-        calls.append(square)
-        return _color_predictor(square)
+    counting, calls = _counting(_color_predictor)
 
     small_box = two_pass_segment(image, counting, size_px=64, single_pass_box_frac=0.5)
     assert len(calls) == 2 and small_box.passes == 2
@@ -175,11 +183,7 @@ def _reaches_right(square: np.ndarray) -> np.ndarray:
 
 def test_views_of_the_second_pass_cancel_an_error_on_one_side_of_the_coin() -> None:
     image, truth = _disc_image()
-    calls: list[np.ndarray] = []
-
-    def counting(square: np.ndarray) -> np.ndarray:
-        calls.append(square)
-        return _reaches_right(square)
+    counting, calls = _counting(_reaches_right)
 
     results = {}
     for views, expected_calls in ((1, 2), (4, 5)):  # the first pass looks once, the second `views` times
@@ -230,11 +234,7 @@ def _blind_to_small_coins(square: np.ndarray) -> np.ndarray:
 def test_tiles_find_a_coin_the_whole_photo_pass_cannot_see() -> None:
     # a 24-px coin in a 240x320 photo is 12 px in the 128-px first pass, 20 px in a tile of 0.6
     image, truth = _disc_image(h=240, w=320, center=(250, 190), radius=12)
-    calls: list[np.ndarray] = []
-
-    def counting(square: np.ndarray) -> np.ndarray:
-        calls.append(square)
-        return _blind_to_small_coins(square)
+    counting, calls = _counting(_blind_to_small_coins)
 
     plain = two_pass_segment(image, counting, size_px=128)
     assert not plain.found and not plain.tiled and len(calls) == 1

@@ -95,26 +95,24 @@ class RecognizerTest {
         assertEquals(map.toList(), ImageOps.turnMap(ImageOps.turnMap(map, 5, 2), 5, -2).toList())
     }
 
-    @Test
-    fun `views other than 1, 2 or 4 are refused with the value and the fix`(@TempDir tmp: File) {
+    /** The message of the [ConfigException] a segmenter whose sidecar metadata is edited by [edit] is refused with. */
+    private fun refusal(tmp: File, edit: (String) -> String): String {
         File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
         val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
-        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace(Regex("\"views\": [0-9.]+"), "\"views\": 3"))
-        OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
-            val e = assertThrows<ConfigException> { Segmenter(runtime) }
-            assertTrue("views=3" in e.message!! && "[1, 2, 4]" in e.message!!, e.message)
-        }
+        File(tmp, "segmenter.onnx.meta.json").writeText(edit(meta))
+        return OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime -> assertThrows<ConfigException> { Segmenter(runtime) }.message!! }
+    }
+
+    @Test
+    fun `views other than 1, 2 or 4 are refused with the value and the fix`(@TempDir tmp: File) {
+        val message = refusal(tmp) { it.replace(Regex("\"views\": [0-9.]+"), "\"views\": 3") }
+        assertTrue("views=3" in message && "[1, 2, 4]" in message, message)
     }
 
     @Test
     fun `a tile_frac outside 0,25 to 1 is refused with the value and the fix`(@TempDir tmp: File) {
-        File(TestPaths.models, "segmenter.onnx").copyTo(File(tmp, "segmenter.onnx"))
-        val meta = File(TestPaths.models, "segmenter.onnx.meta.json").readText()
-        File(tmp, "segmenter.onnx.meta.json").writeText(meta.replace(Regex("\"tile_frac\": [0-9.]+"), "\"tile_frac\": 0.2"))
-        OnnxModelRuntime(File(tmp, "segmenter.onnx")).use { runtime ->
-            val e = assertThrows<ConfigException> { Segmenter(runtime) }
-            assertTrue("tile_frac=0.2" in e.message!! && "[0.25, 1)" in e.message!!, e.message)
-        }
+        val message = refusal(tmp) { it.replace(Regex("\"tile_frac\": [0-9.]+"), "\"tile_frac\": 0.2") }
+        assertTrue("tile_frac=0.2" in message && "[0.25, 1)" in message, message)
     }
 
     @Test
