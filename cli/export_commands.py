@@ -75,7 +75,32 @@ def _cmd_recover_embedder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recover_segmenter(args: argparse.Namespace) -> int:
+    from coinvision.converters.onnx_recovery import recover_segmenter
+
+    report = recover_segmenter(args.onnx, args.config, args.out)
+    print(f"wrote {report.out} (fingerprint {report.fingerprint}) from {args.onnx} (fingerprint "
+          f"{report.source_fingerprint or '?'}): {report.convolutions} convolutions; vs ONNX Runtime max |diff| "
+          f"{report.max_abs_diff:.2e} on logits up to {report.max_abs_logit:.1f}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser(
+        "recover-segmenter",
+        help="an exported segmenter.onnx -> a trainer checkpoint with the same logits (BatchNorms unfolded)",
+        description="Rebuild the training config's U-Net and write the ONNX file's weights into it (every BatchNorm "
+        "was folded into its convolution at export), with the post-processing its metadata says, checked against "
+        "ONNX Runtime. Fine-tune from it with `coinvision train segmenter --set init_checkpoint=OUT "
+        "bn_calibration_samples=256` (its BatchNorms are identities until their statistics are measured on the "
+        "training mix) or `freeze_bn=true`.",
+    )
+    seg.add_argument("onnx", type=Path, metavar="SEGMENTER_ONNX", help="e.g. models/release/segmenter.onnx")
+    seg.add_argument("--config", type=Path, default=Path("models/release/training/segmenter.train_config.yaml"),
+                     help="the resolved training config it was exported from (default: the release's)")
+    seg.add_argument("--out", type=Path, default=Path("runs/segmenter/recovered/best.pt"), help="checkpoint to write")
+    seg.set_defaults(func=_cmd_recover_segmenter)
+
     rec = sub.add_parser(
         "recover-embedder",
         help="an exported embedder.onnx -> a trainer checkpoint with the same outputs (BatchNorms unfolded)",

@@ -31,7 +31,7 @@ from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_model import KIND, build_embedder
 from coinvision.trainer.tflite_port import timm_convs, write_folded_conv
 
-__all__ = ["RecoveredEmbedder", "recover_embedder"]
+__all__ = ["RecoveredEmbedder", "RecoveredSegmenter", "recover_embedder", "recover_segmenter"]
 
 log = logging.getLogger(__name__)
 _CHECK_BATCH = 4
@@ -157,3 +157,86 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
     log.info("recovered %s -> %s (max |diff| %.2e)", onnx_path, out_path, max_abs)
     return RecoveredEmbedder(out=out_path, source_fingerprint=source, fingerprint=ckpt.fingerprint,
                              convolutions=len(convs), max_abs_diff=max_abs, min_cosine=min_cos)
+
+
+@dataclass(frozen=True)
+class RecoveredSegmenter:
+    out: Path
+    source_fingerprint: str
+    fingerprint: str
+    convolutions: int
+    max_abs_diff: float  # recovered PyTorch logits vs ONNX Runtime on seeded random inputs
+    max_abs_logit: float  # the scale those differences are on
+
+
+_SEGMENTER_TOLERANCE = 1e-3  # logits (tens of units), float32 convolutions summed in another order
+
+
+def recover_segmenter(onnx_path: str | Path, config_path: str | Path, out_path: str | Path) -> RecoveredSegmenter:
+    """Write ``out_path`` (a ``kind: segmenter`` checkpoint of ``config_path``'s U-Net, with the post-processing the
+    file's metadata says) from ``onnx_path``, and check it: logits within 1e-3 of ONNX Runtime. Every convolution
+    of the U-Net (encoder and decoder) had its BatchNorm folded in at export; the BN registered after each one gets
+    the identity plus the folded bias, and the head's convolution (no BN) takes weight and bias as they are. To
+    fine-tune it, the trainer measures those BNs' statistics on its training mix first (``bn_calibration_samples``)
+    or keeps them frozen (``freeze_bn``): train-mode BN on an identity would change the function."""
+    import onnx
+    import onnxruntime as ort
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_model import KIND as SEG_KIND
+    from coinvision.trainer.seg_model import POSTPROCESS_KEYS, build_segmenter
+    from coinvision.trainer.tflite_port import bn_registered_after
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{onnx_path} does not exist; pass the exported segmenter.onnx (e.g. models/release)")
+    shipped = ModelMetadata.read_sidecar(onnx_path) if sidecar_path(onnx_path).is_file() else None
+    values: dict[str, object] = {"pretrained_path": None}
+    if shipped is not None:
+        values.update({k: shipped.extra[k] for k in POSTPROCESS_KEYS if k in shipped.extra})
+        values["threshold"] = shipped.threshold
+        values.setdefault("split_touching", False)  # the metadata leaves a False out
+    cfg = resolve_config(SegmenterConfig, config_path, values)
+    model = build_segmenter(cfg).eval()
+    graph = onnx.load(str(onnx_path)).graph
+    weights = _onnx_weights(graph)
+    conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]  # forward order
+    if len(conv_nodes) != len(convs):
+        raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the U-Net of {config_path} "
+                             f"{len(convs)}: pass the training config the file was exported from")
+    state = model.state_dict()
+    for i, (node, (name, conv)) in enumerate(zip(conv_nodes, convs, strict=True)):
+        w = weights[node.input[1]]
+        b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+        if tuple(w.shape) != tuple(conv.weight.shape):
+            raise ModelLoadError(f"{onnx_path}: convolution {i} ({node.name}) is {tuple(w.shape)}, the model's {name} "
+                                 f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
+        bn = bn_registered_after(model, name)
+        if bn is not None:
+            write_folded_conv(state, model, name, w, b, bn_name=bn)
+        elif conv.bias is not None:
+            state[f"{name}.weight"] = torch.from_numpy(np.asarray(w, np.float32).copy())
+            state[f"{name}.bias"] = torch.from_numpy(np.asarray(b, np.float32).copy())
+        else:
+            raise ModelLoadError(f"{name}: neither a BatchNorm after it nor a bias, so the folded bias of "
+                                 f"{onnx_path}'s {node.name} has nowhere to go")
+    model.load_state_dict(state)
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((_CHECK_BATCH, 3, cfg.size_px, cfg.size_px)).astype(np.float32)
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    max_abs = float(np.abs(got - want).max())
+    if max_abs > _SEGMENTER_TOLERANCE:
+        raise ModelLoadError(f"recovered segmenter differs from {onnx_path} by {max_abs:.2e} logits (> "
+                             f"{_SEGMENTER_TOLERANCE}): the config {config_path} does not describe the exported U-Net "
+                             "(encoder, decoder_channels, pad_type, size_px)")
+    source = shipped.fingerprint if shipped is not None else ""
+    ckpt = Checkpoint(kind=SEG_KIND, config=config_to_dict(cfg), state_dict=model.state_dict(),
+                      metrics={"recovered_from": str(onnx_path), "source_fingerprint": source,
+                               "onnx_max_abs_diff": max_abs})
+    save_checkpoint(out_path, ckpt)
+    log.info("recovered %s -> %s (max |diff| %.2e logits)", onnx_path, out_path, max_abs)
+    return RecoveredSegmenter(out=out_path, source_fingerprint=source, fingerprint=ckpt.fingerprint,
+                              convolutions=len(convs), max_abs_diff=max_abs, max_abs_logit=float(np.abs(want).max()))

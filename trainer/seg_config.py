@@ -18,12 +18,15 @@ from coinvision.sdk.segmenter import (
     VIEWS_ALLOWED,
 )
 
-__all__ = ["LABEL_MODES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
+__all__ = ["LABEL_MODES", "LOSSES", "MAX_COVERAGE_RATIO", "MIN_COVERAGE_RATIO", "SegmenterConfig", "SynthConfig"]
 
 MIN_COVERAGE_RATIO = 1.0  # coin square : output area, at most 1:1 ...
 MAX_COVERAGE_RATIO = 36.0  # ... and at least 1:36
 
 LABEL_MODES = ("all", "largest")
+# smp losses on the logits: Dice (the default), Lovasz hinge per image (a surrogate of per-image IoU, the metric we
+# report; usually a fine-tuning loss, after Dice), or their sum
+LOSSES = ("dice", "lovasz", "dice+lovasz")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class SegmenterConfig:
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
     pad_type: str = ""  # timm conv padding; "same" for weights ported from TF/TFLite
     pretrained_path: str | None = None  # local timm weights file for the encoder (no hub access)
+    init_checkpoint: str | None = None  # a segmenter checkpoint of the same U-Net to start from (fine-tuning)
     size_px: int = 128
     threshold: float = DEFAULT_SEGMENT_THRESHOLD  # release probability threshold
     margin_frac: float = DEFAULT_MARGIN_FRAC  # two-pass crop margin per side
@@ -83,6 +87,12 @@ class SegmenterConfig:
     val_synthetic: int = 200
     val_real: int = 300
     # optimisation
+    loss: str = "dice"
+    freeze_bn: bool = False  # BatchNorms keep their statistics (eval mode)
+    # with init_checkpoint: measure its BatchNorm statistics on this many training samples first, at the training
+    # batch size (same eval function); a checkpoint recovered from ONNX has folded identities there, which train-mode
+    # BN would turn into another function
+    bn_calibration_samples: int = 0
     epochs: int = 10
     steps_per_epoch: int = 200
     batch_size: int = 8
@@ -105,6 +115,11 @@ class SegmenterConfig:
             raise ValueError(f"tile_frac={self.tile_frac}: must be in [{MIN_TILE_FRAC}, 1) (e.g. 0.4), or null")
         if not isinstance(self.views, int) or isinstance(self.views, bool) or self.views not in VIEWS_ALLOWED:
             raise ValueError(f"views={self.views!r}: must be one of {VIEWS_ALLOWED}")
+        if self.bn_calibration_samples < 0 or (self.bn_calibration_samples and self.init_checkpoint is None):
+            raise ValueError(f"bn_calibration_samples={self.bn_calibration_samples}: must be >= 0, and only with an "
+                             "init_checkpoint (a fresh model's BatchNorms train from the start)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}: must be one of {LOSSES}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
         if not 0.0 <= self.real_train_frac <= 1.0:

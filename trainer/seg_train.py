@@ -5,6 +5,7 @@ bookkeeping (device, history, resume, checkpoints, curves) is ``train_loop``'s; 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -18,10 +19,10 @@ import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from coinvision.sdk.errors import ConfigError, DatasetError
+from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.images import load_image
 from coinvision.sdk.preprocess import InputSpec, letterbox, to_model_input
-from coinvision.trainer.checkpoint import restore_schedule
+from coinvision.trainer.checkpoint import load_checkpoint, restore_schedule
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.seg_config import SegmenterConfig, SynthConfig
 from coinvision.trainer.seg_labels import LabelledImage, load_mask, read_label_manifest
@@ -201,13 +202,14 @@ def _stack(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spec: InputSpec) -> t
 
 def _plot_curves(history: list[dict[str, Any]], out_png: Path) -> None:
     epochs = [h["epoch"] for h in history]
+    train_key = next(k for k in history[0] if k.startswith("train_"))
     with png_figure(out_png, figsize=(10, 4), ncols=2) as (_, axes):
-        axes[0].plot(epochs, [h["train_dice_loss"] for h in history], label="train")
+        axes[0].plot(epochs, [h[train_key] for h in history], label=f"train ({train_key.removeprefix('train_')})")
         for split in ("synthetic", "real"):
             axes[0].plot(epochs, [h[f"{split}_dice_loss"] for h in history], label=f"val {split}")
             for t in IOU_THRESHOLDS:
                 axes[1].plot(epochs, [h[f"{split}_iou@{t}"] for h in history], label=f"{split} IoU@{t}")
-        axes[0].set(title="Dice loss", xlabel="epoch")
+        axes[0].set(title="loss (validation: Dice)", xlabel="epoch")
         axes[1].set(title="validation IoU", xlabel="epoch", ylim=(0, 1))
         for ax in axes:
             ax.legend()
@@ -217,6 +219,59 @@ def _plot_curves(history: list[dict[str, Any]], out_png: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- training
+
+
+class _SumOfLosses(nn.Module):
+    def __init__(self, *losses: nn.Module) -> None:
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(loss(logits, target) for loss in self.losses)
+
+
+def _train_loss(name: str) -> tuple[str, nn.Module]:
+    """``(history column, loss on logits)`` for config ``loss`` (``seg_config.LOSSES``)."""
+    parts = {"dice": smp.losses.DiceLoss(mode="binary", from_logits=True),
+             "lovasz": smp.losses.LovaszLoss(mode="binary", per_image=True, from_logits=True)}
+    names = name.split("+")
+    loss = parts[names[0]] if len(names) == 1 else _SumOfLosses(*(parts[n] for n in names))
+    return f"train_{'_'.join(names)}_loss", loss
+
+
+def _initial_model(cfg: SegmenterConfig) -> nn.Module:
+    """The U-Net at its starting weights: the encoder's pretrained file, or all of ``init_checkpoint``."""
+    if cfg.init_checkpoint is None:
+        return build_segmenter(cfg)
+    model = build_segmenter(dataclasses.replace(cfg, pretrained_path=None))
+    ckpt = load_checkpoint(cfg.init_checkpoint, expected_kind=KIND)
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"init_checkpoint {cfg.init_checkpoint}: its weights do not fit this config's U-Net "
+                             f"({str(exc).splitlines()[0]}); start from a checkpoint with the same encoder and "
+                             "decoder_channels") from exc
+    log.info("segmenter starts from %s (fingerprint %s)", cfg.init_checkpoint, ckpt.fingerprint)
+    return model
+
+
+def _calibrate_batchnorm(model: nn.Module, train_set: SegTrainSet, samples: int, batch_size: int,
+                         device: torch.device) -> None:
+    """BatchNorm statistics measured on ``samples`` of the training mix, batch by batch (the eval function stays)."""
+    from coinvision.trainer.tflite_port import conv_bn_pairs, recalibrate_batchnorm
+
+    batches = [torch.stack([train_set[i][0] for i in range(start, min(start + batch_size, samples))]).to(device)
+               for start in range(0, samples, batch_size)]
+    model.load_state_dict(recalibrate_batchnorm(model, conv_bn_pairs(model), batches))
+    log.info("BatchNorm statistics measured on %d training samples", samples)
+
+
+def _train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:  # running statistics stay what the starting checkpoint learnt (or its folded identity)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
 
 
 def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData | None = None,
@@ -237,14 +292,20 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         letterbox_pair(i, m, cfg.size_px) for i, m in data.train_coins[: cfg.val_real]]
     val_real_x, val_real_y = _stack(val_real_pairs, spec)
 
-    model = build_segmenter(cfg).to(device)
+    model = _initial_model(cfg).to(device)
     net = run.distribute(model)  # DDP under torchrun: gradients averaged over the ranks; the model itself otherwise
-    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)  # validation reports Dice whatever trains
+    train_column, train_loss_fn = _train_loss(cfg.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
                                                     pct_start=0.1)
     state = run.resume(model) if resume else None
+    if state is None and cfg.bn_calibration_samples:
+        # its own sample stream (seed + 1), so training still sees every scene for the first time
+        _calibrate_batchnorm(model, SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, cfg.seed + 1,
+                                                length=cfg.bn_calibration_samples, label=cfg.label),
+                             cfg.bn_calibration_samples, cfg.batch_size, device)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         restore_schedule(scheduler, state["scheduler"])
@@ -253,7 +314,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         x, y = batch[0].to(device), batch[1].to(device)
         with run.amp.autocast():
-            loss = loss_fn(net(x), y)
+            loss = train_loss_fn(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         run.amp.backward_step(loss, [optimizer])
         scheduler.step()
@@ -271,7 +332,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         indices = indices[run.rank::run.world_size]
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, indices), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=0)
-        model.train()
+        _train_mode(model, cfg.freeze_bn)
         started = time.time()
         train_loss = run.train_epoch(loader, step, steps=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                      progress=progress)
@@ -280,7 +341,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
             continue  # rank 0 validates and writes; the others go on to the next epoch's steps (DDP waits for it)
         syn = _evaluate(model, val_syn_x, val_syn_y, loss_fn, device, cfg.batch_size * 2)
         real = _evaluate(model, val_real_x, val_real_y, loss_fn, device, cfg.batch_size * 2)
-        row = {"epoch": epoch + 1, "train_dice_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+        row = {"epoch": epoch + 1, train_column: train_loss, "lr": scheduler.get_last_lr()[0],
                "epoch_s": time.time() - started}
         row.update({f"synthetic_{k}": v for k, v in syn.items()})
         row.update({f"real_{k}": v for k, v in real.items()})
@@ -292,6 +353,6 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         log.info("epoch %d: train %.4f | synthetic IoU@0.5 %.4f | real IoU@0.5 %.4f", epoch + 1, train_loss,
                  syn["iou@0.5"], real["iou@0.5"])
         if progress:
-            print(f"epoch {epoch + 1}: train dice {train_loss:.4f}  synthetic IoU@0.3/0.5 {syn['iou@0.3']:.4f}/"
+            print(f"epoch {epoch + 1}: train {cfg.loss} {train_loss:.4f}  synthetic IoU@0.3/0.5 {syn['iou@0.3']:.4f}/"
                   f"{syn['iou@0.5']:.4f}  real IoU@0.3/0.5 {real['iou@0.3']:.4f}/{real['iou@0.5']:.4f}", flush=True)
     return run.finish()

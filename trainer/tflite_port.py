@@ -41,12 +41,15 @@ from coinvision.sdk.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, le
 __all__ = [
     "PortCheck",
     "TfliteConv",
+    "bn_registered_after",
     "calibrate_batchnorm",
     "compare_with_tflite",
+    "conv_bn_pairs",
     "create_ported_model",
     "list_check_images",
     "port_mobilenetv2",
     "read_tflite_convs",
+    "recalibrate_batchnorm",
     "tflite_logits",
     "timm_convs",
     "write_folded_conv",
@@ -168,11 +171,29 @@ def _bn_after(conv_name: str) -> str:
     return f"{parent}.{bn_leaf}" if parent else bn_leaf
 
 
+def bn_registered_after(model: torch.nn.Module, conv_name: str) -> str | None:
+    """The BatchNorm registered right after conv ``conv_name`` (timm blocks, smp ``Conv2dReLU``: conv, bn, act), or
+    None when the next module is not one (a conv with its own bias, e.g. a segmentation head)."""
+    names = [n for n, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    i = names.index(conv_name)
+    nxt = names[i + 1] if i + 1 < len(names) else None
+    return nxt if nxt is not None and isinstance(modules[nxt], torch.nn.BatchNorm2d) else None
+
+
+def conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """``(conv, the BatchNorm registered after it)`` for every conv that has one (:func:`bn_registered_after`)."""
+    pairs = [(name, bn_registered_after(model, name)) for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    return [(conv, bn) for conv, bn in pairs if bn is not None]
+
+
 def write_folded_conv(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, conv_name: str,
-                      weight: np.ndarray, bias: np.ndarray) -> None:
-    """Put a conv whose BatchNorm was folded into it (``weight``, ``bias``) into timm's conv + the BN after it:
-    the BN becomes the identity plus ``bias`` (``running_mean=0, running_var=1-eps``), so eval output is exact."""
-    bn = _bn_after(conv_name)
+                      weight: np.ndarray, bias: np.ndarray, bn_name: str | None = None) -> None:
+    """Put a conv whose BatchNorm was folded into it (``weight``, ``bias``) into the conv + the BN after it
+    (``bn_name``; default timm's naming): the BN becomes the identity plus ``bias`` (``running_mean=0,
+    running_var=1-eps``), so eval output is exact."""
+    bn = bn_name or _bn_after(conv_name)
     eps = model.get_submodule(bn).eps
     state_dict[f"{conv_name}.weight"] = torch.from_numpy(np.asarray(weight, dtype=np.float32).copy())
     state_dict[f"{bn}.weight"] = torch.ones_like(state_dict[f"{bn}.weight"])
@@ -251,29 +272,46 @@ def create_ported_model(state_dict: dict[str, torch.Tensor], *, pad_type: str = 
 
 @torch.no_grad()
 def calibrate_batchnorm(state_dict: dict[str, torch.Tensor], batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Unfold BN: running stats measured on ``batch`` (ImageNet-normalised NCHW), same eval function.
+    """Unfold the ported MobileNetV2's BN: running stats measured on ``batch`` (ImageNet-normalised NCHW), same eval
+    function (:func:`recalibrate_batchnorm`)."""
+    model = create_ported_model(state_dict)
+    return recalibrate_batchnorm(model, [(name, _bn_after(name)) for name, _ in timm_convs(model)], [batch])
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, pairs: Sequence[tuple[str, str]],
+                          batches: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with each (conv, BN after it) pair's BN statistics measured on ``batches``, same eval
+    function.
 
     An eval BN is the affine map ``s * y + t`` (``s = gamma / sqrt(var + eps)``, ``t = beta - s * mean``).
-    For every conv output ``y`` with measured per-channel mean ``m`` and variance ``v`` we store
+    For every conv output ``y`` with per-channel mean ``m`` and variance ``v`` (each averaged over the batches,
+    the variance within a batch, as train-mode BN sees it at that batch size) we store
     ``running_mean=m, running_var=v, gamma=s * sqrt(v + eps), beta=t + s * m``: eval output is unchanged,
-    and train-mode BN on similar images (batch stats near ``m, v``) starts near the same function.
+    and train-mode BN on similar images (batch stats near ``m, v``) starts near the same function. A BN folded into
+    its conv (the identity plus a bias: ``onnx_recovery``) becomes a BN that normalises again, so it can train.
     """
-    model = create_ported_model(state_dict)
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    state_dict = model.state_dict()
+    stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name, _ in pairs}
     hooks = []
-    for name, conv in timm_convs(model):
+    for name, _ in pairs:
 
         def hook(_module, _inp, out, name=name):
             y = out.double()
-            stats[name] = (y.mean(dim=(0, 2, 3)), y.var(dim=(0, 2, 3), unbiased=False))
+            stats[name].append((y.mean(dim=(0, 2, 3)), y.var(dim=(0, 2, 3), unbiased=False)))
 
-        hooks.append(conv.register_forward_hook(hook))
-    model(batch)
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    model.train(was_training)
     for h in hooks:
         h.remove()
     out = dict(state_dict)
-    for name, (m, v) in stats.items():
-        bn = _bn_after(name)
+    for name, bn in pairs:
+        m = torch.stack([mean for mean, _ in stats[name]]).mean(dim=0)
+        v = torch.stack([var for _, var in stats[name]]).mean(dim=0)
         eps = model.get_submodule(bn).eps
         gamma, beta = state_dict[f"{bn}.weight"].double(), state_dict[f"{bn}.bias"].double()
         mean0, var0 = state_dict[f"{bn}.running_mean"].double(), state_dict[f"{bn}.running_var"].double()

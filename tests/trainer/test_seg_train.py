@@ -84,3 +84,60 @@ def test_segmenter_input_is_normalised_as_its_encoder_was_pretrained() -> None:
     lite = resolve_config(SegmenterConfig, overrides={"encoder": "tu-tf_efficientnet_lite0", "size_px": 160}).input_spec
     assert (mnv2.mean, mnv2.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the shipped segmenter's
     assert (lite.mean, lite.std, lite.size_px) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 160)  # (x - 127.5) / 127.5
+
+
+def test_fine_tune_from_a_checkpoint_keeps_batchnorm_statistics_and_trains_the_chosen_loss(
+        tiny_seg_config: Path, tmp_path: Path) -> None:
+    """``init_checkpoint`` + ``freeze_bn`` (fine-tuning a recovered release file, whose BatchNorms are folded
+    identities) with Dice + Lovasz: every weight starts from the checkpoint, the BN statistics never move, the
+    convolutions do, and the history names the loss that trained."""
+    import torch
+
+    start_dir, tune_dir = tmp_path / "start", tmp_path / "tune"
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={start_dir}"]) == 0
+    start = load_checkpoint(start_dir / "best.pt", expected_kind="segmenter")
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={tune_dir}",
+                 f"init_checkpoint={start_dir / 'best.pt'}", "freeze_bn=true", "loss=dice+lovasz", "seed=1"]) == 0
+    tuned = load_checkpoint(tune_dir / "last.pt", expected_kind="segmenter")
+    stats = [k for k in start.state_dict if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(start.state_dict[k], tuned.state_dict[k]) for k in stats)
+    convs = [k for k in start.state_dict if k.endswith("conv.weight") or k.endswith("conv_pw.weight")]
+    assert any(not torch.equal(start.state_dict[k], tuned.state_dict[k]) for k in convs)
+    row = _history(tune_dir)[0]
+    assert "train_dice_lovasz_loss" in row and "train_dice_loss" not in row
+    assert math.isfinite(row["train_dice_lovasz_loss"]) and row["train_dice_lovasz_loss"] > 0.0
+
+    # statistics measured on the training mix first (a recovered checkpoint's folded BNs), then trained in train mode
+    calibrated_dir = tmp_path / "calibrated"
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={calibrated_dir}",
+                 f"init_checkpoint={start_dir / 'best.pt'}", "bn_calibration_samples=4", "loss=lovasz"]) == 0
+    calibrated = load_checkpoint(calibrated_dir / "last.pt", expected_kind="segmenter")
+    assert all(not torch.equal(start.state_dict[k], calibrated.state_dict[k]) for k in stats)
+    assert "train_lovasz_loss" in _history(calibrated_dir)[0]
+
+
+def test_init_checkpoint_of_another_u_net_is_a_model_load_error(tiny_seg_config: Path, tmp_path: Path) -> None:
+    from coinvision.sdk.errors import ModelLoadError
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import train_segmenter
+
+    start_dir = tmp_path / "start"
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={start_dir}"]) == 0
+    wider = resolve_config(SegmenterConfig, tiny_seg_config, {
+        "decoder_channels": [64, 16, 8, 8, 8], "init_checkpoint": str(start_dir / "best.pt"),
+        "out_dir": str(tmp_path / "wider")})
+    with pytest.raises(ModelLoadError, match=r"init_checkpoint .*same encoder and decoder_channels"):
+        train_segmenter(wider, progress=False)
+    assert not (tmp_path / "wider" / "best.pt").exists()
+
+
+def test_fine_tuning_settings_are_checked() -> None:
+    from coinvision.sdk.errors import ConfigError
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.seg_config import SegmenterConfig
+
+    with pytest.raises(ConfigError, match=r"bn_calibration_samples=64: .*only with an init_checkpoint"):
+        resolve_config(SegmenterConfig, overrides={"bn_calibration_samples": 64})
+    with pytest.raises(ConfigError, match="loss='focal'"):
+        resolve_config(SegmenterConfig, overrides={"loss": "focal"})
