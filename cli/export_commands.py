@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Rebuild the training config's U-Net and write the ONNX file's weights into it (every BatchNorm "
         "was folded into its convolution at export), with the post-processing its metadata says, checked against "
         "ONNX Runtime. Fine-tune from it with `coinvision train segmenter --set init_checkpoint=OUT "
-        "bn_calibration_samples=256` (its BatchNorms are identities until their statistics are measured on the "
+        "bn_calibration_samples=320` (its BatchNorms are identities until their statistics are measured on the "
         "training mix) or `freeze_bn=true`.",
     )
     seg.add_argument("onnx", type=Path, metavar="SEGMENTER_ONNX", help="e.g. models/release/segmenter.onnx")

@@ -184,7 +184,7 @@ def recover_segmenter(onnx_path: str | Path, config_path: str | Path, out_path: 
     from coinvision.trainer.seg_config import SegmenterConfig
     from coinvision.trainer.seg_model import KIND as SEG_KIND
     from coinvision.trainer.seg_model import POSTPROCESS_KEYS, build_segmenter
-    from coinvision.trainer.tflite_port import bn_registered_after
+    from coinvision.trainer.tflite_port import conv_bn_pairs
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
@@ -205,13 +205,14 @@ def recover_segmenter(onnx_path: str | Path, config_path: str | Path, out_path: 
         raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the U-Net of {config_path} "
                              f"{len(convs)}: pass the training config the file was exported from")
     state = model.state_dict()
+    bn_after = dict(conv_bn_pairs(model))
     for i, (node, (name, conv)) in enumerate(zip(conv_nodes, convs, strict=True)):
         w = weights[node.input[1]]
         b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
         if tuple(w.shape) != tuple(conv.weight.shape):
             raise ModelLoadError(f"{onnx_path}: convolution {i} ({node.name}) is {tuple(w.shape)}, the model's {name} "
                                  f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
-        bn = bn_registered_after(model, name)
+        bn = bn_after.get(name)
         if bn is not None:
             write_folded_conv(state, model, name, w, b, bn_name=bn)
         elif conv.bias is not None:

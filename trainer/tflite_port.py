@@ -26,6 +26,7 @@ reports both.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -41,7 +42,6 @@ from coinvision.sdk.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, le
 __all__ = [
     "PortCheck",
     "TfliteConv",
-    "bn_registered_after",
     "calibrate_batchnorm",
     "compare_with_tflite",
     "conv_bn_pairs",
@@ -171,21 +171,11 @@ def _bn_after(conv_name: str) -> str:
     return f"{parent}.{bn_leaf}" if parent else bn_leaf
 
 
-def bn_registered_after(model: torch.nn.Module, conv_name: str) -> str | None:
-    """The BatchNorm registered right after conv ``conv_name`` (timm blocks, smp ``Conv2dReLU``: conv, bn, act), or
-    None when the next module is not one (a conv with its own bias, e.g. a segmentation head)."""
-    names = [n for n, _ in model.named_modules()]
-    modules = dict(model.named_modules())
-    i = names.index(conv_name)
-    nxt = names[i + 1] if i + 1 < len(names) else None
-    return nxt if nxt is not None and isinstance(modules[nxt], torch.nn.BatchNorm2d) else None
-
-
 def conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
-    """``(conv, the BatchNorm registered after it)`` for every conv that has one (:func:`bn_registered_after`)."""
-    pairs = [(name, bn_registered_after(model, name)) for name, m in model.named_modules()
-             if isinstance(m, torch.nn.Conv2d)]
-    return [(conv, bn) for conv, bn in pairs if bn is not None]
+    """``(conv, the BatchNorm registered right after it)`` for every conv that has one (timm blocks, smp
+    ``Conv2dReLU``: conv, bn, act); a conv followed by anything else (a head with its own bias) is left out."""
+    return [(name, after) for (name, module), (after, nxt) in itertools.pairwise(model.named_modules())
+            if isinstance(module, torch.nn.Conv2d) and isinstance(nxt, torch.nn.BatchNorm2d)]
 
 
 def write_folded_conv(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, conv_name: str,
