@@ -19,13 +19,19 @@ from coinvision.cli.pack_commands import scan_catalog
 
 from tests.sync_server.helpers import SAMPLE, Server
 
+# The import goes coin by coin in id order, each coin's photos in name order: the corrupt 'photo' is the very last
+# upload, so an import killed before its last good photo has not reached it yet (whatever the machine's speed).
+CORRUPT_COIN = "5c"
+CORRUPT = f"images/{CORRUPT_COIN}/zz_corrupt.jpg"
+
 
 @pytest.fixture
 def catalog_dir(tmp_path: Path) -> Path:
     """The bundled euro_phone catalog (images/<class_id>/ + classes.csv) plus one corrupt 'photo'."""
     root = tmp_path / "euro_phone"
     shutil.copytree(SAMPLE / "euro_phone", root)
-    (root / "images" / "1c" / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG at all")
+    assert max(c.record.coin_id for c in scan_catalog(root)[0]) == CORRUPT_COIN
+    (root / CORRUPT).write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG at all")
     return root
 
 
@@ -49,11 +55,11 @@ def test_import_reports_the_corrupt_photo_imports_the_rest_and_publishes_once(
             "--token", sqlite_server.local.maintainer_token, "--jobs", "2", "--journal", str(journal), "--no-progress"]
     assert main(argv) == 1  # a failed photo makes the exit status non-zero; the rest went in
     out = capsys.readouterr().out
-    assert "failed: images/1c/zz_corrupt.jpg: HTTP 415 unsupported_image_format" in out
+    assert f"failed: {CORRUPT}: HTTP 415 unsupported_image_format" in out
     total = _photos(catalog_dir)
     refs = _references(sqlite_server, "euro")
     assert sum(refs.values()) == total - 1
-    assert refs["1c"] == len(list((catalog_dir / "images" / "1c").iterdir())) - 1
+    assert refs[CORRUPT_COIN] == len(list((catalog_dir / "images" / CORRUPT_COIN).iterdir())) - 1
     coin = sqlite_server.get("/v1/catalogs/euro/coins/1c").json()
     assert (coin["label"], coin["currency"]) == ("1 Cent", "Euro")  # classes.csv metadata went with the coins
     versions = sqlite_server.get("/v1/catalogs/euro/versions").json()["versions"]
@@ -99,7 +105,7 @@ def test_interrupted_import_resumes_without_uploading_again(sqlite_server: Serve
     # an upload still in the server's hands at the kill may land after on_server_before was read: recognised too
     assert report.already >= max(done, on_server_before)
     assert report.imported + report.already == total - 1
-    assert [p for p, _ in report.failed] == ["images/1c/zz_corrupt.jpg"]
+    assert [p for p, _ in report.failed] == [CORRUPT]
     refs = _references(sqlite_server, "euro")
     assert sum(refs.values()) == total - 1  # every good photo exactly once
     assert report.published_version == 1
