@@ -87,7 +87,7 @@ def test_segmenter_input_is_normalised_as_its_encoder_was_pretrained() -> None:
 
 
 def test_fine_tune_from_a_checkpoint_keeps_batchnorm_statistics_and_trains_the_chosen_loss(
-        tiny_seg_config: Path, tmp_path: Path) -> None:
+        tiny_seg_config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``init_checkpoint`` + ``freeze_bn`` (fine-tuning a recovered release file, whose BatchNorms are folded
     identities) with Dice + Lovasz: every weight starts from the checkpoint, the BN statistics never move, the
     convolutions do, and the history names the loss that trained."""
@@ -108,11 +108,12 @@ def test_fine_tune_from_a_checkpoint_keeps_batchnorm_statistics_and_trains_the_c
     assert math.isfinite(row["train_dice_lovasz_loss"]) and row["train_dice_lovasz_loss"] > 0.0
 
     # statistics measured on the training mix first (a recovered checkpoint's folded BNs), then trained in train mode
+    # (what the measuring does to the function: tests/converters/test_onnx_recovery.py)
     calibrated_dir = tmp_path / "calibrated"
-    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={calibrated_dir}",
-                 f"init_checkpoint={start_dir / 'best.pt'}", "bn_calibration_samples=4", "loss=lovasz"]) == 0
-    calibrated = load_checkpoint(calibrated_dir / "last.pt", expected_kind="segmenter")
-    assert all(not torch.equal(start.state_dict[k], calibrated.state_dict[k]) for k in stats)
+    with caplog.at_level("INFO", logger="coinvision.trainer.seg_train"):
+        assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={calibrated_dir}",
+                     f"init_checkpoint={start_dir / 'best.pt'}", "bn_calibration_samples=4", "loss=lovasz"]) == 0
+    assert "BatchNorm statistics measured on 4 training samples" in caplog.text
     assert "train_lovasz_loss" in _history(calibrated_dir)[0]
 
 
