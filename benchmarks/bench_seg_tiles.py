@@ -47,8 +47,8 @@ from benchmarks.bench_segmentation import (
 )
 from benchmarks.common import ROOT, seed_everything, write_result
 
-__all__ = ["coin_free", "held_out_sets", "main", "mean_iou", "pick", "pick_scenes", "sweep", "sweep_arguments",
-           "tiles_of"]
+__all__ = ["coin_free", "held_out_sets", "main", "mean_iou", "pick", "pick_scenes", "result_header", "sweep",
+           "sweep_arguments", "tiles_of"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,12 @@ def sweep(args: argparse.Namespace, candidates: Sequence[dict[str, Any]]) -> tup
     return model, rows
 
 
+def result_header(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """What a :func:`sweep` result says about its model and data, first in its JSON."""
+    return {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,
+            "config": str(Path(args.config).resolve().relative_to(ROOT)), "scenes_per_pick_set": args.scenes}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sweep_arguments(__doc__, "seg_tiles", argv)
     model, rows = sweep(args, [{"tile_frac": tile_frac} for tile_frac in CANDIDATES])
@@ -174,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         row["tiles"] = tiles_of(row["tile_frac"])
     best = pick(rows)
     shipped = model.segmenter.params.tile_frac
-    results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,
-               "config": str(Path(args.config).resolve().relative_to(ROOT)), "scenes_per_pick_set": args.scenes,
+    results = {**result_header(model, args),
                "pick_rule": f"highest mean IoU@0.5 over the pick sets (training classes only) among candidates of at "
                             f"most {MAX_TILES} tiles",
                "picked": best["tile_frac"], "metadata_tile_frac": shipped, "rows": rows}

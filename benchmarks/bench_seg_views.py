@@ -18,11 +18,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_seg_tiles import sweep, sweep_arguments
-from benchmarks.common import ROOT, write_result
+from benchmarks.bench_seg_tiles import result_header, sweep, sweep_arguments
+from benchmarks.common import write_result
 
 __all__ = ["main", "pick"]
 
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     model, rows = sweep(args, CANDIDATES)
     best = pick(rows)
     params = model.segmenter.params
-    results = {"model": model.path, "fingerprint": model.fingerprint, "quantization": model.quantization,
-               "config": str(Path(args.config).resolve().relative_to(ROOT)), "scenes_per_pick_set": args.scenes,
+    results = {**result_header(model, args),
                "metadata": {"views": params.views, "split_touching": params.split_touching,
                             "tile_frac": params.tile_frac},
                "pick_rule": f"highest mean IoU@0.5 over the pick sets (training classes only); within {TIE_IOU} of "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["register"]
@@ -85,36 +86,36 @@ def _cmd_recover_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recover(sub: argparse._SubParsersAction, kind: str, func: Callable[[argparse.Namespace], int], *,
+                 summary: str, description: str) -> None:
+    """``coinvision recover-KIND KIND.onnx [--config] [--out]``."""
+    p = sub.add_parser(f"recover-{kind}", help=summary, description=description)
+    p.add_argument("onnx", type=Path, metavar=f"{kind.upper()}_ONNX", help=f"e.g. models/release/{kind}.onnx")
+    p.add_argument("--config", type=Path, default=Path(f"models/release/training/{kind}.train_config.yaml"),
+                   help="the resolved training config it was exported from (default: the release's)")
+    p.add_argument("--out", type=Path, default=Path(f"runs/{kind}/recovered/best.pt"), help="checkpoint to write")
+    p.set_defaults(func=func)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    seg = sub.add_parser(
-        "recover-segmenter",
-        help="an exported segmenter.onnx -> a trainer checkpoint with the same logits (BatchNorms unfolded)",
+    _add_recover(
+        sub, "segmenter", _cmd_recover_segmenter,
+        summary="an exported segmenter.onnx -> a trainer checkpoint with the same logits (BatchNorms unfolded)",
         description="Rebuild the training config's U-Net and write the ONNX file's weights into it (every BatchNorm "
         "was folded into its convolution at export), with the post-processing its metadata says, checked against "
         "ONNX Runtime. Fine-tune from it with `coinvision train segmenter --set init_checkpoint=OUT "
         "bn_calibration_samples=320` (its BatchNorms are identities until their statistics are measured on the "
         "training mix) or `freeze_bn=true`.",
     )
-    seg.add_argument("onnx", type=Path, metavar="SEGMENTER_ONNX", help="e.g. models/release/segmenter.onnx")
-    seg.add_argument("--config", type=Path, default=Path("models/release/training/segmenter.train_config.yaml"),
-                     help="the resolved training config it was exported from (default: the release's)")
-    seg.add_argument("--out", type=Path, default=Path("runs/segmenter/recovered/best.pt"), help="checkpoint to write")
-    seg.set_defaults(func=_cmd_recover_segmenter)
-
-    rec = sub.add_parser(
-        "recover-embedder",
-        help="an exported embedder.onnx -> a trainer checkpoint with the same outputs (BatchNorms unfolded)",
+    _add_recover(
+        sub, "embedder", _cmd_recover_embedder,
+        summary="an exported embedder.onnx -> a trainer checkpoint with the same outputs (BatchNorms unfolded)",
         description="Rebuild the training config's embedder and write the ONNX file's weights into it (its "
         "backbone BatchNorms were folded into the convolutions at export), checked against ONNX Runtime. A frozen "
         "branch the file's metadata names (branch_backbone) is rebuilt too, and float16-stored weights are read as "
         "they are. For re-exporting, refitting or benchmarking the shipped embedder when its training checkpoint "
         "is gone.",
     )
-    rec.add_argument("onnx", type=Path, metavar="EMBEDDER_ONNX", help="e.g. models/release/embedder.onnx")
-    rec.add_argument("--config", type=Path, default=Path("models/release/training/embedder.train_config.yaml"),
-                     help="the resolved training config it was exported from (default: the release's)")
-    rec.add_argument("--out", type=Path, default=Path("runs/embedder/recovered/best.pt"), help="checkpoint to write")
-    rec.set_defaults(func=_cmd_recover_embedder)
 
     p = sub.add_parser(
         "export",

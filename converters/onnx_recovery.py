@@ -29,7 +29,10 @@ from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict, resolve_config
 from coinvision.trainer.emb_config import EmbedderConfig
 from coinvision.trainer.emb_model import KIND, build_embedder
-from coinvision.trainer.tflite_port import timm_convs, write_folded_conv
+from coinvision.trainer.seg_config import SegmenterConfig
+from coinvision.trainer.seg_model import KIND as SEG_KIND
+from coinvision.trainer.seg_model import POSTPROCESS_KEYS, build_segmenter
+from coinvision.trainer.tflite_port import conv_bn_pairs, timm_convs, write_folded_conv
 
 __all__ = ["RecoveredEmbedder", "RecoveredSegmenter", "recover_embedder", "recover_segmenter"]
 
@@ -76,12 +79,35 @@ def _onnx_weights(graph) -> dict[str, np.ndarray]:
     return weights
 
 
+def _onnx_and_torch_outputs(onnx_path: Path, model: torch.nn.Module, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ONNX Runtime's, the model's)`` outputs on seeded random inputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((_CHECK_BATCH, 3, size_px, size_px)).astype(np.float32)
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    return want, got
+
+
+def _save_recovered(kind: str, cfg: object, model: torch.nn.Module, onnx_path: Path, out_path: Path,
+                    shipped: ModelMetadata | None, max_abs: float) -> tuple[str, Checkpoint]:
+    """Write the checked model as a ``kind`` checkpoint: ``(the file's fingerprint, the checkpoint)``."""
+    source = shipped.fingerprint if shipped is not None else ""
+    ckpt = Checkpoint(kind=kind, config=config_to_dict(cfg), state_dict=model.state_dict(),
+                      metrics={"recovered_from": str(onnx_path), "source_fingerprint": source,
+                               "onnx_max_abs_diff": max_abs})
+    save_checkpoint(out_path, ckpt)
+    log.info("recovered %s -> %s (max |diff| %.2e)", onnx_path, out_path, max_abs)
+    return source, ckpt
+
+
 def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: str | Path) -> RecoveredEmbedder:
     """Write ``out_path`` (a ``kind: embedder`` checkpoint of ``config_path``'s model, plus the frozen branch the
     file's metadata names) from ``onnx_path``, and check it: output within 1e-4 of ONNX Runtime. Typed errors name
     the file that does not fit. A file with float16-stored weights recovers those float16 values exactly."""
     import onnx
-    import onnxruntime as ort
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
@@ -104,17 +130,18 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
         raise ModelLoadError(f"{onnx_path} has {len(conv_nodes)} convolutions, the model of {config_path} "
                              f"{len(convs)}: pass the training config the file was exported from")
     states = {id(b): b.state_dict() for b in backbones}
+    bn_after = {id(b): dict(conv_bn_pairs(b)) for b in backbones}
     for i, (node, (backbone, name, conv)) in enumerate(zip(conv_nodes, convs, strict=True)):
         w = weights[node.input[1]]
         b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
         if tuple(w.shape) != tuple(conv.weight.shape):
             raise ModelLoadError(f"{onnx_path}: convolution {i} is {tuple(w.shape)}, the model's "
                                  f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
-        try:
-            write_folded_conv(states[id(backbone)], backbone, name, w, b)
-        except (KeyError, AttributeError) as exc:
+        bn = bn_after[id(backbone)].get(name)
+        if bn is None:
             raise ModelLoadError(f"{name}: no BatchNorm after it in the MobileNetV2 / EfficientNet layout, so its "
-                                 "folded ONNX export cannot be unfolded") from exc
+                                 "folded ONNX export cannot be unfolded")
+        write_folded_conv(states[id(backbone)], backbone, name, bn, w, b)
     for backbone in backbones:
         backbone.load_state_dict(states[id(backbone)])
     for prefix, module in (("head.", model.head), ("companion.", model.companion), ("branch.", model.branch)):
@@ -138,23 +165,13 @@ def recover_embedder(onnx_path: str | Path, config_path: str | Path, out_path: s
                                  "exported by coinvision?")
         getattr(model, name).copy_(torch.from_numpy(weights[name].copy()))
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    size = cfg.size_px
-    x = np.random.default_rng(0).standard_normal((_CHECK_BATCH, 3, size, size)).astype(np.float32)
-    want = session.run(None, {session.get_inputs()[0].name: x})[0]
-    with torch.no_grad():
-        got = model(torch.from_numpy(x)).numpy()
+    want, got = _onnx_and_torch_outputs(onnx_path, model, cfg.size_px)
     max_abs = float(np.abs(got - want).max())
     min_cos = float(np.min(np.sum(got * want, axis=1)))
     if max_abs > 1e-4:
         raise ModelLoadError(f"recovered model differs from {onnx_path} by {max_abs:.2e} (> 1e-4): the config "
                              f"{config_path} does not describe the exported network (backbone, pad_type, head)")
-    source = shipped.fingerprint if shipped is not None else ""
-    ckpt = Checkpoint(kind=KIND, config=config_to_dict(cfg), state_dict=model.state_dict(),
-                      metrics={"recovered_from": str(onnx_path), "source_fingerprint": source,
-                               "onnx_max_abs_diff": max_abs})
-    save_checkpoint(out_path, ckpt)
-    log.info("recovered %s -> %s (max |diff| %.2e)", onnx_path, out_path, max_abs)
+    source, ckpt = _save_recovered(KIND, cfg, model, onnx_path, out_path, shipped, max_abs)
     return RecoveredEmbedder(out=out_path, source_fingerprint=source, fingerprint=ckpt.fingerprint,
                              convolutions=len(convs), max_abs_diff=max_abs, min_cosine=min_cos)
 
@@ -180,11 +197,6 @@ def recover_segmenter(onnx_path: str | Path, config_path: str | Path, out_path: 
     fine-tune it, the trainer measures those BNs' statistics on its training mix first (``bn_calibration_samples``)
     or keeps them frozen (``freeze_bn``): train-mode BN on an identity would change the function."""
     import onnx
-    import onnxruntime as ort
-    from coinvision.trainer.seg_config import SegmenterConfig
-    from coinvision.trainer.seg_model import KIND as SEG_KIND
-    from coinvision.trainer.seg_model import POSTPROCESS_KEYS, build_segmenter
-    from coinvision.trainer.tflite_port import conv_bn_pairs
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
@@ -214,7 +226,7 @@ def recover_segmenter(onnx_path: str | Path, config_path: str | Path, out_path: 
                                  f"{tuple(conv.weight.shape)}: pass the training config the file was exported from")
         bn = bn_after.get(name)
         if bn is not None:
-            write_folded_conv(state, model, name, w, b, bn_name=bn)
+            write_folded_conv(state, model, name, bn, w, b)
         elif conv.bias is not None:
             state[f"{name}.weight"] = torch.from_numpy(np.asarray(w, np.float32).copy())
             state[f"{name}.bias"] = torch.from_numpy(np.asarray(b, np.float32).copy())
@@ -223,21 +235,12 @@ def recover_segmenter(onnx_path: str | Path, config_path: str | Path, out_path: 
                                  f"{onnx_path}'s {node.name} has nowhere to go")
     model.load_state_dict(state)
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((_CHECK_BATCH, 3, cfg.size_px, cfg.size_px)).astype(np.float32)
-    want = session.run(None, {session.get_inputs()[0].name: x})[0]
-    with torch.no_grad():
-        got = model(torch.from_numpy(x)).numpy()
+    want, got = _onnx_and_torch_outputs(onnx_path, model, cfg.size_px)
     max_abs = float(np.abs(got - want).max())
     if max_abs > _SEGMENTER_TOLERANCE:
         raise ModelLoadError(f"recovered segmenter differs from {onnx_path} by {max_abs:.2e} logits (> "
                              f"{_SEGMENTER_TOLERANCE}): the config {config_path} does not describe the exported U-Net "
                              "(encoder, decoder_channels, pad_type, size_px)")
-    source = shipped.fingerprint if shipped is not None else ""
-    ckpt = Checkpoint(kind=SEG_KIND, config=config_to_dict(cfg), state_dict=model.state_dict(),
-                      metrics={"recovered_from": str(onnx_path), "source_fingerprint": source,
-                               "onnx_max_abs_diff": max_abs})
-    save_checkpoint(out_path, ckpt)
-    log.info("recovered %s -> %s (max |diff| %.2e logits)", onnx_path, out_path, max_abs)
+    source, ckpt = _save_recovered(SEG_KIND, cfg, model, onnx_path, out_path, shipped, max_abs)
     return RecoveredSegmenter(out=out_path, source_fingerprint=source, fingerprint=ckpt.fingerprint,
                               convolutions=len(convs), max_abs_diff=max_abs, max_abs_logit=float(np.abs(want).max()))

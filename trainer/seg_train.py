@@ -28,6 +28,7 @@ from coinvision.trainer.seg_config import SegmenterConfig, SynthConfig
 from coinvision.trainer.seg_labels import LabelledImage, load_mask, read_label_manifest
 from coinvision.trainer.seg_model import KIND, build_segmenter
 from coinvision.trainer.seg_scenes import SceneSynthesizer
+from coinvision.trainer.tflite_port import conv_bn_pairs, recalibrate_batchnorm
 from coinvision.trainer.train_loop import TrainingRun
 from torch import nn
 
@@ -258,8 +259,6 @@ def _initial_model(cfg: SegmenterConfig) -> nn.Module:
 def _calibrate_batchnorm(model: nn.Module, train_set: SegTrainSet, samples: int, batch_size: int,
                          device: torch.device) -> None:
     """BatchNorm statistics measured on ``samples`` of the training mix, batch by batch (the eval function stays)."""
-    from coinvision.trainer.tflite_port import conv_bn_pairs, recalibrate_batchnorm
-
     batches = [torch.stack([train_set[i][0] for i in range(start, min(start + batch_size, samples))]).to(device)
                for start in range(0, samples, batch_size)]
     model.load_state_dict(recalibrate_batchnorm(model, conv_bn_pairs(model), batches))

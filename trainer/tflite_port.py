@@ -156,21 +156,6 @@ def timm_convs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def _bn_after(conv_name: str) -> str:
-    """timm EfficientNet naming: the BatchNorm that follows a conv."""
-    parent, _, leaf = conv_name.rpartition(".")
-    # blocks.0.* is a DepthwiseSeparableConv (dw -> bn1, pw -> bn2); later blocks are InvertedResidual.
-    depthwise_separable = parent.startswith("blocks.0.")
-    bn_leaf = {
-        "conv_stem": "bn1",
-        "conv_head": "bn2",
-        "conv_pwl": "bn3",
-        "conv_dw": "bn1" if depthwise_separable else "bn2",
-        "conv_pw": "bn2" if depthwise_separable else "bn1",
-    }[leaf]
-    return f"{parent}.{bn_leaf}" if parent else bn_leaf
-
-
 def conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
     """``(conv, the BatchNorm registered right after it)`` for every conv that has one (timm blocks, smp
     ``Conv2dReLU``: conv, bn, act); a conv followed by anything else (a head with its own bias) is left out."""
@@ -178,12 +163,11 @@ def conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
             if isinstance(module, torch.nn.Conv2d) and isinstance(nxt, torch.nn.BatchNorm2d)]
 
 
-def write_folded_conv(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, conv_name: str,
-                      weight: np.ndarray, bias: np.ndarray, bn_name: str | None = None) -> None:
+def write_folded_conv(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, conv_name: str, bn: str,
+                      weight: np.ndarray, bias: np.ndarray) -> None:
     """Put a conv whose BatchNorm was folded into it (``weight``, ``bias``) into the conv + the BN after it
-    (``bn_name``; default timm's naming): the BN becomes the identity plus ``bias`` (``running_mean=0,
+    (``bn``, from :func:`conv_bn_pairs`): the BN becomes the identity plus ``bias`` (``running_mean=0,
     running_var=1-eps``), so eval output is exact."""
-    bn = bn_name or _bn_after(conv_name)
     eps = model.get_submodule(bn).eps
     state_dict[f"{conv_name}.weight"] = torch.from_numpy(np.asarray(weight, dtype=np.float32).copy())
     state_dict[f"{bn}.weight"] = torch.ones_like(state_dict[f"{bn}.weight"])
@@ -218,6 +202,7 @@ def port_mobilenetv2(
             "(is this the right model?)"
         )
     sd = {k: v.clone() for k, v in model.state_dict().items()}
+    bn_after = dict(conv_bn_pairs(model))
     for (name, module), conv in zip(targets, convs[:-1], strict=True):
         if tuple(module.weight.shape) != conv.weight.shape or module.stride[0] != conv.stride:
             raise ConversionError(
@@ -227,7 +212,7 @@ def port_mobilenetv2(
         weight, bias = conv.weight.astype(np.float64), conv.bias.astype(np.float64)
         if name == "conv_stem" and imagenet_input:
             weight, bias = _fold_input_normalisation(weight, bias, input_q)
-        write_folded_conv(sd, model, name, weight, bias)
+        write_folded_conv(sd, model, name, bn_after[name], weight, bias)
     head = convs[-1]
     fc_w, fc_b = head.weight.reshape(head.weight.shape[0], -1), head.bias
     if fc_w.shape != (1001, 1280):
@@ -265,7 +250,7 @@ def calibrate_batchnorm(state_dict: dict[str, torch.Tensor], batch: torch.Tensor
     """Unfold the ported MobileNetV2's BN: running stats measured on ``batch`` (ImageNet-normalised NCHW), same eval
     function (:func:`recalibrate_batchnorm`)."""
     model = create_ported_model(state_dict)
-    return recalibrate_batchnorm(model, [(name, _bn_after(name)) for name, _ in timm_convs(model)], [batch])
+    return recalibrate_batchnorm(model, conv_bn_pairs(model), [batch])
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, pairs: Sequence[tuple[str, str]],

@@ -146,14 +146,18 @@ def test_calibrate_batchnorm_keeps_eval_output_and_fixes_train_mode() -> None:
     torch.testing.assert_close(train_out, eval_out, rtol=1e-3, atol=1e-3)
 
 
-def test_bn_after_follows_timm_block_layout() -> None:
+def test_every_timm_conv_has_the_batchnorm_of_its_block_layout() -> None:
     import timm
 
     model = timm.create_model(tp.TIMM_ARCH, pretrained=False)
-    names = [n for n, _ in model.named_modules()]
-    for conv_name, _ in tp.timm_convs(model):
-        bn = tp._bn_after(conv_name)
-        assert names[names.index(conv_name) + 1] == bn, conv_name
+    pairs = dict(tp.conv_bn_pairs(model))
+    assert list(pairs) == [name for name, _ in tp.timm_convs(model)]
+    # blocks.0 is a DepthwiseSeparableConv (dw -> bn1, pw -> bn2); later blocks are InvertedResidual
+    assert {k: pairs[k] for k in ("conv_stem", "blocks.0.0.conv_dw", "blocks.0.0.conv_pw", "blocks.1.0.conv_pw",
+                                  "blocks.1.0.conv_dw", "blocks.1.0.conv_pwl", "conv_head")} == {
+        "conv_stem": "bn1", "blocks.0.0.conv_dw": "blocks.0.0.bn1", "blocks.0.0.conv_pw": "blocks.0.0.bn2",
+        "blocks.1.0.conv_pw": "blocks.1.0.bn1", "blocks.1.0.conv_dw": "blocks.1.0.bn2",
+        "blocks.1.0.conv_pwl": "blocks.1.0.bn3", "conv_head": "bn2"}
 
 
 # --- the real shared weights ---
