@@ -84,11 +84,20 @@ class SegmenterConfig:
     real_train_frac: float = 0.3  # share of training samples that are real auto-labelled photos
     synth: SynthConfig = field(default_factory=SynthConfig)
     label: str = "all"  # what a synthetic scene's label marks: "all" coins, or only the "largest" (the kept one)
+    # share of synthetic samples rendered at pass_view_scene_px and cut as the two-pass pipeline cuts a photo (half
+    # the whole scene letterboxed, half the second pass's crop around the label): the model then trains on the
+    # inputs it gets at inference, the downscale's aliasing and the crop's scale included (``seg_train.PassViews``)
+    pass_view_p: float = 0.0
+    pass_view_scene_px: int = 384
     val_synthetic: int = 200
     val_real: int = 300
     # optimisation
     loss: str = "dice"
     freeze_bn: bool = False  # BatchNorms keep their statistics (eval mode)
+    # submodules (``model.named_modules()`` names, e.g. "encoder", "decoder.blocks.0") that keep their weights and
+    # BatchNorm statistics: a fine-tune of the rest alone (what the deep layers decide, e.g. which of several coins is
+    # the largest, stays; the outline the shallow decoder blocks draw can still improve)
+    frozen_modules: tuple[str, ...] = ()
     # with init_checkpoint: measure its BatchNorm statistics on this many training samples first, at the training
     # batch size (same eval function); a checkpoint recovered from ONNX has folded identities there, which train-mode
     # BN would turn into another function
@@ -122,6 +131,11 @@ class SegmenterConfig:
             raise ValueError(f"loss={self.loss!r}: must be one of {LOSSES}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
+        if not 0.0 <= self.pass_view_p <= 1.0:
+            raise ValueError(f"pass_view_p={self.pass_view_p}: must be in [0, 1]")
+        if self.pass_view_scene_px < self.size_px:
+            raise ValueError(f"pass_view_scene_px={self.pass_view_scene_px}: must be >= size_px={self.size_px} (scenes "
+                             "the pipeline shrinks to the model's input)")
         if not 0.0 <= self.real_train_frac <= 1.0:
             raise ValueError(f"real_train_frac={self.real_train_frac}: must be in [0, 1]")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:

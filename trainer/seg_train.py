@@ -21,7 +21,7 @@ import segmentation_models_pytorch as smp
 import torch
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.images import load_image
-from coinvision.sdk.preprocess import InputSpec, letterbox, to_model_input
+from coinvision.sdk.preprocess import InputSpec, crop_padded, letterbox, square_bbox, to_model_input
 from coinvision.trainer.checkpoint import load_checkpoint, restore_schedule
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.seg_config import SegmenterConfig, SynthConfig
@@ -34,6 +34,7 @@ from torch import nn
 
 __all__ = [
     "IOU_THRESHOLDS",
+    "PassViews",
     "SegData",
     "SegTrainSet",
     "iou_at",
@@ -103,15 +104,51 @@ _REAL_AUGMENT = A.Compose([
 ])
 
 
+@dataclass(frozen=True)
+class PassViews:
+    """Model inputs as the two-pass pipeline (``coinvision.sdk.segmenter.two_pass_segment``) makes them from a photo
+    larger than the model's input: a scene of ``synth``'s size either letterboxed whole to ``size_px`` (the first
+    pass) or cut to the second pass's square crop around the label and letterboxed (its box jittered, since at
+    inference it comes from the first pass's coarser mask). A crop the pipeline would not make (its box at least
+    ``single_pass_box_frac`` of the scene: the first pass is the answer then) falls back to the whole scene."""
+
+    synth: SceneSynthesizer  # renders at the larger scene size
+    size_px: int
+    margin_frac: float
+    single_pass_box_frac: float | None
+    centre_jitter_frac: float = 0.03  # of the box side, standard deviation
+    side_jitter: tuple[float, float] = (0.94, 1.08)
+
+    def sample(self, index: int, rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndarray]:
+        image, all_coins, largest = self.synth.scene(index)
+        mask = largest if label == "largest" else all_coins
+        if rng.random() < 0.5 and largest.any():
+            box = self._jittered_box(square_bbox(largest, self.margin_frac), rng)
+            side = box[2] - box[0]
+            if self.single_pass_box_frac is None or side < self.single_pass_box_frac * max(image.shape[:2]):
+                image, mask = crop_padded(image, box), crop_padded(mask.astype(np.uint8), box) > 0
+        return letterbox_pair(image, mask, self.size_px)
+
+    def _jittered_box(self, box: tuple[int, int, int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = box
+        side = (x1 - x0) * rng.uniform(*self.side_jitter)
+        cx = (x0 + x1) / 2 + rng.normal(0.0, self.centre_jitter_frac) * (x1 - x0)
+        cy = (y0 + y1) / 2 + rng.normal(0.0, self.centre_jitter_frac) * (x1 - x0)
+        half = max(1.0, side / 2)
+        return round(cx - half), round(cy - half), round(cx + half), round(cy + half)
+
+
 class SegTrainSet(torch.utils.data.Dataset):
-    """Index -> (x, y). A sample is a synthesized scene or (``real_frac``) an augmented real photo; both are
-    pure functions of ``(seed, index)``."""
+    """Index -> (x, y). A sample is a synthesized scene, (``real_frac``) an augmented real photo or (``pass_view_p``
+    of the synthetic ones) a :class:`PassViews` input; all are pure functions of ``(seed, index)``."""
 
     def __init__(self, synth: SceneSynthesizer, real: Sequence[tuple[np.ndarray, np.ndarray]], real_frac: float,
-                 spec: InputSpec, seed: int, length: int, label: str = "all") -> None:
+                 spec: InputSpec, seed: int, length: int, label: str = "all", pass_views: PassViews | None = None,
+                 pass_view_p: float = 0.0) -> None:
         self.synth, self.real, self.real_frac, self.spec, self.seed, self.length = (
             synth, list(real), real_frac, spec, seed, length)
         self.label = label
+        self.pass_views, self.pass_view_p = pass_views, pass_view_p
 
     def __len__(self) -> int:
         return self.length
@@ -123,6 +160,8 @@ class SegTrainSet(torch.utils.data.Dataset):
             _REAL_AUGMENT.set_random_seed(int(rng.integers(0, 2**31 - 1)))
             out = _REAL_AUGMENT(image=image, mask=mask.astype(np.uint8))
             image, mask = out["image"], out["mask"] > 0
+        elif self.pass_views is not None and rng.random() < self.pass_view_p:
+            image, mask = self.pass_views.sample(index, rng, self.label)
         else:
             image, all_coins, largest = self.synth.scene(index)
             mask = largest if self.label == "largest" else all_coins
@@ -265,8 +304,19 @@ def _calibrate_batchnorm(model: nn.Module, train_set: SegTrainSet, samples: int,
     log.info("BatchNorm statistics measured on %d training samples", samples)
 
 
-def _train_mode(model: nn.Module, freeze_bn: bool) -> None:
+def _frozen(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if not name or name not in modules]
+    if unknown:
+        raise ConfigError(f"frozen_modules {unknown}: no such submodule of the U-Net; use names such as 'encoder', "
+                          "'decoder.blocks.0' ... 'decoder.blocks.4', 'segmentation_head'")
+    return [modules[name] for name in names]
+
+
+def _train_mode(model: nn.Module, freeze_bn: bool, frozen: Sequence[nn.Module]) -> None:
     model.train()
+    for module in frozen:
+        module.eval()
     if freeze_bn:  # running statistics stay what the starting checkpoint learnt (or its folded identity)
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -283,6 +333,15 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     spec = cfg.input_spec
 
     train_synth = SceneSynthesizer(data.train_coins, data.train_backgrounds, cfg.synth, seed=cfg.seed)
+    pass_views = None
+    if cfg.pass_view_p:
+        large = SynthConfig(**{**cfg.synth.__dict__, "size_px": cfg.pass_view_scene_px})
+        pass_views = PassViews(SceneSynthesizer(data.train_coins, data.train_backgrounds, large, seed=cfg.seed),
+                               cfg.size_px, cfg.margin_frac, cfg.single_pass_box_frac)
+
+    def training_samples(seed: int, length: int) -> SegTrainSet:
+        return SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, seed, length=length,
+                           label=cfg.label, pass_views=pass_views, pass_view_p=cfg.pass_view_p)
     val_synth = val_scene_synthesizer(cfg, data.val_coins or data.train_coins, data.val_backgrounds)
     val_scenes = [val_synth.scene(i) for i in range(cfg.val_synthetic)]
     val_syn_x, val_syn_y = _stack([(img, largest if cfg.label == "largest" else all_coins)
@@ -295,15 +354,18 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     net = run.distribute(model)  # DDP under torchrun: gradients averaged over the ranks; the model itself otherwise
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)  # validation reports Dice whatever trains
     train_column, train_loss_fn = _train_loss(cfg.loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    frozen = _frozen(model, cfg.frozen_modules)
+    for module in frozen:
+        module.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
                                                     pct_start=0.1)
     state = run.resume(model) if resume else None
     if state is None and cfg.bn_calibration_samples:
         # its own sample stream (seed + 1), so training still sees every scene for the first time
-        _calibrate_batchnorm(model, SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, cfg.seed + 1,
-                                                length=cfg.bn_calibration_samples, label=cfg.label),
+        _calibrate_batchnorm(model, training_samples(cfg.seed + 1, cfg.bn_calibration_samples),
                              cfg.bn_calibration_samples, cfg.batch_size, device)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -324,14 +386,13 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     for epoch in range(run.start_epoch, cfg.epochs):
         # epoch e uses sample indices [e*N, (e+1)*N): new scenes each epoch, same ones after a resume. A sample is a
         # pure function of (seed, index), so ranks, which take disjoint indices, synthesize different scenes.
-        train_set = SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, cfg.seed,
-                                length=(epoch + 1) * samples_per_epoch, label=cfg.label)
+        train_set = training_samples(cfg.seed, (epoch + 1) * samples_per_epoch)
         indices = list(range(epoch * samples_per_epoch, (epoch + 1) * samples_per_epoch))
         random.Random(cfg.seed + epoch).shuffle(indices)
         indices = indices[run.rank::run.world_size]
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, indices), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=0)
-        _train_mode(model, cfg.freeze_bn)
+        _train_mode(model, cfg.freeze_bn, frozen)
         started = time.time()
         train_loss = run.train_epoch(loader, step, steps=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                      progress=progress)

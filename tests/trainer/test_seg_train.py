@@ -117,6 +117,35 @@ def test_fine_tune_from_a_checkpoint_keeps_batchnorm_statistics_and_trains_the_c
     assert "train_lovasz_loss" in _history(calibrated_dir)[0]
 
 
+def test_decoder_fine_tune_keeps_the_encoder_on_pipeline_views(tiny_seg_config: Path, tmp_path: Path) -> None:
+    """``frozen_modules=[encoder]`` with every synthetic sample a pass view (``pass_view_p=1``): every encoder
+    tensor, BatchNorm statistics included, stays the checkpoint's; the decoder trains."""
+    import torch
+
+    start_dir, tune_dir = tmp_path / "start", tmp_path / "tune"
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={start_dir}"]) == 0
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={tune_dir}",
+                 f"init_checkpoint={start_dir / 'best.pt'}", "frozen_modules=[encoder]", "pass_view_p=1.0",
+                 "pass_view_scene_px=192", "real_train_frac=0.0", "steps_per_epoch=2", "lr=0.01", "seed=1"]) == 0
+    start = load_checkpoint(start_dir / "best.pt", expected_kind="segmenter").state_dict
+    tuned = load_checkpoint(tune_dir / "last.pt", expected_kind="segmenter").state_dict
+    encoder = [k for k in start if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(start[k], tuned[k]) for k in encoder)
+    decoder = [k for k in start if k.startswith("decoder.") and k.endswith(".weight")]
+    assert any(not torch.equal(start[k], tuned[k]) for k in decoder)
+
+    from coinvision.sdk.errors import ConfigError
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import train_segmenter
+
+    typo = resolve_config(SegmenterConfig, tiny_seg_config, {"frozen_modules": ["decoder.block.0"],
+                                                            "out_dir": str(tmp_path / "typo")})
+    with pytest.raises(ConfigError, match=r"frozen_modules \['decoder.block.0'\]: no such submodule"):
+        train_segmenter(typo, progress=False)
+    assert not (tmp_path / "typo" / "last.pt").exists()
+
+
 def test_init_checkpoint_of_another_u_net_is_a_model_load_error(tiny_seg_config: Path, tmp_path: Path) -> None:
     from coinvision.sdk.errors import ModelLoadError
     from coinvision.trainer.config_io import resolve_config

@@ -314,3 +314,34 @@ def _letterbox_view(synth: SceneSynthesizer, image: np.ndarray, index: int) -> n
 
     cut, _ = random_letterbox(image, image[..., 0] > 0, np.random.default_rng([synth.seed, index, 1]))
     return cut[..., 0] > 127
+
+
+def test_pass_views_cut_scenes_as_the_two_pass_pipeline_does(dark_backgrounds):
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import PassViews, letterbox_pair
+
+    recipe = SynthConfig(size_px=288, coverage_ratio=(16.0, 36.0), extra_coins_p=0.0, hole_p=0.0, finger_p=0.0,
+                         letterbox_p=0.0, procedural_bg_p=0.0)
+    synth = SceneSynthesizer(_white_coins(), dark_backgrounds, recipe, seed=3)
+    crops = PassViews(synth, 96, margin_frac=0.15, single_pass_box_frac=0.8)
+    whole = PassViews(synth, 96, margin_frac=0.15, single_pass_box_frac=0.01)  # every crop box too big: no crop
+    cropped = 0
+    for index in range(12):
+        image, _, largest = synth.scene(index)
+        expected = letterbox_pair(image, largest, 96)
+        x, y = whole.sample(index, np.random.default_rng(index), "largest")
+        assert np.array_equal(x, expected[0]) and np.array_equal(y, expected[1])
+        x, y = crops.sample(index, np.random.default_rng(index), "largest")
+        assert x.shape == (96, 96, 3) and y.shape == (96, 96)
+        grey = x.mean(axis=2)
+        assert grey[y].mean() - grey[~y].mean() > 60  # the label lies on the (white) coin's pixels
+        if y.mean() > 0.3:  # the second pass's crop: the coin fills about (1 / 1.3)^2 * pi / 4 of it, centred
+            cropped += 1
+            assert largest.mean() < 0.1
+            ys, xs = np.nonzero(y)
+            assert abs(xs.mean() - 47.5) < 12 and abs(ys.mean() - 47.5) < 12
+    assert 3 <= cropped <= 9  # about half
+    with pytest.raises(ValueError, match=r"pass_view_p=1\.5"):
+        SegmenterConfig(pass_view_p=1.5)
+    with pytest.raises(ValueError, match="pass_view_scene_px=64"):
+        SegmenterConfig(pass_view_scene_px=64)
