@@ -305,6 +305,7 @@ def _calibrate_batchnorm(model: nn.Module, train_set: SegTrainSet, samples: int,
 
 
 def _frozen(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The ``frozen_modules`` of the config, looked up by name (a typo is a ConfigError, not a silent no-op)."""
     modules = dict(model.named_modules())
     unknown = [name for name in names if not name or name not in modules]
     if unknown:
@@ -351,12 +352,12 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     val_real_x, val_real_y = _stack(val_real_pairs, spec)
 
     model = _initial_model(cfg).to(device)
+    frozen = _frozen(model, cfg.frozen_modules)
+    for module in frozen:  # before DDP wraps the model, which must see only the parameters that train
+        module.requires_grad_(False)
     net = run.distribute(model)  # DDP under torchrun: gradients averaged over the ranks; the model itself otherwise
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)  # validation reports Dice whatever trains
     train_column, train_loss_fn = _train_loss(cfg.loss)
-    frozen = _frozen(model, cfg.frozen_modules)
-    for module in frozen:
-        module.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
