@@ -63,7 +63,6 @@ SMALL_COVERAGE_RATIO = (36.0, 144.0)  # the small-coin pick sets: coin square : 
 def pick_scenes(cfg: Any, count: int, *, coins_per_set: int = 400, seed: int = 11) -> dict[str, list]:
     """Scenes of training-class photos on training backgrounds: ``{set name: [(image, target mask)]}``."""
     from coinvision.sdk.images import load_image
-    from coinvision.trainer.seg_config import SynthConfig
     from coinvision.trainer.seg_labels import load_mask
     from coinvision.trainer.seg_scenes import SceneSynthesizer
     from coinvision.trainer.seg_train import letterbox_pair, split_backgrounds, split_seg_labels
@@ -77,7 +76,7 @@ def pick_scenes(cfg: Any, count: int, *, coins_per_set: int = 400, seed: int = 1
     for size in PICK_SIZES_PX:
         for name, changes in (("scenes", {}), ("2-5 coins", {"multi_coin_p": 1.0}),
                               ("small coins", {"multi_coin_p": 0.0, "coverage_ratio": SMALL_COVERAGE_RATIO})):
-            recipe = SynthConfig(**{**cfg.synth.__dict__, "size_px": size, **changes})
+            recipe = dataclasses.replace(cfg.synth, size_px=size, **changes)
             synth = SceneSynthesizer(coins, backgrounds, recipe, seed=PICK_SEED)
             sets[f"{name} {size} px"] = [(image, main) for image, _, main in (synth.scene(i) for i in range(count))]
     return sets

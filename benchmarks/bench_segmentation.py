@@ -244,7 +244,6 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
     """Real validation photos at original size and synthetic validation scenes (see the module docstring)."""
     from coinvision.sdk.errors import CoinVisionError
     from coinvision.sdk.images import load_image
-    from coinvision.trainer.seg_config import SynthConfig
     from coinvision.trainer.seg_labels import load_mask
     from coinvision.trainer.seg_train import letterbox_pair, val_scene_synthesizer
 
@@ -261,7 +260,7 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
     coins = [letterbox_pair(load_image(it.image_path), load_mask(it.mask_path), 2 * cfg.size_px) for it in items]
     synth_size = synth_size_px or cfg.synth.size_px
     # the scene recipe at the asked size (a SegmenterConfig would reset its synth size to the model's)
-    scene_synth = SynthConfig(**{**cfg.synth.__dict__, "size_px": synth_size})
+    scene_synth = dataclasses.replace(cfg.synth, size_px=synth_size)
     synth = val_scene_synthesizer(cfg, coins, backgrounds, scene_synth)
     synthetic = []
     for i in range(n_synthetic):
@@ -271,7 +270,7 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
             for it in _sample(items, n_real, cfg.seed)]
     distractor = []
     if n_distractor:
-        multi = SynthConfig(**{**scene_synth.__dict__, "multi_coin_p": 1.0, "extra_coins_p": 0.0})
+        multi = dataclasses.replace(scene_synth, multi_coin_p=1.0, extra_coins_p=0.0)
         synth_d = val_scene_synthesizer(cfg, coins, backgrounds, multi, seed_offset=DISTRACTOR_SEED_OFFSET + 1_000_003)
         for i in range(n_distractor):
             image, _, main_mask = synth_d.scene(i)

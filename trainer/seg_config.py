@@ -4,7 +4,7 @@ checkpoint's config resolves wherever the model is only built or exported (``seg
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import timm
 from coinvision.sdk.preprocess import InputSpec
@@ -141,7 +141,7 @@ class SegmenterConfig:
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("epochs, steps_per_epoch and batch_size must be >= 1")
         if self.synth.size_px != self.size_px:
-            object.__setattr__(self, "synth", SynthConfig(**{**self.synth.__dict__, "size_px": self.size_px}))
+            object.__setattr__(self, "synth", replace(self.synth, size_px=self.size_px))
 
     @property
     def input_spec(self) -> InputSpec:

@@ -336,7 +336,7 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     train_synth = SceneSynthesizer(data.train_coins, data.train_backgrounds, cfg.synth, seed=cfg.seed)
     pass_views = None
     if cfg.pass_view_p:
-        large = SynthConfig(**{**cfg.synth.__dict__, "size_px": cfg.pass_view_scene_px})
+        large = dataclasses.replace(cfg.synth, size_px=cfg.pass_view_scene_px)
         pass_views = PassViews(SceneSynthesizer(data.train_coins, data.train_backgrounds, large, seed=cfg.seed),
                                cfg.size_px, cfg.margin_frac, cfg.single_pass_box_frac)
 
