@@ -89,6 +89,9 @@ class SegmenterConfig:
     # inputs it gets at inference, the downscale's aliasing and the crop's scale included (``seg_train.PassViews``)
     pass_view_p: float = 0.0
     pass_view_scene_px: int = 384
+    # share of real training photos cut to the second pass's crop around their label (catalogue photos show both
+    # sides of a coin: the crop around one holds part of the other, which must stay out of the mask)
+    real_pass_view_p: float = 0.0
     val_synthetic: int = 200
     val_real: int = 300
     # optimisation
@@ -133,6 +136,8 @@ class SegmenterConfig:
             raise ValueError(f"label={self.label!r}: must be one of {LABEL_MODES}")
         if not 0.0 <= self.pass_view_p <= 1.0:
             raise ValueError(f"pass_view_p={self.pass_view_p}: must be in [0, 1]")
+        if not 0.0 <= self.real_pass_view_p <= 1.0:
+            raise ValueError(f"real_pass_view_p={self.real_pass_view_p}: must be in [0, 1]")
         if self.pass_view_scene_px < self.size_px:
             raise ValueError(f"pass_view_scene_px={self.pass_view_scene_px}: must be >= size_px={self.size_px} (scenes "
                              "the pipeline shrinks to the model's input)")

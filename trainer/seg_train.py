@@ -102,6 +102,14 @@ _REAL_AUGMENT = A.Compose([
     A.HueSaturationValue(15, 25, 20, p=0.5),
     A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.01, 0.05))], p=0.3),
 ])
+# a second-pass crop stays centred at its scale (the pipeline cuts it so); it turns, as the views do
+_CROP_AUGMENT = A.Compose([
+    A.HorizontalFlip(p=0.5),
+    A.RandomRotate90(p=1.0),
+    A.RandomBrightnessContrast(0.3, 0.3, p=0.7),
+    A.HueSaturationValue(15, 25, 20, p=0.5),
+    A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.01, 0.05))], p=0.3),
+])
 
 
 @dataclass(frozen=True)
@@ -123,10 +131,17 @@ class PassViews:
         image, all_coins, largest = self.synth.scene(index)
         mask = largest if label == "largest" else all_coins
         if rng.random() < 0.5 and largest.any():
-            box = self._jittered_box(square_bbox(largest, self.margin_frac), rng)
-            side = box[2] - box[0]
-            if self.single_pass_box_frac is None or side < self.single_pass_box_frac * max(image.shape[:2]):
-                image, mask = crop_padded(image, box), crop_padded(mask.astype(np.uint8), box) > 0
+            return self.second_pass(image, mask, largest, rng)
+        return letterbox_pair(image, mask, self.size_px)
+
+    def second_pass(self, image: np.ndarray, mask: np.ndarray, kept: np.ndarray,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, mask)`` cut to the second pass's crop around ``kept`` (the coin the pipeline keeps), or whole
+        where the pipeline would not cut; letterboxed to ``size_px``."""
+        box = self._jittered_box(square_bbox(kept, self.margin_frac), rng)
+        side = box[2] - box[0]
+        if self.single_pass_box_frac is None or side < self.single_pass_box_frac * max(image.shape[:2]):
+            image, mask = crop_padded(image, box), crop_padded(mask.astype(np.uint8), box) > 0
         return letterbox_pair(image, mask, self.size_px)
 
     def _jittered_box(self, box: tuple[int, int, int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -140,15 +155,16 @@ class PassViews:
 
 class SegTrainSet(torch.utils.data.Dataset):
     """Index -> (x, y). A sample is a synthesized scene, (``real_frac``) an augmented real photo or (``pass_view_p``
-    of the synthetic ones) a :class:`PassViews` input; all are pure functions of ``(seed, index)``."""
+    of the synthetic ones, ``real_pass_view_p`` of the real ones) a :class:`PassViews` input; all are pure
+    functions of ``(seed, index)``."""
 
     def __init__(self, synth: SceneSynthesizer, real: Sequence[tuple[np.ndarray, np.ndarray]], real_frac: float,
                  spec: InputSpec, seed: int, length: int, label: str = "all", pass_views: PassViews | None = None,
-                 pass_view_p: float = 0.0) -> None:
+                 pass_view_p: float = 0.0, real_pass_view_p: float = 0.0) -> None:
         self.synth, self.real, self.real_frac, self.spec, self.seed, self.length = (
             synth, list(real), real_frac, spec, seed, length)
         self.label = label
-        self.pass_views, self.pass_view_p = pass_views, pass_view_p
+        self.pass_views, self.pass_view_p, self.real_pass_view_p = pass_views, pass_view_p, real_pass_view_p
 
     def __len__(self) -> int:
         return self.length
@@ -157,8 +173,12 @@ class SegTrainSet(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, 7, index])
         if self.real and rng.random() < self.real_frac:
             image, mask = self.real[int(rng.integers(0, len(self.real)))]
-            _REAL_AUGMENT.set_random_seed(int(rng.integers(0, 2**31 - 1)))
-            out = _REAL_AUGMENT(image=image, mask=mask.astype(np.uint8))
+            augment = _REAL_AUGMENT
+            if self.pass_views is not None and rng.random() < self.real_pass_view_p:
+                image, mask = self.pass_views.second_pass(image, mask, mask, rng)
+                augment = _CROP_AUGMENT
+            augment.set_random_seed(int(rng.integers(0, 2**31 - 1)))
+            out = augment(image=image, mask=mask.astype(np.uint8))
             image, mask = out["image"], out["mask"] > 0
         elif self.pass_views is not None and rng.random() < self.pass_view_p:
             image, mask = self.pass_views.sample(index, rng, self.label)
@@ -335,14 +355,15 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
 
     train_synth = SceneSynthesizer(data.train_coins, data.train_backgrounds, cfg.synth, seed=cfg.seed)
     pass_views = None
-    if cfg.pass_view_p:
+    if cfg.pass_view_p or cfg.real_pass_view_p:
         large = dataclasses.replace(cfg.synth, size_px=cfg.pass_view_scene_px)
         pass_views = PassViews(SceneSynthesizer(data.train_coins, data.train_backgrounds, large, seed=cfg.seed),
                                cfg.size_px, cfg.margin_frac, cfg.single_pass_box_frac)
 
     def training_samples(seed: int, length: int) -> SegTrainSet:
         return SegTrainSet(train_synth, data.train_coins, cfg.real_train_frac, spec, seed, length=length,
-                           label=cfg.label, pass_views=pass_views, pass_view_p=cfg.pass_view_p)
+                           label=cfg.label, pass_views=pass_views, pass_view_p=cfg.pass_view_p,
+                           real_pass_view_p=cfg.real_pass_view_p)
     val_synth = val_scene_synthesizer(cfg, data.val_coins or data.train_coins, data.val_backgrounds)
     val_scenes = [val_synth.scene(i) for i in range(cfg.val_synthetic)]
     val_syn_x, val_syn_y = _stack([(img, largest if cfg.label == "largest" else all_coins)

@@ -345,3 +345,34 @@ def test_pass_views_cut_scenes_as_the_two_pass_pipeline_does(dark_backgrounds):
         SegmenterConfig(pass_view_p=1.5)
     with pytest.raises(ValueError, match="pass_view_scene_px=64"):
         SegmenterConfig(pass_view_scene_px=64)
+
+
+def test_real_pass_views_cut_a_two_sided_photo_around_its_labelled_side(dark_backgrounds):
+    """A catalogue photo of both sides of a coin (two discs side by side, the label on one): with
+    ``real_pass_view_p`` the sample is the second pass's crop around the labelled side, the other side's edge in view
+    and out of the mask."""
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import PassViews, SegTrainSet
+
+    image = np.zeros((128, 256, 3), np.uint8)
+    left, right = _disc((128, 256), (64, 64), 56), _disc((128, 256), (180, 64), 56)
+    image[left | right] = 255
+    spec = SegmenterConfig(size_px=96).input_spec
+    synth = SceneSynthesizer(_white_coins(), dark_backgrounds, SynthConfig(size_px=96), seed=0)
+    views = PassViews(synth, 96, margin_frac=0.15, single_pass_box_frac=0.8)
+    real = [(image, left)]
+    cut = SegTrainSet(synth, real, 1.0, spec, seed=0, length=8, label="largest", pass_views=views,
+                      real_pass_view_p=1.0)
+    for index in range(8):
+        x, y = cut[index]
+        mask = y[0].numpy() > 0.5
+        bright = x.numpy().mean(axis=0) > 0.5  # inputs normalised to [-1, 1]
+        assert 0.35 < mask.mean() < 0.65  # the labelled side fills the crop (the whole photo's label: ~0.2)
+        ys, xs = np.nonzero(mask)
+        assert abs(xs.mean() - 47.5) < 8 and abs(ys.mean() - 47.5) < 8
+        assert (bright & ~mask).sum() > 20  # the other side's edge: in the crop, not in the label
+        assert _iou(bright & _disc((96, 96), (48, 48), 40), mask) > 0.8
+    whole = SegTrainSet(synth, real, 1.0, spec, seed=0, length=8, label="largest", pass_views=views)
+    assert all(whole[i][1].mean() < 0.3 for i in range(8))  # real_pass_view_p=0: the augmented whole photo
+    with pytest.raises(ValueError, match=r"real_pass_view_p=-0\.1"):
+        SegmenterConfig(real_pass_view_p=-0.1)
