@@ -378,16 +378,19 @@ class SceneSynthesizer:
         self.cfg = cfg if cfg is not None else SynthConfig()
         self.seed = seed
 
-    def _pick_coin(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        coin, mask = self.coins[int(rng.integers(0, len(self.coins)))]
+    def _pick_coin(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(image, mask, index into coins)`` of a coin drawn for the scene."""
+        source = int(rng.integers(0, len(self.coins)))
+        coin, mask = self.coins[source]
         if rng.random() < self.cfg.hole_p:
             coin, mask = punch_hole(coin, mask, rng)
-        return coin, mask
+        return coin, mask, source
 
-    def _coin_layer(self, rng: np.random.Generator, coverage: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-        coin, mask = self._pick_coin(rng)
+    def _coin_layer(self, rng: np.random.Generator,
+                    coverage: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, int]:
+        coin, mask, source = self._pick_coin(rng)
         canvas, canvas_mask, _ = pad_coin(coin, mask, self.cfg.size_px, rng, coverage_ratio=coverage)
-        return jitter_coin(canvas, canvas_mask, rng)
+        return *jitter_coin(canvas, canvas_mask, rng), source
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg
@@ -396,8 +399,10 @@ class SceneSynthesizer:
         return jitter_background(crop_background(self.backgrounds, cfg.size_px, rng,
                                                  procedural_p=cfg.procedural_bg_p), rng)
 
-    def _multi_coin_layers(self, rng: np.random.Generator) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
-        """Bottom-to-top coin layers of a 2-5 coin scene and the main coin's index among them. Extra coins are
+    def _multi_coin_layers(self, rng: np.random.Generator
+                           ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int, list[int]]:
+        """Bottom-to-top coin layers of a 2-5 coin scene, the main coin's index among them and each layer's index
+        into ``coins``. Extra coins are
         smaller (``other_area``) and touch, overlap or lie apart from the earlier ones; one whose visible part
         comes within ``MAX_OTHER_VISIBLE`` of the main coin's visible area is left out, so "the largest coin"
         is never a close call."""
@@ -406,14 +411,16 @@ class SceneSynthesizer:
         hi = max(lo * 1.01, min(cfg.coverage_ratio[1], 25.0))
         ratio = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
         main_side = max(8, round(size / math.sqrt(ratio)))
-        coin, mask = jitter_coin(*self._pick_coin(rng), rng)
+        coin, mask, source = self._pick_coin(rng)
+        coin, mask = jitter_coin(coin, mask, rng)
         x0 = int(rng.integers(0, size - main_side + 1))
         y0 = int(rng.integers(0, size - main_side + 1))
         placed = [(x0 + main_side / 2, y0 + main_side / 2, main_side / 2)]  # centre x, y, radius
-        layers = [(True, *place_coin(coin, mask, size, main_side, x0, y0))]  # (is_main, rgb, mask)
+        layers = [(True, *place_coin(coin, mask, size, main_side, x0, y0), source)]  # (is_main, rgb, mask, source)
         for _ in range(int(rng.integers(cfg.multi_coins[0], cfg.multi_coins[1] + 1)) - 1):
             side = max(6, round(main_side * math.sqrt(rng.uniform(*cfg.other_area))))
-            coin, mask = jitter_coin(*self._pick_coin(rng), rng)
+            coin, mask, source = self._pick_coin(rng)
+            coin, mask = jitter_coin(coin, mask, rng)
             if rng.random() < cfg.touch_p:
                 ax, ay, ar = placed[int(rng.integers(0, len(placed)))]
                 angle = rng.uniform(0, 2 * math.pi)
@@ -421,42 +428,48 @@ class SceneSynthesizer:
                 cx, cy = ax + dist * math.cos(angle), ay + dist * math.sin(angle)
             else:
                 cx, cy = rng.uniform(0, size), rng.uniform(0, size)
-            layer = (False, *place_coin(coin, mask, size, side, round(cx - side / 2), round(cy - side / 2)))
+            layer = (False, *place_coin(coin, mask, size, side, round(cx - side / 2), round(cy - side / 2)), source)
             if rng.random() < cfg.on_top_p:
                 layers.append(layer)
             else:
                 layers.insert(0, layer)
             placed.append((cx, cy, side / 2))
         while True:
-            visible = _visible_masks([m for _, _, m in layers])
+            visible = _visible_masks([m for _, _, m, _ in layers])
             main = next(i for i, layer in enumerate(layers) if layer[0])
             main_area = int(visible[main].sum())
             worst = max((i for i in range(len(layers)) if i != main), key=lambda i: int(visible[i].sum()),
                         default=None)
             if worst is None or visible[worst].sum() <= MAX_OTHER_VISIBLE * main_area:
-                return [(rgb, m) for _, rgb, m in layers], main
+                return [(rgb, m) for _, rgb, m, _ in layers], main, [k for *_, k in layers]
             layers.pop(worst)
 
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image RGB uint8 SxSx3, mask of all coins bool SxS, mask of the largest coin bool SxS)."""
+        return self.scene_with_source(index)[:3]
+
+    def scene_with_source(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """:meth:`scene` and the index into ``coins`` of the photo its largest coin was cut from (what a
+        recognizer should name)."""
         rng = np.random.default_rng([self.seed, index])
         cfg = self.cfg
         background = self._background(rng)
         if _chance(rng, cfg.multi_coin_p):
-            stack, main_index = self._multi_coin_layers(rng)  # bottom to top
+            stack, main_index, sources = self._multi_coin_layers(rng)  # bottom to top
         else:
-            coin, main_mask = self._coin_layer(rng, cfg.coverage_ratio)
-            layers = [(coin, main_mask)]
+            coin, main_mask, source = self._coin_layer(rng, cfg.coverage_ratio)
+            layers, sources = [(coin, main_mask)], [source]
             if rng.random() < cfg.extra_coins_p and main_mask.any():
                 main_ratio = cfg.size_px**2 / max(1, main_mask.sum())
                 for _ in range(int(rng.integers(1, 3))):
                     # distractors are at most half the main coin's area so the largest-coin rule is well defined
                     lo = max(cfg.coverage_ratio[0], main_ratio * 2.5)
-                    extra, extra_mask = self._coin_layer(rng, (lo, max(lo * 1.01, min(lo * 6.0, 150.0))))
+                    extra, extra_mask, source = self._coin_layer(rng, (lo, max(lo * 1.01, min(lo * 6.0, 150.0))))
                     # a gap of background around the main coin: touching coins would merge into one component
                     extra_mask &= ~cv2.dilate(main_mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
                     layers.append((extra, extra_mask))
-            stack, main_index = layers[::-1], len(layers) - 1  # main coin last, on top
+                    sources.append(source)
+            stack, sources, main_index = layers[::-1], sources[::-1], len(layers) - 1  # main coin last, on top
         full_mask = np.zeros((cfg.size_px, cfg.size_px), bool)
         for _, layer_mask in stack:
             full_mask |= layer_mask
@@ -477,16 +490,16 @@ class SceneSynthesizer:
             image = add_glare(image, main_mask, rng)
         image = noise_and_shadows(image, rng)
         if rng.random() < cfg.letterbox_p:
-            image, full_mask, main_mask = self._letterboxed(image, full_mask, visible, main_index, index)
-        return image, full_mask, main_mask
+            image, full_mask, main_mask, main_index = self._letterboxed(image, full_mask, visible, main_index, index)
+        return image, full_mask, main_mask, sources[main_index]
 
     def _letterboxed(self, image: np.ndarray, full_mask: np.ndarray, visible: list[np.ndarray], main_index: int,
-                     index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The scene cut to a random aspect and letterboxed, with its masks. The crop may cut the main coin down
-        below another coin, or out of the picture: the label is then the coin that is largest in what is left,
-        as the pipeline's largest-coin rule sees it."""
+                     index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """The scene cut to a random aspect and letterboxed, with its masks and the labelled layer's index. The
+        crop may cut the main coin down below another coin, or out of the picture: the label is then the coin that
+        is largest in what is left, as the pipeline's largest-coin rule sees it."""
         stack = np.stack([full_mask, *visible], axis=-1)  # one crop and one resize for the image and every mask
         out_image, out_stack = random_letterbox(image, stack, np.random.default_rng([self.seed, index, 1]))
         kept = [out_stack[..., k] for k in range(1, out_stack.shape[-1])]
         largest = max(range(len(kept)), key=lambda k: (int(kept[k].sum()), k == main_index))
-        return out_image, out_stack[..., 0], kept[largest]
+        return out_image, out_stack[..., 0], kept[largest], largest

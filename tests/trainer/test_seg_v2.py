@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -57,7 +58,7 @@ def test_multi_coin_layers_keep_main_coin_clearly_largest(dark_backgrounds):
     synth = SceneSynthesizer(_white_coins(), dark_backgrounds, _MULTI_ONLY, seed=1)
     counts = []
     for i in range(25):
-        layers, main = synth._multi_coin_layers(np.random.default_rng([1, i]))
+        layers, main, _ = synth._multi_coin_layers(np.random.default_rng([1, i]))
         visible = _visible_masks([m for _, m in layers])
         counts.append(len(layers))
         main_area = int(visible[main].sum())
@@ -299,13 +300,14 @@ def test_letterbox_crop_relabels_when_main_coin_is_cut_out(dark_backgrounds):
     image[main | other] = 255
     outcomes = set()
     for index in range(40):
-        _, full, label = synth._letterboxed(image, main | other, [other, main], 1, index)
+        _, full, label, kept = synth._letterboxed(image, main | other, [other, main], 1, index)
         bright = _letterbox_view(synth, image, index)
         count, parts, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
         assert count >= 2, "the crop keeps at least one coin here"
         biggest = parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         assert _iou(label, biggest) > 0.8 and not (label & ~full).any()
         outcomes.add("main" if label[:, :32].any() else "other")
+        assert kept == (1 if label[:, :32].any() else 0)  # the layer the label now marks
     assert outcomes == {"main", "other"}  # both cases occur over these crops
 
 
@@ -376,3 +378,38 @@ def test_real_pass_views_cut_a_two_sided_photo_around_its_labelled_side(dark_bac
     assert all(whole[i][1].mean() < 0.3 for i in range(8))  # real_pass_view_p=0: the augmented whole photo
     with pytest.raises(ValueError, match=r"real_pass_view_p=-0\.1"):
         SegmenterConfig(real_pass_view_p=-0.1)
+
+
+@pytest.mark.parametrize("recipe", [
+    SynthConfig(size_px=128, multi_coin_p=0.0, extra_coins_p=1.0),
+    SynthConfig(size_px=128, multi_coin_p=1.0),
+    SynthConfig(size_px=128, multi_coin_p=1.0, letterbox_p=1.0),  # the label may move to another coin
+], ids=["extra-coins", "multi-coin", "letterboxed"])
+def test_scene_with_source_names_the_photo_of_the_labelled_coin(dark_backgrounds, recipe):
+    """Each coin photo a plain colour of its own hue (60 degrees apart; the jitter turns hue by 16 at most): the
+    labelled coin's pixels carry the hue of the photo the scene says it was cut from; ``scene`` is the same scene
+    without it."""
+    hues_deg = np.arange(0, 360, 60)
+    coins = []
+    for k, hue in enumerate(hues_deg):
+        size = 60 + 6 * k
+        mask = _disc((size, size), (size // 2, size // 2), size // 2 - 2)
+        image = np.zeros((size, size, 3), np.uint8)
+        image[mask] = cv2.cvtColor(np.array([[[hue // 2, 200, 220]]], np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
+        coins.append((image, mask))
+    clean = dataclasses.replace(recipe, hole_p=0.0, finger_p=0.0, glare_p=0.0, procedural_bg_p=0.0, skin_bg_p=0.0,
+                                coin_shadow_p=0.0, bg_match_p=0.0)
+    synth = SceneSynthesizer(coins, dark_backgrounds, clean, seed=5)
+    named = 0
+    for index in range(30):
+        image, full, label, source = synth.scene_with_source(index)
+        assert all(np.array_equal(a, b) for a, b in zip(synth.scene(index), (image, full, label), strict=True))
+        core = cv2.erode(label.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        if core.sum() < 20:
+            continue
+        mean_rgb = image[core].astype(np.float32).mean(axis=0).round().astype(np.uint8)
+        hue = 2.0 * cv2.cvtColor(mean_rgb[None, None], cv2.COLOR_RGB2HSV)[0, 0, 0]
+        distance = np.abs((hues_deg - hue + 180) % 360 - 180)
+        assert int(np.argmin(distance)) == source, (index, hue, source)
+        named += 1
+    assert named >= 20
