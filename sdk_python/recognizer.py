@@ -283,23 +283,30 @@ class Recognizer:
         decoded = time.perf_counter()
         segmentation, segment_ms = self.segmenter.segment_timed(rgb, start=decoded)
         segmented = decoded + sum(segment_ms.values()) / 1000.0  # where the segmenter's clock stopped
-        crop_params = self.crop_params
-        emb_spec = self.embedder_meta.input
-        # No coin found: coin_crop letterboxes the whole photo (spec step 3), which still gets embedded.
-        mask = segmentation.mask if crop_params.background_removal else None
-        crop = coin_crop(rgb, mask, emb_spec.size_px, margin_frac=crop_params.crop_margin_frac,
-                         fill_value=emb_spec.pad_value, interpolation=crop_params.interpolation)
+        crop = self.coin_crop(rgb, segmentation.mask)
         cropped = time.perf_counter()
-        # Spec step 4: one vector per rotated view, averaged and re-normalised (quantized runtimes drift a
-        # little from unit length, so even a single view is normalised again).
-        views = rotation_views(crop, crop_params.embed_rotations, fill_value=emb_spec.pad_value)
-        vector = mean_unit_vector(np.stack([
-            np.asarray(self._embedder.predict(view), dtype=np.float32).reshape(-1) for view in views]))
+        vector = self.embed_crop(crop)
         embedded = time.perf_counter()
 
         timings = {"decode": _ms(start, decoded), **segment_ms}
         timings.update(crop=_ms(segmented, cropped), embed=_ms(cropped, embedded), total=_ms(start, embedded))
         return Embedding(vector=vector, segmentation=segmentation, crop=crop, timings_ms=timings)
+
+    def coin_crop(self, rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Spec step 3: the embedder's square input around ``mask`` (a segmenter's, or one you have), background
+        removed when the embedder's metadata says so. No coin (``None``): the whole photo letterboxed, which still
+        gets embedded."""
+        crop_params, emb_spec = self.crop_params, self.embedder_meta.input
+        mask = mask if crop_params.background_removal else None
+        return coin_crop(rgb, mask, emb_spec.size_px, margin_frac=crop_params.crop_margin_frac,
+                         fill_value=emb_spec.pad_value, interpolation=crop_params.interpolation)
+
+    def embed_crop(self, crop: np.ndarray) -> np.ndarray:
+        """Spec step 4: one vector per rotated view of :meth:`coin_crop`'s square, averaged and re-normalised
+        (quantized runtimes drift a little from unit length, so even a single view is normalised again)."""
+        views = rotation_views(crop, self.crop_params.embed_rotations, fill_value=self.embedder_meta.input.pad_value)
+        return mean_unit_vector(np.stack([
+            np.asarray(self._embedder.predict(view), dtype=np.float32).reshape(-1) for view in views]))
 
     def recognize(self, image: ImageSource, top_k: int = 5) -> Result:
         """Embed the photo and search the loaded pack: the ``top_k`` best coins, ``unknown`` when the best

@@ -165,6 +165,21 @@ def test_embed_accepts_decoded_arrays_and_bytes_alike(tflite_rec: Recognizer, sa
     np.testing.assert_array_equal(tflite_rec.embed(path.read_bytes()).vector, from_path)
 
 
+def test_coin_crop_and_embed_crop_are_embeds_steps_for_a_mask_of_ones_own(tflite_rec: Recognizer,
+                                                                            sample_root: Path) -> None:
+    """Steps 3 and 4 on their own: the segmenter's mask gives embed's crop and vector exactly; another mask (here
+    the photo's left half) another crop; no mask the whole photo letterboxed."""
+    image = load_image(sample_photos(sample_root, 1)[0])
+    emb = tflite_rec.embed(image)
+    crop = tflite_rec.coin_crop(image, emb.segmentation.mask)
+    np.testing.assert_array_equal(crop, emb.crop)
+    np.testing.assert_array_equal(tflite_rec.embed_crop(crop), emb.vector)
+    half = np.zeros(image.shape[:2], bool)
+    half[:, : image.shape[1] // 2] = True
+    assert not np.array_equal(tflite_rec.coin_crop(image, half), crop)
+    np.testing.assert_array_equal(tflite_rec.coin_crop(image, None), letterbox(image, 64)[0])
+
+
 def test_embed_is_deterministic(onnx_rec: Recognizer, sample_root: Path) -> None:
     path = sample_photos(sample_root, 1)[1]
     a, b = onnx_rec.embed(path), onnx_rec.embed(path)
