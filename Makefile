@@ -111,7 +111,8 @@ release-models: install split
 # views cost more than they bought), the whole vector half-whitened by a PCA of the training photos' vectors
 # (`coinvision train embedder-whiten`), its unknown threshold recalibrated on the held-out classes; exported and
 # parity-checked, ONNX weights stored as int8 (each file checked against its fp32 source; float16 would put the
-# release over 40 MB), assembled beside the released segmenter (carried over as it is, in its own ONNX form).
+# release over 40 MB), assembled beside the released segmenter (carried over as it is, in its own ONNX form); its
+# crop then keeps the mask's convex hull (`crop_mask`, spec step 3: benchmarks/bench_scene_recognition.py).
 # On a fresh clone both trained parts come back from the shipped ONNX file (`coinvision recover-embedder`): leave
 # COMPANION_CKPT empty to keep the recovered companion.
 BASE_CKPT ?= runs/embedder/recovered/best.pt
@@ -131,6 +132,7 @@ release-embedder-branch: install split lite0-weights
 		runs/export_branch/embedder.int8w.onnx --form int8_weights --check-images $(SPLIT)/query --models models/release
 	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
 		--onnx-variant embedder=int8_weights --kinds embedder
+	$(BIN)/python -m coinvision.converters.release_postprocess models/release --kind embedder --set crop_mask=convex_hull
 
 # The companion of the shipped embedder: the v1 recipe on all of coins211's grown training photos, without mirror
 # augmentation (~37 min on 2 threads here; resumable).

@@ -19,6 +19,7 @@ __all__ = [
     "InputSpec",
     "Letterbox",
     "coin_crop",
+    "convex_hull_fill",
     "crop_padded",
     "letterbox",
     "mean_unit_vector",
@@ -32,6 +33,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "area")
+CROP_MASKS = ("exact", "convex_hull")  # embedder metadata extra["crop_mask"]: which pixels the crop keeps
 
 # The spec's default crop margin (docs/PIPELINE_SPEC.md), when the embedder's metadata leaves it out; the
 # segmentation defaults live with the segmentation (coinvision.sdk.segmenter).
@@ -138,6 +140,47 @@ def resize_square(square: np.ndarray, size_px: int, interpolation: str = "area")
     return cv2.resize(square, (size_px, size_px), interpolation=flag)
 
 
+def convex_hull_fill(mask: np.ndarray) -> np.ndarray:
+    """The pixels whose centres lie inside or on the convex hull of ``mask``'s pixel centres (spec step 3): a coin
+    with a finger or another coin over its rim keeps its whole disc. Integer arithmetic throughout, so every port
+    gets the same pixels whichever hull algorithm it runs; a hull without area (a point or a line of pixels):
+    ``mask`` as it is."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return mask.copy()
+    sub = mask[rows]
+    left = sub.argmax(axis=1)
+    right = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    # the hull of a row's pixels is that of its two ends; OpenCV's hull of integer points is exact
+    ends = np.concatenate([np.stack([left, rows], axis=1), np.stack([right, rows], axis=1)]).astype(np.int32)
+    hull = cv2.convexHull(ends).reshape(-1, 2).astype(np.int64)
+    xs, ys_h = hull[:, 0], hull[:, 1]
+    twice_area = int((xs * np.roll(ys_h, -1) - np.roll(xs, -1) * ys_h).sum())
+    if twice_area == 0:
+        return mask.copy()
+    if twice_area < 0:  # counter-clockwise in (x, y): every edge then has the inside on its left
+        hull = hull[::-1]
+    y0, y1 = int(rows[0]), int(rows[-1])
+    ys = np.arange(y0, y1 + 1, dtype=np.int64)
+    lo = np.zeros(ys.size, np.int64)
+    hi = np.full(ys.size, mask.shape[1] - 1, np.int64)
+    inside = np.ones(ys.size, bool)
+    for (ax, ay), (bx, by) in zip(hull.tolist(), np.roll(hull, -1, axis=0).tolist(), strict=True):
+        # (x, y) on or left of a -> b: dx * (y - ay) - dy * (x - ax) >= 0, i.e. dy * x <= dx * (y - ay) + dy * ax
+        dx, dy = bx - ax, by - ay
+        bound = dx * (ys - ay) + dy * ax
+        if dy > 0:
+            hi = np.minimum(hi, bound // dy)
+        elif dy < 0:
+            lo = np.maximum(lo, -((-bound) // dy))
+        else:
+            inside &= dx * (ys - ay) >= 0
+    out = mask.copy()
+    cols = np.arange(mask.shape[1])
+    out[y0 : y1 + 1] |= inside[:, None] & (cols >= lo[:, None]) & (cols <= hi[:, None])
+    return out
+
+
 def coin_crop(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -146,14 +189,20 @@ def coin_crop(
     margin_frac: float = DEFAULT_CROP_MARGIN_FRAC,
     fill_value: int = 0,
     interpolation: str = "bilinear",
+    crop_mask: str = "exact",
 ) -> np.ndarray:
     """Background-removed square crop of the coin, ``out_size_px`` square, ready for the embedder.
 
-    Pixels outside the mask become ``fill_value``. With ``mask=None`` (segmentation off or failed) the
-    whole image is letterboxed instead. ``interpolation``: the embedder metadata's ``input.interpolation``.
+    Pixels outside the mask (``crop_mask="convex_hull"``: outside its :func:`convex_hull_fill`) become
+    ``fill_value``. With ``mask=None`` (segmentation off or failed) the whole image is letterboxed instead.
+    ``interpolation`` and ``crop_mask``: the embedder metadata's ``input.interpolation`` and ``extra.crop_mask``.
     """
+    if crop_mask not in CROP_MASKS:
+        raise ValueError(f"crop_mask={crop_mask!r}: must be one of {CROP_MASKS}")
     if mask is None or not mask.any():
         return letterbox(image, out_size_px, fill_value)[0]
+    if crop_mask == "convex_hull":
+        mask = convex_hull_fill(mask)
     cut = np.where(mask[..., None], image, np.uint8(fill_value))
     box = square_bbox(mask, margin_frac)
     crop = crop_padded(cut, box, fill_value)

@@ -23,6 +23,7 @@ from coinvision.sdk.errors import ConfigError, ModelLoadError, PackError
 from coinvision.sdk.images import ImageSource, load_image
 from coinvision.sdk.model_meta import ModelMetadata
 from coinvision.sdk.preprocess import (
+    CROP_MASKS,
     DEFAULT_CROP_MARGIN_FRAC,
     INTERPOLATIONS,
     coin_crop,
@@ -71,6 +72,7 @@ class CropParams:
     background_removal: bool = True  # False: the embedder saw whole letterboxed photos, so it gets those
     embed_rotations: int = 1  # vectors of this many rotated views are averaged
     interpolation: str = "bilinear"  # how coin_crop shrinks the crop (metadata input.interpolation)
+    crop_mask: str = "exact"  # which pixels the crop keeps: the mask's, or its "convex_hull" (fingers, coins on top)
 
     def __post_init__(self) -> None:
         if self.crop_margin_frac < 0.0:
@@ -81,10 +83,12 @@ class CropParams:
             raise ConfigError(f"embed_rotations={self.embed_rotations!r}: must be an integer in [1, 64]")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation={self.interpolation!r}: must be one of {INTERPOLATIONS}")
+        if self.crop_mask not in CROP_MASKS:
+            raise ConfigError(f"crop_mask={self.crop_mask!r}: must be one of {CROP_MASKS}")
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> CropParams:
-        """``extra`` (``crop_margin_frac``, ``background_removal``, ``embed_rotations``) and
+        """``extra`` (``crop_margin_frac``, ``background_removal``, ``embed_rotations``, ``crop_mask``) and
         ``input.interpolation``; what the metadata leaves out takes the spec default."""
         extra = meta.extra
         return cls(
@@ -92,6 +96,7 @@ class CropParams:
             background_removal=bool(extra.get("background_removal", True)),
             embed_rotations=embed_rotations_of(meta),
             interpolation=meta.input.interpolation,
+            crop_mask=extra.get("crop_mask", "exact"),
         )
 
 
@@ -299,7 +304,8 @@ class Recognizer:
         crop_params, emb_spec = self.crop_params, self.embedder_meta.input
         mask = mask if crop_params.background_removal else None
         return coin_crop(rgb, mask, emb_spec.size_px, margin_frac=crop_params.crop_margin_frac,
-                         fill_value=emb_spec.pad_value, interpolation=crop_params.interpolation)
+                         fill_value=emb_spec.pad_value, interpolation=crop_params.interpolation,
+                         crop_mask=crop_params.crop_mask)
 
     def embed_crop(self, crop: np.ndarray) -> np.ndarray:
         """Spec step 4: one vector per rotated view of :meth:`coin_crop`'s square, averaged and re-normalised

@@ -5,7 +5,7 @@ OpenCV exactly as the reference calls it. Run from the repository root:
 
 Writes sdk_js/test/fixtures/ (committed):
 - ops.json: seeded random inputs and OpenCV's outputs for each image op the pipeline uses (resize bilinear /
-  area, distance transform, connected components, split_touching_coins, rotation views).
+  area, distance transform, connected components, split_touching_coins, convex_hull_fill, rotation views).
 - pipeline/: a catalog pack built by the Python SDK on ONNX Runtime (first 4 photos of every sample class), and
   per query photo (the 5th of each class, a background photo, a two-coin scene, an EXIF-rotated JPEG) the
   reference's output of every stage: decoded RGB (PNG), letterbox, pass-1 logits, masks, bbox, crop, embedding,
@@ -98,6 +98,23 @@ def make_ops(rng: np.random.Generator) -> dict:
             m &= ~disc_mask(h, w, [(150, 150, 30)])  # a holed coin: one disc, not two
         out = split_touching_coins(m)
         ops["split"].append({"mask": arr_json(m.astype(np.uint8)), "out": arr_json(out.astype(np.uint8))})
+    # convex_hull_fill: a notched coin, a ring, two coins, stray pixels, a slanted quadrilateral, a line, one pixel
+    ops["hull"] = []
+    stray = np.zeros((50, 70), bool)
+    hull_rng = np.random.default_rng(11)  # its own draws: the other fixtures stay as they were
+    stray[hull_rng.integers(0, 50, 20), hull_rng.integers(0, 70, 20)] = True
+    slanted = np.zeros((64, 64), bool)
+    slanted[[2, 19, 60, 37], [7, 58, 29, 1]] = True
+    line = np.zeros((12, 40), bool)
+    line[5, 2:35] = True
+    dot = np.zeros((7, 7), bool)
+    dot[3, 3] = True
+    notched = disc_mask(110, 130, [(65, 55, 45)])
+    notched[30:60, 80:130] = False
+    ring = disc_mask(91, 91, [(45, 45, 40)]) & ~disc_mask(91, 91, [(45, 45, 26)])
+    for m in (notched, ring, disc_mask(70, 180, [(35, 35, 30), (135, 40, 26)]), stray, slanted, line, dot):
+        out = pp.convex_hull_fill(m)
+        ops["hull"].append({"mask": arr_json(m.astype(np.uint8)), "out": arr_json(out.astype(np.uint8))})
     # rotation views: 4 (rot90 permutations) and 6 (bilinear warpAffine)
     img = cv2.GaussianBlur(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), (0, 0), 1.5)
     for n in (4, 6):

@@ -5,6 +5,8 @@ import { describe, it } from "node:test";
 
 import { connectedComponents, distanceTransform, resizeF32, resizeU8 } from "../src/core/cv.js";
 import {
+  coinCrop,
+  convexHullFill,
   largestComponent,
   quarterTurnSource,
   rotationViews,
@@ -89,6 +91,25 @@ describe("components, distance transform, touching-coin split", () => {
       assert.equal(s.n, 0, JSON.stringify(s));
     });
   }
+  for (const [i, c] of ops.hull.entries()) {
+    it(`convexHullFill #${i} equals preprocess.convex_hull_fill`, () => {
+      const [h, w] = c.mask.shape;
+      const got = convexHullFill({ width: w, height: h, data: arr(c.mask) });
+      const s = diffStats(got.data, arr(c.out));
+      assert.equal(s.n, 0, JSON.stringify(s));
+    });
+  }
+  it("coinCrop keeps the convex hull only when asked, and refuses an unknown crop_mask", () => {
+    const c = ops.hull[0];
+    const [h, w] = c.mask.shape;
+    const image = { width: w, height: h, channels: 3, data: new Uint8Array(w * h * 3).fill(200) };
+    const mask = { width: w, height: h, data: arr(c.mask) };
+    const lit = (img: { data: Uint8Array }) => img.data.reduce((n, v) => n + (v > 0 ? 1 : 0), 0);
+    const exact = coinCrop(image, mask, 64);
+    const hull = coinCrop(image, mask, 64, { cropMask: "convex_hull" });
+    assert.ok(lit(hull) > lit(exact), `${lit(hull)} vs ${lit(exact)}`);
+    assert.throws(() => coinCrop(image, mask, 64, { cropMask: "circle" as any }), /crop_mask="circle": must be one of exact, convex_hull/);
+  });
   for (const c of ops.rotate) {
     it(`rotationViews n=${c.n}`, () => {
       const [h, w] = c.src.shape;

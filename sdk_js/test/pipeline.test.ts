@@ -20,9 +20,10 @@ import { NodeImageDecoder } from "../src/node/decoder.js";
 import { recognizerFromDir } from "../src/node/models.js";
 import { FIXTURES, MODELS, REPO, rankingMismatch, readJson } from "./helpers.js";
 
-// End to end the photo is decoded by jpeg-js, not libjpeg-turbo: scores move by up to 0.041 with the whitened
-// embedder output (measured on the 36 queries below; 0.024 before the whitening, conformance.test.ts).
-const E2E_SCORE = 4.5e-2;
+// End to end the photo is decoded by jpeg-js, not libjpeg-turbo: scores move by up to 0.061 with the crop kept to
+// the mask's convex hull (measured on the 37 queries below; 0.041 with the exact mask, 0.024 before the output
+// whitening, conformance.test.ts); every top-1 coin and unknown verdict stays the reference's.
+const E2E_SCORE = 6.5e-2;
 
 const PIPE = join(FIXTURES, "pipeline");
 const expected = readJson(join(PIPE, "expected.json"));
@@ -127,6 +128,7 @@ describe("pipeline vs the Python reference (release ONNX models)", () => {
       const spec = rec.embedderMeta.input;
       const crop = coinCrop(decodedRef, q.found ? pngMask(join(dir, "mask.png")) : null, spec.sizePx, {
         marginFrac: rec.cropParams.cropMarginFrac, fillValue: spec.padValue, interpolation: rec.cropParams.interpolation,
+        cropMask: rec.cropParams.cropMask,
       });
       const cropRef = png(join(dir, "crop.png"));
       const cDiff = maxAbs(crop.data, cropRef.data);

@@ -4,7 +4,8 @@ every bundled sample photo, for the Kotlin pipeline test to reproduce beyond the
 Per photo: segmentation (found, passes, bbox, mask area, first-pass area, sha256 of the packed mask), whether the
 touching-coin split changed the mask (the segmenter with split_touching off gives another mask), the crop's sha256
 and the top-5 against conformance/pack/golden.pack. Plus synthetic masks of touching and overlapping discs with the
-exact output of ``preprocess.split_touching_coins``. Uses only the public Python SDK.
+exact output of ``preprocess.split_touching_coins``, and masks with notches, holes, stray pixels and lines with the
+exact output of ``preprocess.convex_hull_fill``. Uses only the public Python SDK.
 
     OMP_NUM_THREADS=1 .venv/bin/python sdk_kotlin/tools/gen_pipeline_golden.py
 """
@@ -20,6 +21,7 @@ import numpy as np
 from coinvision.sdk import Recognizer
 from coinvision.sdk.images import load_image
 from coinvision.sdk.pack import read_pack
+from coinvision.sdk.preprocess import convex_hull_fill
 from coinvision.sdk.segmenter import split_touching_coins
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +85,36 @@ def main() -> None:
             "expected": base64.b64encode(np.packbits(out).tobytes()).decode(),
             "expected_area": int(out.sum()),
         })
+    hulls = [{"name": name, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+              "mask": base64.b64encode(np.packbits(mask).tobytes()).decode(),
+              "expected": base64.b64encode(np.packbits(convex_hull_fill(mask)).tobytes()).decode(),
+              "expected_area": int(convex_hull_fill(mask).sum())} for name, mask in hull_masks()]
     OUT.write_text(json.dumps({"about": __doc__.split("\n\n")[0], "models": "models/release (onnx)",
-                               "pack": "conformance/pack/golden.pack", "photos": rows, "split_touching": synthetic},
-                              indent=1) + "\n")
+                               "pack": "conformance/pack/golden.pack", "photos": rows, "split_touching": synthetic,
+                               "convex_hull": hulls}, indent=1) + "\n")
     print(f"{len(rows)} photos ({sum(r['split_changed_mask'] for r in rows)} where the split changed the mask), "
-          f"{len(synthetic)} synthetic masks -> {OUT}")
+          f"{len(synthetic)} synthetic masks, {len(hulls)} hull masks -> {OUT}")
+
+
+def hull_masks() -> list[tuple[str, np.ndarray]]:
+    """Masks for ``convex_hull_fill``: a coin with a finger's notch, a ring, two coins, stray pixels, a line, a
+    diagonal, one pixel, slanted edges whose row bounds are not whole numbers."""
+    rng = np.random.default_rng(7)
+    notched = _discs(120, 140, [(70, 60, 50)])
+    notched[40:75, 90:140] = False
+    ring = _discs(101, 101, [(50, 50, 45)]) & ~_discs(101, 101, [(50, 50, 30)])
+    stray = np.zeros((60, 90), bool)
+    stray[rng.integers(0, 60, 25), rng.integers(0, 90, 25)] = True
+    line = np.zeros((20, 30), bool)
+    line[7, 3:25] = True
+    diagonal = np.eye(25, dtype=bool)
+    dot = np.zeros((9, 9), bool)
+    dot[4, 4] = True
+    slanted = np.zeros((70, 70), bool)
+    slanted[[3, 20, 66, 41], [5, 61, 30, 2]] = True
+    two = _discs(80, 200, [(40, 40, 35), (150, 45, 30)])
+    return [("coin with a notch", notched), ("ring", ring), ("two coins", two), ("stray pixels", stray),
+            ("line", line), ("diagonal", diagonal), ("one pixel", dot), ("four slanted corners", slanted)]
 
 
 if __name__ == "__main__":

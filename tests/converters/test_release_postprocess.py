@@ -1,5 +1,5 @@
-"""Setting a released segmenter's post-processing in place: every file and sidecar says it, release.json follows, the
-weights stay, and a refused change leaves the release as it was."""
+"""Setting a released segmenter's post-processing (or the embedder's crop) in place: every file and sidecar says it,
+release.json follows, the weights stay, and a refused change leaves the release as it was."""
 
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ NAMES = ("segmenter.onnx", "segmenter.tflite")
 
 @pytest.fixture
 def release(tmp_path: Path) -> Path:
-    """The shipped segmenter files (Core ML left out: it needs coremltools) with a release.json of their own."""
+    return _release_of(tmp_path, NAMES)
+
+
+def _release_of(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    """The shipped ``names`` (Core ML left out: it needs coremltools) with a release.json of their own."""
     out = tmp_path / "release"
     out.mkdir()
     files = {}
-    for name in NAMES:
+    for name in names:
         shutil.copyfile(RELEASE / name, out / name)
         shutil.copyfile(sidecar_path(RELEASE / name), sidecar_path(out / name))
         size, sha256 = digest(out / name)
@@ -58,7 +62,7 @@ def test_sets_every_file_and_sidecar_keeps_the_weights(release: Path) -> None:
 
 def test_refused_changes_leave_the_release_as_it_was(release: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = _snapshot(release)
-    with pytest.raises(ConfigError, match="size_px: not post-processing keys"):
+    with pytest.raises(ConfigError, match="size_px: not segmenter keys that leave the weights"):
         set_release_postprocess(release, {"size_px": 160})
     with pytest.raises(ConfigError, match=r"segmenter.onnx: segmenter tile_frac=1.5: must be in \[0.25, 1\)"):
         set_release_postprocess(release, {"tile_frac": 1.5})
@@ -68,3 +72,25 @@ def test_refused_changes_leave_the_release_as_it_was(release: Path, capsys: pyte
     (release / "segmenter.tflite").write_bytes(b"not the shipped file")
     with pytest.raises(ConversionError, match=r"segmenter\.tflite differs from its sha256"):
         set_release_postprocess(release, {"tile_frac": 0.6})
+
+
+def test_embedder_crop_mask_is_set_like_the_segmenters_values(tmp_path: Path) -> None:
+    from coinvision.sdk.recognizer import CropParams
+
+    names = ("embedder.onnx", "embedder.tflite")
+    release = _release_of(tmp_path, names)
+    square = np.random.default_rng(1).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    before = {name: load_model(release / name, 1).predict(square) for name in names}
+    with pytest.raises(ConfigError, match=r"embedder.onnx: crop_mask='circle': must be one of \('exact', 'conv"):
+        set_release_postprocess(release, {"crop_mask": "circle"}, kind="embedder")
+    with pytest.raises(ConfigError, match="tile_frac: not embedder keys"):
+        set_release_postprocess(release, {"tile_frac": 0.4}, kind="embedder")
+    assert main([str(release), "--kind", "embedder", "--set", "crop_mask=convex_hull"]) == 0
+    info = json.loads((release / "release.json").read_text())
+    assert info["postprocess"] == {"embedder": {"crop_mask": "convex_hull"}}
+    for name in names:
+        meta = ModelMetadata.read_sidecar(release / name)
+        assert read_embedded_metadata(release / name).extra == meta.extra
+        assert CropParams.from_metadata(meta).crop_mask == "convex_hull"
+        assert digest(release / name)[1] == info["files"][name]["sha256"]
+        np.testing.assert_array_equal(load_model(release / name, 1).predict(square), before[name])

@@ -12,6 +12,7 @@ from coinvision.sdk.preprocess import (
     IMAGENET_MEAN,
     InputSpec,
     coin_crop,
+    convex_hull_fill,
     letterbox,
     square_bbox,
     to_model_input,
@@ -266,3 +267,60 @@ def test_coin_crop_removes_background() -> None:
     assert crop.shape == (48, 48, 3)
     assert (crop[0, 0] == 0).all()  # corner is outside the disc: filled
     assert tuple(crop[24, 24]) == (200, 170, 60)
+
+
+def _inside_hull_by_point_test(mask: np.ndarray) -> np.ndarray:
+    """Every pixel centre tested against OpenCV's hull of all the mask's pixels (slow, independent)."""
+    hull = cv2.convexHull(np.argwhere(mask)[:, ::-1].astype(np.int32)).astype(np.float32)
+    return np.array([[cv2.pointPolygonTest(hull, (float(x), float(y)), False) >= 0 for x in range(mask.shape[1])]
+                     for y in range(mask.shape[0])])
+
+
+def test_convex_hull_fill_is_every_pixel_centre_inside_or_on_the_hull() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(25):
+        mask = np.zeros((36, 44), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            cv2.circle(mask, (int(rng.integers(4, 40)), int(rng.integers(4, 32))), int(rng.integers(1, 11)), 1, -1)
+        mask = mask.astype(bool)
+        mask[rng.integers(0, 36, 6), rng.integers(0, 44, 6)] = True  # stray pixels stretch the hull
+        np.testing.assert_array_equal(convex_hull_fill(mask), _inside_hull_by_point_test(mask))
+
+
+def test_convex_hull_fill_closes_a_notch_and_leaves_lines_points_and_empty_masks() -> None:
+    _, disc = _disc_image()
+    notched = disc.copy()
+    ys, xs = np.nonzero(disc)
+    notched[ys.min() : ys.min() + 12, :] = False  # a finger over the rim
+    notched[ys.min() + 12 : ys.min() + 20, xs.min() : xs.min() + 15] = False
+    filled = convex_hull_fill(notched)
+    assert (filled >= notched).all() and filled.sum() > notched.sum()
+    assert not (filled & ~disc).any()  # never beyond the coin: a disc is convex
+    line = np.zeros((9, 20), bool)
+    line[4, 2:17] = True
+    for mask in (line, np.eye(12, dtype=bool), np.zeros((5, 5), bool), np.pad(np.ones((1, 1), bool), 3)):
+        np.testing.assert_array_equal(convex_hull_fill(mask), mask)
+
+
+def test_coin_crop_keeps_the_convex_hull_only_when_asked() -> None:
+    image, disc = _disc_image()
+    ys, xs = np.nonzero(disc)
+    notched = disc.copy()
+    notched[int(ys.mean()) - 5 : int(ys.mean()) + 5, int(xs.mean()) + 10 :] = False  # a bite out of one side
+    exact = coin_crop(image, notched, 48)
+    hull = coin_crop(image, notched, 48, crop_mask="convex_hull")
+    assert (hull > 0).any(axis=2).sum() > (exact > 0).any(axis=2).sum()  # the bite is coin again
+    np.testing.assert_array_equal(coin_crop(image, disc, 48, crop_mask="convex_hull"), coin_crop(image, disc, 48))
+    with pytest.raises(ValueError, match="crop_mask='circle': must be one of"):
+        coin_crop(image, disc, 48, crop_mask="circle")
+
+
+def test_crop_params_read_crop_mask_from_the_embedder_metadata() -> None:
+    from coinvision.sdk.recognizer import CropParams
+
+    meta = ModelMetadata(name="embedder", architecture="x", fingerprint="f" * 16, input=InputSpec(size_px=64),
+                         output="embedding", embedding_dim=8, extra={"crop_mask": "convex_hull"})
+    assert CropParams.from_metadata(meta).crop_mask == "convex_hull"
+    assert CropParams.from_metadata(dataclasses.replace(meta, extra={})).crop_mask == "exact"
+    with pytest.raises(ConfigError, match="crop_mask='hull': must be one of"):
+        CropParams.from_metadata(dataclasses.replace(meta, extra={"crop_mask": "hull"}))

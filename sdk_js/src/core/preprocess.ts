@@ -483,13 +483,60 @@ export function resizeSquare(square: ImageU8, sizePx: number, interpolation: Int
 }
 
 /** Background-removed square crop of the coin (spec step 3); `mask` null: the whole photo letterboxed. */
+/** Which pixels the crop keeps (embedder metadata `extra.crop_mask`): the mask's, or its convex hull's. */
+export const CROP_MASKS = ["exact", "convex_hull"] as const;
+export type CropMask = (typeof CROP_MASKS)[number];
+
+/**
+ * `preprocess.convex_hull_fill` (spec step 3): the pixels whose centres lie inside or on the convex hull of the
+ * mask's pixel centres, by integer arithmetic (the hull of each row's two end pixels, then each row's interval inside
+ * every hull edge; every value here is an integer below 2^31, exact in a double). A hull without area (a point, a
+ * line of pixels): the mask as it is.
+ */
+export function convexHullFill(mask: Mask): Mask {
+  const { width: w, height: h, data } = mask;
+  const ends: [number, number][] = [];
+  let y0 = -1, y1 = -1;
+  for (let y = 0; y < h; y++) {
+    let left = -1, right = -1;
+    for (let x = 0; x < w; x++) if (data[y * w + x]) { if (left < 0) left = x; right = x; }
+    if (left < 0) continue;
+    if (y0 < 0) y0 = y;
+    y1 = y;
+    ends.push([left, y]);
+    if (right !== left) ends.push([right, y]);
+  }
+  const out = data.slice();
+  const hull = convexHull(ends);
+  if (hull.length < 3) return { width: w, height: h, data: out };
+  for (let y = y0; y <= y1; y++) {
+    let lo = 0, hi = w - 1, inside = true;
+    for (let i = 0; i < hull.length; i++) {
+      const [ax, ay] = hull[i]!;
+      const [bx, by] = hull[(i + 1) % hull.length]!;
+      const dx = bx - ax, dy = by - ay;
+      const bound = dx * (y - ay) + dy * ax; // (x, y) on or left of a -> b: dy * x <= bound
+      if (dy > 0) hi = Math.min(hi, Math.floor(bound / dy));
+      else if (dy < 0) lo = Math.max(lo, -Math.floor(-bound / dy));
+      else if (dx * (y - ay) < 0) inside = false;
+    }
+    if (inside) for (let x = lo; x <= hi; x++) out[y * w + x] = 1;
+  }
+  return { width: w, height: h, data: out };
+}
+
 export function coinCrop(
   image: ImageU8,
   mask: Mask | null,
   outSizePx: number,
-  { marginFrac = DEFAULT_CROP_MARGIN_FRAC, fillValue = 0, interpolation = "bilinear" as Interpolation } = {},
+  {
+    marginFrac = DEFAULT_CROP_MARGIN_FRAC, fillValue = 0, interpolation = "bilinear" as Interpolation,
+    cropMask = "exact" as CropMask,
+  } = {},
 ): ImageU8 {
+  if (!CROP_MASKS.includes(cropMask)) throw new RangeError(`crop_mask=${JSON.stringify(cropMask)}: must be one of ${CROP_MASKS.join(", ")}`);
   if (!mask || maskArea(mask) === 0) return letterbox(image, outSizePx, fillValue).square;
+  if (cropMask === "convex_hull") mask = convexHullFill(mask);
   const cn = image.channels;
   const cut = new Uint8Array(image.data.length);
   for (let i = 0; i < mask.data.length; i++) {

@@ -10,7 +10,9 @@ import { type ImageDecoder, type ImageSource, loadImage } from "./images.js";
 import type { ModelMetadata } from "./meta.js";
 import { checkDim, checkFingerprint, type CoinRecord, type Pack, readPack } from "./pack.js";
 import {
+  CROP_MASKS,
   coinCrop,
+  type CropMask,
   DEFAULT_CROP_MARGIN_FRAC,
   DEFAULT_MARGIN_FRAC,
   DEFAULT_MIN_AREA_FRAC,
@@ -164,6 +166,7 @@ export interface CropParams {
   readonly backgroundRemoval: boolean;
   readonly embedRotations: number;
   readonly interpolation: "bilinear" | "area";
+  readonly cropMask: CropMask; // which pixels the crop keeps: the mask's, or its "convex_hull" (fingers, coins on top)
 }
 
 export function cropParamsFromMetadata(meta: ModelMetadata): CropParams {
@@ -174,11 +177,16 @@ export function cropParamsFromMetadata(meta: ModelMetadata): CropParams {
   }
   const margin = Number(extra.crop_margin_frac ?? DEFAULT_CROP_MARGIN_FRAC);
   if (!(margin >= 0)) throw new ConfigError(`crop_margin_frac=${margin}: must be >= 0, e.g. ${DEFAULT_CROP_MARGIN_FRAC}`);
+  const cropMask = extra.crop_mask ?? "exact";
+  if (!CROP_MASKS.includes(cropMask)) {
+    throw new ModelLoadError(`embedder metadata crop_mask=${JSON.stringify(cropMask)}: must be one of ${CROP_MASKS.join(", ")}; re-export the model`);
+  }
   return {
     cropMarginFrac: margin,
     backgroundRemoval: Boolean(extra.background_removal ?? true),
     embedRotations: rotations,
     interpolation: meta.input.interpolation,
+    cropMask,
   };
 }
 
@@ -326,6 +334,7 @@ export class Recognizer {
     const mask = this.cropParams.backgroundRemoval ? segmentation.mask : null;
     const crop = coinCrop(rgb, mask, spec.sizePx, {
       marginFrac: this.cropParams.cropMarginFrac, fillValue: spec.padValue, interpolation: this.cropParams.interpolation,
+      cropMask: this.cropParams.cropMask,
     });
     const cropped = now();
     const vector = await this.embedCrop(crop);

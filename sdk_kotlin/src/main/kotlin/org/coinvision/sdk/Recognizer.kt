@@ -164,6 +164,10 @@ class Recognizer(
     val dim: Int = embedderMeta.embeddingDim ?: throw ModelLoadException("embedder metadata has no embedding_dim; re-export the model")
     val cropMarginFrac = embedderMeta.extraDouble("crop_margin_frac", 0.05)
     val backgroundRemoval = embedderMeta.extraBool("background_removal", true)
+    val cropMask: String = embedderMeta.extra["crop_mask"]?.let {
+        (it as? JsonString)?.value?.takeIf { v -> v in ImageOps.CROP_MASKS }
+            ?: throw ModelLoadException("embedder metadata crop_mask=${Json.canonical(it)}: must be one of ${ImageOps.CROP_MASKS}; re-export the model")
+    } ?: "exact"
     val embedRotations: Int = (embedderMeta.extra["embed_rotations"]?.let {
         embedderMeta.extraInt("embed_rotations")?.takeIf { n -> n in 1..64 }
             ?: throw ModelLoadException("embedder metadata embed_rotations=${Json.canonical(it)}: must be an integer in [1, 64]; re-export the model")
@@ -217,7 +221,7 @@ class Recognizer(
         val seg = segmenter.segment(image)
         val t1 = System.nanoTime()
         val spec = embedderMeta.input
-        val crop = ImageOps.coinCrop(image, if (backgroundRemoval) seg.mask else null, spec.sizePx, cropMarginFrac, spec.padValue, spec.interpolation)
+        val crop = ImageOps.coinCrop(image, if (backgroundRemoval) seg.mask else null, spec.sizePx, cropMarginFrac, spec.padValue, spec.interpolation, cropMask)
         val t2 = System.nanoTime()
         val v = embedCrop(crop)
         val t3 = System.nanoTime()

@@ -36,6 +36,7 @@ class RecognizerTest {
         assertEquals(0.15, rec.segmenter.marginFrac)
         val meta = TestPaths.embedderMeta
         assertEquals(meta["extra"]!!["embed_rotations"]!!.double.toInt(), rec.embedRotations)
+        assertEquals("convex_hull", rec.cropMask) // the crop keeps the mask's convex hull (spec 3; bench_scene_recognition)
         assertEquals(meta["threshold"]!!.double, rec.unknownThreshold)
         assertEquals(meta["fingerprint"]!!.string, rec.fingerprint)
         assertEquals(meta["embedding_dim"]!!.double.toInt(), rec.dim)

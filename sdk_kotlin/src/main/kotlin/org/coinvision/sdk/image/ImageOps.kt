@@ -317,9 +317,80 @@ object ImageOps {
         return RgbImage(size, size, data)
     }
 
-    /** Background-removed square crop of the coin (spec step 3); no mask: the whole photo letterboxed. */
-    fun coinCrop(image: RgbImage, mask: BooleanArray?, outSize: Int, marginFrac: Double, fill: Int, interpolation: String): RgbImage {
+    /** Which pixels the crop keeps (embedder metadata `extra.crop_mask`): the mask's, or its convex hull's. */
+    val CROP_MASKS = listOf("exact", "convex_hull")
+
+    /**
+     * `preprocess.convex_hull_fill` (spec step 3): the pixels whose centres lie inside or on the convex hull of the
+     * mask's pixel centres, by integer arithmetic (Andrew's monotone chain over each row's two end pixels, then each
+     * row's interval inside every hull edge). A hull without area (a point, a line of pixels): the mask as it is.
+     */
+    fun convexHullFill(mask: BooleanArray, w: Int, h: Int): BooleanArray {
+        val ends = ArrayList<LongArray>()
+        var y0 = -1; var y1 = -1
+        for (y in 0 until h) {
+            var left = -1; var right = -1
+            for (x in 0 until w) if (mask[y * w + x]) { if (left < 0) left = x; right = x }
+            if (left < 0) continue
+            if (y0 < 0) y0 = y
+            y1 = y
+            ends.add(longArrayOf(left.toLong(), y.toLong()))
+            if (right != left) ends.add(longArrayOf(right.toLong(), y.toLong()))
+        }
+        if (ends.isEmpty()) return mask.copyOf()
+        val hull = monotoneChain(ends)
+        if (hull.size < 3) return mask.copyOf()
+        val out = mask.copyOf()
+        for (y in y0..y1) {
+            var lo = 0L; var hi = (w - 1).toLong(); var inside = true
+            for (i in hull.indices) {
+                val a = hull[i]; val b = hull[(i + 1) % hull.size]
+                val dx = b[0] - a[0]; val dy = b[1] - a[1]
+                // (x, y) on or left of a -> b: dy * x <= dx * (y - ay) + dy * ax
+                val bound = dx * (y - a[1]) + dy * a[0]
+                when {
+                    dy > 0 -> hi = minOf(hi, Math.floorDiv(bound, dy))
+                    dy < 0 -> lo = maxOf(lo, -Math.floorDiv(-bound, dy))
+                    else -> if (dx * (y - a[1]) < 0) inside = false
+                }
+            }
+            if (inside) for (x in lo..hi) out[y * w + x.toInt()] = true
+        }
+        return out
+    }
+
+    /** Hull corners of distinct integer points, counter-clockwise in (x, y), collinear points dropped. */
+    private fun monotoneChain(points: List<LongArray>): List<LongArray> {
+        val sorted = points.sortedWith(compareBy<LongArray>({ it[0] }, { it[1] }))
+        fun turn(o: LongArray, a: LongArray, b: LongArray) = (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+        val lower = ArrayList<LongArray>()
+        for (p in sorted) {
+            while (lower.size >= 2 && turn(lower[lower.size - 2], lower[lower.size - 1], p) <= 0) lower.removeAt(lower.size - 1)
+            lower.add(p)
+        }
+        val upper = ArrayList<LongArray>()
+        for (p in sorted.asReversed()) {
+            while (upper.size >= 2 && turn(upper[upper.size - 2], upper[upper.size - 1], p) <= 0) upper.removeAt(upper.size - 1)
+            upper.add(p)
+        }
+        return lower.subList(0, lower.size - 1) + upper.subList(0, upper.size - 1)
+    }
+
+    /**
+     * Background-removed square crop of the coin (spec step 3); no mask: the whole photo letterboxed. [cropMask]
+     * "convex_hull" keeps the mask's [convexHullFill] instead of the mask.
+     */
+    fun coinCrop(
+        image: RgbImage, mask: BooleanArray?, outSize: Int, marginFrac: Double, fill: Int, interpolation: String,
+        cropMask: String = "exact",
+    ): RgbImage {
+        require(cropMask in CROP_MASKS) { "crop_mask=$cropMask: must be one of $CROP_MASKS" }
         if (mask == null || mask.none { it }) return letterbox(image, outSize, fill).first
+        val kept = if (cropMask == "convex_hull") convexHullFill(mask, image.width, image.height) else mask
+        return cropAround(image, kept, outSize, marginFrac, fill, interpolation)
+    }
+
+    private fun cropAround(image: RgbImage, mask: BooleanArray, outSize: Int, marginFrac: Double, fill: Int, interpolation: String): RgbImage {
         val cut = image.data.copyOf()
         for (i in mask.indices) if (!mask[i]) { cut[i * 3] = fill.toByte(); cut[i * 3 + 1] = fill.toByte(); cut[i * 3 + 2] = fill.toByte() }
         val box = squareBbox(mask, image.width, image.height, marginFrac)

@@ -132,9 +132,9 @@ class ConformanceKitTest {
                 // 4. crop: from the golden mask exactly, from ours within the mean tolerance
                 val spec = recognizer.embedderMeta.input
                 val goldenCrop = Npy.read(File(dir, "onnx/crop.npy"))
-                val fromGolden = ImageOps.coinCrop(rgb, goldenMask, spec.sizePx, recognizer.cropMarginFrac, spec.padValue, spec.interpolation)
+                val fromGolden = ImageOps.coinCrop(rgb, goldenMask, spec.sizePx, recognizer.cropMarginFrac, spec.padValue, spec.interpolation, recognizer.cropMask)
                 assertEquals(onnx["crop_sha256"]!!.string, PackBytes.hex(PackBytes.sha256(fromGolden.data)), "$id crop from the golden mask")
-                val ours = ImageOps.coinCrop(rgb, s.mask, spec.sizePx, recognizer.cropMarginFrac, spec.padValue, spec.interpolation)
+                val ours = ImageOps.coinCrop(rgb, s.mask, spec.sizePx, recognizer.cropMarginFrac, spec.padValue, spec.interpolation, recognizer.cropMask)
                 val cropMean = ours.data.indices.sumOf { Math.abs((ours.data[it].toInt() and 0xff) - (goldenCrop.data[it].toInt() and 0xff)).toLong() }.toDouble() / ours.data.size
                 fig(id, "crop mean|diff| (levels)", cropMean, "<= ${tol["crop_mean_abs_levels"]!!.double}")
                 assertTrue(cropMean <= tol["crop_mean_abs_levels"]!!.double)

@@ -4,6 +4,7 @@ import org.coinvision.sdk.Recognizer
 import org.coinvision.sdk.TestPaths
 import org.coinvision.sdk.image.Components
 import org.coinvision.sdk.image.ImageIoDecoder
+import org.coinvision.sdk.image.ImageOps
 import org.coinvision.sdk.pack.PackBytes
 import org.coinvision.sdk.pack.PackReader
 import org.junit.jupiter.api.Assertions.assertEquals
@@ -15,7 +16,8 @@ import java.util.Base64
 /**
  * Beyond the kit's four photos: 42 sample photos through the whole Kotlin pipeline (javax.imageio decode, ONNX
  * Runtime) against the reference SDK's results in testdata/pipeline_golden.json (tools/gen_pipeline_golden.py),
- * and the touching-coin split on synthetic masks against `split_touching_coins` pixel for pixel.
+ * and the touching-coin split and the convex hull fill on synthetic masks against `split_touching_coins` and
+ * `convex_hull_fill` pixel for pixel.
  */
 class PipelineGoldenTest {
     private val golden = TestPaths.json(File(TestPaths.kotlinGolden, "pipeline_golden.json"))
@@ -36,6 +38,20 @@ class PipelineGoldenTest {
             val differ = (0 until w * h).count { got[it] != want[it] }
             println("split '${case["name"]!!.string}': ${got.count { it }} px kept (reference ${case["expected_area"]!!.long}), $differ px differ")
             assertEquals(0, differ, "split '${case["name"]!!.string}'")
+        }
+    }
+
+    @Test
+    fun `convex hull fill matches the reference on masks with notches, holes, stray pixels and lines`() {
+        val cases = golden["convex_hull"]!!.list
+        assertTrue(cases.size >= 8)
+        for (case in cases) {
+            val w = case["width"]!!.long!!.toInt(); val h = case["height"]!!.long!!.toInt()
+            val mask = Npy.unpackBits(Base64.getDecoder().decode(case["mask"]!!.string), w * h)
+            val want = Npy.unpackBits(Base64.getDecoder().decode(case["expected"]!!.string), w * h)
+            val got = ImageOps.convexHullFill(mask, w, h)
+            val differ = (0 until w * h).count { got[it] != want[it] }
+            assertEquals(0, differ, "hull '${case["name"]!!.string}': ${got.count { it }} px (reference ${case["expected_area"]!!.long})")
         }
     }
 
