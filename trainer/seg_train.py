@@ -174,7 +174,8 @@ class SegTrainSet(torch.utils.data.Dataset):
         if self.real and rng.random() < self.real_frac:
             image, mask = self.real[int(rng.integers(0, len(self.real)))]
             augment = _REAL_AUGMENT
-            if self.pass_views is not None and rng.random() < self.real_pass_view_p:
+            # no draw when off: runs without real pass views keep their samples
+            if self.real_pass_view_p and self.pass_views is not None and rng.random() < self.real_pass_view_p:
                 image, mask = self.pass_views.second_pass(image, mask, mask, rng)
                 augment = _CROP_AUGMENT
             augment.set_random_seed(int(rng.integers(0, 2**31 - 1)))
