@@ -482,7 +482,6 @@ export function resizeSquare(square: ImageU8, sizePx: number, interpolation: Int
   return resizeU8(square, sizePx, sizePx, interpolation === "area" && shrinking ? "area" : "bilinear");
 }
 
-/** Background-removed square crop of the coin (spec step 3); `mask` null: the whole photo letterboxed. */
 /** Which pixels the crop keeps (embedder metadata `extra.crop_mask`): the mask's, or its convex hull's. */
 export const CROP_MASKS = ["exact", "convex_hull"] as const;
 export type CropMask = (typeof CROP_MASKS)[number];
@@ -525,6 +524,10 @@ export function convexHullFill(mask: Mask): Mask {
   return { width: w, height: h, data: out };
 }
 
+/**
+ * Background-removed square crop of the coin (spec step 3); `mask` null: the whole photo letterboxed. `cropMask`
+ * "convex_hull" keeps the mask's {@link convexHullFill} instead of the mask.
+ */
 export function coinCrop(
   image: ImageU8,
   mask: Mask | null,

@@ -387,12 +387,8 @@ object ImageOps {
         require(cropMask in CROP_MASKS) { "crop_mask=$cropMask: must be one of $CROP_MASKS" }
         if (mask == null || mask.none { it }) return letterbox(image, outSize, fill).first
         val kept = if (cropMask == "convex_hull") convexHullFill(mask, image.width, image.height) else mask
-        return cropAround(image, kept, outSize, marginFrac, fill, interpolation)
-    }
-
-    private fun cropAround(image: RgbImage, mask: BooleanArray, outSize: Int, marginFrac: Double, fill: Int, interpolation: String): RgbImage {
         val cut = image.data.copyOf()
-        for (i in mask.indices) if (!mask[i]) { cut[i * 3] = fill.toByte(); cut[i * 3 + 1] = fill.toByte(); cut[i * 3 + 2] = fill.toByte() }
+        for (i in kept.indices) if (!kept[i]) { cut[i * 3] = fill.toByte(); cut[i * 3 + 1] = fill.toByte(); cut[i * 3 + 2] = fill.toByte() }
         val box = squareBbox(mask, image.width, image.height, marginFrac)
         return resizeSquare(cropPadded(RgbImage(image.width, image.height, cut), box, fill), outSize, interpolation)
     }
