@@ -37,13 +37,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+from coinvision.sdk.errors import CoinVisionError
 from coinvision.sdk.evaluation import first_per_class, list_class_folder
 from coinvision.sdk.images import load_image
 from coinvision.sdk.recognizer import Recognizer
 from tqdm import tqdm
 
 from benchmarks.bench_segmentation import DEFAULT_MODELS, data_config, mask_iou
-from benchmarks.common import ROOT, write_result
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, write_result
 
 __all__ = ["SceneSet", "labelled_queries", "main", "scene_sets", "score_models"]
 
@@ -194,10 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    cfg = data_config(None, 128, args.data_config)
-    photos, classes, masks = labelled_queries(args.split / "query", cfg)
-    catalog = list_class_folder(args.split / "catalog")
-    train = list_class_folder(args.split / "train")
+    try:
+        cfg = data_config(None, 128, args.data_config)
+        photos, classes, masks = labelled_queries(args.split / "query", cfg)
+        catalog = list_class_folder(args.split / "catalog")
+        train = list_class_folder(args.split / "train")
+    except CoinVisionError as exc:
+        print(f"bench_scene_recognition: {exc}\n  it needs the materialised split (`make split`) and the segmentation "
+              "labels (`make seg-labels`), both from ../shared/data", file=sys.stderr)
+        return MISSING_INPUTS_EXIT
+    if not photos:
+        print(f"bench_scene_recognition: no query photo under {args.split / 'query'} has a segmentation label in "
+              f"{cfg.labels_dir}; run `make seg-labels`", file=sys.stderr)
+        return MISSING_INPUTS_EXIT
     distractors = [train[i] for i in first_per_class([c for _, c in train], 3)]
     sets = scene_sets(photos, masks, cfg, args.size_px, args.scenes)
     out = args.out or ROOT / "benchmarks" / "results" / "scene_recognition.json"

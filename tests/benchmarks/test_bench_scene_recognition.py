@@ -17,7 +17,7 @@ from coinvision.trainer.seg_labels import label_datasets, load_mask
 
 from benchmarks.bench_scene_recognition import SceneSet, labelled_queries, main, score_models
 from benchmarks.bench_segmentation import data_config
-from benchmarks.common import ROOT
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT
 
 SAMPLE = ROOT / "examples" / "sample_coins"
 MODELS = ROOT / "models" / "release"
@@ -111,3 +111,16 @@ def test_main_writes_every_set_for_every_models_folder(sample_split, tmp_path) -
             assert Path(row["sheet"]).is_file() and Path(row["sheet"]).parent == tmp_path
         else:
             assert "sheet" not in row
+
+
+def test_missing_split_or_labels_is_reported_as_missing_inputs(sample_split, tmp_path, capsys) -> None:
+    split, config = sample_split
+    assert main(["--split", str(tmp_path / "nowhere"), "--data-config", str(config)]) == MISSING_INPUTS_EXIT
+    assert "make split" in capsys.readouterr().err
+    unlabelled = yaml.safe_load(config.read_text()) | {"labels_dir": str(tmp_path / "empty_labels")}
+    (tmp_path / "empty_labels").mkdir()
+    (tmp_path / "empty_labels" / "manifest.csv").write_text("dataset,file,mask,method,cx,cy,radius,score,refined\n")
+    other = tmp_path / "segmenter.yaml"
+    other.write_text(yaml.safe_dump(unlabelled))
+    assert main(["--split", str(split), "--data-config", str(other)]) == MISSING_INPUTS_EXIT
+    assert "has a segmentation label" in capsys.readouterr().err
