@@ -113,7 +113,7 @@ def recalibrate_unknown(model: Embedder, cfg: EmbedderConfig, cache: CropCache, 
 _ADDED_PARTS = ("branch.", "branch_mix", "companion.", "part_mix", "whiten_")
 # What must match for two trained embedders to share one input tensor and be concatenated.
 _SHARED_FIELDS = ("backbone", "pad_type", "head_hidden_dims", "embedding_dim", "size_px", "crop_interpolation",
-                  "crop_margin_frac", "background_removal")
+                  "crop_margin_frac", "crop_mask", "background_removal")
 
 
 def _trained_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 import timm
-from coinvision.sdk.preprocess import DEFAULT_CROP_MARGIN_FRAC, INTERPOLATIONS, InputSpec
+from coinvision.sdk.preprocess import CROP_MASKS, DEFAULT_CROP_MARGIN_FRAC, INTERPOLATIONS, InputSpec
 from coinvision.trainer.emb_losses import LOSSES, PAIR_LOSSES
 
 __all__ = ["HEAD_INITS", "SAMPLERS", "AugmentConfig", "EmbedderConfig"]
@@ -81,6 +81,9 @@ class EmbedderConfig:
     segmenter_models_dir: str | None = None  # or a models folder: segmenter.pt / .onnx / .tflite
     segmenter_runtime: str = "torch"
     crop_margin_frac: float = DEFAULT_CROP_MARGIN_FRAC
+    # which pixels the crop keeps: the mask's, or its "convex_hull" (spec step 3; written to the metadata when not
+    # "exact", so the SDK crops as the training did)
+    crop_mask: str = "exact"
     crop_cache_dir: str = "runs/crop_cache"
     # data
     data_roots: tuple[str, ...] = ()
@@ -133,6 +136,8 @@ class EmbedderConfig:
             raise ValueError(f"embed_rotations={self.embed_rotations}: must be in [1, 64] (1 = off)")
         if self.crop_interpolation not in INTERPOLATIONS:
             raise ValueError(f"crop_interpolation={self.crop_interpolation!r}: must be one of {INTERPOLATIONS}")
+        if self.crop_mask not in CROP_MASKS:
+            raise ValueError(f"crop_mask={self.crop_mask!r}: must be one of {CROP_MASKS}")
         if self.freeze_stages < 0:
             raise ValueError(f"freeze_stages={self.freeze_stages}: must be >= 0")
         if self.trunk_cache_views < 0 or (self.trunk_cache_views and not self.freeze_stages):

@@ -153,31 +153,34 @@ class SegmenterCropSource:
     size_px: int
     margin_frac: float = DEFAULT_CROP_MARGIN_FRAC
     interpolation: str = "bilinear"  # the embedder's input.interpolation
+    crop_mask: str = "exact"  # the embedder's extra.crop_mask
 
     @property
     def key(self) -> str:
         suffix = "" if self.interpolation == "bilinear" else f"_{self.interpolation}"
+        suffix += "" if self.crop_mask == "exact" else f"_{self.crop_mask}"
         return f"seg-{self.segmenter_fingerprint}_{self.size_px}px_m{self.margin_frac:g}{suffix}"
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         seg = self.segmenter.segment(image)
-        crop = coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac, interpolation=self.interpolation)
+        crop = coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac, interpolation=self.interpolation,
+                         crop_mask=self.crop_mask)
         return crop, seg.mask is not None
 
 
 def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float = DEFAULT_CROP_MARGIN_FRAC,
-                                interpolation: str = "bilinear", num_threads: int | None = None
-                                ) -> SegmenterCropSource:
+                                interpolation: str = "bilinear", num_threads: int | None = None,
+                                crop_mask: str = "exact") -> SegmenterCropSource:
     """Crops by a PyTorch segmenter checkpoint, through the SDK's pipeline (``trainer.torch_runtime``)."""
     from coinvision.trainer.torch_runtime import torch_segmenter
 
     segmenter = torch_segmenter(path, num_threads)
-    return SegmenterCropSource(segmenter, segmenter.meta.fingerprint, size_px, margin_frac, interpolation)
+    return SegmenterCropSource(segmenter, segmenter.meta.fingerprint, size_px, margin_frac, interpolation, crop_mask)
 
 
 def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: int,
                                 margin_frac: float = DEFAULT_CROP_MARGIN_FRAC, num_threads: int = 1,
-                                interpolation: str = "bilinear") -> SegmenterCropSource:
+                                interpolation: str = "bilinear", crop_mask: str = "exact") -> SegmenterCropSource:
     """Crops by the segmenter of a models folder: ``segmenter.pt`` (runtime ``torch``) or an exported
     ``segmenter.onnx`` / ``segmenter.tflite`` with its metadata."""
     from coinvision.sdk.segmenter import Segmenter
@@ -193,7 +196,7 @@ def crop_source_from_models_dir(models_dir: str | Path, runtime: str, size_px: i
         segmenter = torch_segmenter(path, num_threads)
     else:
         segmenter = Segmenter.from_dir(models_dir, runtime=runtime, num_threads=num_threads)
-    return SegmenterCropSource(segmenter, segmenter.meta.fingerprint, size_px, margin_frac, interpolation)
+    return SegmenterCropSource(segmenter, segmenter.meta.fingerprint, size_px, margin_frac, interpolation, crop_mask)
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -387,11 +390,12 @@ def make_crop_source(cfg: Any) -> CropSource:
         return LetterboxCropSource(cfg.size_px)
     if cfg.segmenter_checkpoint:
         return crop_source_from_checkpoint(cfg.segmenter_checkpoint, cfg.size_px, cfg.crop_margin_frac,
-                                           cfg.crop_interpolation)
+                                           cfg.crop_interpolation, crop_mask=cfg.crop_mask)
     if cfg.segmenter_models_dir:
         try:
             return crop_source_from_models_dir(cfg.segmenter_models_dir, cfg.segmenter_runtime, cfg.size_px,
-                                               cfg.crop_margin_frac, cfg.num_threads, cfg.crop_interpolation)
+                                               cfg.crop_margin_frac, cfg.num_threads, cfg.crop_interpolation,
+                                               cfg.crop_mask)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc} (segmenter_models_dir={cfg.segmenter_models_dir})") from exc
     raise ConfigError("background_removal is on but no segmenter is configured; set segmenter_checkpoint "

@@ -187,5 +187,5 @@ def embedder_metadata(cfg: EmbedderConfig, fingerprint: str) -> ModelMetadata:
         runtime_format="torch",
         extra={"crop_margin_frac": cfg.crop_margin_frac, "background_removal": cfg.background_removal,
                "embed_rotations": cfg.embed_rotations, "loss": cfg.loss, "margin_rad": cfg.margin_rad,
-               "scale": cfg.scale, **extra},
+               "scale": cfg.scale, **({} if cfg.crop_mask == "exact" else {"crop_mask": cfg.crop_mask}), **extra},
     )

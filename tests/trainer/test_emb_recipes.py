@@ -196,14 +196,25 @@ def test_trainer_crops_use_the_sdk_area_resampling(sample_root: Path, tmp_path: 
     mask[10:-10, 12:-12] = True
 
     class FixedMask:  # the segmenter's interface: segment(image) -> Segmentation
-        def segment(self, _image: np.ndarray) -> Segmentation:
-            return Segmentation(mask=mask, bbox=None, passes=1)
+        def __init__(self, fixed: np.ndarray) -> None:
+            self.fixed = fixed
 
-    area = SegmenterCropSource(FixedMask(), "f" * 16, 48, 0.05, EmbedderConfig().crop_interpolation)
-    bilinear = SegmenterCropSource(FixedMask(), "f" * 16, 48, 0.05, "bilinear")
+        def segment(self, _image: np.ndarray) -> Segmentation:
+            return Segmentation(mask=self.fixed, bbox=None, passes=1)
+
+    area = SegmenterCropSource(FixedMask(mask), "f" * 16, 48, 0.05, EmbedderConfig().crop_interpolation)
+    bilinear = SegmenterCropSource(FixedMask(mask), "f" * 16, 48, 0.05, "bilinear")
     assert area.key != bilinear.key and area.key.endswith("_area")
     np.testing.assert_array_equal(area.crop(image)[0], coin_crop(image, mask, 48, interpolation="area"))
     assert not np.array_equal(area.crop(image)[0], bilinear.crop(image)[0])
+    # the convex-hull crop (embedder metadata crop_mask) is the SDK's too, and cached apart; a notch shows it
+    notched = mask.copy()
+    notched[20:40, -40:] = False
+    hull = SegmenterCropSource(FixedMask(notched), "f" * 16, 48, 0.05, "area", "convex_hull")
+    assert hull.key == area.key + "_convex_hull"
+    np.testing.assert_array_equal(hull.crop(image)[0],
+                                  coin_crop(image, notched, 48, interpolation="area", crop_mask="convex_hull"))
+    np.testing.assert_array_equal(hull.crop(image)[0], area.crop(image)[0])  # the notch closed: the whole square
     # a cached crop of another size is resized by the same SDK function when the dataset reads it
     cached = CropCache(tmp_path, area).get(photo)
     spec = _cfg(size_px=32).input_spec

@@ -150,6 +150,11 @@ def test_embedder_metadata_fields() -> None:
     assert meta.input.size_px == 64 and meta.architecture == f"{TINY_BACKBONE}+fc32-64"
     assert meta.extra["crop_margin_frac"] == cfg.crop_margin_frac
     assert embedder_metadata(_tiny_cfg(), "f").threshold is None  # uncalibrated: the SDK decides
+    assert "crop_mask" not in meta.extra  # the exact mask: the spec's default, metadata as before
+    hull = embedder_metadata(_tiny_cfg(crop_mask="convex_hull"), "f")
+    assert hull.extra["crop_mask"] == "convex_hull"  # the SDK then crops as the training did
+    with pytest.raises(ValueError, match="crop_mask='circle': must be one of"):
+        _tiny_cfg(crop_mask="circle")
 
 
 def test_augment_keeps_size_and_dtype(sample_root: Path) -> None:
