@@ -83,21 +83,19 @@ describe("components, distance transform, touching-coin split", () => {
       assert.deepEqual(Array.from(largest?.data ?? new Uint8Array(w * h)), Array.from(arr(c.largest)));
     });
   }
-  for (const [i, c] of ops.split.entries()) {
-    it(`splitTouchingCoins #${i} equals preprocess.split_touching_coins`, () => {
-      const [h, w] = c.mask.shape;
-      const got = splitTouchingCoins({ width: w, height: h, data: arr(c.mask) });
-      const s = diffStats(got.data, arr(c.out));
-      assert.equal(s.n, 0, JSON.stringify(s));
-    });
-  }
-  for (const [i, c] of ops.hull.entries()) {
-    it(`convexHullFill #${i} equals preprocess.convex_hull_fill`, () => {
-      const [h, w] = c.mask.shape;
-      const got = convexHullFill({ width: w, height: h, data: arr(c.mask) });
-      const s = diffStats(got.data, arr(c.out));
-      assert.equal(s.n, 0, JSON.stringify(s));
-    });
+  const maskOps = [
+    ["split", "splitTouchingCoins", "split_touching_coins", splitTouchingCoins],
+    ["hull", "convexHullFill", "convex_hull_fill", convexHullFill],
+  ] as const;
+  for (const [key, name, reference, op] of maskOps) {
+    for (const [i, c] of ops[key].entries()) {
+      it(`${name} #${i} equals preprocess.${reference}`, () => {
+        const [h, w] = c.mask.shape;
+        const got = op({ width: w, height: h, data: arr(c.mask) });
+        const s = diffStats(got.data, arr(c.out));
+        assert.equal(s.n, 0, JSON.stringify(s));
+      });
+    }
   }
   it("coinCrop keeps the convex hull only when asked, and refuses an unknown crop_mask", () => {
     const c = ops.hull[0];

@@ -33,6 +33,14 @@ def _mask_sha(mask: np.ndarray | None) -> str | None:
     return None if mask is None else hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
 
 
+def _mask_case(name: str, mask: np.ndarray, expected: np.ndarray) -> dict:
+    """A synthetic mask and the reference's output on it, bit-packed, for a pixel-for-pixel test."""
+    return {"name": name, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+            "mask": base64.b64encode(np.packbits(mask).tobytes()).decode(),
+            "expected": base64.b64encode(np.packbits(expected).tobytes()).decode(),
+            "expected_area": int(expected.sum())}
+
+
 def _discs(h: int, w: int, discs: list[tuple[float, float, float]]) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     mask = np.zeros((h, w), bool)
@@ -79,16 +87,8 @@ def main() -> None:
         if name == "one disc with a notch":
             mask[70:80, 10:40] = False
         out = split_touching_coins(mask)
-        synthetic.append({
-            "name": name, "height": h, "width": w,
-            "mask": base64.b64encode(np.packbits(mask).tobytes()).decode(),
-            "expected": base64.b64encode(np.packbits(out).tobytes()).decode(),
-            "expected_area": int(out.sum()),
-        })
-    hulls = [{"name": name, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
-              "mask": base64.b64encode(np.packbits(mask).tobytes()).decode(),
-              "expected": base64.b64encode(np.packbits(convex_hull_fill(mask)).tobytes()).decode(),
-              "expected_area": int(convex_hull_fill(mask).sum())} for name, mask in hull_masks()]
+        synthetic.append(_mask_case(name, mask, out))
+    hulls = [_mask_case(name, mask, convex_hull_fill(mask)) for name, mask in hull_masks()]
     OUT.write_text(json.dumps({"about": __doc__.split("\n\n")[0], "models": "models/release (onnx)",
                                "pack": "conformance/pack/golden.pack", "photos": rows, "split_touching": synthetic,
                                "convex_hull": hulls}, indent=1) + "\n")

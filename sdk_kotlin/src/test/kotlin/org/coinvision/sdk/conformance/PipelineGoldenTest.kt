@@ -28,32 +28,28 @@ class PipelineGoldenTest {
         return out
     }
 
-    @Test
-    fun `touching-coin split matches the reference on synthetic masks`() {
-        for (case in golden["split_touching"]!!.list) {
-            val w = case["width"]!!.long!!.toInt(); val h = case["height"]!!.long!!.toInt()
-            val mask = Npy.unpackBits(Base64.getDecoder().decode(case["mask"]!!.string), w * h)
-            val want = Npy.unpackBits(Base64.getDecoder().decode(case["expected"]!!.string), w * h)
-            val got = Components.splitTouchingCoins(mask, w, h)
-            val differ = (0 until w * h).count { got[it] != want[it] }
-            println("split '${case["name"]!!.string}': ${got.count { it }} px kept (reference ${case["expected_area"]!!.long}), $differ px differ")
-            assertEquals(0, differ, "split '${case["name"]!!.string}'")
-        }
-    }
-
-    @Test
-    fun `convex hull fill matches the reference on masks with notches, holes, stray pixels and lines`() {
-        val cases = golden["convex_hull"]!!.list
-        assertTrue(cases.size >= 8)
+    /** Each golden [key] case: [op] on its mask equals the reference's output pixel for pixel. */
+    private fun assertMaskCases(key: String, minCases: Int, op: (BooleanArray, Int, Int) -> BooleanArray) {
+        val cases = golden[key]!!.list
+        assertTrue(cases.size >= minCases, "$key: ${cases.size} cases")
         for (case in cases) {
             val w = case["width"]!!.long!!.toInt(); val h = case["height"]!!.long!!.toInt()
             val mask = Npy.unpackBits(Base64.getDecoder().decode(case["mask"]!!.string), w * h)
             val want = Npy.unpackBits(Base64.getDecoder().decode(case["expected"]!!.string), w * h)
-            val got = ImageOps.convexHullFill(mask, w, h)
+            val got = op(mask, w, h)
             val differ = (0 until w * h).count { got[it] != want[it] }
-            assertEquals(0, differ, "hull '${case["name"]!!.string}': ${got.count { it }} px (reference ${case["expected_area"]!!.long})")
+            println("$key '${case["name"]!!.string}': ${got.count { it }} px (reference ${case["expected_area"]!!.long}), $differ px differ")
+            assertEquals(0, differ, "$key '${case["name"]!!.string}'")
         }
     }
+
+    @Test
+    fun `touching-coin split matches the reference on synthetic masks`() =
+        assertMaskCases("split_touching", 5, Components::splitTouchingCoins)
+
+    @Test
+    fun `convex hull fill matches the reference on masks with notches, holes, stray pixels and lines`() =
+        assertMaskCases("convex_hull", 8, ImageOps::convexHullFill)
 
     @Test
     fun `sample photos - segmentation, crop and top-k agree with the reference`() {
