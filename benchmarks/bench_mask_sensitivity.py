@@ -1,0 +1,163 @@
+"""Outline sensitivity: how much recognition moves when the segmenter's coin outline moves by a pixel or two.
+
+    python -m benchmarks.bench_mask_sensitivity                                   # the shipped int8 TFLite files
+    python -m benchmarks.bench_mask_sensitivity --models models/release /tmp/candidate --offsets -2 -1 1 2
+
+Why: the embedder sees the coin cut out by the segmenter's mask (spec step 3), and a new segmenter, or another runtime
+of the same one, draws the outline a pixel inside or outside where the shipped one did. Every catalog photo
+(``runs/split/catalog``) and held-out query photo (``runs/split/query``) is segmented once by each models folder's
+pipeline; its mask is then grown (offset > 0) or shrunk (offset < 0) by ``|offset|`` pixels (OpenCV dilate / erode,
+3 × 3 square kernel, ``|offset|`` iterations), and the crop and vector are made from it by the pipeline's own steps
+(``Recognizer.coin_crop``, ``embed_crop``). Per models folder and offset:
+
+- ``recall@1 both``: catalog and queries cut by the moved outline (a segmenter that draws every outline that much
+  larger or smaller);
+- ``recall@1 queries``: only the queries moved, the catalog as the pipeline cuts it (a phone whose outline differs
+  from the server's that built the catalog);
+- ``cosine``: each photo's vector against its own unmoved vector (mean, 10th percentile, minimum).
+
+A photo whose mask an erosion would empty, or with no coin found, keeps its unmoved vector. Writes
+``benchmarks/results/mask_sensitivity.json`` and a plot of Recall@1 against the offset beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from coinvision.sdk.evaluation import list_class_folder
+from coinvision.sdk.images import load_image
+from coinvision.sdk.recognizer import Recognizer
+from tqdm import tqdm
+
+from benchmarks.bench_segmentation import DEFAULT_MODELS
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, write_result
+
+__all__ = ["main", "moved_mask", "outline_vectors", "score_offsets"]
+
+SPLIT = ROOT / "runs" / "split"
+DEFAULT_OFFSETS_PX = (-2, -1, 1, 2)
+_KERNEL = np.ones((3, 3), np.uint8)
+
+
+def moved_mask(mask: np.ndarray, offset_px: int) -> np.ndarray:
+    """``mask`` grown (``offset_px`` > 0) or shrunk (< 0) by ``|offset_px|`` pixels; 0 returns it unchanged."""
+    if offset_px == 0:
+        return mask
+    m8 = mask.astype(np.uint8)
+    op = cv2.dilate if offset_px > 0 else cv2.erode
+    return op(m8, _KERNEL, iterations=abs(offset_px)) > 0
+
+
+def outline_vectors(recognizer: Recognizer, photos: Sequence[Path], offsets_px: Sequence[int],
+                    desc: str = "photos") -> tuple[np.ndarray, int]:
+    """``(vectors, kept)``: ``vectors[i, j]`` is photo ``i`` embedded with its pipeline mask moved by
+    ``offsets_px[j]``; ``kept`` counts photos left unmoved (no coin found, or an erosion that would empty the mask)."""
+    out, kept = [], 0
+    for path in tqdm(photos, desc=desc, unit="img", leave=False):
+        rgb = load_image(path)
+        mask = recognizer.segmenter.segment(rgb).mask
+        row, unmoved = [], False
+        for offset in offsets_px:
+            moved = None if mask is None else moved_mask(mask, offset)
+            if moved is not None and not moved.any():
+                moved = mask
+            unmoved |= moved is mask and offset != 0
+            row.append(recognizer.embed_crop(recognizer.coin_crop(rgb, moved)))
+        kept += unmoved
+        out.append(row)
+    return np.asarray(out, np.float32), kept
+
+
+def _recall_at_1(catalog: np.ndarray, catalog_classes: np.ndarray, queries: np.ndarray,
+                 query_classes: np.ndarray) -> float:
+    return float(np.mean(catalog_classes[np.argmax(queries @ catalog.T, axis=1)] == query_classes))
+
+
+def score_offsets(catalog: np.ndarray, catalog_classes: Sequence[str], queries: np.ndarray,
+                  query_classes: Sequence[str], offsets_px: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per offset from :func:`outline_vectors` arrays; ``offsets_px`` must hold 0 (the unmoved outline)."""
+    base = list(offsets_px).index(0)
+    c_cls, q_cls = np.asarray(catalog_classes), np.asarray(query_classes)
+    rows = []
+    for j, offset in enumerate(offsets_px):
+        cos = np.concatenate([np.sum(v[:, j] * v[:, base], axis=1) for v in (catalog, queries)])
+        rows.append({
+            "offset_px": int(offset),
+            "recall@1 both": _recall_at_1(catalog[:, j], c_cls, queries[:, j], q_cls),
+            "recall@1 queries": _recall_at_1(catalog[:, base], c_cls, queries[:, j], q_cls),
+            "cosine mean": float(cos.mean()), "cosine p10": float(np.percentile(cos, 10)),
+            "cosine min": float(cos.min()),
+        })
+    return rows
+
+
+def _plot(table: list[dict[str, Any]], out_png: Path) -> None:
+    from coinvision.trainer.plotting import png_figure
+
+    with png_figure(out_png, figsize=(6, 4)) as (_, ax):
+        for k, models in enumerate(dict.fromkeys(row["models"] for row in table)):
+            rows = [r for r in table if r["models"] == models]
+            x, name, color = [r["offset_px"] for r in rows], Path(models).name, f"C{k}"
+            ax.plot(x, [r["recall@1 both"] for r in rows], marker="o", color=color,
+                    label=f"{name}: catalog and queries moved")
+            ax.plot(x, [r["recall@1 queries"] for r in rows], marker="s", ls="--", color=color,
+                    label=f"{name}: queries moved")
+        ax.set(xlabel="outline moved (px; < 0 shrunk, > 0 grown)", ylabel="unseen-coin Recall@1",
+               title="Recognition against the segmenter's outline")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_MODELS], metavar="DIR",
+                        help="models folders to compare (default models/release)")
+    parser.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--offsets", type=int, nargs="+", default=list(DEFAULT_OFFSETS_PX), metavar="PX",
+                        help="outline moves in pixels (default -2 -1 1 2; 0 is always added)")
+    parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON (default benchmarks/results/mask_sensitivity.json; the plot beside it)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    catalog_dir, query_dir = args.split / "catalog", args.split / "query"
+    if not (catalog_dir.is_dir() and query_dir.is_dir()):
+        print(f"bench_mask_sensitivity: {catalog_dir} or {query_dir} does not exist; it needs the materialised split "
+              "(`make split`, from ../shared/data)", file=sys.stderr)
+        return MISSING_INPUTS_EXIT
+    offsets = sorted({0, *args.offsets})
+    catalog, queries = list_class_folder(catalog_dir), list_class_folder(query_dir)
+    table = []
+    for models_dir in args.models:
+        recognizer = Recognizer.from_dir(models_dir, runtime=args.runtime, num_threads=args.threads)
+        cat_vectors, cat_kept = outline_vectors(recognizer, [p for p, _ in catalog], offsets, "catalog")
+        query_vectors, query_kept = outline_vectors(recognizer, [p for p, _ in queries], offsets, "queries")
+        for row in score_offsets(cat_vectors, [c for _, c in catalog], query_vectors, [c for _, c in queries],
+                                 offsets):
+            table.append({"models": str(models_dir), **row, "photos unmoved": cat_kept + query_kept})
+    print(f"{'models':<28} {'offset px':>9} {'R@1 both':>9} {'R@1 queries':>11} {'cos mean':>9} {'cos p10':>8} "
+          f"{'cos min':>8}")
+    for row in table:
+        print(f"{Path(row['models']).name:<28.28} {row['offset_px']:>9d} {row['recall@1 both']:>9.4f} "
+              f"{row['recall@1 queries']:>11.4f} {row['cosine mean']:>9.4f} {row['cosine p10']:>8.4f} "
+              f"{row['cosine min']:>8.4f}")
+    out = args.out or ROOT / "benchmarks" / "results" / "mask_sensitivity.json"
+    results = {"catalog": len(catalog), "queries": len(queries), "offsets_px": offsets, "runtime": args.runtime,
+               "kernel": "3x3 square, |offset| iterations"}
+    path = write_result("mask_sensitivity", results, table, out)
+    _plot(table, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

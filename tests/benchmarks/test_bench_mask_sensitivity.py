@@ -1,0 +1,94 @@
+"""The outline-sensitivity benchmark on the bundled sample photos and the release models: the moved masks are what
+their offset says, the unmoved vectors are the pipeline's own, and the whole command runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from coinvision.sdk.evaluation import list_class_folder
+from coinvision.sdk.images import load_image
+from coinvision.sdk.recognizer import Recognizer
+
+from benchmarks.bench_mask_sensitivity import main, moved_mask, outline_vectors, score_offsets
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT
+
+SAMPLE = ROOT / "examples" / "sample_coins" / "euro_phone" / "images"
+MODELS = ROOT / "models" / "release"
+CLASSES = ("1c", "10c", "1e")
+
+
+@pytest.fixture(scope="module")
+def sample_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three euro_phone classes, 2 catalog and 2 query photos each, linked as ``coinvision data split`` links."""
+    root = tmp_path_factory.mktemp("outline_split")
+    for cls in CLASSES:
+        photos = sorted((SAMPLE / cls).glob("*.jpg"))
+        for split, chosen in (("catalog", photos[:2]), ("query", photos[2:4])):
+            for photo in chosen:
+                link = root / split / f"euro_phone__{cls}" / photo.name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(photo.resolve())
+    return root
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer.from_dir(MODELS, num_threads=1)
+
+
+def test_moved_mask_grows_and_shrinks_by_whole_pixel_rings() -> None:
+    square = np.zeros((41, 41), bool)
+    square[10:31, 10:31] = True
+    assert moved_mask(square, 0) is square
+    for offset in (-2, -1, 1, 2):  # a 3x3 step reaches every 8-neighbour: a square grows or shrinks by whole rings
+        expected = np.zeros_like(square)
+        expected[10 - offset:31 + offset, 10 - offset:31 + offset] = True
+        np.testing.assert_array_equal(moved_mask(square, offset), expected)
+    disc = np.zeros((41, 41), np.uint8)
+    cv2.circle(disc, (20, 20), 10, 1, -1)
+    disc = disc > 0
+    assert (moved_mask(disc, 1) >= disc).all() and (moved_mask(disc, -1) <= disc).all()
+    assert not moved_mask(np.eye(5, dtype=bool), -1).any()  # a 1-px line does not survive an erosion
+
+
+def test_unmoved_vectors_are_the_pipelines_and_moved_ones_differ(sample_split: Path, recognizer: Recognizer) -> None:
+    photos = [p for p, _ in list_class_folder(sample_split / "query")]
+    vectors, kept = outline_vectors(recognizer, photos, (-1, 0, 1))
+    assert vectors.shape == (len(photos), 3, recognizer.dim) and kept == 0
+    for i, photo in enumerate(photos):
+        np.testing.assert_allclose(vectors[i, 1], recognizer.embed(load_image(photo)).vector, atol=1e-6)
+    assert np.all(np.sum(vectors[:, 0] * vectors[:, 1], axis=1) < 0.9999)
+    assert np.all(np.sum(vectors[:, 2] * vectors[:, 1], axis=1) < 0.9999)
+
+
+def test_scores_follow_their_definitions() -> None:
+    """Two classes in 2-d. At +1 every vector turns by 90 degrees: moved together the query still meets its class,
+    against the unmoved catalog it meets the other; at -1 only the query turns."""
+    catalog = np.array([[[1, 0], [1, 0], [0, 1]], [[0, 1], [0, 1], [1, 0]]], np.float32)
+    queries = np.array([[[0, 1], [1, 0], [0, 1]]], np.float32)
+    rows = score_offsets(catalog, ["a", "b"], queries, ["a"], (-1, 0, 1))
+    assert [r["offset_px"] for r in rows] == [-1, 0, 1]
+    assert [r["recall@1 both"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["recall@1 queries"] for r in rows] == [0.0, 1.0, 0.0]
+    assert rows[1]["cosine min"] == 1.0 and rows[2]["cosine mean"] == 0.0
+    assert rows[0]["cosine mean"] == pytest.approx(2 / 3) and rows[0]["cosine min"] == 0.0
+
+
+def test_main_writes_rows_and_plot(sample_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mask_sensitivity.json"
+    assert main(["--split", str(sample_split), "--offsets", "1", "-1", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert [row["offset_px"] for row in payload["table"]] == [-1, 0, 1]
+    assert payload["results"]["queries"] == 6 and payload["results"]["catalog"] == 6
+    unmoved = payload["table"][1]
+    assert unmoved["cosine mean"] == pytest.approx(1.0) and unmoved["recall@1 both"] == unmoved["recall@1 queries"]
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_missing_split_is_reported_as_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.json")]) == MISSING_INPUTS_EXIT
+    assert "make split" in capsys.readouterr().err
