@@ -9,6 +9,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from coinvision.cli.options import add_model_options, load_segmenter, models_dir
+
 __all__ = ["register"]
 
 
@@ -135,6 +137,16 @@ def _cmd_data_refine_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_teacher_labels(args: argparse.Namespace) -> int:
+    from coinvision.trainer.seg_labels import teacher_labels
+
+    segmenter = load_segmenter(args)
+    report = teacher_labels(args.labels, args.out, args.roots, lambda rgb: segmenter.segment(rgb).mask)
+    print(f"{report.replaced} label(s) replaced by the {models_dir(args)} segmenter's masks ({report.disagreed} on "
+          f"another coin than the old label: IoU < 0.5), {report.kept} kept (no coin found) -> {args.out}")
+    return 0
+
+
 def _cmd_train_embedder(args: argparse.Namespace) -> int:
     from coinvision.trainer.config_io import parse_overrides, resolve_config
     from coinvision.trainer.emb_config import EmbedderConfig
@@ -244,6 +256,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     refine.add_argument("roots", type=Path, nargs="+", help="the dataset folders the labels belong to")
     refine.add_argument("--out", type=Path, required=True, help="folder for the refined labels + manifest.csv")
     refine.set_defaults(func=_cmd_data_refine_labels)
+
+    teacher = data_sub.add_parser(
+        "teacher-labels", help="replace labels by a release segmenter's own two-pass masks (fine-tunes that keep it)")
+    teacher.add_argument("labels", type=Path, help="label folder (manifest.csv + masks) whose photos to segment")
+    teacher.add_argument("roots", type=Path, nargs="+", help="the dataset folders the labels belong to")
+    teacher.add_argument("--out", type=Path, required=True, help="folder for the teacher's masks + manifest.csv")
+    add_model_options(teacher, torch=True)
+    teacher.set_defaults(func=_cmd_data_teacher_labels)
 
     train_seg = train_subparsers(sub).add_parser("segmenter", help="train the coin segmenter (U-Net)")
     train_seg.add_argument("--config", type=Path, default=None, help="YAML config (SegmenterConfig keys)")

@@ -1,8 +1,9 @@
 """Segmentation labels for real photos: no coin masks exist in our data, so :func:`auto_label` finds the coin
 with OpenCV's Hough circle transform (falling back to a border-colour threshold + contour), :func:`refine_label`
 grows a Hough circle to the coin's true outline with GrabCut (kept only where it agrees with the circle), and
-:func:`label_datasets` / :func:`refine_labels` write the masks as PNGs with a manifest that
-:func:`read_label_manifest` reads back. :func:`contact_sheet` tiles photos and masks for eyeballing.
+:func:`label_datasets` / :func:`refine_labels` / :func:`teacher_labels` (a release pipeline's own masks) write the
+masks as PNGs with a manifest that :func:`read_label_manifest` reads back.
+:func:`contact_sheet` tiles photos and masks for eyeballing.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "LabelResult",
     "LabelledImage",
+    "TeacherLabelReport",
     "auto_label",
     "contact_sheet",
     "label_datasets",
@@ -31,6 +33,7 @@ __all__ = [
     "read_label_manifest",
     "refine_label",
     "refine_labels",
+    "teacher_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,24 +260,43 @@ def label_datasets(
     return labelled, rejected
 
 
+def _manifest_rows(label_dir: Path, roots: Sequence[str | Path]) -> list[tuple[dict[str, str], Path]]:
+    """``(row, dataset root)`` for each manifest row whose dataset is among ``roots``."""
+    from coinvision.trainer.data import load_dataset
+
+    dataset_roots = {ds.name: ds.root for ds in (load_dataset(r, verify_images=False) for r in roots)}
+    with (label_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [(row, dataset_roots[row["dataset"]]) for row in rows if row["dataset"] in dataset_roots]
+
+
+def _write_label(out_dir: Path, row: dict[str, str], mask: np.ndarray) -> None:
+    target = out_dir / row["mask"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(target), mask.astype(np.uint8) * 255):
+        raise DatasetError(f"could not write {target}; check that the output folder is writable")
+
+
+def _write_manifest(label_dir: Path, out_dir: Path, rows: Sequence[dict[str, object]]) -> None:
+    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    if (label_dir / "rejected.csv").is_file():
+        (out_dir / "rejected.csv").write_bytes((label_dir / "rejected.csv").read_bytes())
+
+
 def refine_labels(label_dir: str | Path, out_dir: str | Path, roots: Sequence[str | Path], *,
                   progress: bool = True) -> tuple[int, int]:
     """Copy of an auto-label folder whose Hough masks are replaced by :func:`refine_label` outlines where it
     agrees with the circle (manifest column ``refined`` = 1); contour labels are copied as they are.
     Returns (refined, kept)."""
-    from coinvision.trainer.data import load_dataset
     from tqdm import tqdm
 
     label_dir, out_dir = Path(label_dir), Path(out_dir)
-    dataset_roots = {ds.name: ds.root for ds in (load_dataset(r, verify_images=False) for r in roots)}
-    with (label_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
     refined = kept = 0
     out_rows = []
-    for row in tqdm(rows, desc="refine labels", disable=not progress):
-        root = dataset_roots.get(row["dataset"])
-        if root is None:
-            continue
+    for row, root in tqdm(_manifest_rows(label_dir, roots), desc="refine labels", disable=not progress):
         mask = load_mask(label_dir / row["mask"])
         new = None
         if row["method"] == "hough":
@@ -282,18 +304,51 @@ def refine_labels(label_dir: str | Path, out_dir: str | Path, roots: Sequence[st
                                (float(row["cx"]), float(row["cy"]), float(row["radius"])))
         refined += new is not None
         kept += new is None
-        target = out_dir / row["mask"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target), (mask if new is None else new).astype(np.uint8) * 255)
+        _write_label(out_dir, row, mask if new is None else new)
         out_rows.append({**{k: row.get(k, "") for k in MANIFEST_COLUMNS}, "refined": int(new is not None)})
-    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(out_rows)
-    if (label_dir / "rejected.csv").is_file():
-        (out_dir / "rejected.csv").write_bytes((label_dir / "rejected.csv").read_bytes())
+    _write_manifest(label_dir, out_dir, out_rows)
     log.info("refined %d labels, kept %d", refined, kept)
     return refined, kept
+
+
+@dataclass(frozen=True)
+class TeacherLabelReport:
+    replaced: int  # rows whose mask is now the teacher's (method "teacher")
+    kept: int  # rows where the teacher found no coin: the old label stays
+    disagreed: int  # replaced rows whose teacher mask overlaps the old label with IoU < 0.5 (another coin or side)
+
+
+def teacher_labels(label_dir: str | Path, out_dir: str | Path, roots: Sequence[str | Path],
+                   segment: Callable[[np.ndarray], np.ndarray | None], *, progress: bool = True
+                   ) -> TeacherLabelReport:
+    """Copy of a label folder whose masks are ``segment(photo)``'s (e.g. a release's two-pass pipeline,
+    ``Segmenter.segment(...).mask``): a fine-tune trained on them keeps the teacher's choices (which coin, which
+    side of a two-sided catalogue photo) and its outlines, which the embedder and catalog were built on. The
+    scene generator cuts its coin sprites with these masks too. Where the teacher finds no coin the old label
+    stays."""
+    from tqdm import tqdm
+
+    label_dir, out_dir = Path(label_dir), Path(out_dir)
+    replaced = kept = disagreed = 0
+    out_rows = []
+    for row, root in tqdm(_manifest_rows(label_dir, roots), desc="teacher labels", disable=not progress):
+        old = load_mask(label_dir / row["mask"])
+        new = segment(load_image(root / row["file"]))
+        if new is None or not new.any():
+            kept += 1
+            _write_label(out_dir, row, old)
+            out_rows.append({k: row.get(k, "") for k in MANIFEST_COLUMNS})
+            continue
+        if new.shape != old.shape:
+            raise DatasetError(f"{root / row['file']}: the teacher's mask is {new.shape}, the label {old.shape}; "
+                               "segment the photo as loaded (coinvision.sdk.images.load_image), not resized")
+        replaced += 1
+        disagreed += int(np.logical_and(new, old).sum() < 0.5 * np.logical_or(new, old).sum())
+        _write_label(out_dir, row, new)
+        out_rows.append({**{k: row.get(k, "") for k in MANIFEST_COLUMNS}, "method": "teacher"})
+    _write_manifest(label_dir, out_dir, out_rows)
+    log.info("teacher labels: %d replaced (%d on another coin), %d kept", replaced, disagreed, kept)
+    return TeacherLabelReport(replaced, kept, disagreed)
 
 
 def read_label_manifest(label_dir: str | Path, dataset_roots: dict[str, Path]) -> list[LabelledImage]:
