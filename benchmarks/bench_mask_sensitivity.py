@@ -5,10 +5,11 @@
 
 Why: the embedder sees the coin cut out by the segmenter's mask (spec step 3), and a new segmenter, or another runtime
 of the same one, draws the outline a pixel inside or outside where the shipped one did. Every catalog photo
-(``runs/split/catalog``) and held-out query photo (``runs/split/query``) is segmented once by each models folder's
-pipeline; its mask is then grown (offset > 0) or shrunk (offset < 0) by ``|offset|`` pixels (OpenCV dilate / erode,
-3 × 3 square kernel, ``|offset|`` iterations), and the crop and vector are made from it by the pipeline's own steps
-(``Recognizer.coin_crop``, ``embed_crop``). Per models folder and offset:
+(``runs/split/catalog``) and held-out query photo (``runs/split/query``; with ``--trained-coins`` the first 3 training
+photos of each training class and their held-out ``val_seen`` photos instead) is segmented once by each models
+folder's pipeline; its mask is then grown (offset > 0) or shrunk (offset < 0) by ``|offset|`` pixels (OpenCV
+dilate / erode, 3 × 3 square kernel, ``|offset|`` iterations), and the crop and vector are made from it by the
+pipeline's own steps (``Recognizer.coin_crop``, ``embed_crop``). Per models folder and offset:
 
 - ``recall@1 both``: catalog and queries cut by the moved outline (a segmenter that draws every outline that much
   larger or smaller);
@@ -31,7 +32,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from coinvision.sdk.evaluation import list_class_folder
+from coinvision.sdk.evaluation import first_per_class, list_class_folder
 from coinvision.sdk.images import load_image
 from coinvision.sdk.recognizer import Recognizer
 from tqdm import tqdm
@@ -43,6 +44,7 @@ __all__ = ["main", "moved_mask", "outline_vectors", "score_offsets"]
 
 SPLIT = ROOT / "runs" / "split"
 DEFAULT_OFFSETS_PX = (-2, -1, 1, 2)
+TRAINED_CATALOG_PER_CLASS = 3
 _KERNEL = np.ones((3, 3), np.uint8)
 
 
@@ -124,18 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offsets", type=int, nargs="+", default=list(DEFAULT_OFFSETS_PX), metavar="PX",
                         help="outline moves in pixels (default -2 -1 1 2; 0 is always added)")
     parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/)")
+    parser.add_argument("--trained-coins", action="store_true",
+                        help="the embedder's TRAINING classes instead: their first 3 train/ photos as the catalog, "
+                             "val_seen/ as the queries")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON (default benchmarks/results/mask_sensitivity.json; the plot beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    catalog_dir, query_dir = args.split / "catalog", args.split / "query"
+    catalog_dir, query_dir = ((args.split / "train", args.split / "val_seen") if args.trained_coins
+                              else (args.split / "catalog", args.split / "query"))
     if not (catalog_dir.is_dir() and query_dir.is_dir()):
         print(f"bench_mask_sensitivity: {catalog_dir} or {query_dir} does not exist; it needs the materialised split "
               "(`make split`, from ../shared/data)", file=sys.stderr)
         return MISSING_INPUTS_EXIT
     offsets = sorted({0, *args.offsets})
     catalog, queries = list_class_folder(catalog_dir), list_class_folder(query_dir)
+    if args.trained_coins:
+        catalog = [catalog[i] for i in first_per_class([c for _, c in catalog], TRAINED_CATALOG_PER_CLASS)]
     table = []
     for models_dir in args.models:
         recognizer = Recognizer.from_dir(models_dir, runtime=args.runtime, num_threads=args.threads)
@@ -151,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['recall@1 queries']:>11.4f} {row['cosine mean']:>9.4f} {row['cosine p10']:>8.4f} "
               f"{row['cosine min']:>8.4f}")
     out = args.out or ROOT / "benchmarks" / "results" / "mask_sensitivity.json"
-    results = {"catalog": len(catalog), "queries": len(queries), "offsets_px": offsets, "runtime": args.runtime,
-               "kernel": "3x3 square, |offset| iterations"}
+    results = {"catalog": len(catalog), "queries": len(queries),
+               "classes": "trained" if args.trained_coins else "held-out", "offsets_px": offsets,
+               "runtime": args.runtime, "kernel": "3x3 square, |offset| iterations"}
     path = write_result("mask_sensitivity", results, table, out)
     _plot(table, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")

@@ -23,11 +23,13 @@ CLASSES = ("1c", "10c", "1e")
 
 @pytest.fixture(scope="module")
 def sample_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three euro_phone classes, 2 catalog and 2 query photos each, linked as ``coinvision data split`` links."""
+    """Three euro_phone classes, 2 catalog and 2 query photos each, linked as ``coinvision data split`` links; the
+    same classes stand in for training classes (4 train, 1 val_seen photo each)."""
     root = tmp_path_factory.mktemp("outline_split")
     for cls in CLASSES:
         photos = sorted((SAMPLE / cls).glob("*.jpg"))
-        for split, chosen in (("catalog", photos[:2]), ("query", photos[2:4])):
+        for split, chosen in (("catalog", photos[:2]), ("query", photos[2:4]), ("train", photos[:4]),
+                              ("val_seen", photos[4:5])):
             for photo in chosen:
                 link = root / split / f"euro_phone__{cls}" / photo.name
                 link.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,13 @@ def test_main_writes_rows_and_plot(sample_split: Path, tmp_path: Path) -> None:
     unmoved = payload["table"][1]
     assert unmoved["cosine mean"] == pytest.approx(1.0) and unmoved["recall@1 both"] == unmoved["recall@1 queries"]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_trained_coins_take_three_training_photos_per_class_as_the_catalog(sample_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "trained.json"
+    assert main(["--split", str(sample_split), "--trained-coins", "--offsets", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert (results["catalog"], results["queries"], results["classes"]) == (9, 3, "trained")
 
 
 def test_missing_split_is_reported_as_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
