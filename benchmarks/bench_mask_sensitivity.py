@@ -7,8 +7,9 @@ Why: the embedder sees the coin cut out by the segmenter's mask (spec step 3), a
 of the same one, draws the outline a pixel inside or outside where the shipped one did. Every catalog photo
 (``runs/split/catalog``) and held-out query photo (``runs/split/query``; with ``--trained-coins`` the first 3 training
 photos of each training class and their held-out ``val_seen`` photos instead) is segmented once by each models
-folder's pipeline; its mask is then grown (offset > 0) or shrunk (offset < 0) by ``|offset|`` pixels (OpenCV
-dilate / erode, 3 × 3 square kernel, ``|offset|`` iterations), and the crop and vector are made from it by the
+folder's pipeline; its mask is then grown (offset > 0) or shrunk (offset < 0) by ``|offset|`` pixels
+(``trainer.emb_data.move_outline``: OpenCV dilate / erode, 3 × 3 square kernel, ``|offset|`` iterations, as the
+embedder trainer's ``outline_jitter_px`` moves its training crops), and the crop and vector are made from it by the
 pipeline's own steps (``Recognizer.coin_crop``, ``embed_crop``). Per models folder and offset:
 
 - ``recall@1 both``: catalog and queries cut by the moved outline (a segmenter that draws every outline that much
@@ -30,31 +31,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from coinvision.sdk.evaluation import first_per_class, list_class_folder
 from coinvision.sdk.images import load_image
 from coinvision.sdk.recognizer import Recognizer
+from coinvision.trainer.emb_data import move_outline
 from tqdm import tqdm
 
 from benchmarks.bench_segmentation import DEFAULT_MODELS
 from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, write_result
 
-__all__ = ["main", "moved_mask", "outline_vectors", "score_offsets"]
+__all__ = ["main", "outline_vectors", "score_offsets"]
 
 SPLIT = ROOT / "runs" / "split"
 DEFAULT_OFFSETS_PX = (-2, -1, 1, 2)
 TRAINED_CATALOG_PER_CLASS = 3
-_KERNEL = np.ones((3, 3), np.uint8)
-
-
-def moved_mask(mask: np.ndarray, offset_px: int) -> np.ndarray:
-    """``mask`` grown (``offset_px`` > 0) or shrunk (< 0) by ``|offset_px|`` pixels; 0 returns it unchanged."""
-    if offset_px == 0:
-        return mask
-    m8 = mask.astype(np.uint8)
-    op = cv2.dilate if offset_px > 0 else cv2.erode
-    return op(m8, _KERNEL, iterations=abs(offset_px)) > 0
 
 
 def outline_vectors(recognizer: Recognizer, photos: Sequence[Path], offsets_px: Sequence[int],
@@ -67,7 +58,7 @@ def outline_vectors(recognizer: Recognizer, photos: Sequence[Path], offsets_px: 
         mask = recognizer.segmenter.segment(rgb).mask
         row, unmoved = [], False
         for offset in offsets_px:
-            moved = None if mask is None else moved_mask(mask, offset)
+            moved = None if mask is None else move_outline(mask, offset)
             if moved is not None and not moved.any():
                 moved = mask
             unmoved |= moved is mask and offset != 0

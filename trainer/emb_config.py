@@ -15,6 +15,7 @@ __all__ = ["HEAD_INITS", "SAMPLERS", "AugmentConfig", "EmbedderConfig"]
 
 SAMPLERS = ("shuffle", "m_per_class")
 HEAD_INITS = ("random", "pca")
+MAX_OUTLINE_JITTER_PX = 3
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class EmbedderConfig:
     # which pixels the crop keeps: the mask's, or its "convex_hull" (spec step 3; written to the metadata when not
     # "exact", so the SDK crops as the training did)
     crop_mask: str = "exact"
+    # training crops also cut by the segmenter's mask grown / shrunk by 1 .. this many pixels (3x3 dilate / erode),
+    # one of them (or the unmoved one) drawn per sample and epoch: the shipped embedder loses ~1 point of Recall@1
+    # when every outline moves by one pixel (benchmarks/bench_mask_sensitivity.py), so a segmenter that draws
+    # better outlines shows as a loss until the embedder has seen outlines vary. Validation crops stay unmoved.
+    outline_jitter_px: int = 0
     crop_cache_dir: str = "runs/crop_cache"
     # data
     data_roots: tuple[str, ...] = ()
@@ -138,6 +144,11 @@ class EmbedderConfig:
             raise ValueError(f"crop_interpolation={self.crop_interpolation!r}: must be one of {INTERPOLATIONS}")
         if self.crop_mask not in CROP_MASKS:
             raise ValueError(f"crop_mask={self.crop_mask!r}: must be one of {CROP_MASKS}")
+        if not 0 <= self.outline_jitter_px <= MAX_OUTLINE_JITTER_PX:
+            raise ValueError(f"outline_jitter_px={self.outline_jitter_px}: must be in [0, {MAX_OUTLINE_JITTER_PX}]")
+        if self.outline_jitter_px and (not self.background_removal or self.trunk_cache_views):
+            raise ValueError(f"outline_jitter_px={self.outline_jitter_px} moves the segmenter's outline: it needs "
+                             "background_removal: true and trunk_cache_views: 0 (cached trunk views are unmoved)")
         if self.freeze_stages < 0:
             raise ValueError(f"freeze_stages={self.freeze_stages}: must be >= 0")
         if self.trunk_cache_views < 0 or (self.trunk_cache_views and not self.freeze_stages):

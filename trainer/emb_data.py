@@ -13,6 +13,7 @@ image and a model can learn it as a shortcut - another reason to train on crops.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "load_embedding_data",
     "m_per_class_order",
     "make_crop_source",
+    "move_outline",
     "rank_batches",
     "read_crop",
 ]
@@ -57,6 +59,17 @@ log = logging.getLogger(__name__)
 
 CROP_SUFFIX = ".png"  # lossless: the crop is already resized once, no second JPEG generation
 NO_COIN_MARK = ".nocoin"  # file name mark of a letterbox fallback (segmenter found no coin)
+_OUTLINE_KERNEL = np.ones((3, 3), np.uint8)
+_OUTLINE_DRAW = 0x6A17  # the seeded stream that picks a sample's outline, apart from the augmentation's
+
+
+def move_outline(mask: np.ndarray, offset_px: int) -> np.ndarray:
+    """``mask`` grown (``offset_px`` > 0) or shrunk (< 0) by ``|offset_px|`` pixels (3x3 dilate / erode, that many
+    iterations): a segmenter that draws the outline a pixel or two elsewhere. 0 returns ``mask`` itself."""
+    if offset_px == 0:
+        return mask
+    op = cv2.dilate if offset_px > 0 else cv2.erode
+    return op(mask.astype(np.uint8), _OUTLINE_KERNEL, iterations=abs(offset_px)) > 0
 
 
 # ------------------------------------------------------------------------------------------- augmentation
@@ -154,18 +167,23 @@ class SegmenterCropSource:
     margin_frac: float = DEFAULT_CROP_MARGIN_FRAC
     interpolation: str = "bilinear"  # the embedder's input.interpolation
     crop_mask: str = "exact"  # the embedder's extra.crop_mask
+    outline_offset_px: int = 0  # the mask moved by move_outline before the crop (training's outline_jitter_px)
 
     @property
     def key(self) -> str:
         suffix = "" if self.interpolation == "bilinear" else f"_{self.interpolation}"
         suffix += "" if self.crop_mask == "exact" else f"_{self.crop_mask}"
+        suffix += f"_o{self.outline_offset_px:+d}" if self.outline_offset_px else ""
         return f"seg-{self.segmenter_fingerprint}_{self.size_px}px_m{self.margin_frac:g}{suffix}"
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
-        seg = self.segmenter.segment(image)
-        crop = coin_crop(image, seg.mask, self.size_px, margin_frac=self.margin_frac, interpolation=self.interpolation,
+        mask = self.segmenter.segment(image).mask
+        if mask is not None and self.outline_offset_px:
+            moved = move_outline(mask, self.outline_offset_px)
+            mask = moved if moved.any() else mask  # an erosion that empties a sliver keeps the sliver
+        crop = coin_crop(image, mask, self.size_px, margin_frac=self.margin_frac, interpolation=self.interpolation,
                          crop_mask=self.crop_mask)
-        return crop, seg.mask is not None
+        return crop, mask is not None
 
 
 def crop_source_from_checkpoint(path: str | Path, size_px: int, margin_frac: float = DEFAULT_CROP_MARGIN_FRAC,
@@ -275,6 +293,7 @@ class Sample:
     class_key: str  # "<dataset>/<class_id>"
     image_path: Path
     found: bool = True
+    jitter_paths: tuple[Path, ...] = ()  # the same photo cut by moved outlines (training's outline_jitter_px)
 
     @property
     def dataset(self) -> str:
@@ -315,10 +334,23 @@ class CropTensorSet(torch.utils.data.Dataset):
 
     def square(self, index: int) -> np.ndarray:
         """The cached crop at the model's input size, uint8 RGB, no augmentation."""
-        return resize_square(read_crop(self.samples[index].crop_path), self.spec.size_px, self.spec.interpolation)
+        return self._square(self.samples[index].crop_path)
+
+    def _square(self, path: Path) -> np.ndarray:
+        return resize_square(read_crop(path), self.spec.size_px, self.spec.interpolation)
+
+    def outline_path(self, index: int) -> Path:
+        """With ``augment``: the crop of sample ``index`` this epoch, its unmoved outline or one of its
+        ``jitter_paths`` (equally likely; a pure function of ``(seed, epoch, index)``). Without: the unmoved one."""
+        sample = self.samples[index]
+        if self.augment is None or not sample.jitter_paths:
+            return sample.crop_path
+        pick = int(np.random.default_rng([self.seed, self.epoch, index, _OUTLINE_DRAW]).integers(
+            len(sample.jitter_paths) + 1))
+        return sample.crop_path if pick == 0 else sample.jitter_paths[pick - 1]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.square(index)
+        image = self._square(self.outline_path(index))
         if self.augment is not None:
             image = augment_seeded(self.augment, image, self.seed, self.epoch, index)
         return torch.from_numpy(to_model_input(image, self.spec)[0]), self.labels[index]
@@ -371,8 +403,11 @@ def load_embedding_data(cfg: Any, *, progress: bool = True) -> EmbeddingData:
     def samples(split: str) -> list[Sample]:
         return [Sample(crops[img.path].path, img.class_key, img.path, crops[img.path].found) for img in by_split[split]]
 
+    train = samples("train")
+    if cfg.outline_jitter_px:
+        train = _with_moved_outlines(train, source, cfg, progress)
     return EmbeddingData(
-        train=samples("train"),
+        train=train,
         val_seen=_cap_per_class(samples("val_seen"), cfg.max_val_seen_per_class, cfg.seed),
         catalog=samples("catalog"),
         query=_cap_per_class(samples("query"), cfg.max_queries_per_class, cfg.seed),
@@ -382,6 +417,18 @@ def load_embedding_data(cfg: Any, *, progress: bool = True) -> EmbeddingData:
         no_coin=cache.no_coin,
         cache_folder=cache.folder,
     )
+
+
+def _with_moved_outlines(train: list[Sample], source: CropSource, cfg: Any, progress: bool) -> list[Sample]:
+    """``train`` with ``jitter_paths``: each photo also cut by its outline moved by -j .. -1 and 1 .. j pixels
+    (``cfg.outline_jitter_px`` = j), each offset in its own cache folder."""
+    if not isinstance(source, SegmenterCropSource):
+        raise ConfigError(f"outline_jitter_px={cfg.outline_jitter_px} moves the segmenter's outline, but the crops "
+                          "come without one (background_removal: false); set outline_jitter_px: 0")
+    paths = [s.image_path for s in train]
+    moved = [CropCache(Path(cfg.crop_cache_dir), dataclasses.replace(source, outline_offset_px=offset)).build(
+        paths, progress=progress) for offset in range(-cfg.outline_jitter_px, cfg.outline_jitter_px + 1) if offset]
+    return [dataclasses.replace(s, jitter_paths=tuple(c[i].path for c in moved)) for i, s in enumerate(train)]
 
 
 def make_crop_source(cfg: Any) -> CropSource:

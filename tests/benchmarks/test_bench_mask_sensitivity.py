@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from coinvision.sdk.evaluation import list_class_folder
 from coinvision.sdk.images import load_image
 from coinvision.sdk.recognizer import Recognizer
 
-from benchmarks.bench_mask_sensitivity import main, moved_mask, outline_vectors, score_offsets
+from benchmarks.bench_mask_sensitivity import main, outline_vectors, score_offsets
 from benchmarks.common import MISSING_INPUTS_EXIT, ROOT
 
 SAMPLE = ROOT / "examples" / "sample_coins" / "euro_phone" / "images"
@@ -40,21 +39,6 @@ def sample_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def recognizer() -> Recognizer:
     return Recognizer.from_dir(MODELS, num_threads=1)
-
-
-def test_moved_mask_grows_and_shrinks_by_whole_pixel_rings() -> None:
-    square = np.zeros((41, 41), bool)
-    square[10:31, 10:31] = True
-    assert moved_mask(square, 0) is square
-    for offset in (-2, -1, 1, 2):  # a 3x3 step reaches every 8-neighbour: a square grows or shrinks by whole rings
-        expected = np.zeros_like(square)
-        expected[10 - offset:31 + offset, 10 - offset:31 + offset] = True
-        np.testing.assert_array_equal(moved_mask(square, offset), expected)
-    disc = np.zeros((41, 41), np.uint8)
-    cv2.circle(disc, (20, 20), 10, 1, -1)
-    disc = disc > 0
-    assert (moved_mask(disc, 1) >= disc).all() and (moved_mask(disc, -1) <= disc).all()
-    assert not moved_mask(np.eye(5, dtype=bool), -1).any()  # a 1-px line does not survive an erosion
 
 
 def test_unmoved_vectors_are_the_pipelines_and_moved_ones_differ(sample_split: Path, recognizer: Recognizer) -> None:

@@ -3,12 +3,14 @@ cache, a tiny real training run on the bundled sample photos (train, resume, eva
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,17 +18,20 @@ from coinvision.cli.main import main
 from coinvision.sdk.errors import ConfigError, DatasetError, ModelLoadError
 from coinvision.sdk.evaluation import calibrate_unknown_threshold, evaluate_retrieval
 from coinvision.sdk.images import load_image
-from coinvision.sdk.preprocess import letterbox
+from coinvision.sdk.preprocess import coin_crop, letterbox
 from coinvision.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from coinvision.trainer.config_io import config_to_dict, resolve_config
 from coinvision.trainer.emb_data import (
     AugmentConfig,
     CropCache,
+    CropTensorSet,
     LetterboxCropSource,
     build_augment,
     crop_source_from_checkpoint,
+    crop_source_from_models_dir,
     load_embedding_data,
     make_crop_source,
+    move_outline,
     read_crop,
 )
 from coinvision.trainer.emb_losses import arcface_margin_deg, build_loss
@@ -286,6 +291,69 @@ def test_embedding_data_holds_validation_classes_out_of_training(tmp_path: Path,
     assert max(Counter(s.class_key for s in data.distractors).values()) <= 3
     assert {s.image_path for s in data.distractors} <= {s.image_path for s in data.train}
     assert all(s.crop_path.parent == data.cache_folder for s in data.train)
+
+
+def test_move_outline_grows_and_shrinks_by_whole_pixel_rings() -> None:
+    square = np.zeros((41, 41), bool)
+    square[10:31, 10:31] = True
+    assert move_outline(square, 0) is square
+    for offset in (-2, -1, 1, 2):  # a 3x3 step reaches every 8-neighbour: a square grows or shrinks by whole rings
+        expected = np.zeros_like(square)
+        expected[10 - offset:31 + offset, 10 - offset:31 + offset] = True
+        np.testing.assert_array_equal(move_outline(square, offset), expected)
+    disc = np.zeros((41, 41), np.uint8)
+    cv2.circle(disc, (20, 20), 10, 1, -1)
+    disc = disc > 0
+    assert (move_outline(disc, 1) >= disc).all() and (move_outline(disc, -1) <= disc).all()
+    assert not move_outline(np.eye(5, dtype=bool), -1).any()  # a 1-px line does not survive an erosion
+
+
+def test_moved_outline_crops_are_the_release_crops_of_the_moved_mask(sample_root: Path) -> None:
+    source = crop_source_from_models_dir(REPO_ROOT / "models" / "release", "tflite", 64)
+    photo = load_image(_photos(sample_root, 1)[0])
+    mask = source.segmenter.segment(photo).mask
+    assert mask is not None
+    for offset in (-1, 1):
+        moved = dataclasses.replace(source, outline_offset_px=offset)
+        assert moved.key == f"{source.key}_o{offset:+d}"  # the unmoved key, and so every existing cache, unchanged
+        crop, found = moved.crop(photo)
+        assert found
+        np.testing.assert_array_equal(crop, coin_crop(photo, move_outline(mask, offset), 64))
+        assert not np.array_equal(crop, source.crop(photo)[0])
+
+
+def test_outline_jitter_gives_training_photos_moved_crops_and_draws_one_per_epoch(tmp_path: Path,
+                                                                                  sample_root: Path) -> None:
+    cfg = _tiny_cfg(segmenter_models_dir=str(REPO_ROOT / "models" / "release"), segmenter_runtime="tflite",
+                    outline_jitter_px=1, crop_cache_dir=str(tmp_path / "cache"), max_queries_per_class=2,
+                    data_roots=(str(sample_root / "euro_phone"),))
+    data = load_embedding_data(cfg, progress=False)
+    unmoved_key = make_crop_source(dataclasses.replace(cfg, outline_jitter_px=0)).key
+    assert data.cache_folder == tmp_path / "cache" / unmoved_key
+    for sample in data.train:
+        assert [p.parent.name for p in sample.jitter_paths] == [f"{unmoved_key}_o-1", f"{unmoved_key}_o+1"]
+        assert all(p.is_file() and p.name == sample.crop_path.name for p in sample.jitter_paths)
+    assert not any(s.jitter_paths for s in data.val_seen + data.catalog + data.query + data.distractors)
+
+    labels = [data.label_of(s) for s in data.train]
+    plain = CropTensorSet(data.train, labels, cfg.input_spec)
+    assert plain.outline_path(0) == data.train[0].crop_path  # validation and caches see the unmoved crop
+    augment = build_augment(cfg.augment)
+    drawn = [CropTensorSet(data.train, labels, cfg.input_spec, augment, seed=3, epoch=e).outline_path(0)
+             for e in range(24)]
+    assert set(drawn) == {data.train[0].crop_path, *data.train[0].jitter_paths}
+    again = [CropTensorSet(data.train, labels, cfg.input_spec, augment, seed=3, epoch=e).outline_path(0)
+             for e in range(24)]
+    assert drawn == again  # a resumed run draws the same outlines
+    image, _ = CropTensorSet(data.train, labels, cfg.input_spec, augment, seed=3, epoch=0)[0]
+    assert tuple(image.shape) == (3, 64, 64)
+
+
+@pytest.mark.parametrize("overrides", [{"outline_jitter_px": 4}, {"outline_jitter_px": -1},
+                                       {"outline_jitter_px": 1, "background_removal": False}])
+def test_outline_jitter_out_of_range_or_without_a_segmenter_is_refused(overrides: dict) -> None:
+    with pytest.raises(ValueError, match="outline_jitter_px"):
+        _tiny_cfg(**overrides)
 
 
 def test_background_removal_without_segmenter_names_the_fix() -> None:
