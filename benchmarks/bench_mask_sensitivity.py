@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_mask_sensitivity                                   # the shipped int8 TFLite files
     python -m benchmarks.bench_mask_sensitivity --models models/release /tmp/candidate --offsets -2 -1 1 2
+    python -m benchmarks.bench_mask_sensitivity --embedder-checkpoints runs/embedder/jit1/best.pt   # + a trained one
 
 Why: the embedder sees the coin cut out by the segmenter's mask (spec step 3), and a new segmenter, or another runtime
 of the same one, draws the outline a pixel inside or outside where the shipped one did. Every catalog photo
@@ -27,7 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,18 @@ def score_offsets(catalog: np.ndarray, catalog_classes: Sequence[str], queries: 
     return rows
 
 
+def _short(name: str) -> str:
+    """``runs/embedder/jit1/best.pt`` -> ``jit1/best.pt``: the last two parts name a folder or a checkpoint."""
+    return "/".join(Path(name).parts[-2:])
+
+
 def _plot(table: list[dict[str, Any]], out_png: Path) -> None:
     from coinvision.trainer.plotting import png_figure
 
     with png_figure(out_png, figsize=(6, 4)) as (_, ax):
         for k, models in enumerate(dict.fromkeys(row["models"] for row in table)):
             rows = [r for r in table if r["models"] == models]
-            x, name, color = [r["offset_px"] for r in rows], Path(models).name, f"C{k}"
+            x, name, color = [r["offset_px"] for r in rows], _short(models), f"C{k}"
             ax.plot(x, [r["recall@1 both"] for r in rows], marker="o", color=color,
                     label=f"{name}: catalog and queries moved")
             ax.plot(x, [r["recall@1 queries"] for r in rows], marker="s", ls="--", color=color,
@@ -106,6 +112,20 @@ def _plot(table: list[dict[str, Any]], out_png: Path) -> None:
                title="Recognition against the segmenter's outline")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+
+
+def _recognizers(args: argparse.Namespace) -> Iterator[tuple[str, Recognizer]]:
+    """``(name, recognizer)``: each ``--models`` folder, then each ``--embedder-checkpoints`` file behind the first
+    folder's segmenter. One at a time, so only one set of models is loaded."""
+    for models_dir in args.models:
+        yield str(models_dir), Recognizer.from_dir(models_dir, runtime=args.runtime, num_threads=args.threads)
+    if args.embedder_checkpoints:
+        from coinvision.sdk.segmenter import Segmenter
+        from coinvision.trainer.torch_runtime import load_torch_embedder_model
+
+        segmenter = Segmenter.from_dir(args.models[0], runtime=args.runtime, num_threads=args.threads)
+        for ckpt in args.embedder_checkpoints:
+            yield str(ckpt), Recognizer(segmenter, load_torch_embedder_model(ckpt))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trained-coins", action="store_true",
                         help="the embedder's TRAINING classes instead: their first 3 train/ photos as the catalog, "
                              "val_seen/ as the queries")
+    parser.add_argument("--embedder-checkpoints", type=Path, nargs="*", default=[], metavar="CKPT",
+                        help="trainer embedder checkpoints to measure too, each behind the first --models folder's "
+                             "segmenter (PyTorch, float32)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON (default benchmarks/results/mask_sensitivity.json; the plot beside it)")
     args = parser.parse_args(argv)
@@ -136,17 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.trained_coins:
         catalog = [catalog[i] for i in first_per_class([c for _, c in catalog], TRAINED_CATALOG_PER_CLASS)]
     table = []
-    for models_dir in args.models:
-        recognizer = Recognizer.from_dir(models_dir, runtime=args.runtime, num_threads=args.threads)
+    for name, recognizer in _recognizers(args):
         cat_vectors, cat_kept = outline_vectors(recognizer, [p for p, _ in catalog], offsets, "catalog")
         query_vectors, query_kept = outline_vectors(recognizer, [p for p, _ in queries], offsets, "queries")
         for row in score_offsets(cat_vectors, [c for _, c in catalog], query_vectors, [c for _, c in queries],
                                  offsets):
-            table.append({"models": str(models_dir), **row, "photos unmoved": cat_kept + query_kept})
+            table.append({"models": name, **row, "photos unmoved": cat_kept + query_kept})
     print(f"{'models':<28} {'offset px':>9} {'R@1 both':>9} {'R@1 queries':>11} {'cos mean':>9} {'cos p10':>8} "
           f"{'cos min':>8}")
     for row in table:
-        print(f"{Path(row['models']).name:<28.28} {row['offset_px']:>9d} {row['recall@1 both']:>9.4f} "
+        print(f"{_short(row['models']):<28.28} {row['offset_px']:>9d} {row['recall@1 both']:>9.4f} "
               f"{row['recall@1 queries']:>11.4f} {row['cosine mean']:>9.4f} {row['cosine p10']:>8.4f} "
               f"{row['cosine min']:>8.4f}")
     out = args.out or ROOT / "benchmarks" / "results" / "mask_sensitivity.json"

@@ -82,6 +82,23 @@ def test_trained_coins_take_three_training_photos_per_class_as_the_catalog(sampl
     assert (results["catalog"], results["queries"], results["classes"]) == (9, 3, "trained")
 
 
+def test_an_embedder_checkpoint_is_measured_behind_the_release_segmenter(sample_split: Path, tmp_path: Path) -> None:
+    from coinvision.trainer.checkpoint import Checkpoint, save_checkpoint
+    from coinvision.trainer.config_io import config_to_dict
+    from coinvision.trainer.emb_model import EmbedderConfig, build_embedder
+
+    cfg = EmbedderConfig(backbone="mobilenetv2_035", size_px=64, head_hidden_dims=(32,), embedding_dim=8)
+    ckpt = save_checkpoint(tmp_path / "tiny" / "best.pt",
+                           Checkpoint("embedder", config_to_dict(cfg), build_embedder(cfg).eval().state_dict()))
+    out = tmp_path / "with_ckpt.json"
+    assert main(["--split", str(sample_split), "--offsets", "1", "--embedder-checkpoints", str(ckpt),
+                 "--out", str(out)]) == 0
+    table = json.loads(out.read_text())["table"]
+    assert [(row["models"], row["offset_px"]) for row in table] == [
+        (str(MODELS), 0), (str(MODELS), 1), (str(ckpt), 0), (str(ckpt), 1)]
+    assert table[2]["cosine min"] == pytest.approx(1.0) and table[3]["cosine mean"] < 0.9999
+
+
 def test_missing_split_is_reported_as_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.json")]) == MISSING_INPUTS_EXIT
     assert "make split" in capsys.readouterr().err
