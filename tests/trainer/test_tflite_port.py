@@ -208,3 +208,16 @@ def test_port_and_check_writes_state_dict_timm_loads(tmp_path: Path) -> None:
     saved = torch.load(out, map_location="cpu")
     assert torch.equal(model.state_dict()["conv_stem.weight"], saved["conv_stem.weight"])
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1280)
+
+
+@pytest.mark.shared_data
+@needs_shared_weights
+def test_port_cli_warns_that_a_port_without_check_images_is_not_for_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coinvision.cli.main import main
+
+    assert main(["pretrained", "port-mobilenetv2", "--tflite", str(TF2_TFLITE), "--out", str(tmp_path / "a.pth")]) == 0
+    assert "no --check-images, so BatchNorm stays identity" in capsys.readouterr().err
+    assert main(["pretrained", "port-mobilenetv2", "--tflite", str(TF2_TFLITE), "--out", str(tmp_path / "b.pth"),
+                 "--check-images", str(SAMPLE_ROOT / "backgrounds"), "--max-images", "4"]) == 0
+    assert "warning" not in capsys.readouterr().err
