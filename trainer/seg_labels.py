@@ -260,10 +260,17 @@ def label_datasets(
     return labelled, rejected
 
 
-def _manifest_rows(label_dir: Path, roots: Sequence[str | Path]) -> list[tuple[dict[str, str], Path]]:
-    """``(row, dataset root)`` for each manifest row whose dataset is among ``roots``."""
+def _manifest_rows(label_dir: Path, out_dir: Path, roots: Sequence[str | Path]
+                   ) -> list[tuple[dict[str, str], Path]]:
+    """``(row, dataset root)`` for each manifest row whose dataset is among ``roots``; ``out_dir`` must be another
+    folder (the labels read are never overwritten)."""
     from coinvision.trainer.data import load_dataset
 
+    if not (label_dir / "manifest.csv").is_file():
+        raise DatasetError(f"{label_dir / 'manifest.csv'} does not exist; create the labels with "
+                           "`coinvision data seg-labels`")
+    if out_dir.resolve() == label_dir.resolve():
+        raise DatasetError(f"--out {out_dir} is the label folder itself; write the new labels to another folder")
     dataset_roots = {ds.name: ds.root for ds in (load_dataset(r, verify_images=False) for r in roots)}
     with (label_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -296,7 +303,7 @@ def refine_labels(label_dir: str | Path, out_dir: str | Path, roots: Sequence[st
     label_dir, out_dir = Path(label_dir), Path(out_dir)
     refined = kept = 0
     out_rows = []
-    for row, root in tqdm(_manifest_rows(label_dir, roots), desc="refine labels", disable=not progress):
+    for row, root in tqdm(_manifest_rows(label_dir, out_dir, roots), desc="refine labels", disable=not progress):
         mask = load_mask(label_dir / row["mask"])
         new = None
         if row["method"] == "hough":
@@ -331,7 +338,7 @@ def teacher_labels(label_dir: str | Path, out_dir: str | Path, roots: Sequence[s
     label_dir, out_dir = Path(label_dir), Path(out_dir)
     replaced = kept = disagreed = 0
     out_rows = []
-    for row, root in tqdm(_manifest_rows(label_dir, roots), desc="teacher labels", disable=not progress):
+    for row, root in tqdm(_manifest_rows(label_dir, out_dir, roots), desc="teacher labels", disable=not progress):
         old = load_mask(label_dir / row["mask"])
         new = segment(load_image(root / row["file"]))
         if new is None or not new.any():

@@ -69,3 +69,12 @@ def test_no_coin_keeps_the_old_label_and_another_coin_is_counted(labels: Path, t
 def test_a_mask_of_another_size_is_refused_with_the_photo_named(labels: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"euro_phone.*the teacher's mask is \(5, 5\).*load_image"):
         teacher_labels(labels, tmp_path / "out", [DATASET], lambda rgb: np.ones((5, 5), bool), progress=False)
+
+
+def test_missing_labels_or_writing_over_them_is_refused(labels: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"manifest.csv does not exist; create the labels"):
+        teacher_labels(tmp_path / "nowhere", tmp_path / "out", [DATASET], lambda rgb: None, progress=False)
+    before = (labels / "manifest.csv").read_bytes()
+    with pytest.raises(DatasetError, match="is the label folder itself"):
+        teacher_labels(labels, labels, [DATASET], lambda rgb: None, progress=False)
+    assert (labels / "manifest.csv").read_bytes() == before
