@@ -39,8 +39,7 @@ from coinvision.sdk.recognizer import Recognizer
 from coinvision.trainer.emb_data import move_outline
 from tqdm import tqdm
 
-from benchmarks.bench_segmentation import DEFAULT_MODELS
-from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, write_result
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, add_compare_models_options, write_result
 
 __all__ = ["main", "outline_vectors", "score_offsets"]
 
@@ -130,10 +129,7 @@ def _recognizers(args: argparse.Namespace) -> Iterator[tuple[str, Recognizer]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_MODELS], metavar="DIR",
-                        help="models folders to compare (default models/release)")
-    parser.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
-    parser.add_argument("--threads", type=int, default=1)
+    add_compare_models_options(parser)
     parser.add_argument("--offsets", type=int, nargs="+", default=list(DEFAULT_OFFSETS_PX), metavar="PX",
                         help="outline moves in pixels (default -2 -1 1 2; 0 is always added)")
     parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/)")

@@ -43,8 +43,8 @@ from coinvision.sdk.images import load_image
 from coinvision.sdk.recognizer import Recognizer
 from tqdm import tqdm
 
-from benchmarks.bench_segmentation import DEFAULT_MODELS, data_config, mask_iou
-from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, write_result
+from benchmarks.bench_segmentation import data_config, mask_iou
+from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, add_compare_models_options, write_result
 
 __all__ = ["SceneSet", "labelled_queries", "main", "scene_sets", "score_models"]
 
@@ -180,10 +180,7 @@ def score_models(models_dir: Path, runtime: str, threads: int, sets: Sequence[Sc
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_MODELS], metavar="DIR",
-                        help="models folders to compare (default models/release)")
-    parser.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
-    parser.add_argument("--threads", type=int, default=1)
+    add_compare_models_options(parser)
     parser.add_argument("--scenes", type=int, default=300, help="scenes per set (default 300)")
     parser.add_argument("--size-px", type=int, default=384, help="scene side (default 384)")
     parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/, train/)")

@@ -6,6 +6,7 @@ stamped with the date, the hardware and the exact command, so every figure can b
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,7 +19,9 @@ from typing import Any
 
 __all__ = [
     "MISSING_INPUTS_EXIT",
+    "RELEASE_MODELS",
     "RESULTS_DIR",
+    "add_compare_models_options",
     "default_tflite_name",
     "hardware",
     "median_ms",
@@ -29,6 +32,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+RELEASE_MODELS = ROOT / "models" / "release"
 # Exit status of a benchmark that measured nothing because this checkout lacks its inputs (a training checkpoint,
 # the shared photos): run_all reports it as skipped and keeps its previous results file instead of failing.
 MISSING_INPUTS_EXIT = 3
@@ -128,3 +132,12 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 3) -> float:
         fn()
         times.append(1000.0 * (time.perf_counter() - started))
     return statistics.median(times)
+
+
+def add_compare_models_options(parser: argparse.ArgumentParser) -> None:
+    """``--models DIR [DIR ...]`` (default the release), ``--runtime`` (tflite / onnx) and ``--threads`` (1): the
+    options of a benchmark that runs each models folder's phone pipeline (``Recognizer.from_dir``) side by side."""
+    parser.add_argument("--models", type=Path, nargs="+", default=[RELEASE_MODELS], metavar="DIR",
+                        help="models folders to compare (default models/release)")
+    parser.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
+    parser.add_argument("--threads", type=int, default=1)
