@@ -114,7 +114,9 @@ release-models: install split
 # release over 40 MB), assembled beside the released segmenter (carried over as it is, in its own ONNX form); its
 # crop then keeps the mask's convex hull (`crop_mask`, spec step 3: benchmarks/bench_scene_recognition.py).
 # On a fresh clone both trained parts come back from the shipped ONNX file (`coinvision recover-embedder`): leave
-# COMPANION_CKPT empty to keep the recovered companion.
+# COMPANION_CKPT empty to keep the recovered companion. RELEASE_DIR: the folder assembled (a copy of models/release
+# to build a candidate beside the release; the parts are always recovered from models/release itself).
+RELEASE_DIR ?= models/release
 BASE_CKPT ?= runs/embedder/recovered/best.pt
 COMPANION_CKPT ?=
 BRANCH_OUT ?= runs/embedder/pair
@@ -129,10 +131,10 @@ release-embedder-branch: install split lite0-weights
 		--coreml-variants palette6 --calibration $(SPLIT)/train --calibration-count 200 --check \
 		--check-images $(SPLIT)/query --check-count $(CHECK_COUNT) || test $$? -eq 1
 	$(BIN)/python -m coinvision.converters.onnx_weights runs/export_branch/embedder.onnx \
-		runs/export_branch/embedder.int8w.onnx --form int8_weights --check-images $(SPLIT)/query --models models/release
-	$(BIN)/python -m coinvision.converters.release runs/export_branch models/release --tflite-default int8 \
+		runs/export_branch/embedder.int8w.onnx --form int8_weights --check-images $(SPLIT)/query --models $(RELEASE_DIR)
+	$(BIN)/python -m coinvision.converters.release runs/export_branch $(RELEASE_DIR) --tflite-default int8 \
 		--onnx-variant embedder=int8_weights --kinds embedder
-	$(BIN)/python -m coinvision.converters.release_postprocess models/release --kind embedder --set crop_mask=convex_hull
+	$(BIN)/python -m coinvision.converters.release_postprocess $(RELEASE_DIR) --kind embedder --set crop_mask=convex_hull
 
 # The companion of the shipped embedder: the v1 recipe on all of coins211's grown training photos, without mirror
 # augmentation (~37 min on 2 threads here; resumable).
