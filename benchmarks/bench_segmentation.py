@@ -108,6 +108,10 @@ class EvalData:
     notes: list[str]
     distractor: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)  # 2-5 coin scenes
     handchecked: list[tuple[str, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+    # every coin's mask of each scene, in the order of ``synthetic`` / ``distractor`` (what a mask that is not the
+    # main coin lies on: benchmarks.bench_seg_failures)
+    synthetic_all_coins: list[np.ndarray] = dataclasses.field(default_factory=list)
+    distractor_all_coins: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -262,19 +266,21 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
     # the scene recipe at the asked size (a SegmenterConfig would reset its synth size to the model's)
     scene_synth = dataclasses.replace(cfg.synth, size_px=synth_size)
     synth = val_scene_synthesizer(cfg, coins, backgrounds, scene_synth)
-    synthetic = []
+    synthetic, synthetic_all = [], []
     for i in range(n_synthetic):
-        image, _, main_mask = synth.scene(i)
+        image, all_coins, main_mask = synth.scene(i)
         synthetic.append((image, main_mask))
+        synthetic_all.append(all_coins)
     real = [(str(it.image_path), load_image(it.image_path), load_mask(it.mask_path))
             for it in _sample(items, n_real, cfg.seed)]
-    distractor = []
+    distractor, distractor_all = [], []
     if n_distractor:
         multi = dataclasses.replace(scene_synth, multi_coin_p=1.0, extra_coins_p=0.0)
         synth_d = val_scene_synthesizer(cfg, coins, backgrounds, multi, seed_offset=DISTRACTOR_SEED_OFFSET + 1_000_003)
         for i in range(n_distractor):
-            image, _, main_mask = synth_d.scene(i)
+            image, all_coins, main_mask = synth_d.scene(i)
             distractor.append((image, main_mask))
+            distractor_all.append(all_coins)
     checked = []
     if handchecked is not None and Path(handchecked).is_file():
         accepted = read_handchecked(handchecked)
@@ -282,7 +288,8 @@ def load_eval_data(cfg, n_synthetic: int, n_real: int | None, *, synth_size_px: 
                    if (it.dataset, it.file) in accepted]
         notes.append(f"handchecked: {len(checked)} of {len(accepted)} accepted labels of {_rel(handchecked)} found in "
                      "the validation split")
-    return EvalData(source, synthetic, real, synth_size, notes, distractor, checked)
+    return EvalData(source, synthetic, real, synth_size, notes, distractor, checked, synthetic_all_coins=synthetic_all,
+                    distractor_all_coins=distractor_all)
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -5,7 +5,6 @@ benchmarks' own output)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,21 +97,10 @@ def test_segmentation_evaluate_model_on_sample_photos(tiny_models_dir: Path, sam
             assert all(0.0 <= v <= 1.0 for v in scores[passes].values())
 
 
-def _mini_sample(sample_root: Path, dst: Path) -> Path:
-    """Two classes of each bundled dataset and the backgrounds: the fallback data path, in seconds."""
-    for name in ("coins211", "euro_phone"):
-        (dst / name / "images").mkdir(parents=True)
-        shutil.copy(sample_root / name / "classes.csv", dst / name / "classes.csv")
-        for cls in sorted((sample_root / name / "images").iterdir())[:2]:
-            shutil.copytree(cls, dst / name / "images" / cls.name)
-    shutil.copytree(sample_root / "backgrounds", dst / "backgrounds")
-    return dst
-
-
 def test_segmentation_main_skips_missing_models_and_reports_reference(
-    tiny_models_dir: Path, sample_root: Path, tmp_path: Path
+    tiny_models_dir: Path, mini_sample_root: Path, tmp_path: Path
 ) -> None:
-    mini = _mini_sample(sample_root, tmp_path / "sample")
+    mini = mini_sample_root
     out = tmp_path / "segmentation.json"
     rc = bench_segmentation.main(["--models", str(tiny_models_dir), "--checkpoint", str(tmp_path / "none.pt"),
                                   "--sample-data", "--sample-root", str(mini), "--synthetic", "3", "--real", "3",
