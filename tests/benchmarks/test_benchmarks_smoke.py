@@ -100,11 +100,10 @@ def test_segmentation_evaluate_model_on_sample_photos(tiny_models_dir: Path, sam
 def test_segmentation_main_skips_missing_models_and_reports_reference(
     tiny_models_dir: Path, mini_sample_root: Path, tmp_path: Path
 ) -> None:
-    mini = mini_sample_root
     out = tmp_path / "segmentation.json"
     rc = bench_segmentation.main(["--models", str(tiny_models_dir), "--checkpoint", str(tmp_path / "none.pt"),
-                                  "--sample-data", "--sample-root", str(mini), "--synthetic", "3", "--real", "3",
-                                  "--out", str(out)])
+                                  "--sample-data", "--sample-root", str(mini_sample_root), "--synthetic", "3",
+                                  "--real", "3", "--out", str(out)])
     assert rc == 0
     results = _read(out)["results"]
     assert results["design_reference"] == {"iou@0.3": 0.976, "iou@0.5": 0.960}
