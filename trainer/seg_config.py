@@ -105,6 +105,12 @@ class SegmenterConfig:
     # batch size (same eval function); a checkpoint recovered from ONNX has folded identities there, which train-mode
     # BN would turn into another function
     bn_calibration_samples: int = 0
+    # a segmenter checkpoint of the same input whose probability map is also the target of every real photo's sample
+    # (binary cross-entropy with that soft map, times distill_weight, beside the loss on the label). A hard mask leaves
+    # the outline free by a fraction of the model's pixel, which at a photo's own size is the pixel the embedder feels
+    # (bench_mask_sensitivity); the teacher's soft map says where in that pixel the outline lies
+    distill_checkpoint: str | None = None
+    distill_weight: float = 1.0
     epochs: int = 10
     steps_per_epoch: int = 200
     batch_size: int = 8
@@ -130,6 +136,9 @@ class SegmenterConfig:
         if self.bn_calibration_samples < 0 or (self.bn_calibration_samples and self.init_checkpoint is None):
             raise ValueError(f"bn_calibration_samples={self.bn_calibration_samples}: must be >= 0, and only with an "
                              "init_checkpoint (a fresh model's BatchNorms train from the start)")
+        if not self.distill_weight > 0.0:
+            raise ValueError(f"distill_weight={self.distill_weight}: must be > 0 (leave distill_checkpoint null for no "
+                             "distillation)")
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}: must be one of {LOSSES}")
         if self.label not in LABEL_MODES:

@@ -26,7 +26,7 @@ from coinvision.trainer.checkpoint import load_checkpoint, restore_schedule
 from coinvision.trainer.plotting import png_figure
 from coinvision.trainer.seg_config import SegmenterConfig, SynthConfig
 from coinvision.trainer.seg_labels import LabelledImage, load_mask, read_label_manifest
-from coinvision.trainer.seg_model import KIND, build_segmenter
+from coinvision.trainer.seg_model import KIND, build_segmenter, load_segmenter
 from coinvision.trainer.seg_scenes import SceneSynthesizer
 from coinvision.trainer.tflite_port import conv_bn_pairs, recalibrate_batchnorm
 from coinvision.trainer.train_loop import TrainingRun
@@ -35,6 +35,7 @@ from torch import nn
 __all__ = [
     "IOU_THRESHOLDS",
     "PassViews",
+    "RealFlagged",
     "SegData",
     "SegTrainSet",
     "iou_at",
@@ -169,9 +170,16 @@ class SegTrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def _draws_real(self, rng: np.random.Generator) -> bool:
+        return bool(self.real) and rng.random() < self.real_frac
+
+    def is_real(self, index: int) -> bool:
+        """Whether sample ``index`` is a real photo (the first draw of its generator, replayed)."""
+        return self._draws_real(np.random.default_rng([self.seed, 7, index]))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 7, index])
-        if self.real and rng.random() < self.real_frac:
+        if self._draws_real(rng):
             image, mask = self.real[int(rng.integers(0, len(self.real)))]
             augment = _REAL_AUGMENT
             # no draw when off: runs without real pass views keep their samples
@@ -187,6 +195,34 @@ class SegTrainSet(torch.utils.data.Dataset):
             image, all_coins, largest = self.synth.scene(index)
             mask = largest if self.label == "largest" else all_coins
         return _to_tensor(image, mask, self.spec)
+
+
+class RealFlagged(torch.utils.data.Dataset):
+    """``(x, y, is_real)`` of a :class:`SegTrainSet`: what the distillation term needs to find the real photos."""
+
+    def __init__(self, samples: SegTrainSet) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = self.samples[index]
+        return x, y, torch.tensor(self.samples.is_real(index))
+
+
+def _teacher(cfg: SegmenterConfig, device: torch.device) -> nn.Module | None:
+    """``distill_checkpoint`` in eval mode, frozen; ``None`` without one. Its input must be the student's."""
+    if cfg.distill_checkpoint is None:
+        return None
+    teacher, teacher_cfg, ckpt = load_segmenter(cfg.distill_checkpoint)
+    if teacher_cfg.input_spec != cfg.input_spec:
+        raise ConfigError(f"distill_checkpoint {cfg.distill_checkpoint}: its input {teacher_cfg.input_spec} is not "
+                          f"this config's {cfg.input_spec}; distil from a segmenter with the same size_px and encoder "
+                          "normalisation")
+    log.info("real photos also learn the soft map of %s (fingerprint %s), weight %.2f", cfg.distill_checkpoint,
+             ckpt.fingerprint, cfg.distill_weight)
+    return teacher.eval().requires_grad_(False).to(device)
 
 
 @dataclass
@@ -395,10 +431,18 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         restore_schedule(scheduler, state["scheduler"])
         run.best = state["best_score"]
 
-    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    teacher = _teacher(cfg, device)
+
+    def step(batch: tuple[torch.Tensor, ...]) -> float:
         x, y = batch[0].to(device), batch[1].to(device)
         with run.amp.autocast():
-            loss = train_loss_fn(net(x), y)
+            logits = net(x)
+            loss = train_loss_fn(logits, y)
+            if teacher is not None and bool(batch[2].any()):
+                real = batch[2].to(device)
+                with torch.no_grad():
+                    soft = torch.sigmoid(teacher(x[real]))
+                loss = loss + cfg.distill_weight * nn.functional.binary_cross_entropy_with_logits(logits[real], soft)
         optimizer.zero_grad(set_to_none=True)
         run.amp.backward_step(loss, [optimizer])
         scheduler.step()
@@ -413,7 +457,8 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         indices = list(range(epoch * samples_per_epoch, (epoch + 1) * samples_per_epoch))
         random.Random(cfg.seed + epoch).shuffle(indices)
         indices = indices[run.rank::run.world_size]
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, indices), batch_size=cfg.batch_size,
+        samples = RealFlagged(train_set) if teacher is not None else train_set
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(samples, indices), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=0)
         _train_mode(model, cfg.freeze_bn, frozen)
         started = time.time()

@@ -171,3 +171,36 @@ def test_fine_tuning_settings_are_checked() -> None:
         resolve_config(SegmenterConfig, overrides={"bn_calibration_samples": 64})
     with pytest.raises(ConfigError, match="loss='focal'"):
         resolve_config(SegmenterConfig, overrides={"loss": "focal"})
+
+
+def test_distillation_adds_the_teachers_soft_map_on_real_photos(tiny_seg_config: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``distill_checkpoint``: the same fine-tune with the teacher's term trains other weights than without it; a
+    teacher of another input size and a weight of 0 are refused, named."""
+    import torch
+    from coinvision.sdk.errors import ConfigError
+    from coinvision.trainer.config_io import resolve_config
+    from coinvision.trainer.seg_config import SegmenterConfig
+    from coinvision.trainer.seg_train import train_segmenter
+
+    start_dir = tmp_path / "start"
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={start_dir}"]) == 0
+    teacher = start_dir / "best.pt"
+    common = [f"init_checkpoint={teacher}", "real_train_frac=1.0", "steps_per_epoch=2", "lr=0.01", "seed=1"]
+    assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set", f"out_dir={tmp_path / 'plain'}",
+                 *common]) == 0
+    with caplog.at_level("INFO", logger="coinvision.trainer.seg_train"):
+        assert main(["train", "segmenter", "--config", str(tiny_seg_config), "--set",
+                     f"out_dir={tmp_path / 'distil'}", *common, f"distill_checkpoint={teacher}",
+                     "distill_weight=5.0"]) == 0
+    assert "real photos also learn the soft map of" in caplog.text
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt", expected_kind="segmenter").state_dict
+    distil = load_checkpoint(tmp_path / "distil" / "last.pt", expected_kind="segmenter").state_dict
+    assert any(not torch.equal(plain[k], distil[k]) for k in plain if k.endswith(".weight"))
+
+    other_size = resolve_config(SegmenterConfig, tiny_seg_config, {"size_px": 96, "distill_checkpoint": str(teacher),
+                                                                   "out_dir": str(tmp_path / "other")})
+    with pytest.raises(ConfigError, match=r"distill_checkpoint .*same size_px"):
+        train_segmenter(other_size, progress=False)
+    with pytest.raises(ConfigError, match=r"distill_weight=0.0: must be > 0"):
+        resolve_config(SegmenterConfig, overrides={"distill_weight": 0.0})

@@ -413,3 +413,24 @@ def test_scene_with_source_names_the_photo_of_the_labelled_coin(dark_backgrounds
         assert int(np.argmin(distance)) == source, (index, hue, source)
         named += 1
     assert named >= 20
+
+
+def test_real_flag_names_exactly_the_samples_that_are_real_photos(dark_backgrounds):
+    """``SegTrainSet.is_real`` replays the sample's first draw (what the distillation term picks its samples by): a
+    red real photo among grey scenes of white coins shows which samples are real."""
+    from coinvision.sdk.preprocess import InputSpec
+    from coinvision.trainer.seg_train import RealFlagged, SegTrainSet
+
+    red = np.zeros((96, 96, 3), np.uint8)
+    red[..., 0] = 220
+    synth = SceneSynthesizer(_white_coins(), dark_backgrounds, SynthConfig(size_px=96), seed=0)
+    samples = SegTrainSet(synth, [(red, _disc((96, 96), (48, 48), 40))], 0.5, InputSpec(size_px=96), seed=3,
+                          length=24)
+    flags = [samples.is_real(i) for i in range(24)]
+    assert 4 < sum(flags) < 20
+    for i, flag in enumerate(flags):
+        x = samples[i][0]
+        assert bool(x[0].mean() - x[1].mean() > 0.3) == flag  # red far above green only in the real photo
+        assert bool(RealFlagged(samples)[i][2]) == flag
+    assert not any(SegTrainSet(synth, [], 0.5, InputSpec(size_px=96), seed=3, length=24).is_real(i)
+                   for i in range(24))  # no real photos: nothing to flag
