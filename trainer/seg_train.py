@@ -432,6 +432,8 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         run.best = state["best_score"]
 
     teacher = _teacher(cfg, device)
+    if teacher is not None:  # the history names what trained
+        train_column = train_column.removesuffix("_loss") + "_distill_loss"
 
     def step(batch: tuple[torch.Tensor, ...]) -> float:
         x, y = batch[0].to(device), batch[1].to(device)

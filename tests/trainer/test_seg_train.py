@@ -194,6 +194,7 @@ def test_distillation_adds_the_teachers_soft_map_on_real_photos(tiny_seg_config:
                      f"out_dir={tmp_path / 'distil'}", *common, f"distill_checkpoint={teacher}",
                      "distill_weight=5.0"]) == 0
     assert "real photos also learn the soft map of" in caplog.text
+    assert "train_dice_distill_loss" in _history(tmp_path / "distil")[0]
     plain = load_checkpoint(tmp_path / "plain" / "last.pt", expected_kind="segmenter").state_dict
     distil = load_checkpoint(tmp_path / "distil" / "last.pt", expected_kind="segmenter").state_dict
     assert any(not torch.equal(plain[k], distil[k]) for k in plain if k.endswith(".weight"))
