@@ -48,6 +48,23 @@ DEFAULT_OFFSETS_PX = (-2, -1, 1, 2)
 TRAINED_CATALOG_PER_CLASS = 3
 
 
+def split_photos(split: Path, *, trained_coins: bool, tool: str
+                 ) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]] | None:
+    """``(catalog, queries)`` as ``(path, class)``: the held-out classes' catalog/ and query/, or with
+    ``trained_coins`` the training classes' first 3 train/ photos and val_seen/; ``None`` (said on stderr) when the
+    materialised split is not there."""
+    catalog_dir, query_dir = ((split / "train", split / "val_seen") if trained_coins
+                              else (split / "catalog", split / "query"))
+    if not (catalog_dir.is_dir() and query_dir.is_dir()):
+        print(f"{tool}: {catalog_dir} or {query_dir} does not exist; it needs the materialised split "
+              "(`make split`, from ../shared/data)", file=sys.stderr)
+        return None
+    catalog, queries = list_class_folder(catalog_dir), list_class_folder(query_dir)
+    if trained_coins:
+        catalog = [catalog[i] for i in first_per_class([c for _, c in catalog], TRAINED_CATALOG_PER_CLASS)]
+    return catalog, queries
+
+
 def outline_vectors(recognizer: Recognizer, photos: Sequence[Path], offsets_px: Sequence[int],
                     desc: str = "photos") -> tuple[np.ndarray, int]:
     """``(vectors, kept)``: ``vectors[i, j]`` is photo ``i`` embedded with its pipeline mask moved by
@@ -144,16 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    catalog_dir, query_dir = ((args.split / "train", args.split / "val_seen") if args.trained_coins
-                              else (args.split / "catalog", args.split / "query"))
-    if not (catalog_dir.is_dir() and query_dir.is_dir()):
-        print(f"bench_mask_sensitivity: {catalog_dir} or {query_dir} does not exist; it needs the materialised split "
-              "(`make split`, from ../shared/data)", file=sys.stderr)
+    photos = split_photos(args.split, trained_coins=args.trained_coins, tool="bench_mask_sensitivity")
+    if photos is None:
         return MISSING_INPUTS_EXIT
+    catalog, queries = photos
     offsets = sorted({0, *args.offsets})
-    catalog, queries = list_class_folder(catalog_dir), list_class_folder(query_dir)
-    if args.trained_coins:
-        catalog = [catalog[i] for i in first_per_class([c for _, c in catalog], TRAINED_CATALOG_PER_CLASS)]
     table = []
     for name, recognizer in _recognizers(args):
         cat_vectors, cat_kept = outline_vectors(recognizer, [p for p, _ in catalog], offsets, "catalog")

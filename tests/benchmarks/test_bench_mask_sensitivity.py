@@ -15,25 +15,7 @@ from coinvision.sdk.recognizer import Recognizer
 from benchmarks.bench_mask_sensitivity import main, outline_vectors, score_offsets
 from benchmarks.common import MISSING_INPUTS_EXIT, ROOT
 
-SAMPLE = ROOT / "examples" / "sample_coins" / "euro_phone" / "images"
 MODELS = ROOT / "models" / "release"
-CLASSES = ("1c", "10c", "1e")
-
-
-@pytest.fixture(scope="module")
-def sample_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three euro_phone classes, 2 catalog and 2 query photos each, linked as ``coinvision data split`` links; the
-    same classes stand in for training classes (4 train, 1 val_seen photo each)."""
-    root = tmp_path_factory.mktemp("outline_split")
-    for cls in CLASSES:
-        photos = sorted((SAMPLE / cls).glob("*.jpg"))
-        for split, chosen in (("catalog", photos[:2]), ("query", photos[2:4]), ("train", photos[:4]),
-                              ("val_seen", photos[4:5])):
-            for photo in chosen:
-                link = root / split / f"euro_phone__{cls}" / photo.name
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(photo.resolve())
-    return root
 
 
 @pytest.fixture(scope="module")
