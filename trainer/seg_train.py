@@ -410,12 +410,15 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
     val_real_x, val_real_y = _stack(val_real_pairs, spec)
 
     model = _initial_model(cfg).to(device)
+    teacher = _teacher(cfg, device)
     frozen = _frozen(model, cfg.frozen_modules)
     for module in frozen:  # before DDP wraps the model, which must see only the parameters that train
         module.requires_grad_(False)
     net = run.distribute(model)  # DDP under torchrun: gradients averaged over the ranks; the model itself otherwise
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)  # validation reports Dice whatever trains
     train_column, train_loss_fn = _train_loss(cfg.loss)
+    if teacher is not None:  # the history names what trained
+        train_column = train_column.removesuffix("_loss") + "_distill_loss"
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
@@ -430,10 +433,6 @@ def train_segmenter(cfg: SegmenterConfig, *, resume: bool = False, data: SegData
         optimizer.load_state_dict(state["optimizer"])
         restore_schedule(scheduler, state["scheduler"])
         run.best = state["best_score"]
-
-    teacher = _teacher(cfg, device)
-    if teacher is not None:  # the history names what trained
-        train_column = train_column.removesuffix("_loss") + "_distill_loss"
 
     def step(batch: tuple[torch.Tensor, ...]) -> float:
         x, y = batch[0].to(device), batch[1].to(device)
