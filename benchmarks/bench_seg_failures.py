@@ -40,8 +40,6 @@ import numpy as np
 from benchmarks.bench_segmentation import HANDCHECKED, SAMPLE_DATA, data_config, load_eval_data, mask_iou
 from benchmarks.common import RELEASE_MODELS, ROOT, seed_everything, write_result
 
-log = logging.getLogger(__name__)
-
 OK_IOU = 0.9
 WRONG_IOU = 0.2
 KINDS = ("ok", "no coin", "other coin", "part missed", "other coins' pixels", "background")
