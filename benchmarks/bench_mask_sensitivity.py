@@ -48,6 +48,14 @@ DEFAULT_OFFSETS_PX = (-2, -1, 1, 2)
 TRAINED_CATALOG_PER_CLASS = 3
 
 
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    """``--split`` and ``--trained-coins``: which photos :func:`split_photos` reads."""
+    parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/)")
+    parser.add_argument("--trained-coins", action="store_true",
+                        help="the embedder's TRAINING classes instead: their first 3 train/ photos as the catalog, "
+                             "val_seen/ as the queries")
+
+
 def split_photos(split: Path, *, trained_coins: bool, tool: str
                  ) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]] | None:
     """``(catalog, queries)`` as ``(path, class)``: the held-out classes' catalog/ and query/, or with
@@ -85,9 +93,15 @@ def outline_vectors(recognizer: Recognizer, photos: Sequence[Path], offsets_px: 
     return np.asarray(out, np.float32), kept
 
 
+def top1_hits(catalog: np.ndarray, catalog_classes: np.ndarray, queries: np.ndarray,
+              query_classes: np.ndarray) -> np.ndarray:
+    """Per query: is the class of its nearest catalog vector (cosine of unit vectors) its own?"""
+    return catalog_classes[np.argmax(queries @ catalog.T, axis=1)] == query_classes
+
+
 def _recall_at_1(catalog: np.ndarray, catalog_classes: np.ndarray, queries: np.ndarray,
                  query_classes: np.ndarray) -> float:
-    return float(np.mean(catalog_classes[np.argmax(queries @ catalog.T, axis=1)] == query_classes))
+    return float(np.mean(top1_hits(catalog, catalog_classes, queries, query_classes)))
 
 
 def score_offsets(catalog: np.ndarray, catalog_classes: Sequence[str], queries: np.ndarray,
@@ -149,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     add_compare_models_options(parser)
     parser.add_argument("--offsets", type=int, nargs="+", default=list(DEFAULT_OFFSETS_PX), metavar="PX",
                         help="outline moves in pixels (default -2 -1 1 2; 0 is always added)")
-    parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/)")
-    parser.add_argument("--trained-coins", action="store_true",
-                        help="the embedder's TRAINING classes instead: their first 3 train/ photos as the catalog, "
-                             "val_seen/ as the queries")
+    add_split_options(parser)
     parser.add_argument("--embedder-checkpoints", type=Path, nargs="*", default=[], metavar="CKPT",
                         help="trainer embedder checkpoints to measure too, each behind the first --models folder's "
                              "segmenter (PyTorch, float32)")

@@ -24,18 +24,17 @@ import numpy as np
 from coinvision.sdk.recognizer import Recognizer
 from scipy.stats import binomtest
 
-from benchmarks.bench_mask_sensitivity import SPLIT, outline_vectors, split_photos
+from benchmarks.bench_mask_sensitivity import add_split_options, outline_vectors, split_photos, top1_hits
 from benchmarks.common import MISSING_INPUTS_EXIT, ROOT, add_compare_models_options, write_result
 
 
-def top1_hits(recognizer: Recognizer, catalog: list[tuple[Path, str]], queries: list[tuple[Path, str]]
-              ) -> np.ndarray:
-    """Per query: is the class of its nearest catalog vector (cosine) its own?"""
+def pipeline_hits(recognizer: Recognizer, catalog: list[tuple[Path, str]], queries: list[tuple[Path, str]]
+                  ) -> np.ndarray:
+    """Per query: does the folder's pipeline (its own masks, unmoved) name its class first?"""
     catalog_vectors = outline_vectors(recognizer, [p for p, _ in catalog], [0], "catalog")[0][:, 0]
     query_vectors = outline_vectors(recognizer, [p for p, _ in queries], [0], "queries")[0][:, 0]
-    catalog_classes = np.array([c for _, c in catalog])
-    nearest = np.argmax(query_vectors @ catalog_vectors.T, axis=1)
-    return catalog_classes[nearest] == np.array([c for _, c in queries])
+    return top1_hits(catalog_vectors, np.array([c for _, c in catalog]), query_vectors,
+                     np.array([c for _, c in queries]))
 
 
 def paired(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
@@ -48,10 +47,7 @@ def paired(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_compare_models_options(parser)
-    parser.add_argument("--split", type=Path, default=SPLIT, help="materialised split (catalog/, query/)")
-    parser.add_argument("--trained-coins", action="store_true",
-                        help="the embedder's TRAINING classes instead: their first 3 train/ photos as the catalog, "
-                             "val_seen/ as the queries")
+    add_split_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/paired_recall.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -63,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     hits: dict[str, np.ndarray] = {}
     for models_dir in args.models:
         recognizer = Recognizer.from_dir(models_dir, runtime=args.runtime, num_threads=args.threads)
-        hits[str(models_dir)] = top1_hits(recognizer, catalog, queries)
+        hits[str(models_dir)] = pipeline_hits(recognizer, catalog, queries)
     base_name = str(args.models[0])
     table = [{"models": name, **paired(hits[base_name], h)} for name, h in hits.items()]
     print(f"{'models':<40} {'R@1':>7} {'gained':>7} {'lost':>5} {'McNemar p':>10}   (against {base_name})")
